@@ -1,0 +1,66 @@
+"""The namespace harness creates what it promises and always cleans up."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+
+from zcnet.netns import IFB_LOCAL_ADDR, Netns, NetnsUnavailable
+
+from .conftest import requires_netns
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@requires_netns
+def test_lo_mtu_and_ifb_and_cleanup() -> None:
+    with Netns(ifb_sink=True) as ns:
+        assert ns.name in _namespaces()
+        links = subprocess.run(ns.exec_argv(["ip", "-o", "link"]), capture_output=True,
+                               text=True, check=True).stdout
+        assert "mtu 61512" in links and "ifb0" in links
+        with ns.entered():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with s:
+            s.bind((IFB_LOCAL_ADDR, 0))  # the address exists only inside the namespace
+    assert ns.name not in _namespaces()
+
+
+@requires_netns
+def test_removed_even_when_body_fails() -> None:
+    name = ""
+    with pytest.raises(RuntimeError), Netns() as ns:
+        name = ns.name
+        raise RuntimeError("boom")
+    assert name and name not in _namespaces()
+
+
+@requires_netns
+def test_sysctl_is_per_namespace() -> None:
+    with open("/proc/sys/net/core/optmem_max") as f:
+        host_value = f.read().strip()
+    with Netns() as ns:
+        ns.sysctl("net.core.optmem_max", 8192)
+        with ns.entered(), open("/proc/sys/net/core/optmem_max") as f:
+            assert f.read().strip() == "8192"
+        with pytest.raises(NetnsUnavailable):
+            ns.sysctl("net.core.no_such_knob", 1)
+    with open("/proc/sys/net/core/optmem_max") as f:
+        assert f.read().strip() == host_value
+
+
+@requires_netns
+def test_veth_peer_reaches_only_its_namespace() -> None:
+    with Netns(lo_mtu=None) as ns:
+        peer_name = ns.add_veth_peer().name
+        out = subprocess.run(ns.exec_argv(["ping", "-c1", "-W1", "198.19.0.2"]),
+                             capture_output=True, text=True)
+        if "not found" in out.stderr or out.returncode == 127:
+            pytest.skip("ping not installed")
+        assert out.returncode == 0, out.stderr
+    assert peer_name not in _namespaces()
