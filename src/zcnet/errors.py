@@ -49,7 +49,7 @@ class SendError(ZcnetError):
 
 
 class ReceiveError(ZcnetError):
-    """A receive failed for a reason other than a peer reset; the kernel error is the ``__cause__``."""
+    """A receive failed for a reason other than a peer reset (kernel error in ``__cause__``)."""
 
 
 class TimeoutExpired(ZcnetError, TimeoutError):

@@ -27,6 +27,8 @@ from typing import Final
 
 __all__ = [
     "IFB_LOCAL_ADDR",
+    "VETH_ADDR_A",
+    "VETH_ADDR_B",
     "IFB_SINK_ADDR",
     "LO_MTU_IPV4_MSS_61440",
     "LO_MTU_IPV6_MSS_61440",
