@@ -1,0 +1,495 @@
+"""Zero-copy TCP receive: :class:`Receiver` hands out received pages as read-only chunks.
+
+Theory of operation (net/ipv4/tcp.c ``tcp_zerocopy_receive``; tools/testing/selftests/net/
+tcp_mmap.c; shared/DESIGN.md "Receive"): each connection owns a small ring of long-lived windows,
+read-only shared mappings of the socket (see :mod:`zcnet.lowlevel.zerocopy_rx`). A receive waits
+for readability with ``poll`` (the zero-copy call never blocks), picks a window that no live
+chunk or user view refers to, and asks the kernel to map up to ``max_bytes`` of whole pages
+there: those pages are the chunk, a memoryview slice of the window. Bytes the kernel could not
+map come back in the copy buffer or as a ``recv_skip_hint`` (read with ``recv``); they are
+delivered as separate, copied chunks, in stream order.
+
+Safety: a later zero-copy call on a window unmaps what it held, and reading an unmapped window
+page raises SIGBUS. So a window is reused only when CPython reports no export of it alive (the
+chunk's view and every slice derived from it); if all windows are busy and the ring is full,
+that receive copies instead. Windows are created on demand (``stats.windows_mapped`` counts
+``mmap`` calls) and kept until :meth:`Receiver.close`; a window whose views are still alive at
+close is unmapped by the GC after the last view dies, never under it.
+
+Fallback: when the first ``probe_calls`` zero-copy calls map (almost) nothing (a copying sender,
+an MSS that is not a page multiple), the connection switches to plain ``recv`` and says why in
+``stats.fallback_reason``, unless ``RecvPolicy.force_zerocopy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode
+from zcnet.errors import (
+    BufferLifetimeError,
+    ConnectionResetByPeer,
+    ReceiveError,
+    SocketClosedError,
+    TimeoutExpired,
+    UnsupportedSocketError,
+    ZerocopyUnavailable,
+)
+from zcnet.lowlevel.constants import SO_RCVLOWAT, TCP_MAXSEG
+from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, Window, ZerocopyCall
+
+__all__ = [
+    "COPY_REASONS",
+    "Chunk",
+    "MAPPABLE_MAXSEG",
+    "ReceiverStats",
+    "Receiver",
+    "RecvPolicy",
+    "make_mappable_listener",
+]
+
+#: TCP_MAXSEG for a listener whose connections carry one page per segment: 4096 bytes of payload
+#: plus the 12-byte timestamp option (shared/DESIGN.md).
+MAPPABLE_MAXSEG: Final = PAGE_SIZE + 12
+SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+_RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_UNSUPPORTED_ERRNOS: Final = frozenset(
+    {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENODEV, errno.EACCES, errno.EPERM}
+)
+_POLL_READY: Final = select.POLLIN | select.POLLERR | select.POLLHUP
+
+
+@dataclass(frozen=True, slots=True)
+class RecvPolicy:
+    """How a :class:`Receiver` receives.
+
+    Attributes:
+        window_bytes: size of each mapped window (a page multiple); caps one zero-copy chunk.
+        max_windows: windows per connection; with all busy, receives copy.
+        copybuf_len: copy buffer for unmappable tails; must stay below one page.
+        force_zerocopy: never switch to copy mode.
+        probe_calls: zero-copy calls to judge whether pages are mappable.
+        rcvlowat: if > 0, wait until ``min(rcvlowat, max_bytes)`` bytes are queued (or EOF)
+            before receiving (``SO_RCVLOWAT``), so one call maps many pages. Only for streams
+            where the peer keeps sending: a peer that sends less and waits for an answer stalls.
+        min_mapped_fraction: fraction of bytes mapped during the probe below which to switch.
+    """
+
+    window_bytes: int = 2 * 1024 * 1024
+    max_windows: int = 8
+    copybuf_len: int = PAGE_SIZE - 1
+    force_zerocopy: bool = False
+    probe_calls: int = 8
+    rcvlowat: int = 0
+    min_mapped_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.window_bytes <= 0 or self.window_bytes % PAGE_SIZE:
+            raise ValueError(f"window_bytes must be a positive multiple of {PAGE_SIZE}")
+        if self.max_windows < 1:
+            raise ValueError("max_windows must be >= 1")
+        if not 0 <= self.copybuf_len < PAGE_SIZE:
+            raise ValueError(f"copybuf_len must be in [0, {PAGE_SIZE}) (see shared/DESIGN.md)")
+        if self.rcvlowat < 0:
+            raise ValueError("rcvlowat must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverStats:
+    """A snapshot of one connection's receive counters.
+
+    ``calls`` counts ``TCP_ZEROCOPY_RECEIVE`` calls; ``copy_reasons`` maps each reason in
+    :data:`COPY_REASONS` to the bytes copied for it.
+    """
+
+    bytes_mapped: int
+    bytes_copied: int
+    copy_reasons: Mapping[str, int]
+    calls: int
+    windows_in_use: int
+    windows_mapped: int
+    mode: RxMode
+    fallback_reason: str | None
+
+    @property
+    def mapped_fraction(self) -> float:
+        """Mapped bytes over all bytes received (0.0 before any byte)."""
+        total = self.bytes_mapped + self.bytes_copied
+        return self.bytes_mapped / total if total else 0.0
+
+
+class Chunk:
+    """Received bytes: pages mapped into a window (``mapped``) or a copy; read-only.
+
+    The view is valid until :meth:`release` (or the end of a ``with`` block). A window is not
+    reused while this chunk's view or any slice of it is alive, so hold chunks only as long as
+    needed: a receiver whose windows are all held falls back to copying.
+    """
+
+    __slots__ = ("_len", "_view", "mapped")
+
+    def __init__(self, view: memoryview, mapped: bool) -> None:
+        self._view: memoryview | None = view
+        self._len = len(view)
+        self.mapped = mapped
+
+    @property
+    def view(self) -> memoryview:
+        """The bytes, read-only; raises :class:`BufferLifetimeError` after :meth:`release`."""
+        view = self._view
+        if view is None:
+            raise BufferLifetimeError("chunk used after release()")
+        return view
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def tobytes(self) -> bytes:
+        """A copy of the bytes."""
+        return self.view.tobytes()
+
+    def release(self) -> None:
+        """Drop this chunk's view (idempotent); slices the caller made stay valid."""
+        view, self._view = self._view, None
+        if view is not None:
+            # BufferError: something (e.g. numpy) holds the view itself; the GC frees it later.
+            with contextlib.suppress(BufferError):
+                view.release()
+
+    def __enter__(self) -> Chunk:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._view is None else "live"
+        return f"<Chunk {self._len} bytes {'mapped' if self.mapped else 'copied'} {state}>"
+
+
+
+
+def make_mappable_listener(
+    host: str = "::1",
+    port: int = 0,
+    *,
+    family: socket.AddressFamily | None = None,
+    backlog: int = 128,
+    rcvbuf: int | None = 8 * 1024 * 1024,
+) -> socket.socket:
+    """A listening TCP socket whose connections carry one page of payload per segment.
+
+    ``TCP_MAXSEG`` = :data:`MAPPABLE_MAXSEG` set before ``listen()`` makes the MSS 4096 bytes, so
+    received pages are mappable over loopback at the default MTU (with a ``MSG_ZEROCOPY``
+    sender), without a namespace or root. ``rcvbuf`` (if not ``None``) is forced with
+    ``SO_RCVBUFFORCE`` when allowed (root/CAP_NET_ADMIN), else the kernel's autotuning is kept.
+    """
+    if family is None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_MAXSEG, MAPPABLE_MAXSEG)
+        if rcvbuf is not None:
+            with contextlib.suppress(PermissionError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _translate(e: OSError, what: str) -> Exception:
+    if e.errno in _RESET_ERRNOS:
+        exc: Exception = ConnectionResetByPeer(f"{what}: {e.strerror}")
+    else:
+        exc = ReceiveError(f"{what}: {e.strerror or e}")
+    exc.__cause__ = e
+    return exc
+
+
+def _check_socket(sock: socket.socket) -> None:
+    if sock.fileno() < 0:
+        raise SocketClosedError("the socket is closed")
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        raise UnsupportedSocketError(
+            f"Receiver needs a TCP socket, got family={sock.family!r} type={sock.type!r}")
+    if sock.proto not in (0, socket.IPPROTO_TCP):
+        raise UnsupportedSocketError(f"Receiver needs a TCP socket, got proto={sock.proto}")
+    try:
+        sock.getpeername()
+    except OSError as e:
+        raise UnsupportedSocketError("Receiver needs a connected socket") from e
+
+
+class Receiver:
+    """Receives from a connected TCP socket, mapping pages instead of copying when it can.
+
+    The receiver owns the socket (it is made non-blocking and closed by :meth:`close`).
+
+    Args:
+        sock: a connected TCP (IPv4 or IPv6) socket.
+        policy: see :class:`RecvPolicy`.
+    """
+
+    def __init__(self, sock: socket.socket, policy: RecvPolicy | None = None) -> None:
+        _check_socket(sock)
+        self.policy = policy or RecvPolicy()
+        self._sock = sock
+        self._fd = sock.fileno()
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
+        self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
+                                  force_zerocopy=self.policy.force_zerocopy,
+                                  min_mapped_fraction=self.policy.min_mapped_fraction)
+        self._ledger = RxLedger()
+        self._windows: list[Window] = []
+        self._next = 0
+        self._windows_mapped = 0
+        self._pending: memoryview | None = None  # copied bytes not yet delivered
+        self._pending_skip = 0  # bytes the kernel said to read with recv
+        self._pending_error: Exception | None = None
+        self._eof = False
+        self._lowat = 1
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------------------
+    def recv(self, max_bytes: int, timeout: float | None = None) -> Chunk:
+        """Receive up to ``max_bytes``: an empty chunk at EOF.
+
+        Waits up to ``timeout`` seconds (``None``: forever) for data; raises
+        :class:`TimeoutExpired`, :class:`ConnectionResetByPeer` or :class:`ReceiveError`.
+        """
+        if self._closed:
+            raise SocketClosedError("receiver is closed")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            chunk = self._deliver_pending(max_bytes)
+            if chunk is not None:
+                return chunk
+            request = self._decider.request(max_bytes, self.policy.window_bytes)
+            window = self._free_window() if request is not None else None
+            if request is None or window is None:
+                reason = "windows_busy" if request is not None else self._decider.copy_reason(
+                    max_bytes)
+                self._wait(max_bytes, deadline)
+                chunk = self._recv_copy(max_bytes, reason)
+                if chunk is not None:
+                    return chunk
+                continue
+            self._wait(request.map_len, deadline)
+            chunk = self._recv_zerocopy(window, request.map_len)
+            if chunk is not None:
+                return chunk
+
+    def recv_into(self, buffer: memoryview | bytearray, timeout: float | None = None) -> int:
+        """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
+        if self._closed:
+            raise SocketClosedError("receiver is closed")
+        view = memoryview(buffer).cast("B")
+        if not len(view):
+            return 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._pending is not None or self._pending_skip:
+                with self._deliver_pending(len(view)) as chunk:  # type: ignore[union-attr]
+                    n = len(chunk)
+                    view[:n] = chunk.view
+                return n
+            if self._pending_error is not None:
+                self._raise_pending()
+            if self._eof:
+                return 0
+            self._wait(len(view), deadline)
+            try:
+                n = self._sock.recv_into(view)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise _translate(e, "recv_into") from e
+            if n == 0:
+                self._eof = True
+            self._ledger.copied(n, "user_buffer")
+            return n
+
+    @property
+    def buffered(self) -> int:
+        """Bytes already received and held here (a poller on :meth:`fileno` cannot see them)."""
+        return len(self._pending) if self._pending is not None else 0
+
+    @property
+    def stats(self) -> ReceiverStats:
+        """A snapshot of the counters."""
+        led = self._ledger
+        return ReceiverStats(
+            bytes_mapped=led.bytes_mapped,
+            bytes_copied=led.bytes_copied,
+            copy_reasons=dict(led.copy_reasons),
+            calls=led.calls,
+            windows_in_use=sum(1 for w in self._windows if w.busy()),
+            windows_mapped=self._windows_mapped,
+            mode=self._decider.mode,
+            fallback_reason=self._decider.fallback_reason,
+        )
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return -1 if self._closed else self._fd
+
+    def close(self) -> None:
+        """Unmap the windows and close the socket (idempotent).
+
+        A window whose views are still alive is left to the GC, which unmaps it (and closes its
+        fd) once the last view is gone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for window in self._windows:
+            window.close()
+        self._windows.clear()
+        self._pending = None
+        self._sock.close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------
+    def _deliver_pending(self, max_bytes: int) -> Chunk | None:
+        pending = self._pending
+        if pending is not None:
+            if len(pending) <= max_bytes:
+                self._pending = None
+                return Chunk(pending, False)
+            self._pending = pending[max_bytes:]
+            return Chunk(pending[:max_bytes], False)
+        if self._pending_skip:
+            n = min(self._pending_skip, max_bytes)
+            chunk = self._recv_copy(n, "skip_hint")
+            if chunk is not None and len(chunk):
+                self._pending_skip -= len(chunk)
+                return chunk
+            self._pending_skip = 0
+        if self._pending_error is not None:
+            self._raise_pending()
+        if self._eof:
+            return Chunk(memoryview(b""), False)
+        return None
+
+    def _raise_pending(self) -> None:
+        err, self._pending_error = self._pending_error, None
+        if err is not None:
+            raise err
+
+    def _free_window(self) -> Window | None:
+        windows = self._windows
+        n = len(windows)
+        for i in range(n):
+            idx = (self._next + i) % n
+            window = windows[idx]
+            if not window.busy():
+                self._next = (idx + 1) % n
+                return window
+        if n >= self.policy.max_windows:
+            return None
+        try:
+            window = Window(self._fd, self.policy.window_bytes)
+        except OSError as e:
+            self._unsupported(e, "mmap of the socket")
+            return None
+        self._windows_mapped += 1
+        windows.append(window)
+        self._next = 0
+        return window
+
+    def _unsupported(self, e: OSError, what: str) -> None:
+        if self.policy.force_zerocopy:
+            raise ZerocopyUnavailable(f"{what} failed: {e.strerror or e}") from e
+        self._decider.fall_back(f"{what} failed: {e.strerror or e}")
+
+    def _set_lowat(self, nbytes: int) -> None:
+        want = max(1, min(self.policy.rcvlowat, nbytes))
+        if want != self._lowat:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVLOWAT, want)
+            self._lowat = want
+
+    def _wait(self, nbytes: int, deadline: float | None) -> None:
+        if self.policy.rcvlowat:
+            self._set_lowat(nbytes)
+        if deadline is None:
+            ready = self._poll.poll()
+        else:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready = self._poll.poll(int(remaining * 1000 + 0.999))
+        if not ready or not ready[0][1] & _POLL_READY:
+            raise TimeoutExpired("no data before the timeout")
+
+    def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
+        try:
+            data = self._sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise _translate(e, "recv") from e
+        if not data:
+            self._eof = True
+            return Chunk(memoryview(b""), False)
+        self._ledger.copied(len(data), reason)
+        return Chunk(memoryview(data), False)
+
+    def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
+        try:
+            zc = self._call(window.address, map_len)
+        except OSError as e:
+            if e.errno == errno.EIO:  # nothing queued and the peer closed
+                self._eof = True
+                return Chunk(memoryview(b""), False)
+            if e.errno in _UNSUPPORTED_ERRNOS:
+                self._unsupported(e, "TCP_ZEROCOPY_RECEIVE")
+                return None
+            raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
+        led = self._ledger
+        led.calls += 1
+        mapped = zc.length
+        copied = zc.copybuf_len if zc.copybuf_len > 0 else 0
+        skip = zc.recv_skip_hint
+        if zc.err:
+            err = OSError(zc.err, os.strerror(zc.err))
+            self._pending_error = _translate(err, "TCP_ZEROCOPY_RECEIVE")
+        if copied:
+            self._pending = memoryview(memoryview(self._call.copybuf)[:copied].tobytes())
+            led.copied(copied, "copybuf_tail")
+        self._pending_skip = skip
+        self._decider.observe(mapped, copied + skip)
+        if mapped:
+            led.mapped(mapped)
+            return Chunk(window.view(mapped), True)
+        if copied or skip or self._pending_error is not None:
+            return None  # delivered by _deliver_pending on the next round
+        # Readable but nothing to map, copy or skip: let a plain recv say what is there
+        # (data, EOF or an error).
+        return self._recv_copy(PAGE_SIZE, "skip_hint")
