@@ -16,7 +16,8 @@ Theory of operation:
   (Documentation/admin-guide/cgroup-v2.rst); cgroup v1 ``memory.kmem.tcp.usage_in_bytes``,
   which stays 0 until ``memory.kmem.tcp.limit_in_bytes`` is written (mm/memcontrol-v1.c
   ``tcpmem_active``). Since Linux 5.17 pure ``MSG_ZEROCOPY`` skbs are not charged again for the
-  user pages they reference (net/core/skbuff.c ``msg_zerocopy_realloc``/``skb_zerocopy_iter_stream``).
+  user pages they reference (net/core/skbuff.c ``skb_zerocopy_iter_stream``,
+  net/ipv4/tcp.c ``tcp_sendmsg_locked``).
 
 Every reader returns a :class:`Probe`: a value, or ``None`` with the reason it is unavailable.
 """

@@ -1,0 +1,664 @@
+"""Page-aligned buffer pools for zero-copy sends: slabs, size classes, per-thread free lists.
+
+Theory of operation:
+
+- **Slabs.** Buffers are carved from large anonymous ``mmap`` slabs (default 4 MiB), each
+  aligned to 2 MiB and marked ``madvise(MADV_HUGEPAGE)`` (Documentation/admin-guide/mm/
+  transhuge.rst): with THP in "madvise" mode a fault in an aligned 2 MiB range can be served by one
+  huge page, so filling a buffer takes 1 fault instead of 512 and ``MSG_ZEROCOPY`` pinning
+  (``get_user_pages`` in net/core/datagram.c ``zerocopy_fill_skb_from_iter``) walks fewer page
+  tables. The kernel does not align anonymous mappings to 2 MiB here, so a slab maps 2 MiB more
+  address space than it uses and starts at the first aligned address (the slack is never touched,
+  so it costs no memory). ``scripts/pool_bench.py --thp`` measures the fill cost both ways.
+- **Size classes.** Powers of two from 4 KiB to ``max_size``; every buffer is page aligned, as
+  zero-copy wants (pages are pinned whole). A slab serves one class, carved lazily.
+- **Leases.** ``acquire(size)`` returns a :class:`Lease` whose ``view`` is a writable memoryview of
+  exactly ``size`` bytes. ``release()`` calls ``memoryview.release()`` on that view, so a view kept
+  by mistake raises ``ValueError`` instead of scribbling on a buffer now owned by someone else; if
+  the view is still exported (e.g. a send in progress) the release is refused. A lease handed to
+  ``Sender.send`` returns to the pool only when its ticket completes
+  (:meth:`Lease.release_when_done`).
+- **Per-thread free lists and deferred return** (after net/core/skbuff.c
+  ``skb_attempt_defer_free``: an skb freed on a CPU other than the one that allocated it is queued
+  to the owner CPU's defer list and freed there in bulk). :class:`BufferPool` keeps a free list
+  per thread; a lease released on its owner thread goes straight back to it; released on another
+  thread it is appended to the owner's deferred deque (``deque.append``/``popleft`` are atomic in
+  CPython), and the owner drains that deque in bulk (at most ``drain_batch``) on its next acquire.
+  If the owner thread is gone (a weak reference to a sentinel kept only in the owner's
+  ``threading.local`` is dead), or its deferred queue is over a bound, blocks go to a shared list
+  under the pool lock instead. The hot path (acquire and owner release with a non-empty list)
+  takes no shared lock. :class:`LockedFreeListPool` is the baseline: one list per class, one lock.
+- **Accounting.** With ``account=``, each slab is charged as ``"pool"`` bytes when mapped and
+  uncharged when the pool closes. A lease in flight moves its bytes ``"pool"`` -> ``"pinned"``
+  and back on completion: each byte is charged once (see :mod:`zcnet._core.accounting`).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import mmap
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, Self
+
+from zcnet._core.accounting import PINNED, POOL
+from zcnet.errors import BufferLifetimeError, PoolError
+
+__all__ = [
+    "BufferPool",
+    "Lease",
+    "LockedFreeListPool",
+    "PoolStats",
+    "TicketLike",
+]
+
+PAGE: Final = mmap.PAGESIZE
+HUGE: Final = 2 * 1024 * 1024
+MIN_CLASS: Final = 4096
+
+_LEASED: Final = 0
+_IN_FLIGHT: Final = 1
+_RELEASED: Final = 2
+
+
+class TicketLike(Protocol):
+    """What :meth:`Lease.release_when_done` needs of a ``zcnet.sender.Ticket``."""
+
+    def add_done_callback(self, fn: Callable[[Any], None], /) -> None: ...
+
+
+class _AccountLike(Protocol):
+    def charge(self, nbytes: int, kind: str) -> Any: ...
+    def move(self, nbytes: int, from_kind: str, to_kind: str) -> None: ...
+
+
+def _thp_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return "unavailable"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "unavailable"
+
+
+class _Slab:
+    __slots__ = ("address", "class_size", "huge", "mm", "next_off", "size", "view")
+
+    def __init__(self, size: int, class_size: int, hugepages: bool) -> None:
+        aligned = hugepages and size >= HUGE
+        self.mm = mmap.mmap(-1, size + (HUGE if aligned else 0),
+                            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        anchor = ctypes.c_char.from_buffer(self.mm)
+        base = ctypes.addressof(anchor)
+        del anchor
+        off = (-base) % HUGE if aligned else 0
+        self.address = base + off
+        self.huge = False
+        if aligned and hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self.mm.madvise(mmap.MADV_HUGEPAGE, off, size)
+                self.huge = True
+            except OSError:
+                pass
+        self.view = memoryview(self.mm)[off:off + size]
+        self.size = size
+        self.class_size = class_size
+        self.next_off = 0
+
+    def close(self) -> bool:
+        """Unmap; False if some view into the slab is still exported."""
+        self.view.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            return False
+        return True
+
+
+class _Block:
+    __slots__ = ("cls", "offset", "slab")
+
+    def __init__(self, slab: _Slab, offset: int, cls: int) -> None:
+        self.slab = slab
+        self.offset = offset
+        self.cls = cls
+
+
+class _Token:
+    __slots__ = ("__weakref__",)
+
+
+class _ThreadCache:
+    """One thread's free lists and deferred-return queue (owner-written counters)."""
+
+    __slots__ = ("acquires", "cross_releases", "deferred", "drained", "free", "name",
+                 "releases", "token_ref")
+
+    def __init__(self, nclasses: int, token: _Token, name: str) -> None:
+        self.free: list[list[_Block]] = [[] for _ in range(nclasses)]
+        self.deferred: collections.deque[_Block] = collections.deque()
+        self.token_ref = weakref.ref(token)
+        self.name = name
+        self.acquires = 0
+        self.releases = 0
+        self.cross_releases = 0
+        self.drained = 0
+
+    def alive(self) -> bool:
+        return self.token_ref() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool (exact when no thread is acquiring or releasing)."""
+
+    kind: str
+    slabs: int
+    slab_bytes: int
+    hugepage_slabs: int
+    outstanding: int
+    in_flight: int
+    idle_blocks: int
+    acquires: int
+    releases: int
+    cross_thread_releases: int
+    deferred_drained: int
+    reclaimed_from_dead_threads: int
+    threads: int
+
+
+class Lease:
+    """A buffer borrowed from a pool; release it exactly once (or use ``with``)."""
+
+    __slots__ = ("__weakref__", "_block", "_claim", "_owner", "_pool", "_size", "_state", "_view")
+
+    def __init__(self, pool: _PoolBase, block: _Block, size: int,
+                 owner: _ThreadCache | None) -> None:
+        self._pool = pool
+        self._block = block
+        self._size = size
+        self._owner = owner
+        self._state = _LEASED
+        self._claim = [True]  # list.pop is atomic: exactly one releaser wins
+        off = block.offset
+        self._view = block.slab.view[off:off + size]
+
+    @property
+    def view(self) -> memoryview:
+        """A writable memoryview of exactly ``size`` bytes; raises after release."""
+        if self._state == _RELEASED:
+            raise BufferLifetimeError("this lease was released; its buffer belongs to the pool")
+        return self._view
+
+    @property
+    def size(self) -> int:
+        """Bytes requested (the length of ``view``)."""
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of the size class the buffer came from."""
+        return self._pool._classes[self._block.cls]
+
+    @property
+    def address(self) -> int:
+        """Virtual address of the buffer (page aligned)."""
+        return self._block.slab.address + self._block.offset
+
+    @property
+    def in_flight(self) -> bool:
+        """True between :meth:`release_when_done` and the ticket's completion."""
+        return self._state == _IN_FLIGHT
+
+    @property
+    def released(self) -> bool:
+        """True once the buffer is back in the pool."""
+        return self._state == _RELEASED
+
+    def release(self) -> None:
+        """Give the buffer back.
+
+        Raises:
+            BufferLifetimeError: released twice, in flight (its ticket releases it), or the
+                view is still exported (e.g. a ``memoryview`` or array built on it is alive).
+        """
+        self._pool.release(self)
+
+    def release_when_done(self, ticket: TicketLike) -> None:
+        """Return the buffer to the pool when ``ticket`` (from ``Sender.send``) is done.
+
+        Until then the lease is in flight: its bytes are accounted as ``"pinned"`` and it cannot
+        be released by hand. The callback may run on any thread (deferred return).
+        """
+        self._pool._begin_flight(self)
+        ticket.add_done_callback(self._on_done)
+
+    def _on_done(self, _ticket: object) -> None:
+        self._pool._end_flight(self)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._state == _LEASED:
+            self.release()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        state = ("leased", "in flight", "released")[self._state]
+        return f"<Lease {self._size}/{self.capacity} bytes at {self.address:#x} ({state})>"
+
+
+class _PoolBase:
+    """Slabs, size classes, accounting and lease checks shared by both pools."""
+
+    _kind: str = "base"
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 4 * 1024 * 1024,
+        slab_bytes: int = 4 * 1024 * 1024,
+        account: _AccountLike | None = None,
+        hugepages: bool = True,
+    ) -> None:
+        if max_size < MIN_CLASS or max_size & (max_size - 1):
+            raise ValueError(f"max_size must be a power of two >= {MIN_CLASS}, got {max_size}")
+        if slab_bytes < PAGE or slab_bytes % PAGE:
+            raise ValueError(f"slab_bytes must be a positive multiple of {PAGE}")
+        self._classes: list[int] = []
+        c = MIN_CLASS
+        while c <= max_size:
+            self._classes.append(c)
+            c *= 2
+        self._max_size = max_size
+        self._slab_bytes = slab_bytes
+        self._account = account
+        self._hugepages = hugepages and _thp_mode() in ("always", "madvise")
+        self._lock = threading.Lock()
+        self._shared: list[list[_Block]] = [[] for _ in self._classes]
+        self._current: list[_Slab | None] = [None] * len(self._classes)
+        self._slabs: list[_Slab] = []
+        self._charges: list[Any] = []
+        self._in_flight = 0
+        self._closed = False
+
+    @property
+    def size_classes(self) -> tuple[int, ...]:
+        """The buffer sizes the pool hands out (powers of two)."""
+        return tuple(self._classes)
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def _class_index(self, size: int) -> int:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        if size < 0 or size > self._max_size:
+            raise PoolError(f"size {size} is outside this pool's range 0..{self._max_size}")
+        return max(0, (size - 1).bit_length() - 12) if size > MIN_CLASS else 0
+
+    def _carve(self, cls: int, n: int) -> list[_Block]:
+        """Cut up to ``n`` new blocks of class ``cls``; call with the lock held."""
+        if self._closed:
+            raise PoolError("the pool is closed")
+        size = self._classes[cls]
+        out: list[_Block] = []
+        while len(out) < n:
+            slab = self._current[cls]
+            if slab is None or slab.next_off + size > slab.size:
+                if out:
+                    break
+                slab = self._new_slab(cls)
+            out.append(_Block(slab, slab.next_off, cls))
+            slab.next_off += size
+        return out
+
+    def _new_slab(self, cls: int) -> _Slab:
+        size = max(self._slab_bytes, self._classes[cls])
+        size -= size % self._classes[cls]
+        charge = self._account.charge(size, POOL) if self._account is not None else None
+        try:
+            slab = _Slab(size, self._classes[cls], self._hugepages)
+        except BaseException:
+            if charge is not None:
+                charge.release()
+            raise
+        self._slabs.append(slab)
+        self._charges.append(charge)
+        self._current[cls] = slab
+        return slab
+
+    # -- lease lifetime ---------------------------------------------------------------------
+    def _check_mine(self, lease: Lease) -> None:
+        if not isinstance(lease, Lease):
+            raise PoolError(f"expected a Lease, got {type(lease).__name__}")
+        if lease._pool is not self:
+            raise PoolError(f"{lease!r} belongs to another pool; release it to the pool that "
+                            "handed it out")
+
+    def _claim(self, lease: Lease, *, from_flight: bool = False) -> None:
+        """Take the right to return ``lease`` (exactly once) and kill its view."""
+        if lease._state == _IN_FLIGHT and not from_flight:
+            raise BufferLifetimeError(
+                f"{lease!r} is in flight; it returns to the pool when its ticket is done")
+        try:
+            lease._claim.pop()
+        except IndexError:
+            raise BufferLifetimeError(f"{lease!r} was released twice") from None
+        try:
+            lease._view.release()
+        except BufferError as e:
+            lease._claim.append(True)
+            raise BufferLifetimeError(
+                f"{lease!r} is still in use: a view or buffer exported from it is alive") from e
+        lease._state = _RELEASED
+
+    def release(self, lease: Lease) -> None:
+        """Return ``lease`` to this pool; see :meth:`Lease.release`."""
+        raise NotImplementedError
+
+    def _begin_flight(self, lease: Lease) -> None:
+        self._check_mine(lease)
+        if lease._state != _LEASED:
+            raise BufferLifetimeError(f"{lease!r} cannot go in flight: it is not simply leased")
+        if self._account is not None:
+            self._account.move(lease.capacity, POOL, PINNED)
+        with self._lock:
+            self._in_flight += 1
+        lease._state = _IN_FLIGHT
+
+    def _end_flight(self, lease: Lease) -> None:
+        if lease._state != _IN_FLIGHT:
+            raise BufferLifetimeError(f"{lease!r}: completion for a lease not in flight")
+        if self._account is not None:
+            self._account.move(lease.capacity, PINNED, POOL)
+        with self._lock:
+            self._in_flight -= 1
+        self._claim(lease, from_flight=True)
+        self._return(lease)
+
+    def _return(self, lease: Lease) -> None:
+        raise NotImplementedError
+
+    # -- shutdown -------------------------------------------------------------------------
+    def _outstanding(self) -> int:
+        raise NotImplementedError
+
+    def close(self, *, force: bool = False) -> None:
+        """Unmap all slabs and uncharge the account.
+
+        Raises:
+            PoolError: leases are still out (or in flight) and ``force`` is false.
+            BufferLifetimeError: some view into a slab is still exported (slab left mapped).
+        """
+        if self._closed:
+            return
+        with self._lock:
+            out = self._outstanding()
+            if self._in_flight:
+                raise PoolError(f"{self._in_flight} leases are still in flight; flush the "
+                                "sender before closing the pool")
+            if out and not force:
+                raise PoolError(f"{out} leases are still out; release them before closing")
+            self._closed = True
+            self._shared = [[] for _ in self._classes]
+            self._current = [None] * len(self._classes)
+            slabs, self._slabs = self._slabs, []
+            charges, self._charges = self._charges, []
+        stuck = sum(0 if s.close() else 1 for s in slabs)
+        for ch in charges:
+            if ch is not None:
+                ch.release()
+        if stuck:
+            raise BufferLifetimeError(f"{stuck} slabs stay mapped: views into them are alive")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LockedFreeListPool(_PoolBase):
+    """The baseline pool: one free list per size class behind one lock.
+
+    Same API as :class:`BufferPool`; every acquire and release takes the lock.
+    """
+
+    _kind = "locked"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._acquires = 0
+        self._releases = 0
+
+    def acquire(self, size: int) -> Lease:
+        """Borrow a page-aligned buffer of ``size`` bytes."""
+        cls = self._class_index(size)
+        with self._lock:
+            if self._closed:
+                raise PoolError("the pool is closed")
+            fl = self._shared[cls]
+            block = fl.pop() if fl else self._carve(cls, 1)[0]
+            self._acquires += 1
+        return Lease(self, block, size, None)
+
+    def release(self, lease: Lease) -> None:
+        """Return ``lease`` to this pool; see :meth:`Lease.release`."""
+        self._check_mine(lease)
+        self._claim(lease)
+        self._return(lease)
+
+    def _return(self, lease: Lease) -> None:
+        with self._lock:
+            self._shared[lease._block.cls].append(lease._block)
+            self._releases += 1
+
+    def _outstanding(self) -> int:
+        return self._acquires - self._releases
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool."""
+        with self._lock:
+            return PoolStats(
+                kind=self._kind, slabs=len(self._slabs),
+                slab_bytes=sum(s.size for s in self._slabs),
+                hugepage_slabs=sum(s.huge for s in self._slabs),
+                outstanding=self._acquires - self._releases, in_flight=self._in_flight,
+                idle_blocks=sum(len(x) for x in self._shared), acquires=self._acquires,
+                releases=self._releases, cross_thread_releases=0, deferred_drained=0,
+                reclaimed_from_dead_threads=0, threads=0,
+            )
+
+
+class BufferPool(_PoolBase):
+    """A pool with per-thread free lists and deferred cross-thread return.
+
+    Args:
+        max_size: the largest size class (a power of two).
+        slab_bytes: bytes per slab (a larger class gets a slab of its own size).
+        account: charge slab memory to this account (``"pool"``; ``"pinned"`` while in flight).
+        hugepages: align slabs to 2 MiB and ask for transparent huge pages.
+        thread_cache_bytes: idle bytes per class a thread keeps before spilling to the shared list.
+        drain_batch: the most deferred returns an owner takes back per acquire.
+        deferred_limit: above this many queued deferred returns, releasers spill to the shared list.
+    """
+
+    _kind = "per-thread"
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 4 * 1024 * 1024,
+        slab_bytes: int = 4 * 1024 * 1024,
+        account: _AccountLike | None = None,
+        hugepages: bool = True,
+        thread_cache_bytes: int = 8 * 1024 * 1024,
+        drain_batch: int = 256,
+        deferred_limit: int = 4096,
+    ) -> None:
+        super().__init__(max_size=max_size, slab_bytes=slab_bytes, account=account,
+                         hugepages=hugepages)
+        self._local = threading.local()
+        self._caches: list[_ThreadCache] = []
+        self._cap = [max(2, thread_cache_bytes // c) for c in self._classes]
+        self._drain_batch = max(1, drain_batch)
+        self._deferred_limit = max(1, deferred_limit)
+        self._dead = [0, 0, 0, 0]  # acquires, releases, cross, drained of reclaimed caches
+        self._reclaimed = 0
+
+    # -- per-thread state -------------------------------------------------------------------
+    def _cache(self) -> _ThreadCache:
+        cache: _ThreadCache | None = getattr(self._local, "cache", None)
+        if cache is None:
+            token = _Token()
+            cache = _ThreadCache(len(self._classes), token, threading.current_thread().name)
+            self._local.token = token  # only the thread-local holds it: dies with the thread
+            self._local.cache = cache
+            with self._lock:
+                self._caches.append(cache)
+        return cache
+
+    def _drain(self, cache: _ThreadCache) -> None:
+        dq, free = cache.deferred, cache.free
+        n = 0
+        for _ in range(min(len(dq), self._drain_batch)):
+            try:
+                block = dq.popleft()
+            except IndexError:
+                break
+            free[block.cls].append(block)
+            n += 1
+        cache.drained += n
+        cache.releases += n
+        for cls, fl in enumerate(free):
+            if len(fl) > self._cap[cls]:
+                self._spill(fl, cls)
+
+    def _spill(self, fl: list[_Block], cls: int) -> None:
+        keep = self._cap[cls] // 2
+        with self._lock:
+            self._shared[cls].extend(fl[keep:])
+        del fl[keep:]
+
+    def _refill(self, cache: _ThreadCache, cls: int) -> _Block:
+        with self._lock:
+            if self._closed:
+                raise PoolError("the pool is closed")
+            self._sweep_dead()
+            shared = self._shared[cls]
+            take = max(1, min(64, self._cap[cls] // 4))
+            if shared:
+                got = shared[-take:]
+                del shared[-take:]
+            else:
+                got = self._carve(cls, take)
+        block = got.pop()
+        cache.free[cls].extend(got)
+        return block
+
+    def _sweep_dead(self) -> None:
+        """Reclaim the lists of threads that have exited; call with the lock held."""
+        dead = [c for c in self._caches if not c.alive()]
+        for c in dead:
+            self._caches.remove(c)
+            self._dead[0] += c.acquires
+            self._dead[1] += c.releases
+            self._dead[2] += c.cross_releases
+            self._dead[3] += c.drained
+            for cls, fl in enumerate(c.free):
+                self._shared[cls].extend(fl)
+                fl.clear()
+            self._take_deferred(c)
+
+    def _take_deferred(self, c: _ThreadCache) -> None:
+        """Move ``c``'s deferred returns to the shared lists; call with the lock held."""
+        while True:
+            try:
+                block = c.deferred.popleft()
+            except IndexError:
+                return
+            self._shared[block.cls].append(block)
+            self._reclaimed += 1
+            self._dead[1] += 1
+
+    # -- public API -------------------------------------------------------------------------
+    def acquire(self, size: int) -> Lease:
+        """Borrow a page-aligned buffer of ``size`` bytes (no shared lock on the fast path).
+
+        Raises:
+            PoolError: size out of range, or the pool is closed.
+            LimitExceeded: a new slab would exceed the pool's account limit.
+        """
+        cls = self._class_index(size)
+        if self._closed:
+            raise PoolError("the pool is closed")
+        cache = self._cache()
+        if cache.deferred:
+            self._drain(cache)
+        fl = cache.free[cls]
+        block = fl.pop() if fl else self._refill(cache, cls)
+        cache.acquires += 1
+        return Lease(self, block, size, cache)
+
+    def release(self, lease: Lease) -> None:
+        """Return ``lease`` to this pool; see :meth:`Lease.release`."""
+        self._check_mine(lease)
+        self._claim(lease)
+        self._return(lease)
+
+    def _return(self, lease: Lease) -> None:
+        block, owner = lease._block, lease._owner
+        assert owner is not None
+        mine: _ThreadCache | None = getattr(self._local, "cache", None)
+        if owner is mine:
+            fl = owner.free[block.cls]
+            fl.append(block)
+            owner.releases += 1
+            if len(fl) > self._cap[block.cls]:
+                self._spill(fl, block.cls)
+            return
+        self._cache().cross_releases += 1
+        if not owner.alive() or len(owner.deferred) >= self._deferred_limit:
+            with self._lock:
+                self._shared[block.cls].append(block)
+                self._reclaimed += 0 if owner.alive() else 1
+                self._dead[1] += 1
+            return
+        owner.deferred.append(block)
+        if not owner.alive():  # the owner exited between the check and the append
+            with self._lock:
+                self._take_deferred(owner)
+
+    def _outstanding(self) -> int:
+        acq = self._dead[0] + sum(c.acquires for c in self._caches)
+        rel = self._dead[1] + sum(c.releases + len(c.deferred) for c in self._caches)
+        return acq - rel
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool (exact when quiescent)."""
+        with self._lock:
+            caches = list(self._caches)
+            idle = sum(len(x) for x in self._shared) + sum(
+                sum(len(fl) for fl in c.free) + len(c.deferred) for c in caches)
+            return PoolStats(
+                kind=self._kind, slabs=len(self._slabs),
+                slab_bytes=sum(s.size for s in self._slabs),
+                hugepage_slabs=sum(s.huge for s in self._slabs),
+                outstanding=self._outstanding(), in_flight=self._in_flight, idle_blocks=idle,
+                acquires=self._dead[0] + sum(c.acquires for c in caches),
+                releases=self._dead[1] + sum(c.releases + len(c.deferred) for c in caches),
+                cross_thread_releases=self._dead[2] + sum(c.cross_releases for c in caches),
+                deferred_drained=self._dead[3] + sum(c.drained for c in caches),
+                reclaimed_from_dead_threads=self._reclaimed,
+                threads=sum(1 for c in caches if c.alive()),
+            )
