@@ -87,15 +87,18 @@ def tcp_pair(ns: Netns | None = None, host: str = "::1",
 
 
 @contextlib.contextmanager
-def sending(sock: socket.socket, total: int, **kw: object) -> Iterator[threading.Thread]:
+def sending(sock: socket.socket, total: int, tolerate_reset: bool = False,
+            **kw: object) -> Iterator[threading.Thread]:
     """Run :func:`send_stream` in a thread for the ``with`` block; re-raises its error."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             send_stream(sock, total, **kw)  # type: ignore[arg-type]
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        except BaseException as e:
+            sock.close()
+            if not (tolerate_reset and isinstance(e, ConnectionResetError | BrokenPipeError)):
+                errors.append(e)
 
     t = threading.Thread(target=run, name="rx-test-sender", daemon=True)
     t.start()

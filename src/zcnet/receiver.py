@@ -477,8 +477,9 @@ class Receiver:
         mapped = zc.length
         copied = zc.copybuf_len if zc.copybuf_len > 0 else 0
         skip = zc.recv_skip_hint
-        if zc.err:
-            err = OSError(zc.err, os.strerror(zc.err))
+        if zc.err:  # sock_error(): a negative errno, consumed by this call
+            code = abs(zc.err)
+            err = OSError(code, os.strerror(code))
             self._pending_error = _translate(err, "TCP_ZEROCOPY_RECEIVE")
         if copied:
             self._pending = memoryview(memoryview(self._call.copybuf)[:copied].tobytes())
