@@ -1,0 +1,229 @@
+"""Completion tracker for ``MSG_ZEROCOPY`` sends (pure logic, no I/O).
+
+Theory of operation (Documentation/networking/msg_zerocopy.rst, net/core/skbuff.c
+``msg_zerocopy_realloc`` / ``__msg_zerocopy_callback``): each *successful* zero-copy send call
+takes the next value of a per-socket u32 counter; a call that fails takes none. The kernel later
+queues notifications on the socket error queue, each an inclusive range ``[lo, hi]`` of counter
+values whose buffers it no longer references; consecutive ranges are coalesced, and the range can
+wrap past ``2**32 - 1``. This tracker mirrors the counter: :meth:`CompletionTracker.record_send`
+hands out the value each successful call took, :meth:`CompletionTracker.complete` consumes a
+notification.
+
+Internally values are *unwrapped* into sequence numbers (0, 1, 2, ... in send order). A range is
+mapped back into the last ``min(sent, 2**31)`` sequence numbers; a range that reaches past the
+last value sent, or is wider than ``2**31``, cannot be a real notification and raises
+:class:`~zcnet.errors.InvalidCompletionError` before anything is released. Outstanding sequence
+numbers are kept as a sorted list of disjoint half-open intervals (usually one), so a notification
+costs ``O(log intervals + completed)``: repeated and already-completed parts of a range cost
+nothing beyond the interval search, out-of-order completions split an interval.
+
+Each send call belongs to a *token* (the I/O layer's ticket). One token may span several calls
+(partial sends of one buffer); it is finished once :meth:`CompletionTracker.seal` said no more calls
+will follow and every call it made has completed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from zcnet._core.serial import HALF, MASK, distance, range_width
+from zcnet.errors import InvalidCompletionError
+
+__all__ = ["Completion", "CompletionTracker"]
+
+T = TypeVar("T", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion(Generic[T]):
+    """What one notification released.
+
+    Attributes:
+        calls: send calls newly completed (repeats of completed calls are not counted).
+        nbytes: bytes carried by those calls.
+        copied: the notification said the kernel copied the data after all.
+        done: tokens that became finished with this notification, in send order.
+        done_copied: for each token in ``done``, whether any of its calls was reported copied.
+    """
+
+    calls: int
+    nbytes: int
+    copied: bool
+    done: tuple[T, ...]
+    done_copied: tuple[bool, ...]
+
+
+class _TokenState:
+    __slots__ = ("copied", "remaining", "sealed")
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.sealed = False
+        self.copied = False
+
+
+class CompletionTracker(Generic[T]):
+    """Maps the kernel's wrapping zero-copy counter to tokens and finishes them on notification.
+
+    Args:
+        start: the counter value the kernel gives the next successful zero-copy call (0 on a
+            fresh socket; tests start near ``2**32`` to exercise wraparound).
+    """
+
+    __slots__ = ("_ends", "_n", "_owner", "_start", "_starts", "_tokens")
+
+    def __init__(self, start: int = 0) -> None:
+        if not 0 <= start <= MASK:
+            raise ValueError(f"start must be a u32, got {start}")
+        self._start = start
+        self._n = 0  # sequence numbers handed out so far
+        self._starts: list[int] = []  # outstanding sequence numbers: [starts[k], ends[k])
+        self._ends: list[int] = []
+        self._owner: dict[int, tuple[T, int]] = {}  # seq -> (token, nbytes)
+        self._tokens: dict[T, _TokenState] = {}
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def next_value(self) -> int:
+        """The counter value the next :meth:`record_send` returns."""
+        return (self._start + self._n) & MASK
+
+    @property
+    def sent(self) -> int:
+        """Successful zero-copy send calls recorded so far."""
+        return self._n
+
+    @property
+    def outstanding(self) -> int:
+        """Send calls not yet completed."""
+        return len(self._owner)
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens not yet finished (open, or sealed with calls outstanding)."""
+        return len(self._tokens)
+
+    def tokens(self) -> Iterator[T]:
+        """The unfinished tokens (in first-send order)."""
+        return iter(list(self._tokens))
+
+    def is_outstanding(self, value: int) -> bool:
+        """Whether the call that took counter ``value`` is still outstanding (most recent use)."""
+        if self._n == 0:
+            return False
+        back = distance(value, (self._start + self._n - 1) & MASK)
+        if back >= min(self._n, HALF):
+            return False
+        return (self._n - 1 - back) in self._owner
+
+    # -- updates ---------------------------------------------------------------------------
+    def record_send(self, token: T, nbytes: int) -> int:
+        """Record one successful zero-copy send call of ``nbytes`` for ``token``.
+
+        Returns the counter value the kernel gave that call.
+        """
+        seq = self._n
+        self._n = seq + 1
+        ends = self._ends
+        if ends and ends[-1] == seq:
+            ends[-1] = seq + 1
+        else:
+            self._starts.append(seq)
+            ends.append(seq + 1)
+        self._owner[seq] = (token, nbytes)
+        state = self._tokens.get(token)
+        if state is None:
+            state = self._tokens[token] = _TokenState()
+        elif state.sealed:
+            raise ValueError("record_send() on a sealed token")
+        state.remaining += 1
+        return (self._start + seq) & MASK
+
+    def seal(self, token: T) -> bool | None:
+        """Declare that ``token`` makes no more send calls.
+
+        Returns ``None`` while some of its calls are outstanding (it will appear in a later
+        :attr:`Completion.done`), otherwise whether the kernel copied any of its calls (``False``
+        as well for a token that never made a zero-copy call).
+        """
+        state = self._tokens.get(token)
+        if state is None:
+            return False
+        state.sealed = True
+        if state.remaining:
+            return None
+        del self._tokens[token]
+        return state.copied
+
+    def _resolve(self, lo: int, hi: int) -> tuple[int, int]:
+        """Map a u32 range to inclusive sequence numbers, or raise InvalidCompletionError."""
+        if not (0 <= lo <= MASK and 0 <= hi <= MASK):
+            raise InvalidCompletionError(f"completion range [{lo}, {hi}] is not made of u32 values")
+        width = range_width(lo, hi)
+        if width > HALF:
+            raise InvalidCompletionError(
+                f"completion range [{lo}, {hi}] is {width} values wide (more than 2**31)"
+            )
+        n = self._n
+        if n == 0:
+            raise InvalidCompletionError(
+                f"completion range [{lo}, {hi}] but no zero-copy send was made"
+            )
+        last = (self._start + n - 1) & MASK
+        back_hi = distance(hi, last)  # how far hi lies behind the last value sent
+        if back_hi + width > min(n, HALF):
+            raise InvalidCompletionError(
+                f"completion range [{lo}, {hi}] reaches beyond the {n} zero-copy sends made "
+                f"(values {self._start} .. {last})"
+            )
+        seq_hi = n - 1 - back_hi
+        return seq_hi - width + 1, seq_hi
+
+    def complete(self, lo: int, hi: int, copied: bool) -> Completion[T]:
+        """Apply the notification for the inclusive, possibly wrapping counter range ``[lo, hi]``.
+
+        Ranges may be coalesced, repeated or out of order. Raises
+        :class:`~zcnet.errors.InvalidCompletionError` (releasing nothing) for a range that no
+        sequence of sends could produce.
+        """
+        seq_lo, seq_hi = self._resolve(lo, hi)
+        starts, ends = self._starts, self._ends
+        k0 = bisect_right(ends, seq_lo)  # first interval ending after seq_lo
+        k1 = k0
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        owner = self._owner
+        tokens = self._tokens
+        calls = 0
+        nbytes = 0
+        done: list[T] = []
+        done_copied: list[bool] = []
+        while k1 < len(starts) and starts[k1] <= seq_hi:
+            s, e = starts[k1], ends[k1]
+            a, b = max(s, seq_lo), min(e, seq_hi + 1)
+            if s < a:
+                new_starts.append(s)
+                new_ends.append(a)
+            if b < e:
+                new_starts.append(b)
+                new_ends.append(e)
+            for seq in range(a, b):
+                token, size = owner.pop(seq)
+                calls += 1
+                nbytes += size
+                state = tokens[token]
+                state.remaining -= 1
+                if copied:
+                    state.copied = True
+                if not state.remaining and state.sealed:
+                    del tokens[token]
+                    done.append(token)
+                    done_copied.append(state.copied)
+            k1 += 1
+        if k1 > k0:
+            starts[k0:k1] = new_starts
+            ends[k0:k1] = new_ends
+        return Completion(calls, nbytes, copied, tuple(done), tuple(done_copied))

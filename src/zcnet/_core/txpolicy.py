@@ -1,0 +1,216 @@
+"""The zero-copy send policy, sans-I/O: when to use ``MSG_ZEROCOPY``, when to stop, what to count.
+
+Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md):
+
+* zero-copy pays only for large sends (pinning pages and reading notifications cost more than a
+  copy below roughly 10 KB), so sends under ``zerocopy_threshold`` are plain copies;
+* a notification with ``SO_EE_CODE_ZEROCOPY_COPIED`` means the kernel copied after all (always
+  so over loopback and veth); pin-then-copy costs more than a copy, so after
+  ``copied_fallback_after`` such send calls the socket switches to copy mode for good (Folly's
+  rule), unless ``force_zerocopy`` keeps ``MSG_ZEROCOPY`` on (tests, and receive-side zero-copy
+  over loopback, which needs a zero-copy sender);
+* ``ENOBUFS`` from a zero-copy send means the notification budget (``net.core.optmem_max``) or
+  the locked-memory limit is exhausted: back-pressure, not failure. Reap completions and retry,
+  at most ``enobufs_retries`` times for one send call, then send that piece with a copy. It is
+  never raised to the caller.
+
+:class:`TxController` holds this state and the counters behind :class:`SenderStats`. The blocking
+:class:`zcnet.sender.Sender` and an asyncio layer share it; only their I/O differs.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["EnobufsAction", "SendPolicy", "SenderStats", "TxController"]
+
+Mode = Literal["zerocopy", "copy"]
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    """Knobs of a :class:`~zcnet.sender.Sender`.
+
+    Attributes:
+        zerocopy_threshold: sends smaller than this many bytes are plain copies.
+        force_zerocopy: keep ``MSG_ZEROCOPY`` even after the kernel reports copies.
+        copied_fallback_after: zero-copy send calls reported copied before switching to copy.
+        enobufs_retries: reap-and-retry rounds on ``ENOBUFS`` before a copying send.
+        drain_timeout: seconds ``close()`` waits for outstanding completions.
+    """
+
+    zerocopy_threshold: int = 10 * 1024
+    force_zerocopy: bool = False
+    copied_fallback_after: int = 1
+    enobufs_retries: int = 8
+    drain_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.zerocopy_threshold < 0:
+            raise ValueError("zerocopy_threshold must be >= 0")
+        if self.copied_fallback_after < 1:
+            raise ValueError("copied_fallback_after must be >= 1")
+        if self.enobufs_retries < 0:
+            raise ValueError("enobufs_retries must be >= 0")
+        if self.drain_timeout < 0:
+            raise ValueError("drain_timeout must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    """A snapshot of a sender's counters.
+
+    Bytes are counted once each: ``bytes_zerocopy`` (completed, not copied by the kernel),
+    ``bytes_copied`` (sent with ``MSG_ZEROCOPY`` but reported copied by the kernel),
+    ``bytes_plain`` (sent with a plain copying send), ``bytes_pending`` (zero-copy, not yet
+    completed). ``sends_*`` count send system calls, ``completions`` the zero-copy calls completed,
+    ``notifications`` the completion messages read, ``enobufs`` the ``ENOBUFS`` errors absorbed,
+    ``other_errors`` the non-zero-copy messages seen on the error queue (e.g. ICMP errors).
+    """
+
+    bytes_zerocopy: int
+    bytes_copied: int
+    bytes_plain: int
+    bytes_pending: int
+    sends_zerocopy: int
+    sends_plain: int
+    completions: int
+    notifications: int
+    enobufs: int
+    other_errors: int
+    mode: Mode
+    fallback_reason: str | None
+
+
+class EnobufsAction(enum.Enum):
+    """What to do after a zero-copy send call failed with ``ENOBUFS``."""
+
+    REAP_AND_RETRY = "reap_and_retry"
+    COPY = "copy"
+
+
+class TxController:
+    """Policy state of one sending socket; the I/O layer reports events and asks for decisions.
+
+    The counters are plain attributes so the I/O layer's hot path can bump them directly.
+    """
+
+    __slots__ = (
+        "bytes_copied",
+        "bytes_pending",
+        "bytes_plain",
+        "bytes_zerocopy",
+        "completions",
+        "copied_calls",
+        "enobufs",
+        "enobufs_round",
+        "fallback_reason",
+        "notifications",
+        "other_errors",
+        "policy",
+        "sends_plain",
+        "sends_zerocopy",
+        "threshold",
+        "zerocopy",
+    )
+
+    def __init__(self, policy: SendPolicy) -> None:
+        self.policy = policy
+        self.threshold = policy.zerocopy_threshold
+        self.zerocopy = True
+        self.fallback_reason: str | None = None
+        self.bytes_zerocopy = 0
+        self.bytes_copied = 0
+        self.bytes_plain = 0
+        self.bytes_pending = 0
+        self.sends_zerocopy = 0
+        self.sends_plain = 0
+        self.completions = 0
+        self.notifications = 0
+        self.enobufs = 0
+        self.enobufs_round = 0
+        self.other_errors = 0
+        self.copied_calls = 0
+
+    @property
+    def mode(self) -> Mode:
+        """``"zerocopy"`` while ``MSG_ZEROCOPY`` may be used, ``"copy"`` after the fallback."""
+        return "zerocopy" if self.zerocopy else "copy"
+
+    def use_zerocopy(self, nbytes: int) -> bool:
+        """Whether a send of ``nbytes`` should use ``MSG_ZEROCOPY``."""
+        return self.zerocopy and nbytes >= self.threshold
+
+    def disable(self, reason: str) -> None:
+        """Switch to copy mode for good (the first reason is kept)."""
+        if self.zerocopy:
+            self.zerocopy = False
+            self.fallback_reason = reason
+
+    def on_zerocopy_sent(self, nbytes: int) -> None:
+        """A zero-copy send call succeeded with ``nbytes``."""
+        self.sends_zerocopy += 1
+        self.bytes_pending += nbytes
+        self.enobufs_round = 0
+
+    def on_plain_sent(self, nbytes: int, calls: int = 1) -> None:
+        """Plain (copying) send calls handed ``nbytes`` to the kernel."""
+        self.sends_plain += calls
+        self.bytes_plain += nbytes
+
+    def on_enobufs(self) -> EnobufsAction:
+        """A zero-copy send call failed with ``ENOBUFS``: retry after reaping, or copy."""
+        self.enobufs += 1
+        self.enobufs_round += 1
+        if self.enobufs_round > self.policy.enobufs_retries:
+            self.enobufs_round = 0
+            return EnobufsAction.COPY
+        return EnobufsAction.REAP_AND_RETRY
+
+    def enobufs_wait(self) -> float:
+        """Seconds to wait for completions before the current ``ENOBUFS`` retry (backs off)."""
+        return float(min(0.0005 * (1 << min(self.enobufs_round, 16)), 0.05))
+
+    def on_completion(self, calls: int, nbytes: int, copied: bool) -> None:
+        """A notification completed ``calls`` send calls carrying ``nbytes``."""
+        self.notifications += 1
+        self.completions += calls
+        self.bytes_pending -= nbytes
+        if not copied:
+            self.bytes_zerocopy += nbytes
+            return
+        self.bytes_copied += nbytes
+        self.copied_calls += calls
+        if (
+            self.zerocopy
+            and not self.policy.force_zerocopy
+            and calls
+            and self.copied_calls >= self.policy.copied_fallback_after
+        ):
+            self.disable(
+                f"the kernel copied {self.copied_calls} zero-copy send call(s) "
+                "(loopback, veth or a device without scatter-gather): copying is cheaper"
+            )
+
+    def on_other_error(self) -> None:
+        """A non-zero-copy message (e.g. an ICMP error) was read from the error queue."""
+        self.other_errors += 1
+
+    def stats(self) -> SenderStats:
+        """A frozen snapshot of the counters."""
+        return SenderStats(
+            bytes_zerocopy=self.bytes_zerocopy,
+            bytes_copied=self.bytes_copied,
+            bytes_plain=self.bytes_plain,
+            bytes_pending=self.bytes_pending,
+            sends_zerocopy=self.sends_zerocopy,
+            sends_plain=self.sends_plain,
+            completions=self.completions,
+            notifications=self.notifications,
+            enobufs=self.enobufs,
+            other_errors=self.other_errors,
+            mode=self.mode,
+            fallback_reason=self.fallback_reason,
+        )

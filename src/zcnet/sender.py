@@ -1,0 +1,528 @@
+"""Blocking zero-copy sender: ``MSG_ZEROCOPY`` sends with safe buffer lifetimes.
+
+Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md):
+
+* :class:`Sender` enables ``SO_ZEROCOPY`` on a connected TCP or UDP socket (if the kernel refuses,
+  it works in copy mode and says why in ``stats.fallback_reason``) and sends each buffer with
+  ``send(..., MSG_ZEROCOPY)``, sendall-style for TCP (a large buffer is sent in pieces, and partial
+  sends continue where they stopped), one datagram per call for UDP (with ``UDP_SEGMENT`` set by
+  the caller, a GSO super-datagram of up to 64 KB).
+* The kernel pins the pages instead of copying them and tells, later, on the socket error queue,
+  which send calls it no longer references. Each successful zero-copy call consumes one value of
+  the socket's u32 counter; :class:`zcnet._core.tracker.CompletionTracker` mirrors it and maps
+  values to :class:`Ticket` s. Until its ticket is done the sender keeps a ``memoryview`` of the
+  buffer (a ``bytearray`` cannot be resized meanwhile); writing into the buffer before then
+  changes the bytes that go on the wire.
+* Completions are read opportunistically (every few zero-copy calls), in :meth:`Sender.poll`, and
+  while waiting (:meth:`Ticket.wait`, :meth:`Sender.flush`), which sleeps in ``poll(2)``: a pending
+  completion raises ``POLLERR`` on the socket, so there is no busy loop.
+* :class:`zcnet._core.txpolicy.TxController` decides: small sends copy; once the kernel reports
+  copied completions (loopback, veth) the socket switches to plain copying sends; ``ENOBUFS`` (the
+  ``optmem_max`` notification budget or ``RLIMIT_MEMLOCK``) is absorbed by reaping and retrying,
+  then a copying send.
+* A peer reset fails every pending ticket (``wait()`` raises :class:`ConnectionResetByPeer`); a
+  ticket still becomes ``done`` if the kernel reports its completion later. ``close()`` drains
+  completions (up to ``drain_timeout``) before closing the socket, because notifications not read
+  before ``close`` are lost; tickets still pending then stay not-done forever (their buffers stay
+  exported, never handed back while the kernel might read them).
+
+Not thread-safe: use one Sender from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from zcnet._core.tracker import CompletionTracker
+from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
+from zcnet.errors import (
+    ConnectionResetByPeer,
+    InvalidBufferError,
+    InvalidCompletionError,
+    SendError,
+    SocketClosedError,
+    TimeoutExpired,
+    UnsupportedSocketError,
+    ZcnetError,
+)
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+else:
+    Buffer = Any
+
+__all__ = ["SendPolicy", "Sender", "SenderStats", "Ticket"]
+
+_log = logging.getLogger(__name__)
+
+#: Largest piece of a TCP buffer sent by one zero-copy call: keeps the pinned (RLIMIT_MEMLOCK
+#: charged) amount per call moderate; every call costs one counter value, completions coalesce.
+ZC_CHUNK: Final = 1 << 20
+#: Read the error queue after this many zero-copy calls (completions coalesce meanwhile).
+REAP_EVERY: Final = 16
+_RESET_ERRNOS: Final = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
+)
+_POLL_MASK: Final = select.POLLERR
+
+
+def _translate(e: OSError) -> ZcnetError:
+    """Map a kernel error of a send to zcnet's hierarchy (the OSError becomes ``__cause__``)."""
+    if e.errno in _RESET_ERRNOS:
+        err: ZcnetError = ConnectionResetByPeer(f"connection lost during send: {e}")
+    elif e.errno == errno.EBADF:
+        err = SocketClosedError(f"socket closed underneath the Sender: {e}")
+    else:
+        err = SendError(f"send failed: {e}")
+    err.__cause__ = e
+    return err
+
+
+class Ticket:
+    """One :meth:`Sender.send` call: tells when its buffer may be reused.
+
+    Attributes:
+        nbytes: bytes sent.
+        zerocopy: at least one ``MSG_ZEROCOPY`` send call carried part of it.
+        done: the kernel no longer references the buffer; it may be reused or freed.
+        copied: the kernel copied some of it after all (``None`` while pending or if it was never
+            sent with ``MSG_ZEROCOPY``).
+        error: set when the connection failed before the ticket completed (the data may not have
+            arrived); :meth:`wait` then raises it. ``done`` may still become true later.
+    """
+
+    __slots__ = ("_callbacks", "_sender", "_view", "copied", "done", "error", "nbytes", "zerocopy")
+
+    def __init__(
+        self, sender: Sender | None, nbytes: int, zerocopy: bool, done: bool,
+        copied: bool | None,
+    ) -> None:
+        self._sender = sender
+        self._view: memoryview | None = None
+        self._callbacks: list[Callable[[Ticket], None]] | None = None
+        self.nbytes = nbytes
+        self.zerocopy = zerocopy
+        self.done = done
+        self.copied = copied
+        self.error: ZcnetError | None = None
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "pending"
+        if self.error is not None:
+            state += f", error={type(self.error).__name__}"
+        return (
+            f"<Ticket {self.nbytes} bytes {state} zerocopy={self.zerocopy} copied={self.copied}>"
+        )
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until :attr:`done` (reaping completions meanwhile).
+
+        Raises:
+            TimeoutExpired: still pending after ``timeout`` seconds.
+            ConnectionResetByPeer, SendError, SocketClosedError: the ticket failed (:attr:`error`).
+        """
+        if self.error is not None:
+            raise self.error
+        if self.done:
+            return
+        sender = self._sender
+        if sender is None:  # pragma: no cover - a pending ticket always has a sender
+            raise SocketClosedError("ticket has no sender")
+        sender._wait(lambda: self.done or self.error is not None, timeout, what="ticket")
+        if self.error is not None:
+            raise self.error
+
+    def add_done_callback(self, fn: Callable[[Ticket], None]) -> None:
+        """Call ``fn(ticket)`` once the ticket is done (at once if it already is).
+
+        Callbacks run in the thread that reaps the completion (inside ``send``, ``poll``,
+        ``wait``, ``flush`` or ``close``); exceptions they raise are logged, not propagated.
+        """
+        if self.done:
+            self._run(fn)
+        elif self._callbacks is None:
+            self._callbacks = [fn]
+        else:
+            self._callbacks.append(fn)
+
+    def _run(self, fn: Callable[[Ticket], None]) -> None:
+        try:
+            fn(self)
+        except Exception:
+            _log.exception("Ticket done callback %r failed", fn)
+
+    def _finish(self, copied: bool) -> None:
+        self.done = True
+        self.copied = copied if self.zerocopy else None
+        view, self._view = self._view, None
+        if view is not None:
+            view.release()
+        self._sender = None
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for fn in callbacks:
+                self._run(fn)
+
+
+class Sender:
+    """Sends buffers over a connected TCP or UDP socket with ``MSG_ZEROCOPY`` when it pays.
+
+    The Sender owns the socket (it puts it in blocking mode and closes it in :meth:`close`) and
+    must be the only one sending with ``MSG_ZEROCOPY`` on it, from its creation on. Use it as a
+    context manager.
+
+    Raises:
+        UnsupportedSocketError: not an IPv4/IPv6 TCP or UDP socket, or not connected.
+        SocketClosedError: the socket is already closed.
+    """
+
+    def __init__(self, sock: socket.socket, policy: SendPolicy | None = None) -> None:
+        if not isinstance(sock, socket.socket):
+            raise UnsupportedSocketError(f"expected a socket.socket, got {type(sock).__name__}")
+        if sock.fileno() < 0:
+            raise SocketClosedError("the socket is closed")
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise UnsupportedSocketError(
+                f"{sock.family!r}: only AF_INET and AF_INET6 are supported"
+            )
+        if sock.type == socket.SOCK_STREAM:
+            self._stream = True
+        elif sock.type == socket.SOCK_DGRAM:
+            self._stream = False
+        else:
+            raise UnsupportedSocketError(f"{sock.type!r}: only TCP and UDP sockets are supported")
+        try:
+            sock.getpeername()
+        except OSError as e:
+            raise UnsupportedSocketError(f"the socket is not connected: {e}") from e
+        self.policy = policy if policy is not None else SendPolicy()
+        self._ctl = TxController(self.policy)
+        self._tracker: CompletionTracker[Ticket] = CompletionTracker()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._closed = False
+        self._failure: ZcnetError | None = None
+        self._since_reap = 0
+        sock.setblocking(True)
+        self._send = sock.send
+        self._sendall = sock.sendall
+        if not sys.platform.startswith("linux"):
+            self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
+        else:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+            except OSError as e:
+                self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
+        self._poller = select.poll()
+        self._poller.register(self._fd, _POLL_MASK)
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._ctl.mode
+        return f"<Sender fd={self._fd} {state} pending={self._tracker.pending_tokens}>"
+
+    # -- public API ------------------------------------------------------------------------
+    @property
+    def stats(self) -> SenderStats:
+        """A frozen snapshot of the counters (see :class:`SenderStats`)."""
+        return self._ctl.stats()
+
+    @property
+    def pending(self) -> int:
+        """Tickets not yet done."""
+        return self._tracker.pending_tokens
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return -1 if self._closed else self._fd
+
+    def send(self, buf: Buffer) -> Ticket:
+        """Send all of ``buf`` (one datagram on UDP) and return its :class:`Ticket`.
+
+        ``buf`` must be a C-contiguous buffer (``bytes``, ``bytearray``, ``memoryview``, ``mmap``,
+        ``array``, a NumPy array...); it is sent as its raw bytes. Returns when every byte was
+        handed to the kernel; with zero-copy the buffer must not be modified until
+        ``ticket.done`` (modifying it changes what is sent).
+
+        Raises:
+            InvalidBufferError: not a buffer, or not contiguous.
+            SocketClosedError: the Sender was closed.
+            ConnectionResetByPeer: the peer reset the connection (pending tickets fail too).
+            SendError: any other send failure (the OSError is the ``__cause__``).
+        """
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        if self._failure is not None:
+            raise self._failure
+        tb = type(buf)
+        nbytes = len(buf) if tb is bytes or tb is bytearray else self._nbytes(buf)  # type: ignore[arg-type]
+        ctl = self._ctl
+        if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
+            return self._send_zerocopy(buf, nbytes)
+        try:
+            self._sendall(buf)
+        except OSError as e:
+            raise self._failed(e) from e
+        ctl.sends_plain += 1
+        ctl.bytes_plain += nbytes
+        return Ticket(None, nbytes, False, True, None)
+
+    def poll(self) -> int:
+        """Read pending completions without blocking; returns the number of tickets completed."""
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        return self._reap()[1]
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every ticket is done.
+
+        Raises:
+            TimeoutExpired: tickets still pending after ``timeout`` seconds.
+            ConnectionResetByPeer, SendError: the connection failed with tickets pending.
+        """
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        tracker = self._tracker
+        self._wait(lambda: not tracker.pending_tokens, timeout, what="flush")
+
+    def close(self) -> None:
+        """Drain completions (at most ``policy.drain_timeout`` seconds), then close the socket.
+
+        Tickets still pending afterwards never become done (the kernel may still read their
+        buffers) and get a :class:`SocketClosedError` as :attr:`Ticket.error`. Idempotent.
+        """
+        if self._closed:
+            return
+        tracker = self._tracker
+        try:
+            if tracker.pending_tokens:
+                self._wait(
+                    lambda: not tracker.pending_tokens, self.policy.drain_timeout,
+                    what="close", tolerate_failure=True,
+                )
+        except ZcnetError as e:
+            _log.warning("Sender.close: %s", e)
+        finally:
+            left = 0
+            for ticket in tracker.tokens():
+                left += 1
+                if ticket.error is None:
+                    ticket.error = SocketClosedError(
+                        "the Sender was closed before the kernel released this buffer"
+                    )
+            if left:
+                _log.warning("Sender.close: %d ticket(s) never completed", left)
+            self._closed = True
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._poller.unregister(self._fd)
+            self._sock.close()
+
+    # -- internals -------------------------------------------------------------------------
+    @staticmethod
+    def _nbytes(buf: Buffer) -> int:
+        try:
+            with memoryview(buf) as mv:
+                if not mv.c_contiguous:
+                    raise InvalidBufferError("the buffer is not C-contiguous")
+                return mv.nbytes
+        except TypeError as e:
+            raise InvalidBufferError(
+                f"expected a bytes-like buffer, got {type(buf).__name__}"
+            ) from e
+
+    def _failed(self, e: OSError) -> ZcnetError:
+        """Translate ``e``; a connection failure fails every pending ticket."""
+        err = _translate(e)
+        if isinstance(err, ConnectionResetByPeer | SocketClosedError):
+            self._fail_pending(err)
+        return err
+
+    def _fail_pending(self, err: ZcnetError) -> None:
+        if self._failure is None:
+            self._failure = err
+        for ticket in self._tracker.tokens():
+            if ticket.error is None:
+                ticket.error = err
+
+    def _send_zerocopy(self, buf: Buffer, nbytes: int) -> Ticket:
+        mv = memoryview(buf)
+        if not mv.c_contiguous:  # pragma: no cover - checked by _nbytes for non-bytes types
+            raise InvalidBufferError("the buffer is not C-contiguous")
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        ticket = Ticket(self, nbytes, True, False, None)
+        ticket._view = mv
+        ctl = self._ctl
+        tracker = self._tracker
+        send = self._send
+        chunk = ZC_CHUNK if self._stream else nbytes
+        used_zc = False
+        off = 0
+        try:
+            while off < nbytes:
+                end = min(off + chunk, nbytes)
+                piece = mv if (off == 0 and end == nbytes) else mv[off:end]
+                if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
+                    rest = mv[off:] if off else mv
+                    self._send_plain(rest)
+                    ctl.on_plain_sent(nbytes - off)
+                    break
+                try:
+                    sent = send(piece, MSG_ZEROCOPY)
+                except OSError as e:
+                    if e.errno == errno.ENOBUFS:
+                        if ctl.on_enobufs() is EnobufsAction.REAP_AND_RETRY:
+                            self._reap_wait(ctl.enobufs_wait())
+                        else:
+                            self._send_plain(piece)
+                            ctl.on_plain_sent(end - off)
+                            off = end
+                        continue
+                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO set
+                        self._wait_writable()
+                        continue
+                    raise
+                used_zc = True
+                tracker.record_send(ticket, sent)
+                ctl.on_zerocopy_sent(sent)
+                off += sent
+                self._since_reap += 1
+                if self._since_reap >= REAP_EVERY:
+                    self._reap()
+        except OSError as e:
+            tracker.seal(ticket)
+            err = self._failed(e)
+            ticket.error = err
+            raise err from e
+        except BaseException:
+            tracker.seal(ticket)
+            raise
+        if not used_zc:
+            ticket.zerocopy = False
+        copied = tracker.seal(ticket)
+        if copied is not None:
+            ticket._finish(copied)
+        return ticket
+
+    def _send_plain(self, piece: memoryview) -> None:
+        """A copying send of ``piece``; ``ENOBUFS`` (UDP, full device queue) is retried."""
+        for attempt in range(64):
+            try:
+                self._sendall(piece)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self._reap_wait(min(0.001 * (attempt + 1), 0.05))
+        self._sendall(piece)
+
+    def _wait_writable(self) -> None:
+        p = select.poll()
+        p.register(self._fd, select.POLLOUT | select.POLLERR)
+        p.poll(100)
+        self._reap()
+
+    def _reap_wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for completions (POLLERR), then reap them."""
+        if not self._reap()[0]:
+            self._poller.poll(max(1, math.ceil(seconds * 1000)))
+            self._reap()
+
+    def _reap(self) -> tuple[int, int]:
+        """Read the error queue; returns (messages, tickets completed)."""
+        self._since_reap = 0
+        try:
+            events = drain_errqueue(self._sock)
+        except OSError as e:
+            raise self._failed(e) from e
+        if not events:
+            return 0, 0
+        tracker = self._tracker
+        ctl = self._ctl
+        finished = 0
+        invalid: InvalidCompletionError | None = None
+        for ev in events:
+            if type(ev) is ZerocopyCompletion:
+                try:
+                    res = tracker.complete(ev.lo, ev.hi, ev.copied)
+                except InvalidCompletionError as e:
+                    invalid = invalid or e
+                    continue
+                ctl.on_completion(res.calls, res.nbytes, ev.copied)
+                for ticket, copied in zip(res.done, res.done_copied, strict=True):
+                    ticket._finish(copied)
+                    finished += 1
+            else:
+                assert isinstance(ev, QueuedError)
+                ctl.on_other_error()
+                _log.debug("non-zerocopy error-queue message: %r", ev)
+        if invalid is not None:
+            raise invalid
+        return len(events), finished
+
+    def _check_socket_error(self) -> bool:
+        """Consume a pending socket error (``SO_ERROR``); True if there was one."""
+        try:
+            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as e:  # pragma: no cover
+            code = e.errno or errno.EIO
+        if not code:
+            return False
+        self._failed(OSError(code, f"{errno.errorcode.get(code, code)}: socket error"))
+        return True
+
+    def _wait(
+        self, ready: Callable[[], bool], timeout: float | None, *, what: str,
+        tolerate_failure: bool = False,
+    ) -> None:
+        """Reap completions until ``ready()``, sleeping in poll(2) on POLLERR."""
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        idle = 0
+        woke = False
+        while True:
+            messages, _ = self._reap()
+            if ready():
+                return
+            if self._failure is not None and not tolerate_failure:
+                raise self._failure
+            if woke and not messages:
+                # POLLERR/POLLHUP without queued completions: a socket error, or a hung-up socket
+                if self._check_socket_error():
+                    continue
+                idle += 1
+            else:
+                idle = 0
+            ms = -1
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutExpired(
+                        f"{what}: {self._tracker.pending_tokens} ticket(s) still pending "
+                        f"after {timeout} s"
+                    )
+                ms = max(1, math.ceil(remaining * 1000))
+            if idle:
+                # poll(2) keeps reporting the hang-up: back off instead of spinning
+                time.sleep(min(0.0005 * (1 << min(idle, 7)), 0.05, ms / 1000 if ms > 0 else 1))
+                woke = True
+                continue
+            woke = bool(self._poller.poll(ms))
