@@ -197,9 +197,13 @@ def _read_int(path: str) -> int:
 
 
 def read_cgroup_sock_memory(
-    proc_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo"
+    proc_cgroup: str = "/proc/thread-self/cgroup", mountinfo: str = "/proc/self/mountinfo"
 ) -> Probe[CgroupSockMemory]:
-    """Read this process's memory-cgroup socket charge (v2 ``sock``, else v1 ``kmem.tcp``)."""
+    """Read the calling thread's memory-cgroup socket charge (v2 ``sock``, else v1 ``kmem.tcp``).
+
+    (cgroup v1 lets threads of one process sit in different groups; sockets are charged to the
+    group of the thread that creates or accepts them.)
+    """
     try:
         with open(proc_cgroup) as f:
             groups = [ln.split(":", 2) for ln in f.read().splitlines() if ln.count(":") >= 2]
