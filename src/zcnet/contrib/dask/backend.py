@@ -1,0 +1,440 @@
+"""The ``zc://`` Dask comm backend: Backend, Connector, Listener and Comm.
+
+Theory of operation (distributed/comm/core.py, registry.py and tcp.py describe the contract):
+
+* ``distributed.comm.registry.get_backend("zc")`` finds :class:`ZCBackend` through the
+  ``distributed.comm.backends`` entry point; ``tcp`` is Dask's own and cannot be overridden, so
+  the zero-copy transport gets a scheme of its own. Addresses are ``zc://host:port`` exactly as for
+  ``tcp://`` (IPv6 hosts in brackets); an empty host listens on ``0.0.0.0`` and advertises this
+  machine's address.
+* ``distributed.comm.core.connect`` retries the connector on ``OSError`` until the connect
+  timeout, then performs the handshake (a message each way) through :meth:`ZCComm.write` /
+  :meth:`ZCComm.read` and reads the comm's private ``_local_addr`` / ``_peer_addr``; listeners do
+  the same in ``BaseListener.on_connection`` before handing the comm to the server.
+* A message is ``distributed.protocol`` frames behind a prelude of sizes (see
+  :mod:`zcnet.contrib.dask.framing`); large frames are sent alone (with ``MSG_ZEROCOPY`` where
+  the transport uses it) and received into their own final buffer, which Dask's deserializers
+  wrap without copying. Received frames are writeable (``receive = "copy"``, the default): Dask
+  copies a read-only frame whose array was writeable at the sender, so handing it mapped,
+  read-only pages would only move the copy (see docs/dask.md).
+* ``close`` drains outstanding zero-copy completions (bounded) and shuts the socket down;
+  ``abort`` closes at once. Any failure in the middle of a message leaves the stream in an
+  unknown state, so the comm is aborted, as Dask's TCP comm does. Failures surface as
+  ``CommClosedError``. TLS is not offered: ``require_encryption`` is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import logging
+import socket
+import sys
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed.comm.addressing import parse_host_port, unparse_host_port
+from distributed.comm.core import BaseListener, Comm, CommClosedError, Connector
+from distributed.comm.registry import Backend
+from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
+from distributed.utils import ensure_ip, ensure_memoryview, get_ip
+
+from zcnet.contrib.dask.config import ZCOptions, options_from_config
+from zcnet.contrib.dask.framing import (
+    COUNT_SIZE,
+    FramingError,
+    decode_count,
+    decode_sizes,
+    encode_prelude,
+    plan_segments,
+)
+from zcnet.contrib.dask.transport import FrameTransport, SocketTransport, TransportStats
+from zcnet.errors import ZcnetError
+
+__all__ = ["PREFIX", "ZCBackend", "ZCComm", "ZCConnector", "ZCListener"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "zc://"
+CommHandler = Callable[[Comm], Awaitable[None] | None]
+
+
+def _configure_socket(sock: socket.socket) -> None:
+    """``TCP_NODELAY`` and keep-alive/user timeouts from ``distributed.comm.timeouts.tcp``."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    timeout = int(parse_timedelta(dask.config.get("distributed.comm.timeouts.tcp"), "seconds"))
+    nprobes = 10
+    if timeout < nprobes + 1:
+        return
+    interval = max(1, (timeout - max(2, timeout // 4)) // nprobes)
+    idle = timeout - interval * nprobes
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if sys.platform.startswith("linux"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, nprobes)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout * 1000)
+    except OSError:
+        logger.exception("could not set TCP keep-alive on a zc:// socket")
+
+
+def _sockname(sock: socket.socket) -> str:
+    return PREFIX + unparse_host_port(*sock.getsockname()[:2])
+
+
+class ZCComm(Comm):
+    """An established ``zc://`` connection carrying Dask messages."""
+
+    def __init__(self, transport: FrameTransport, local_addr: str, peer_addr: str,
+                 deserialize: bool = True, options: ZCOptions | None = None) -> None:
+        self._closed = False
+        super().__init__(deserialize=deserialize)
+        self._local_addr = local_addr
+        self._peer_addr = peer_addr
+        self._transport: FrameTransport | None = transport
+        self._opts = options or ZCOptions()
+        self._write_lock = asyncio.Lock()
+        self._finalizer = weakref.finalize(self, _finalize, transport, repr(self))
+        self._finalizer.atexit = False
+
+    # -- addresses and state ---------------------------------------------------------------------
+    @property
+    def local_address(self) -> str:
+        """``zc://host:port`` of this end."""
+        return self._local_addr
+
+    @property
+    def peer_address(self) -> str:
+        """``zc://host:port`` of the other end."""
+        return self._peer_addr
+
+    def closed(self) -> bool:
+        """Whether the comm was closed, aborted or lost its connection."""
+        return self._closed
+
+    @property
+    def extra_info(self) -> dict[str, Any]:
+        """Backend-specific information: nothing that varies (as for ``tcp://``)."""
+        return {}
+
+    @property
+    def transport(self) -> FrameTransport | None:
+        """The transport while the comm is open."""
+        return self._transport
+
+    def transport_stats(self) -> TransportStats | None:
+        """Counters of the transport (zero-copy bytes, completions, ...), or None once closed."""
+        t = self._transport
+        return t.stats() if t is not None else None
+
+    def _lost(self, exc: BaseException) -> CommClosedError:
+        self.abort()
+        err = CommClosedError(f"in {self!r}: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        return err
+
+    # -- messages --------------------------------------------------------------------------------
+    async def read(self, deserializers: Any = None) -> Any:
+        """Read one message: prelude, then each frame into its prepared buffer."""
+        t = self._transport
+        if t is None:
+            raise CommClosedError(f"in {self!r}: comm is closed")
+        try:
+            head = memoryview(bytearray(COUNT_SIZE))
+            await t.recv_into(head)
+            count = decode_count(head)
+            sizes_buf = memoryview(bytearray(8 * count))
+            await t.recv_into(sizes_buf)
+            sizes = decode_sizes(sizes_buf, count)
+            frames = await self._read_frames(t, sizes)
+        except (ZcnetError, OSError, FramingError) as e:
+            raise self._lost(e) from e
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            return await from_frames(  # type: ignore[no-untyped-call]
+                frames, deserialize=self.deserialize,
+                                     deserializers=deserializers,
+                                     allow_offload=self.allow_offload)
+        except EOFError as e:
+            raise self._lost(e) from e
+
+    async def _read_frames(self, t: FrameTransport, sizes: list[int]) -> list[memoryview]:
+        frames: list[memoryview] = []
+        for seg in plan_segments(sizes, self._opts.zerocopy_threshold):
+            if seg.large:
+                frames.append(await t.recv_frame(sizes[seg.start]))
+                continue
+            buf = memoryview(bytearray(sum(sizes[seg.start : seg.stop])))
+            await t.recv_into(buf)
+            pos = 0
+            for size in sizes[seg.start : seg.stop]:
+                frames.append(buf[pos : pos + size])
+                pos += size
+        return frames
+
+    async def write(self, msg: Any, serializers: Any = None, on_error: str = "message") -> int:
+        """Serialize and send one message; returns the bytes written (prelude included)."""
+        if self._transport is None:
+            raise CommClosedError(f"in {self!r}: comm is closed")
+        frames = await to_frames(  # type: ignore[no-untyped-call]
+            msg, allow_offload=self.allow_offload, serializers=serializers, on_error=on_error,
+            context={"sender": self.local_info, "recipient": self.remote_info,
+                     **self.handshake_options},
+            frame_split_size=dask.utils.parse_bytes(dask.config.get("distributed.comm.shard")),
+        )
+        views = [ensure_memoryview(f) for f in frames]
+        sizes = [v.nbytes for v in views]
+        prelude = encode_prelude(sizes)
+        async with self._write_lock:
+            t = self._transport
+            if t is None:
+                raise CommClosedError(f"in {self!r}: comm is closed")
+            try:
+                first = True
+                for seg in plan_segments(sizes, self._opts.zerocopy_threshold):
+                    part = views[seg.start : seg.stop]
+                    if first and not seg.large:
+                        part = [memoryview(prelude), *part]
+                    elif first:
+                        await t.send([memoryview(prelude)], False)
+                    first = False
+                    await t.send(part, seg.large)
+                if first:
+                    await t.send([memoryview(prelude)], False)
+            except (ZcnetError, OSError) as e:
+                raise self._lost(e) from e
+            except BaseException:
+                self.abort()
+                raise
+        return len(prelude) + sum(sizes)
+
+    # -- closing ---------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Flush (bounded wait for zero-copy completions), shut down and close."""
+        t, self._transport = self._transport, None
+        self._closed = True
+        if t is not None:
+            self._finalizer.detach()
+            try:
+                await t.close()
+            except BaseException:
+                t.abort()
+                raise
+
+    def abort(self) -> None:
+        """Close immediately."""
+        t, self._transport = self._transport, None
+        self._closed = True
+        if t is not None:
+            self._finalizer.detach()
+            t.abort()
+
+
+def _finalize(transport: FrameTransport, r: str) -> None:
+    if not transport.closed:
+        logger.warning("Closing dangling zc:// comm %s", r)
+        with contextlib.suppress(Exception):
+            transport.abort()
+
+
+def _check_encryption(address: str, connection_args: dict[str, Any]) -> None:
+    if connection_args.get("require_encryption"):
+        raise RuntimeError(
+            "encryption required by Dask configuration, refusing communication "
+            f"from/to {PREFIX + address!r}: zc:// does not offer TLS")
+
+
+async def _resolve(host: str, port: int, passive: bool = False
+                   ) -> list[tuple[int, tuple[Any, ...]]]:
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else 0)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=flags)
+    except socket.gaierror as e:
+        if e.errno != socket.EAI_NONAME:
+            raise
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE if passive else 0)
+    return [(fam, addr) for fam, _, _, _, addr in infos]
+
+
+class ZCConnector(Connector):
+    """Opens ``zc://`` connections."""
+
+    prefix = PREFIX
+
+    async def connect(self, address: str, deserialize: bool = True,
+                      **connection_args: Any) -> ZCComm:
+        """Connect to ``host:port``; raises ``CommClosedError`` (an ``OSError``) on failure."""
+        _check_encryption(address, connection_args)
+        host, port = parse_host_port(address)
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for family, sockaddr in await _resolve(host, port):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                _configure_socket(sock)
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            opts = options_from_config()
+            transport = SocketTransport(sock, opts)
+            return ZCComm(transport, _sockname(sock), PREFIX + address, deserialize, opts)
+        raise CommClosedError(f"in {self!r}: could not connect to {PREFIX + address}: {last}"
+                              ) from last
+
+
+class ZCListener(BaseListener):
+    """Accepts ``zc://`` connections and hands each, after the handshake, to ``comm_handler``."""
+
+    prefix = PREFIX  # read by distributed.worker when it logs its listening address
+
+    def __init__(self, address: str, comm_handler: CommHandler, deserialize: bool = True,
+                 allow_offload: bool = True, default_host: str | None = None,
+                 default_port: int = 0, **connection_args: Any) -> None:
+        super().__init__()
+        _check_encryption(address, connection_args)
+        self.ip, self.port = parse_host_port(address, default_port)
+        self.default_host = default_host
+        self.comm_handler = comm_handler
+        self.deserialize = deserialize
+        self.allow_offload = allow_offload
+        self._sock: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Bind, listen and start accepting on the running loop."""
+        host = self.ip or "0.0.0.0"
+        infos = await _resolve(host, self.port, passive=True)
+        if not infos:
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}")
+        family, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(int(dask.config.get("distributed.comm.socket-backlog")))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        name = sock.getsockname()
+        self._bound = (name[0], name[1])
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready)
+
+    def stop(self) -> None:
+        """Stop accepting; established comms are not affected."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def _accept_ready(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                logger.warning("zc:// listener %s: accept failed: %s", self._bound, e)
+                return
+            task = asyncio.get_running_loop().create_task(self._handle(conn, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
+        peer = PREFIX + unparse_host_port(*addr[:2])
+        if self._sock is None:
+            conn.close()  # stopped after accept: nobody would finish the handshake
+            return
+        try:
+            conn.setblocking(False)
+            _configure_socket(conn)
+            opts = options_from_config()
+            comm = ZCComm(SocketTransport(conn, opts), _sockname(conn), peer,
+                          self.deserialize, opts)
+        except OSError as e:
+            logger.info("zc:// connection from %s failed before the handshake: %s", peer, e)
+            conn.close()
+            return
+        comm.allow_offload = self.allow_offload
+        try:
+            await self.on_connection(comm)
+        except CommClosedError:
+            logger.info("Connection from %s closed before handshake completed", peer)
+            return
+        result = self.comm_handler(comm)
+        if inspect.isawaitable(result):
+            await result
+
+    def get_host_port(self) -> tuple[str, int]:
+        """The bound ``(host, port)``."""
+        if self._bound is None:
+            raise ValueError("invalid operation on non-started ZCListener")
+        return self._bound
+
+    @property
+    def listen_address(self) -> str:
+        """``zc://`` plus the bound host and port."""
+        return PREFIX + unparse_host_port(*self.get_host_port())
+
+    @property
+    def contact_address(self) -> str:
+        """An address peers can connect to (a concrete host instead of a wildcard)."""
+        host, port = self.get_host_port()
+        return PREFIX + unparse_host_port(
+            ensure_concrete_host(host, self.default_host), port)  # type: ignore[no-untyped-call]
+
+
+class ZCBackend(Backend):
+    """The ``zc://`` scheme: TCP addresses, zero-copy transport."""
+
+    def get_connector(self) -> ZCConnector:
+        """A connector for ``zc://`` addresses."""
+        return ZCConnector()
+
+    def get_listener(self, loc: str, handle_comm: CommHandler, deserialize: bool,
+                     **connection_args: Any) -> ZCListener:
+        """A listener on the scheme-less address ``loc``."""
+        return ZCListener(loc, handle_comm, deserialize, **connection_args)
+
+    def get_address_host(self, loc: str) -> str:
+        """The host part of ``host:port``."""
+        host: str = parse_host_port(loc)[0]
+        return host
+
+    def get_address_host_port(self, loc: str) -> tuple[str, int]:
+        """``(host, port)`` of ``loc``."""
+        host, port = parse_host_port(loc)
+        return host, int(port)
+
+    def resolve_address(self, loc: str) -> str:
+        """``loc`` with its host resolved to an IP address."""
+        host, port = parse_host_port(loc)
+        resolved: str = unparse_host_port(ensure_ip(host), port)
+        return resolved
+
+    def get_local_address_for(self, loc: str) -> str:
+        """The local address (no port) that routes to ``loc``."""
+        host, _ = parse_host_port(loc)
+        local: str = unparse_host_port(get_ip(ensure_ip(host)), None)  # type: ignore[no-untyped-call]
+        return local

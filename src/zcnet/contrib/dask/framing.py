@@ -1,0 +1,94 @@
+"""Wire format of one Dask message on a ``zc://`` connection (pure logic, stdlib only).
+
+Theory of operation: Dask hands a comm a list of frames (``distributed.protocol.dumps``). On the
+wire a message is a *prelude* followed by the frames, back to back::
+
+    u64 nframes | u64 size[0] ... u64 size[nframes-1] | frame 0 | frame 1 | ...
+
+(little-endian). The sizes travel first so that the receiver can prepare each frame's final
+destination before any of its bytes arrive: small frames are read together into one buffer and
+sliced, each large frame gets a buffer of its own (or mapped pages) that Dask's deserializers then
+use without another copy. On the sending side the same size threshold splits the message into
+*segments*: runs of small frames (and the prelude) go out in one gathered copying send, each
+large frame in its own send, which may use ``MSG_ZEROCOPY``
+(Documentation/networking/msg_zerocopy.rst: zero-copy pays only for large sends).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "COUNT_SIZE",
+    "MAX_FRAMES",
+    "FramingError",
+    "Segment",
+    "decode_count",
+    "decode_sizes",
+    "encode_prelude",
+    "plan_segments",
+]
+
+COUNT_SIZE = 8
+MAX_FRAMES = 1 << 20
+_MAX_FRAME = 1 << 50  # a sanity bound (1 PiB): anything larger is a corrupt stream
+
+
+class FramingError(ValueError):
+    """The bytes on the wire are not a valid prelude (corrupt or foreign stream)."""
+
+
+def encode_prelude(sizes: Sequence[int]) -> bytes:
+    """The prelude announcing frames of ``sizes`` bytes."""
+    if len(sizes) > MAX_FRAMES:
+        raise FramingError(f"{len(sizes)} frames exceed the limit of {MAX_FRAMES}")
+    return struct.pack(f"<Q{len(sizes)}Q", len(sizes), *sizes)
+
+
+def decode_count(data: bytes | bytearray | memoryview) -> int:
+    """The frame count from the first :data:`COUNT_SIZE` bytes of a prelude."""
+    (n,) = struct.unpack("<Q", data)
+    if n > MAX_FRAMES:
+        raise FramingError(f"prelude announces {n} frames (limit {MAX_FRAMES})")
+    return int(n)
+
+
+def decode_sizes(data: bytes | bytearray | memoryview, count: int) -> list[int]:
+    """The ``count`` frame sizes following the count in a prelude."""
+    sizes = list(struct.unpack(f"<{count}Q", data))
+    for s in sizes:
+        if s > _MAX_FRAME:
+            raise FramingError(f"prelude announces a frame of {s} bytes")
+    return sizes
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Frames ``[start, stop)`` handled by one transfer; ``large`` if it is a single big frame."""
+
+    start: int
+    stop: int
+    large: bool
+
+
+def plan_segments(sizes: Sequence[int], threshold: int) -> list[Segment]:
+    """Group frames: each frame of ``threshold`` bytes or more alone, the others in runs.
+
+    The same plan serves the sender (one send per segment, zero-copy candidates are the large
+    ones) and the receiver (one buffer per segment).
+    """
+    plan: list[Segment] = []
+    run_start: int | None = None
+    for i, size in enumerate(sizes):
+        if size >= threshold:
+            if run_start is not None:
+                plan.append(Segment(run_start, i, False))
+                run_start = None
+            plan.append(Segment(i, i + 1, True))
+        elif run_start is None:
+            run_start = i
+    if run_start is not None:
+        plan.append(Segment(run_start, len(sizes), False))
+    return plan
