@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from zcnet.contrib.dask._completions import Completion, Holds
 from zcnet.contrib.dask.framing import (
     COUNT_SIZE,
     MAX_FRAMES,
@@ -50,25 +49,3 @@ def test_plan_segments(sizes: list[int], expected: list[Segment]) -> None:
     assert plan == expected
     covered = [i for seg in plan for i in range(seg.start, seg.stop)]
     assert covered == list(range(len(sizes)))
-
-
-def test_holds_release_ranges_and_wrap() -> None:
-    h = Holds()
-    h._next = 0xFFFFFFFE  # start just before the u32 counter wraps
-    keys = [h.hold(10, object()) for _ in range(4)]
-    assert keys == [0xFFFFFFFE, 0xFFFFFFFF, 0, 1]
-    assert h.bytes_held == 40
-    assert h.release(Completion(0xFFFFFFFF, 0, copied=False)) == 20
-    assert len(h) == 2
-    assert h.release(Completion(0xFFFFFFFF, 0, copied=False)) == 0  # already released
-    assert h.release(Completion(0xFFFFFFFE, 1, copied=True)) == 20
-    assert len(h) == 0 and h.bytes_held == 0
-
-
-def test_holds_wide_range_walks_what_is_held() -> None:
-    h = Holds()
-    for _ in range(3):
-        h.hold(1, None)
-    assert h.release(Completion(0, 0xFFFFFFF0, copied=False)) == 3
-    h.hold(7, None)
-    assert h.drop_all() == 7

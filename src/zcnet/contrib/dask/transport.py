@@ -8,8 +8,10 @@ Theory of operation:
   transport below can be swapped without touching the Dask side.
 * :class:`SocketTransport` drives a non-blocking TCP socket from the asyncio loop. Large segments
   are sent with ``MSG_ZEROCOPY`` (Documentation/networking/msg_zerocopy.rst) and a reference to
-  their buffers is kept per send call until the kernel reports the call's completion on the error
-  queue; a send returns once the kernel has all the bytes, so Dask may drop its own references.
+  their buffers is kept until the kernel reports the completion of every call that carried them
+  (``zcnet.lowlevel.errqueue`` reads the error queue, ``zcnet._core.tracker`` maps the wrapping
+  counter to segments); a send returns once the kernel has all the bytes, so Dask may drop its
+  own references.
   As soon as a completion says the kernel copied (always on loopback), the socket goes back to
   plain sends (Folly's policy, see shared/DESIGN.md) unless ``force_zerocopy`` is set.
   ``ENOBUFS`` (notification or locked-memory budget exhausted) is back-pressure: completions are
@@ -40,16 +42,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from zcnet.contrib.dask._completions import Holds, read_completions
+from zcnet._core.tracker import CompletionTracker
 from zcnet.contrib.dask.config import ZCOptions
 from zcnet.errors import (
     ConnectionResetByPeer,
+    InvalidCompletionError,
     ReceiveError,
     SendError,
     SocketClosedError,
     ZcnetError,
 )
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+from zcnet.lowlevel.errqueue import ZerocopyCompletion, drain_errqueue
 
 __all__ = ["FrameTransport", "SocketTransport", "TransportStats", "host_buffer"]
 
@@ -220,7 +224,10 @@ class SocketTransport:
         self._opts = options or ZCOptions()
         sock.setblocking(False)
         self._watch = _Watch(self._loop, sock.fileno(), self._on_socket_error)
-        self._holds = Holds()
+        self._tracker: CompletionTracker[int] = CompletionTracker()
+        self._held: dict[int, tuple[memoryview, ...]] = {}  # token -> buffers of one segment
+        self._next_token = 0
+        self._in_flight = 0
         self._rbuf = bytearray(_RBUF_SIZE)
         self._rview = memoryview(self._rbuf)
         self._rstart = 0
@@ -259,7 +266,7 @@ class SocketTransport:
             bytes_zc_copied=self._zc_copied, bytes_zc_uncopied=self._zc_uncopied,
             bytes_mapped=self._mapped, zerocopy_calls=self._zc_calls,
             completions=self._completions, enobufs=self._enobufs,
-            bytes_in_flight=self._holds.bytes_held,
+            bytes_in_flight=self._in_flight,
             mode="zerocopy" if self._zc else "copy", fallback_reason=self._fallback)
 
     def _check(self) -> socket.socket:
@@ -271,28 +278,42 @@ class SocketTransport:
 
     # -- completions ---------------------------------------------------------------------------
     def _reap(self) -> int:
+        """Apply the completions waiting on the error queue; returns how many were read."""
         sock = self._sock
         if sock is None:
             return 0
         try:
-            completions = read_completions(sock)
+            events = drain_errqueue(sock)
         except OSError as e:
             logger.debug("error queue read failed: %s", e)
             return 0
-        for c in completions:
-            self._completions += 1
-            nbytes = self._holds.release(c)
-            if c.copied:
-                self._zc_copied += nbytes
-                if self._zc and not self._opts.force_zerocopy:
-                    self._zc = False
-                    self._fallback = "kernel copied the zero-copy sends (loopback or no SG)"
-            else:
-                self._zc_uncopied += nbytes
-        self._watch.want_errors = len(self._holds) > 0
-        if not self._holds and self._drain_waiter is not None and not self._drain_waiter.done():
+        for ev in events:
+            if isinstance(ev, ZerocopyCompletion):
+                self._complete(ev)
+        self._watch.want_errors = self._tracker.outstanding > 0
+        if (not self._tracker.outstanding and self._drain_waiter is not None
+                and not self._drain_waiter.done()):
             self._drain_waiter.set_result(None)
-        return len(completions)
+        return len(events)
+
+    def _complete(self, ev: ZerocopyCompletion) -> None:
+        try:
+            done = self._tracker.complete(ev.lo, ev.hi, ev.copied)
+        except InvalidCompletionError as e:
+            # never release on a range we cannot place: reset the connection instead
+            self._fail(e)
+            return
+        self._completions += 1
+        self._in_flight -= done.nbytes
+        for token in done.done:
+            self._held.pop(token, None)
+        if ev.copied:
+            self._zc_copied += done.nbytes
+            if self._zc and not self._opts.force_zerocopy:
+                self._zc = False
+                self._fallback = "kernel copied the zero-copy sends (loopback or no SG)"
+        else:
+            self._zc_uncopied += done.nbytes
 
     def _on_socket_error(self) -> None:
         sock = self._sock
@@ -327,9 +348,18 @@ class SocketTransport:
         completion arrives.
         """
         views = [v for v in buffers if v.nbytes]
+        token = self._next_token
+        self._next_token += 1
+        try:
+            await self._send(views, large, token)
+        finally:
+            if token in self._held and self._tracker.seal(token) is not None:
+                del self._held[token]  # every call it made has already completed
+
+    async def _send(self, views: list[memoryview], large: bool, token: int) -> None:
         while views:
             sock = self._check()
-            if len(self._holds):
+            if self._tracker.outstanding:
                 self._reap()
             flags = MSG_ZEROCOPY if (large and self._zc) else 0
             batch = views[:_IOV_MAX]
@@ -353,7 +383,10 @@ class SocketTransport:
                 else:
                     raise self._fail(self._translate(e, True)) from None
             if flags:
-                self._holds.hold(n, tuple(batch))
+                self._tracker.record_send(token, n)
+                if token not in self._held:
+                    self._held[token] = tuple(batch)
+                self._in_flight += n
                 self._zc_calls += 1
                 self._zc_bytes += n
                 self._watch.want_errors = True
@@ -418,7 +451,7 @@ class SocketTransport:
         if self._sock is None:
             return
         self._reap()
-        if len(self._holds):
+        if self._tracker.outstanding:
             self._drain_waiter = self._loop.create_future()
             self._watch.want_errors = True
             self._watch.sync()
@@ -427,31 +460,24 @@ class SocketTransport:
                                        self._opts.drain_timeout)
             except TimeoutError:
                 logger.warning("zc:// close: %d bytes still pinned after %.1f s; resetting",
-                               self._holds.bytes_held, self._opts.drain_timeout)
+                               self._in_flight, self._opts.drain_timeout)
             finally:
                 self._drain_waiter = None
-        if self._sock is not None and not len(self._holds):
+        if self._sock is not None and not self._tracker.outstanding:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
         self.abort()
 
     def abort(self) -> None:
         """Close now. With sends in flight the connection is reset so their pages are freed."""
+        if self._sock is not None and self._tracker.outstanding:
+            self._reap()
         sock, self._sock = self._sock, None
         if sock is None:
             return
         self._watch.close(self._error or SocketClosedError("the zc:// transport was closed"))
-        if len(self._holds):
-            self._reap_from(sock)
-            if len(self._holds):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self._tracker.outstanding:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        self._holds.drop_all()
-
-    def _reap_from(self, sock: socket.socket) -> None:
-        try:
-            for c in read_completions(sock):
-                self._holds.release(c)
-        except OSError:
-            pass
+        self._held.clear()  # after a reset the kernel has purged the send queue
