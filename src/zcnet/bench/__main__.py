@@ -1,0 +1,5 @@
+"""``python -m zcnet.bench``: the ``zcnet bench`` command on its own."""
+
+from zcnet.bench.cli import main
+
+raise SystemExit(main())

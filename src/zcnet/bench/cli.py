@@ -1,0 +1,334 @@
+"""Command line of the benchmark: ``zcnet bench EXPERIMENT [options]`` and ``zcnet serve``.
+
+The lead's ``zcnet.cli`` calls :func:`add_subparsers` with its subparsers action and
+:func:`run` with the parsed namespace. ``python -m zcnet.bench`` runs the same commands on its
+own (:func:`main`). Argument errors print a clear message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["add_subparsers", "build_parser", "main", "parse_size", "run"]
+
+EXPERIMENTS = ("stream", "rx", "rpc", "memory", "quick")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"4K"``, ``"64KiB"``, ``"1M"``, ``"512"`` → bytes (binary units); positive only."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use a number with an optional K, M or G suffix (e.g. 64K)")
+    value = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
+    return value
+
+
+def _size_list(text: str) -> tuple[int, ...]:
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("empty list of sizes")
+    return tuple(parse_size(p) for p in parts)
+
+
+def _choice_list(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(p.strip() for p in text.split(",") if p.strip())
+        if not items:
+            raise argparse.ArgumentTypeError(f"empty list; choose from {', '.join(choices)}")
+        bad = [i for i in items if i not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice(s) {', '.join(bad)}: choose from {', '.join(choices)}")
+        if len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"duplicate entries in {text!r}")
+        return items
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    from zcnet.bench.server import parse_hostport
+
+    try:
+        return parse_hostport(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output and measurement")
+    g.add_argument("--json", metavar="PATH", help="write the full results (schema: docs/bench.md)")
+    g.add_argument("--plot", metavar="PATH.png", help="write a PNG plot (matplotlib, Agg)")
+    g.add_argument("--reps", type=_positive_int, help="timed repetitions per configuration")
+    g.add_argument("--bytes", type=parse_size, dest="nbytes",
+                   help="bytes per timed repetition (stream, rx), e.g. 512M")
+    g.add_argument("--warmup", type=parse_size, help="untimed bytes before each repetition")
+    g.add_argument("--verify", choices=("sample", "all"), default="sample",
+                   help="sample: one extra untimed repetition per configuration checks every "
+                   "byte, timed ones spot-check each chunk; all: every repetition checks every "
+                   "byte (verification CPU is subtracted, but it slows the receiver)")
+    g.add_argument("--no-netns", action="store_true",
+                   help="run on the host's loopback even as root (no MTU or ifb set-up)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-table", action="store_true", help="do not print the result tables")
+
+
+def add_subparsers(subparsers: Any) -> None:
+    """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
+    from zcnet.bench.receivers import RECEIVE_MODES
+    from zcnet.bench.senders import SEND_MODES
+
+    bench = subparsers.add_parser(
+        "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",
+        description="Benchmarks of zero-copy networking against plain sockets and asyncio.")
+    exp = bench.add_subparsers(dest="bench_experiment", metavar="EXPERIMENT", required=True)
+
+    p = exp.add_parser("stream", help="netperf TCP_STREAM style: cost per message size")
+    _common(p)
+    p.add_argument("--sizes", type=_size_list, help="message sizes, e.g. 4K,16K,64K,256K,1M")
+    p.add_argument("--modes", type=_choice_list(SEND_MODES),
+                   help=f"send modes, comma-separated from {','.join(SEND_MODES)}")
+    p.add_argument("--transports", type=_choice_list(("tcp", "udp")),
+                   help="tcp (loopback), udp (GSO toward the ifb sink); default both")
+    p.add_argument("--connect", type=_hostport, metavar="HOST:PORT",
+                   help="two-host mode: stream TCP to a `zcnet serve` there")
+
+    p = exp.add_parser("rx", help="tcp_mmap style: receive cost, copy vs asyncio vs zero-copy")
+    _common(p)
+    p.add_argument("--recv-modes", type=_choice_list(RECEIVE_MODES),
+                   help=f"receive modes, comma-separated from {','.join(RECEIVE_MODES)}")
+
+    p = exp.add_parser("rpc", help="100 connections, 4 KB request/response, zero-copy rx on/off")
+    _common(p)
+    p.add_argument("--connections", type=_positive_int, default=100)
+    p.add_argument("--requests", type=_positive_int,
+                   help="timed requests per connection per repetition")
+    p.add_argument("--size", type=parse_size, default=4096, help="request and response size")
+
+    p = exp.add_parser("memory", help="kernel socket memory with copy vs zero-copy sends")
+    _common(p)
+    p.add_argument("--duration", type=_positive_float, help="seconds of sampling per mode")
+    p.add_argument("--interval", type=_positive_float, default=0.05, help="sampling period, s")
+
+    p = exp.add_parser("quick", help="a short version of every experiment (about 2 minutes)")
+    _common(p)
+
+    serve = subparsers.add_parser(
+        "serve", help="receiver for `zcnet bench stream --connect` from another host",
+        description="Receive benchmark streams (one connection at a time) until interrupted.")
+    serve.add_argument("--listen", type=_hostport, required=True, metavar="HOST:PORT",
+                       help="address to listen on, e.g. 0.0.0.0:5201 or [::]:5201")
+
+
+def build_parser(prog: str = "zcnet") -> argparse.ArgumentParser:
+    """A parser with just the ``bench`` and ``serve`` commands (for ``python -m zcnet.bench``)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_subparsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+class _ArgError(Exception):
+    pass
+
+
+def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
+    """The experiments to run, with their parameter objects."""
+    from zcnet.bench.memory import MemoryParams
+    from zcnet.bench.rpc import RpcParams
+    from zcnet.bench.rx import RxParams
+    from zcnet.bench.stream import StreamParams
+
+    use_netns = not args.no_netns
+    verify = args.verify
+    over: dict[str, Any] = {}
+    if args.reps is not None:
+        over["reps"] = args.reps
+    if args.nbytes is not None:
+        over["nbytes"] = args.nbytes
+    if args.warmup is not None:
+        over["warmup"] = args.warmup
+    if experiment == "quick":
+        q: dict[str, Any] = {"nbytes": 48 << 20, "warmup": 8 << 20, "reps": 2}
+        q.update(over)
+        return [
+            ("stream", StreamParams(send_modes=("sendall", "zcnet", "zcnet-forced"),
+                                    use_netns=use_netns, verify=verify, **q)),
+            ("rx", RxParams(use_netns=use_netns, verify=verify, **q)),
+            ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=100,
+                              reps=q["reps"])),
+            ("memory", MemoryParams(use_netns=use_netns, duration=1.0)),
+        ]
+    if experiment == "stream":
+        kw: dict[str, Any] = dict(over)
+        if args.sizes:
+            kw["sizes"] = args.sizes
+        if args.modes:
+            kw["send_modes"] = args.modes
+        if args.transports:
+            kw["transports"] = args.transports
+        if args.connect:
+            if args.transports and "udp" in args.transports:
+                raise _ArgError("--connect runs TCP only; drop udp from --transports")
+            kw["connect"] = args.connect
+            kw["transports"] = ("tcp",)
+        if args.sizes and max(args.sizes) > 4 << 20:
+            raise _ArgError("--sizes: the largest message size is 4M")
+        return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw))]
+    if experiment == "rx":
+        kw = dict(over)
+        if args.recv_modes:
+            kw["recv_modes"] = args.recv_modes
+        return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw))]
+    if experiment == "rpc":
+        if args.nbytes is not None or args.warmup is not None:
+            raise _ArgError("rpc takes --requests and --size, not --bytes or --warmup")
+        if args.size > 1 << 20:
+            raise _ArgError("--size: at most 1M per request")
+        kw = {"connections": args.connections, "size": args.size}
+        if args.requests:
+            kw["requests"] = args.requests
+        if args.reps:
+            kw["reps"] = args.reps
+        return [("rpc", RpcParams(use_netns=use_netns, verify=verify, **kw))]
+    if experiment == "memory":
+        if args.warmup is not None:
+            raise _ArgError("memory takes --duration, --interval and --bytes, not --warmup")
+        kw = {"interval": args.interval}
+        if args.nbytes is not None:
+            kw["nbytes"] = args.nbytes
+        if args.duration:
+            kw["duration"] = args.duration
+        if args.reps:
+            kw["reps"] = args.reps
+        return [("memory", MemoryParams(use_netns=use_netns, **kw))]
+    raise _ArgError(f"unknown experiment {experiment!r}")
+
+
+def _run_one(name: str, params: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+    from zcnet.bench import memory, rpc, rx, stream
+
+    runners: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
+        "stream": stream.run_stream, "rx": rx.run_rx, "rpc": rpc.run_rpc,
+        "memory": memory.run_memory}
+    return runners[name](params, progress)
+
+
+def _plan_count(name: str, params: Any) -> int:
+    from zcnet.bench import memory, rpc, rx, stream
+
+    counts: dict[str, Callable[[Any], int]] = {
+        "stream": stream.plan_count, "rx": rx.plan_count, "rpc": rpc.plan_count,
+        "memory": memory.plan_count}
+    return counts[name](params)
+
+
+def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from dataclasses import asdict
+
+    from zcnet.bench.report import build_report, print_tables, write_json, write_plot
+
+    prog = "zcnet bench"
+    try:
+        plan = _params(args, args.bench_experiment)
+    except _ArgError as e:
+        print(f"{prog} {args.bench_experiment}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print(f"{prog}: error: rich is not installed (pip install 'zcnet[bench]')",
+              file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"{prog}: error: --plot needs matplotlib (pip install 'zcnet[bench]')",
+                  file=sys.stderr)
+            return 2
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    experiments: list[dict[str, Any]] = []
+    total = sum(_plan_count(n, p) for n, p in plan)
+    started = time.monotonic()
+    progress = Progress(TextColumn("{task.description:<36}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), disable=args.no_progress)
+    with progress:
+        task = progress.add_task("starting", total=total)
+
+        def advance(description: str) -> None:
+            progress.update(task, advance=1, description=description)
+
+        for name, params in plan:
+            progress.update(task, description=f"{name}: setting up")
+            experiments.append(_run_one(name, params, advance))
+    parameters = {"experiment": args.bench_experiment, "verify": args.verify,
+                  "use_netns": not args.no_netns,
+                  "elapsed_s": round(time.monotonic() - started, 1),
+                  "experiments": {n: asdict(p) for n, p in plan}}
+    report = build_report(experiments, parameters, command=argv)
+    if not args.no_table:
+        print_tables(report)
+    if args.json:
+        write_json(report, args.json)
+    if args.plot:
+        write_plot(report, args.plot)
+    bad = [e for e in experiments if e["status"] not in ("ok", "skipped")]
+    return 1 if bad else 0
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Run the parsed ``bench`` or ``serve`` command; the process exit status."""
+    if getattr(args, "command", None) == "serve":
+        from zcnet.bench.server import main_serve
+
+        host, port = args.listen
+        return main_serve(host, port)
+    return _bench(args, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zcnet.bench [bench] EXPERIMENT ...`` (``bench`` may be left out)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("bench", "serve", "-h", "--help"):
+        argv = ["bench", *argv]
+    args = build_parser("python -m zcnet.bench").parse_args(argv)
+    return run(args, argv)

@@ -1,0 +1,31 @@
+"""A description of the machine a benchmark ran on (for the JSON report)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+__all__ = ["machine_info"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    """Kernel, CPU model, CPU count, Python version and whether we run as root."""
+    return {
+        "kernel": platform.release(),
+        "system": platform.system(),
+        "cpu": _cpu_model(),
+        "nproc": os.cpu_count() or 1,
+        "python": platform.python_version(),
+        "root": hasattr(os, "geteuid") and os.geteuid() == 0,
+    }

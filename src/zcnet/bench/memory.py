@@ -1,0 +1,215 @@
+"""The ``memory`` experiment: kernel socket memory while streaming, copy vs zero-copy sends.
+
+Theory of operation: a receiver accepts one connection and does not read for ``stall``
+seconds, so the sender's data piles up in the kernel (send queue and the receiver's queue);
+then it reads and verifies every byte. Meanwhile a sampler thread in the sender process reads,
+every ``interval``, the kernel's own figures through :func:`zcnet.lowlevel.meminfo.
+kernel_memory_snapshot`: ``SO_MEMINFO`` of the sending socket (wmem_queued, fwd_alloc, optmem),
+``/proc/net/sockstat`` "TCP ... mem" (the protocol's page charge, kernel-wide, so other
+traffic on the host shows up too) and the memory cgroup's socket charge where exposed
+(cgroup v2 ``memory.stat`` ``sock``; v1 ``memory.kmem.tcp.usage_in_bytes``, charged only once
+a TCP limit is set). Copy sends are compared with MSG_ZEROCOPY sends (zcnet ``Sender`` forced):
+since Linux 5.17 the pinned user pages of a pure zero-copy skb are not charged to the socket
+again, so the protocol charge rises far less (DESIGN.md "Memory"). Peaks are reported relative
+to a baseline read before the connection was opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
+from zcnet.bench.env import environment
+from zcnet.bench.pattern import Verifier
+from zcnet.bench.peers import client_worker
+from zcnet.bench.server import make_listener
+from zcnet.bench.workers import Worker, spawn
+
+__all__ = ["MemoryParams", "memory_receiver", "memory_sender", "plan_count", "run_memory"]
+
+MB = 1e6
+MODES = ("copy", "zerocopy")
+METRICS = ("sockstat_tcp_mem_mb", "cgroup_sock_mb", "wmem_queued_mb", "fwd_alloc_mb",
+           "optmem_mb", "samples")
+
+
+@dataclass
+class MemoryParams:
+    """Parameters of the memory experiment."""
+
+    duration: float = 3.0          # seconds the receiver stalls (sampling runs throughout)
+    interval: float = 0.05
+    nbytes: int = 48 * 1024 * 1024
+    msg_size: int = 256 * 1024
+    sndbuf: int = 4 * 1024 * 1024  # the kernel doubles it: an 8 MB send buffer
+    reps: int = 1
+    use_netns: bool = True
+
+
+def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int) -> None:
+    """Worker body: accept one connection, stall, then read and verify ``nbytes``."""
+    verifier = Verifier()
+    with make_listener(host, 0) as listener:
+        pipe.send(listener.getsockname()[:2])
+        conn, _ = listener.accept()
+        with conn:
+            time.sleep(stall)
+            buf = bytearray(1 << 20)
+            view = memoryview(buf)
+            off = 0
+            while off < nbytes:
+                n = conn.recv_into(view, min(len(buf), nbytes - off))
+                if n == 0:
+                    raise ConnectionError(f"EOF after {off} of {nbytes} bytes")
+                verifier.verify(off, view[:n])
+                off += n
+            pipe.send({"ok": True, "bytes": off, "verified": "full"})
+    pipe.recv()
+
+
+def _sample(sock: socket.socket, t0: float) -> dict[str, Any]:
+    from zcnet.lowlevel.meminfo import kernel_memory_snapshot
+
+    snap = kernel_memory_snapshot(sock)
+    mi, ss, cg = snap.meminfo, snap.sockstat, snap.cgroup
+    return {
+        "t": round(time.monotonic() - t0, 4),
+        "wmem_queued": mi.wmem_queued if mi else None,
+        "wmem_alloc": mi.wmem_alloc if mi else None,
+        "fwd_alloc": mi.fwd_alloc if mi else None,
+        "optmem": mi.optmem if mi else None,
+        "sndbuf": mi.sndbuf if mi else None,
+        "sockstat_tcp_mem": ss.tcp_mem_bytes if ss else None,
+        "cgroup_sock": cg.sock_bytes if cg and cg.active else None,
+        "reasons": dict(snap.reasons),
+    }
+
+
+def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
+    """Client command: stream ``bytes`` while a thread samples kernel memory figures."""
+    host, port = cmd["addr"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    nbytes, msg, interval = int(cmd["bytes"]), int(cmd["msg_size"]), float(cmd["interval"])
+    samples: list[dict[str, Any]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(cmd["sndbuf"]))
+        baseline = _sample(sock, t0)
+        sock.connect((host, int(port)))
+
+        def sampler() -> None:
+            while not stop.is_set():
+                samples.append(_sample(sock, t0))
+                stop.wait(interval)
+
+        thread = threading.Thread(target=sampler, name="zcnet-bench-sampler", daemon=True)
+        sender: Any = None
+        if cmd["mode"] == "zerocopy":
+            from zcnet.sender import Sender, SendPolicy
+
+            sender = Sender(sock.dup(), SendPolicy(force_zerocopy=True, zerocopy_threshold=0))
+        thread.start()
+        try:
+            off = 0
+            while off < nbytes:
+                n = min(msg, nbytes - off)
+                if sender is not None:
+                    sender.send(verifier.window(off, n))
+                else:
+                    sock.sendall(verifier.window(off, n))
+                off += n
+            if sender is not None:
+                sender.flush()
+        finally:
+            stop.set()
+            thread.join()
+            stats = None
+            if sender is not None:
+                st = sender.stats
+                stats = {"bytes_zerocopy": st.bytes_zerocopy, "bytes_copied": st.bytes_copied,
+                         "bytes_plain": st.bytes_plain, "mode": str(st.mode),
+                         "fallback_reason": st.fallback_reason}
+                with contextlib.suppress(Exception):
+                    sender.close()
+    return {"ok": True, "bytes": nbytes, "baseline": baseline, "samples": samples,
+            "sender_stats": stats}
+
+
+def _peak(samples: list[dict[str, Any]], key: str, base: int | None) -> float | None:
+    vals: list[int] = [int(s[key]) for s in samples if s.get(key) is not None]
+    if not vals:
+        return None
+    return (max(vals) - (base or 0)) / MB
+
+
+def _plan(p: MemoryParams) -> list[dict[str, Any]]:
+    plan: list[dict[str, Any]] = []
+    for rep in range(p.reps):
+        plan += [{"send_mode": m, "rep": rep, "role": "timed"} for m in rotated(MODES, rep)]
+    return plan
+
+
+def plan_count(p: MemoryParams) -> int:
+    """How many runs :func:`run_memory` makes."""
+    return len(_plan(p))
+
+
+def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> dict[str, Any]:
+    run = dict(item)
+    ok = bool(snd.get("ok") and rcv.get("ok"))
+    run["ok"] = ok
+    run["verified"] = "full" if ok else None
+    run["error"] = None if ok else (snd.get("error") or rcv.get("error") or "failed")
+    m: dict[str, float | None] = {k: None for k in METRICS}
+    if ok:
+        samples, base = snd["samples"], snd["baseline"]
+        m["sockstat_tcp_mem_mb"] = _peak(samples, "sockstat_tcp_mem", base["sockstat_tcp_mem"])
+        m["cgroup_sock_mb"] = _peak(samples, "cgroup_sock", base["cgroup_sock"])
+        m["wmem_queued_mb"] = _peak(samples, "wmem_queued", None)
+        m["fwd_alloc_mb"] = _peak(samples, "fwd_alloc", None)
+        m["optmem_mb"] = _peak(samples, "optmem", None)
+        m["samples"] = float(len(samples))
+        run["reasons"] = samples[-1]["reasons"] if samples else base["reasons"]
+        run["sender_stats"] = snd["sender_stats"]
+        run["baseline"] = base
+        run["samples"] = [{k: v for k, v in s.items() if k != "reasons"} for s in samples]
+    run["metrics"] = m
+    return run
+
+
+def run_memory(p: MemoryParams, progress: Progress) -> dict[str, Any]:
+    """Run the memory experiment; the JSON-ready result (see docs/bench.md)."""
+    runs: list[dict[str, Any]] = []
+    with environment(use_netns=p.use_netns) as env:
+        notes = list(env.notes)
+        notes.append("sockstat TCP mem is kernel-wide: other traffic on this host adds noise")
+        with spawn(client_worker, env.ns_name) as client:
+            for item in _plan(p):
+                receiver: Worker = spawn(memory_receiver, env.ns_name, env.host, p.duration,
+                                         p.nbytes)
+                try:
+                    addr = tuple(receiver.recv(60))
+                    snd = client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],
+                                       "bytes": p.nbytes, "msg_size": p.msg_size,
+                                       "interval": p.interval, "sndbuf": p.sndbuf})
+                    rcv = receiver.recv(60) if snd.get("ok") else {"ok": False}
+                finally:
+                    receiver.stop(2.0)
+                run = _record(item, snd, rcv)
+                runs.append(run)
+                progress(f"memory {item['send_mode']}")
+        reasons = next((r.get("reasons") for r in runs if r.get("reasons")), None)
+        for key, why in (reasons or {}).items():
+            notes.append(f"{key}: {why}")
+        summary = group_summary(runs, ("send_mode",), METRICS)
+        failed = [r for r in runs if not r["ok"]]
+        return experiment_result("memory", status="ok" if not failed else "partial",
+                                 environment=env.describe(), parameters=asdict(p), runs=runs,
+                                 summary=summary, notes=notes)

@@ -1,0 +1,184 @@
+"""Receive modes of the benchmark: one function per way of reading a TCP stream.
+
+Theory of operation: each mode reads the warm-up bytes (untimed, every byte verified) and then
+the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
+
+- ``recv_into``: ``socket.recv_into`` into one preallocated buffer (netperf / tcp_mmap's copy
+  path);
+- ``asyncio-readexactly`` and ``asyncio-read``: asyncio streams on a dup of the socket;
+- ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
+  pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see DESIGN.md).
+
+Dups let the session answer on the original socket after the mode's object closed its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from zcnet.bench.meter import CpuWindow
+from zcnet.bench.pattern import Verifier
+from zcnet.bench.protocol import ProtocolError
+
+__all__ = ["RECEIVE_MODES", "Consumer", "ModeUnavailable", "receive"]
+
+RECEIVE_MODES = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcnet")
+
+
+class ModeUnavailable(RuntimeError):
+    """This mode cannot run here (a zcnet module is missing or the kernel lacks a feature)."""
+
+
+class Consumer:
+    """Checks received chunks against the pattern and counts them."""
+
+    def __init__(self, verifier: Verifier, window: CpuWindow, full: bool) -> None:
+        self.verifier = verifier
+        self.window = window
+        self.full = full
+        self.offset = 0
+        self.timed = False
+        self.chunks = 0
+
+    def __call__(self, data: bytes | bytearray | memoryview) -> None:
+        if self.full or not self.timed:
+            with self.window.exclude():
+                self.verifier.verify(self.offset, data)
+        else:
+            self.verifier.spot(self.offset, data)
+        self.offset += len(data)
+        self.chunks += 1
+
+    def begin_timed(self) -> None:
+        """Switch from warm-up to the timed phase and start the CPU window."""
+        self.timed = True
+        self.chunks = 0
+        self.window.start()
+
+
+def _recv_into(sock: socket.socket, warmup: int, nbytes: int, size: int,
+               consume: Consumer) -> dict[str, Any]:
+    buf = bytearray(size)
+    view = memoryview(buf)
+
+    def pump(total: int) -> None:
+        left = total
+        while left:
+            k = sock.recv_into(view, min(left, size))
+            if k == 0:
+                raise ProtocolError(f"EOF with {left} bytes missing")
+            consume(view[:k])
+            left -= k
+
+    pump(warmup)
+    consume.begin_timed()
+    pump(nbytes)
+    consume.window.stop()
+    return {}
+
+
+def _asyncio(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
+             exactly: bool) -> dict[str, Any]:
+    async def main() -> None:
+        reader, writer = await asyncio.open_connection(sock=sock.dup(), limit=2 * size)
+        try:
+            async def pump(total: int) -> None:
+                left = total
+                while left:
+                    n = min(left, size)
+                    data = await (reader.readexactly(n) if exactly else reader.read(n))
+                    if not data:
+                        raise ProtocolError(f"EOF with {left} bytes missing")
+                    consume(data)
+                    left -= len(data)
+
+            await pump(warmup)
+            consume.begin_timed()
+            await pump(nbytes)
+            consume.window.stop()
+        finally:
+            writer.close()
+
+    asyncio.run(main())
+    return {}
+
+
+def _asyncio_readexactly(sock: socket.socket, warmup: int, nbytes: int, size: int,
+                         consume: Consumer) -> dict[str, Any]:
+    return _asyncio(sock, warmup, nbytes, size, consume, exactly=True)
+
+
+def _asyncio_read(sock: socket.socket, warmup: int, nbytes: int, size: int,
+                  consume: Consumer) -> dict[str, Any]:
+    return _asyncio(sock, warmup, nbytes, size, consume, exactly=False)
+
+
+def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
+           consume: Consumer) -> dict[str, Any]:
+    try:
+        from zcnet.receiver import Receiver, RecvPolicy
+    except ImportError as e:
+        raise ModeUnavailable(f"zcnet.receiver is not available: {e}") from e
+    rx = Receiver(sock.dup(), RecvPolicy())
+    try:
+        def pump(total: int) -> None:
+            left = total
+            while left:
+                with rx.recv(min(left, size)) as chunk:
+                    n = len(chunk)
+                    if n == 0:
+                        raise ProtocolError(f"EOF with {left} bytes missing")
+                    consume(chunk.view)
+                left -= n
+
+        pump(warmup)
+        before = rx.stats
+        consume.begin_timed()
+        pump(nbytes)
+        consume.window.stop()
+        after = rx.stats
+        return {
+            "bytes_mapped": after.bytes_mapped - before.bytes_mapped,
+            "bytes_copied": after.bytes_copied - before.bytes_copied,
+            "rx_mode": str(after.mode),
+            "fallback_reason": after.fallback_reason,
+        }
+    finally:
+        rx.close()
+
+
+_MODES: dict[str, Callable[..., dict[str, Any]]] = {
+    "recv_into": _recv_into,
+    "asyncio-readexactly": _asyncio_readexactly,
+    "asyncio-read": _asyncio_read,
+    "zcnet": _zcnet,
+}
+
+
+def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
+    """Run one receive session described by ``header``; return the result fields."""
+    mode = str(header.get("mode", "recv_into"))
+    if mode not in _MODES:
+        raise ModeUnavailable(f"unknown receive mode {mode!r}")
+    warmup, nbytes = int(header["warmup"]), int(header["bytes"])
+    size = int(header.get("recv_size", 256 * 1024))
+    window = CpuWindow()
+    consume = Consumer(verifier, window, full=header.get("verify") == "full")
+    extra = _MODES[mode](sock, warmup, nbytes, size, consume)
+    result: dict[str, Any] = {
+        "ok": True,
+        "mode": mode,
+        "bytes": nbytes,
+        "cpu": window.cpu,
+        "user": window.user,
+        "sys": window.sys,
+        "wall": window.wall,
+        "verify_cpu": window.excluded,
+        "verified": "full" if consume.full else "spot",
+        "chunks": consume.chunks,
+    }
+    result.update(extra)
+    return result

@@ -1,0 +1,272 @@
+"""Reporting: the versioned JSON document, rich tables and the matplotlib plot.
+
+Theory of operation: experiments return JSON-ready dicts; :func:`build_report` wraps them with
+the schema version, the machine and the parameters (schema documented in docs/bench.md). Tables
+and plots only read that document, so a saved JSON can be re-rendered. rich and matplotlib
+(the ``[bench]`` extra) are imported inside the functions that need them; matplotlib uses the
+non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+from zcnet.bench.machine import machine_info
+from zcnet.bench.stats import Summary, ratio_percent
+
+__all__ = ["SCHEMA_VERSION", "build_report", "print_tables", "write_json", "write_plot"]
+
+SCHEMA_VERSION: Final = 1
+KiB = 1024
+DASH: Final = "\N{EN DASH}"
+
+
+def build_report(experiments: Sequence[dict[str, Any]], parameters: dict[str, Any],
+                 command: Sequence[str] | None = None) -> dict[str, Any]:
+    """The whole JSON document (schema :data:`SCHEMA_VERSION`)."""
+    from zcnet import __version__
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator": "zcnet bench",
+        "zcnet_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": list(command) if command is not None else None,
+        "machine": machine_info(),
+        "parameters": parameters,
+        "experiments": list(experiments),
+    }
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Write ``report`` to ``path`` (atomically: temp file, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+def _summary(entry: dict[str, Any] | None, metric: str) -> Summary | None:
+    if entry is None:
+        return None
+    m = entry["metrics"].get(metric)
+    if m is None:
+        return None
+    return Summary(m["median"], m["min"], m["max"], m["n"])
+
+
+def _cell(s: Summary | None, fmt: str = "{:.3f}") -> str:
+    if s is None:
+        return DASH
+    if s.n == 1 or s.min == s.max:
+        return fmt.format(s.median)
+    return f"{fmt.format(s.median)}\n[dim]{fmt.format(s.min)}{DASH}{fmt.format(s.max)}[/dim]"
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{value:.0f}%"
+
+
+def _size(n: int) -> str:
+    if n % (1024 * KiB) == 0:
+        return f"{n // (1024 * KiB)}M"
+    if n % KiB == 0:
+        return f"{n // KiB}K"
+    return str(n)
+
+
+def _find(summary: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+    for entry in summary:
+        if all(entry.get(k) == v for k, v in keys.items()):
+            return entry
+    return None
+
+
+def _stream_tables(exp: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    tables = []
+    summary = exp["summary"]
+    for transport in ("tcp", "udp"):
+        entries = [e for e in summary if e["transport"] == transport]
+        if not entries:
+            continue
+        sizes = sorted({e["msg_size"] for e in entries})
+        modes = [m for m in dict.fromkeys(e["send_mode"] for e in entries) if m != "sendall"]
+        title = ("stream TCP over loopback: process cost s/GB, std = sendall"
+                 if transport == "tcp" else
+                 "stream UDP (GSO) toward the ifb sink: sender cost s/GB, std = sendall")
+        t = Table(title=title, show_lines=True)
+        for col in ("size", "zc mode", "Gbit/s std", "Gbit/s zc", "snd std", "snd zc",
+                    "snd zc/std", "snd uncopied"):
+            t.add_column(col, justify="right")
+        if transport == "tcp":
+            for col in ("rcv std", "rcv zc", "rcv zc/std"):
+                t.add_column(col, justify="right")
+        for size in sizes:
+            std = _find(entries, msg_size=size, send_mode="sendall")
+            for mode in modes or [DASH]:
+                zc = _find(entries, msg_size=size, send_mode=mode)
+                row = [_size(size), mode,
+                       _cell(_summary(std, "throughput_gbit_s"), "{:.1f}"),
+                       _cell(_summary(zc, "throughput_gbit_s"), "{:.1f}"),
+                       _cell(_summary(std, "sender_cpu_s_per_gb")),
+                       _cell(_summary(zc, "sender_cpu_s_per_gb")),
+                       _pct(ratio_percent(_summary(zc, "sender_cpu_s_per_gb"),
+                                          _summary(std, "sender_cpu_s_per_gb"))),
+                       _cell(_summary(zc, "sender_uncopied_pct"), "{:.0f}%")]
+                if transport == "tcp":
+                    row += [_cell(_summary(std, "receiver_cpu_s_per_gb")),
+                            _cell(_summary(zc, "receiver_cpu_s_per_gb")),
+                            _pct(ratio_percent(_summary(zc, "receiver_cpu_s_per_gb"),
+                                               _summary(std, "receiver_cpu_s_per_gb")))]
+                t.add_row(*row)
+        tables.append(t)
+    return tables
+
+
+def _rx_tables(exp: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    summary = exp["summary"]
+    base = _find(summary, recv_mode="recv_into")
+    send_mode = next((r["send_mode"] for r in exp["runs"] if r.get("ok")), "?")
+    t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}",
+              show_lines=True)
+    for col in ("receive mode", "rcv s/GB", "vs recv_into", "Gbit/s", "mapped", "snd s/GB"):
+        t.add_column(col, justify="right")
+    for e in summary:
+        t.add_row(e["recv_mode"], _cell(_summary(e, "receiver_cpu_s_per_gb")),
+                  _pct(ratio_percent(_summary(e, "receiver_cpu_s_per_gb"),
+                                     _summary(base, "receiver_cpu_s_per_gb"))),
+                  _cell(_summary(e, "throughput_gbit_s"), "{:.1f}"),
+                  _cell(_summary(e, "mapped_pct"), "{:.0f}%"),
+                  _cell(_summary(e, "sender_cpu_s_per_gb")))
+    return [t]
+
+
+def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    summary = exp["summary"]
+    base = _find(summary, zerocopy_receive=False)
+    p = exp["parameters"]
+    t = Table(title=f"rpc: {p.get('connections')} connections, {p.get('size')}-byte "
+              "request/response", show_lines=True)
+    for col in ("zero-copy receive", "req/s", "server µs/req", "vs off", "client µs/req",
+                "p50 µs", "p99 µs", "mapped"):
+        t.add_column(col, justify="right")
+    for e in summary:
+        t.add_row("on" if e["zerocopy_receive"] else "off",
+                  _cell(_summary(e, "requests_per_s"), "{:.0f}"),
+                  _cell(_summary(e, "server_cpu_us_per_req"), "{:.1f}"),
+                  _pct(ratio_percent(_summary(e, "server_cpu_us_per_req"),
+                                     _summary(base, "server_cpu_us_per_req"))),
+                  _cell(_summary(e, "client_cpu_us_per_req"), "{:.1f}"),
+                  _cell(_summary(e, "latency_p50_us"), "{:.0f}"),
+                  _cell(_summary(e, "latency_p99_us"), "{:.0f}"),
+                  _cell(_summary(e, "mapped_pct"), "{:.0f}%"))
+    return [t]
+
+
+def _memory_tables(exp: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    t = Table(title="memory: kernel socket memory while a sender fills its send buffer "
+              "(peak values, MB)", show_lines=True)
+    for col in ("send mode", "bytes queued", "sockstat TCP mem", "cgroup sock",
+                "wmem_queued", "fwd_alloc", "optmem", "samples"):
+        t.add_column(col, justify="right")
+    for e in exp["summary"]:
+        def mb(metric: str, entry: dict[str, Any] = e) -> str:
+            return _cell(_summary(entry, metric), "{:.2f}")
+
+        t.add_row(e["send_mode"], mb("queued_mb"), mb("sockstat_tcp_mem_mb"),
+                  mb("cgroup_sock_mb"), mb("wmem_queued_mb"), mb("fwd_alloc_mb"),
+                  mb("optmem_mb"), _cell(_summary(e, "samples"), "{:.0f}"))
+    return [t]
+
+
+_TABLES = {"stream": _stream_tables, "rx": _rx_tables, "rpc": _rpc_tables,
+           "memory": _memory_tables}
+
+
+def print_tables(report: dict[str, Any], console: Any = None) -> None:
+    """Print one rich table per experiment (plus its notes) to ``console``."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    m = report["machine"]
+    console.print(f"[bold]zcnet bench[/bold] — kernel {m['kernel']}, {m['nproc']} CPUs "
+                  f"({m['cpu']}), Python {m['python']}")
+    for exp in report["experiments"]:
+        if exp["status"] == "skipped":
+            console.print(f"[yellow]{exp['name']}: skipped — {exp['reason']}[/yellow]")
+            continue
+        for table in _TABLES[exp["name"]](exp):
+            console.print(table)
+        failed = [r for r in exp["runs"] if not r.get("ok")]
+        for note in exp["notes"]:
+            console.print(f"  [dim]note:[/dim] {note}")
+        if failed:
+            console.print(f"  [red]{len(failed)} run(s) failed; first error: "
+                          f"{failed[0].get('error')}[/red]")
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+def write_plot(report: dict[str, Any], path: str) -> None:
+    """CPU s/GB and throughput against message size for each mode (stream experiment)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stream = next((e for e in report["experiments"] if e["name"] == "stream"
+                   and e["summary"]), None)
+    fig, (ax_cpu, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if stream is None:
+        for ax in (ax_cpu, ax_tput):
+            ax.text(0.5, 0.5, "no stream results in this report", ha="center", va="center")
+    else:
+        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for e in stream["summary"]:
+            series.setdefault((e["transport"], e["send_mode"]), []).append(e)
+        for (transport, mode), entries in series.items():
+            entries.sort(key=lambda e: e["msg_size"])
+            xs = [e["msg_size"] / KiB for e in entries]
+            for ax, metric, side in ((ax_cpu, "sender_cpu_s_per_gb", "sender"),
+                                     (ax_cpu, "receiver_cpu_s_per_gb", "receiver"),
+                                     (ax_tput, "throughput_gbit_s", None)):
+                pts = [(x, e["metrics"][metric]) for x, e in zip(xs, entries, strict=True)
+                       if metric in e["metrics"]]
+                if not pts:
+                    continue
+                label = f"{transport} {mode}" + (f" ({side})" if side else "")
+                med = [p[1]["median"] for p in pts]
+                lo = [p[1]["median"] - p[1]["min"] for p in pts]
+                hi = [p[1]["max"] - p[1]["median"] for p in pts]
+                ax.errorbar([p[0] for p in pts], med, yerr=[lo, hi], marker="o", capsize=3,
+                            linestyle="--" if side == "receiver" else "-", label=label)
+        for ax, ylabel in ((ax_cpu, "CPU seconds per GB"), (ax_tput, "throughput, Gbit/s")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("message size, KiB")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        m = report["machine"]
+        fig.suptitle(f"zcnet bench stream — kernel {m['kernel']}, {m['nproc']} CPUs "
+                     "(median, bars: min to max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

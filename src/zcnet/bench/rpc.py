@@ -1,0 +1,342 @@
+"""The ``rpc`` experiment: many connections, small request/response, zero-copy receive on/off.
+
+Theory of operation: a server process accepts ``connections`` (default 100) TCP connections and
+answers each ``size``-byte request (default 4 KB) with a ``size``-byte response, driven by one
+level-triggered epoll loop; a client process keeps one request outstanding per connection
+(closed loop) and measures latency per request. The server receives either with
+``recv_into`` (off) or with one zcnet ``Receiver`` per connection (on). The listener sets
+``TCP_MAXSEG`` 4108 (MSS 4096, DESIGN.md) so a 4 KB request is one page-aligned segment, and
+the client sends with zcnet's ``Sender`` forced to MSG_ZEROCOPY in *both* modes (loopback
+pages are mappable only then), or ``sendall`` if that module is missing. A client sender with
+completions pending makes its socket report EPOLLERR, so the client reaps them on that event
+(msg_zerocopy.rst). Phases: every connection makes ``warmup`` requests, then (a barrier) the
+timed ``requests``; each side's CPU window covers the timed phase only (the server starts it
+when the first timed request arrives, i.e. after all warm-up requests were answered).
+Requests and responses are pattern streams per connection; verification as elsewhere: full on
+verification repetitions, first/last byte on timed ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
+from zcnet.bench.env import environment
+from zcnet.bench.meter import CpuWindow
+from zcnet.bench.pattern import Verifier
+from zcnet.bench.peers import client_worker
+from zcnet.bench.server import make_listener
+from zcnet.bench.workers import Worker, spawn
+from zcnet.errors import TimeoutExpired
+
+__all__ = ["RpcParams", "plan_count", "rpc_client", "rpc_server", "run_rpc"]
+
+MSS_4K_LISTENER = 4096 + 12
+RESPONSE_BASE = 7919           # responses use the pattern from another offset than requests
+METRICS = ("requests_per_s", "server_cpu_us_per_req", "client_cpu_us_per_req",
+           "latency_p50_us", "latency_p99_us", "mapped_pct")
+
+
+@dataclass
+class RpcParams:
+    """Parameters of the rpc experiment."""
+
+    connections: int = 100
+    size: int = 4096
+    requests: int = 200
+    warmup: int = 10
+    reps: int = 3
+    verify: str = "sample"
+    use_netns: bool = True
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+class _ServerConn:
+    __slots__ = ("buf", "got", "rx", "rx_off", "sock", "tx_off", "view")
+
+    def __init__(self, sock: socket.socket, size: int, rx: Any) -> None:
+        self.sock = sock
+        self.rx = rx
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.got = 0
+        self.rx_off = 0
+        self.tx_off = 0
+
+
+def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
+    """Worker body: accept, answer requests, report CPU and mapping figures on ``pipe``."""
+    conns_n, size = int(cfg["connections"]), int(cfg["size"])
+    warm_total = conns_n * int(cfg["warmup"])
+    total = warm_total + conns_n * int(cfg["requests"])
+    full = bool(cfg["full"])
+    verifier = Verifier(span=max(size, 4096))
+    make_rx: Callable[[socket.socket], Any] | None = None
+    if cfg["zerocopy"]:
+        from zcnet.receiver import Receiver, RecvPolicy
+
+        pages = max(1, -(-size // 4096))
+        policy = RecvPolicy(window_bytes=4 * pages * 4096, max_windows=4)
+
+        def make_rx(sock: socket.socket) -> Any:
+            return Receiver(sock, policy)
+    listener = make_listener(host, 0, mss=MSS_4K_LISTENER, backlog=conns_n)
+    pipe.send(listener.getsockname()[:2])
+    window = CpuWindow()
+    ep = select.epoll()
+    conns: dict[int, _ServerConn] = {}
+    try:
+        for _ in range(conns_n):
+            sock, _peer = listener.accept()
+            rx = make_rx(sock) if make_rx is not None else None
+            conns[sock.fileno()] = _ServerConn(sock, size, rx)
+            ep.register(sock.fileno(), select.EPOLLIN)
+        done = 0
+        while done < total:
+            for fd, _ev in ep.poll():
+                c = conns[fd]
+                while True:
+                    if c.rx is not None:
+                        try:
+                            chunk = c.rx.recv(size - c.got, timeout=0)
+                        except TimeoutExpired:
+                            break
+                        with chunk:
+                            n = len(chunk)
+                            if n:
+                                c.view[c.got:c.got + n] = chunk.view
+                    else:
+                        n = c.sock.recv_into(c.view[c.got:], size - c.got)
+                    if n == 0:
+                        raise ConnectionError("client closed early")
+                    data = c.view[c.got:c.got + n]
+                    if full or done < warm_total:
+                        with window.exclude():
+                            verifier.verify(c.rx_off, data)
+                    else:
+                        verifier.spot(c.rx_off, data)
+                    c.rx_off += n
+                    c.got += n
+                    if c.got < size:
+                        if c.rx is not None and c.rx.buffered:
+                            continue
+                        break
+                    c.got = 0
+                    if done == warm_total:
+                        window.start()
+                    c.sock.sendall(verifier.window(RESPONSE_BASE + c.tx_off, size))
+                    c.tx_off += size
+                    done += 1
+                    if c.rx is None or not c.rx.buffered:
+                        break
+        window.stop()
+        mapped = copied = 0
+        for c in conns.values():
+            if c.rx is not None:
+                st = c.rx.stats
+                mapped += st.bytes_mapped
+                copied += st.bytes_copied
+        pipe.send({"ok": True, "cpu": window.cpu, "wall": window.wall,
+                   "requests": total - warm_total, "verify_cpu": window.excluded,
+                   "bytes_mapped": mapped, "bytes_copied": copied,
+                   "bytes_plain": sum(c.rx_off for c in conns.values()) if not cfg["zerocopy"]
+                   else 0})
+    finally:
+        for c in conns.values():
+            with contextlib.suppress(Exception):
+                (c.rx or c.sock).close()
+        ep.close()
+        listener.close()
+    pipe.recv()  # wait to be stopped
+
+
+class _ClientConn:
+    __slots__ = ("buf", "count", "got", "rx_off", "sender", "sock", "t0", "tx_off", "view")
+
+    def __init__(self, sock: socket.socket, size: int, sender: Any) -> None:
+        self.sock = sock
+        self.sender = sender
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.got = 0
+        self.count = 0
+        self.rx_off = 0
+        self.tx_off = 0
+        self.t0 = 0
+
+
+def rpc_client(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
+    """Client command: open the connections, run warm-up and timed requests, report."""
+    host, port = cmd["addr"]
+    conns_n, size = int(cmd["connections"]), int(cmd["size"])
+    warm, timed = int(cmd["warmup"]), int(cmd["requests"])
+    full = bool(cmd["full"])
+    verifier = Verifier(span=max(size, 4096))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    notes: list[str] = []
+    try:
+        from zcnet.sender import Sender, SendPolicy
+        policy: Any = SendPolicy(force_zerocopy=True, zerocopy_threshold=0)
+    except ImportError as e:
+        Sender = None  # type: ignore[assignment,misc]
+        notes.append(f"zcnet.sender missing ({e}): requests sent with sendall")
+    conns: dict[int, _ClientConn] = {}
+    ep = select.epoll()
+    window = CpuWindow()
+    latencies: list[int] = []
+    try:
+        for _ in range(conns_n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.connect((host, int(port)))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sender = Sender(s.dup(), policy) if Sender is not None else None
+            conns[s.fileno()] = _ClientConn(s, size, sender)
+            ep.register(s.fileno(), select.EPOLLIN)
+
+        def send_request(c: _ClientConn) -> None:
+            data = verifier.window(c.tx_off, size)
+            c.t0 = time.perf_counter_ns()
+            if c.sender is not None:
+                c.sender.send(data)
+            else:
+                c.sock.sendall(data)
+            c.tx_off += size
+
+        def phase(limit: int, timed_phase: bool) -> None:
+            pending = 0
+            for c in conns.values():
+                if c.count < limit:
+                    send_request(c)
+                    pending += 1
+            while pending:
+                for fd, ev in ep.poll():
+                    c = conns[fd]
+                    if c.sender is not None and ev & select.EPOLLERR:
+                        c.sender.poll()
+                    if not ev & select.EPOLLIN or c.count >= limit:
+                        continue
+                    n = c.sock.recv_into(c.view[c.got:], size - c.got)
+                    if n == 0:
+                        raise ConnectionError("server closed early")
+                    data = c.view[c.got:c.got + n]
+                    if full or not timed_phase:
+                        with window.exclude():
+                            verifier.verify(RESPONSE_BASE + c.rx_off, data)
+                    else:
+                        verifier.spot(RESPONSE_BASE + c.rx_off, data)
+                    c.rx_off += n
+                    c.got += n
+                    if c.got < size:
+                        continue
+                    c.got = 0
+                    c.count += 1
+                    if timed_phase:
+                        latencies.append(time.perf_counter_ns() - c.t0)
+                    if c.count < limit:
+                        send_request(c)
+                    else:
+                        pending -= 1
+
+        phase(warm, False)
+        window.start()
+        phase(warm + timed, True)
+        for c in conns.values():
+            if c.sender is not None:
+                c.sender.flush()
+        window.stop()
+    finally:
+        for c in conns.values():
+            with contextlib.suppress(Exception):
+                if c.sender is not None:
+                    c.sender.close()
+                c.sock.close()
+        ep.close()
+    latencies.sort()
+    p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
+    return {"ok": True, "cpu": window.cpu, "wall": window.wall, "requests": conns_n * timed,
+            "verify_cpu": window.excluded, "notes": notes,
+            "latency_p50_us": None if p50 is None else p50 / 1000,
+            "latency_p99_us": None if p99 is None else p99 / 1000}
+
+
+def _plan(p: RpcParams) -> list[dict[str, Any]]:
+    plan: list[dict[str, Any]] = []
+    modes = ["off", "on"]
+    if p.verify == "sample":
+        plan += [{"zerocopy_receive": m == "on", "rep": -1, "role": "verify"} for m in modes]
+    for rep in range(p.reps):
+        plan += [{"zerocopy_receive": m == "on", "rep": rep, "role": "timed"}
+                 for m in rotated(modes, rep)]
+    return plan
+
+
+def plan_count(p: RpcParams) -> int:
+    """How many runs :func:`run_rpc` makes."""
+    return len(_plan(p))
+
+
+def _record(item: dict[str, Any], p: RpcParams, client: dict[str, Any],
+            server: dict[str, Any]) -> dict[str, Any]:
+    run = dict(item)
+    run["verified"] = "full" if p.verify == "all" or item["role"] == "verify" else "spot"
+    ok = bool(client.get("ok") and server.get("ok"))
+    run["ok"] = ok
+    run["error"] = None if ok else (client.get("error") or server.get("error") or "failed")
+    run["client"], run["server"] = client, server
+    m: dict[str, float | None] = {k: None for k in METRICS}
+    if ok:
+        reqs = int(client["requests"])
+        m["requests_per_s"] = reqs / client["wall"] if client["wall"] > 0 else None
+        m["client_cpu_us_per_req"] = client["cpu"] / reqs * 1e6
+        m["server_cpu_us_per_req"] = server["cpu"] / int(server["requests"]) * 1e6
+        m["latency_p50_us"] = client["latency_p50_us"]
+        m["latency_p99_us"] = client["latency_p99_us"]
+        total = server["bytes_mapped"] + server["bytes_copied"] + server["bytes_plain"]
+        m["mapped_pct"] = 100.0 * server["bytes_mapped"] / total if total else None
+    run["metrics"] = m
+    return run
+
+
+def run_rpc(p: RpcParams, progress: Progress) -> dict[str, Any]:
+    """Run the rpc experiment; the JSON-ready result (see docs/bench.md)."""
+    runs: list[dict[str, Any]] = []
+    with environment(use_netns=p.use_netns) as env:
+        notes = list(env.notes)
+        notes.append(f"listener TCP_MAXSEG {MSS_4K_LISTENER} (MSS 4096); client sends with "
+                     "zcnet Sender forced to MSG_ZEROCOPY in both modes")
+        with spawn(client_worker, env.ns_name) as client:
+            for item in _plan(p):
+                cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
+                       "requests": p.requests, "zerocopy": item["zerocopy_receive"],
+                       "full": p.verify == "all" or item["role"] == "verify"}
+                server: Worker = spawn(rpc_server, env.ns_name, env.host, cfg)
+                try:
+                    addr = tuple(server.recv(60))
+                    res = client.call(dict(cfg, kind="rpc", addr=addr))
+                    srv = server.recv(60) if res.get("ok") else {"ok": False}
+                finally:
+                    server.stop(2.0)
+                run = _record(item, p, res, srv)
+                runs.append(run)
+                for n in res.get("notes") or []:
+                    if n not in notes:
+                        notes.append(n)
+                progress(f"rpc zero-copy rx {'on' if item['zerocopy_receive'] else 'off'}")
+        summary = group_summary(runs, ("zerocopy_receive",), METRICS)
+        failed = [r for r in runs if not r["ok"]]
+        return experiment_result("rpc", status="ok" if not failed else "partial",
+                                 environment=env.describe(), parameters=asdict(p), runs=runs,
+                                 summary=summary, notes=notes)

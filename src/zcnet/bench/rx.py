@@ -1,0 +1,142 @@
+"""The ``rx`` experiment: tcp_mmap style bulk receive, copy vs asyncio vs zero-copy receive.
+
+Theory of operation: reproduces tools/testing/selftests/net/tcp_mmap.c: one bulk TCP stream, and
+the receiver's CPU seconds per GB, throughput and fraction of bytes mapped, for ``recv_into``
+into a preallocated buffer, asyncio streams (``readexactly`` / ``read``) and zcnet's
+``Receiver`` (TCP_ZEROCOPY_RECEIVE). Pages are mappable only when each segment's payload is a
+whole number of pages and the sender used MSG_ZEROCOPY (DESIGN.md): in our namespace the IPv6
+MSS is 61440 (lo MTU 61512); on plain loopback (no root) the listener sets ``TCP_MAXSEG`` 4108
+(MSS 4096). The sender is the same for every receive mode: zcnet's ``Sender`` forced to
+zero-copy (or ``sendall`` if it is missing, and then nothing is mapped). Modes alternate between
+repetitions; verification as in the stream experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from zcnet.bench.common import (
+    Progress,
+    experiment_result,
+    gbit_per_s,
+    group_summary,
+    rotated,
+    s_per_gb,
+)
+from zcnet.bench.env import environment
+from zcnet.bench.peers import client_worker, server_worker
+from zcnet.bench.receivers import RECEIVE_MODES
+from zcnet.bench.workers import Worker, spawn
+
+__all__ = ["RxParams", "plan_count", "run_rx"]
+
+KiB = 1024
+MSS_4K_LISTENER = 4096 + 12   # MSS 4096 with the 12-byte timestamp option (DESIGN.md)
+METRICS = ("receiver_cpu_s_per_gb", "throughput_gbit_s", "mapped_pct", "sender_cpu_s_per_gb")
+
+
+@dataclass
+class RxParams:
+    """Parameters of the rx experiment."""
+
+    nbytes: int = 512 * 1024 * 1024
+    warmup: int = 32 * 1024 * 1024
+    reps: int = 3
+    recv_modes: tuple[str, ...] = RECEIVE_MODES
+    send_mode: str = "zcnet-forced"
+    msg_size: int = 256 * KiB
+    recv_size: int = 512 * KiB
+    verify: str = "sample"
+    use_netns: bool = True
+
+
+def _plan(p: RxParams) -> list[dict[str, Any]]:
+    plan: list[dict[str, Any]] = []
+    if p.verify == "sample":
+        plan += [{"recv_mode": m, "rep": -1, "role": "verify"} for m in p.recv_modes]
+    for rep in range(p.reps):
+        plan += [{"recv_mode": m, "rep": rep, "role": "timed"}
+                 for m in rotated(p.recv_modes, rep)]
+    return plan
+
+
+def plan_count(p: RxParams) -> int:
+    """How many runs :func:`run_rx` makes."""
+    return len(_plan(p))
+
+
+def _record(item: dict[str, Any], p: RxParams, send_mode: str,
+            res: dict[str, Any]) -> dict[str, Any]:
+    run = dict(item)
+    run["send_mode"] = send_mode
+    run["msg_size"] = p.msg_size
+    run["verified"] = "full" if p.verify == "all" or item["role"] == "verify" else "spot"
+    sender, receiver = res.get("sender"), res.get("receiver")
+    ok = bool(sender and sender.get("ok") and receiver and receiver.get("ok"))
+    run["ok"] = ok
+    run["error"] = None if ok else (res.get("error") or (receiver or {}).get("error")
+                                    or (sender or {}).get("error") or "failed")
+    run["sender"], run["receiver"] = sender, receiver
+    metrics: dict[str, float | None] = {m: None for m in METRICS}
+    if ok and sender is not None and receiver is not None:
+        nbytes = int(receiver["bytes"])
+        metrics["receiver_cpu_s_per_gb"] = s_per_gb(receiver["cpu"], nbytes)
+        metrics["sender_cpu_s_per_gb"] = s_per_gb(sender["cpu"], int(sender["bytes"]))
+        metrics["throughput_gbit_s"] = gbit_per_s(nbytes, receiver["wall"])
+        mapped = receiver.get("bytes_mapped")
+        metrics["mapped_pct"] = 100.0 * mapped / nbytes if mapped is not None and nbytes else (
+            0.0 if nbytes else None)
+    run["metrics"] = metrics
+    return run
+
+
+def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
+    """Run the rx experiment; the JSON-ready result (see docs/bench.md)."""
+    runs: list[dict[str, Any]] = []
+    with environment(use_netns=p.use_netns) as env:
+        notes = list(env.notes)
+        mss = None if env.ns_name is not None else MSS_4K_LISTENER
+        if mss is not None:
+            notes.append(f"listener TCP_MAXSEG {mss} (MSS 4096) so loopback pages are mappable")
+        send_mode = p.send_mode
+        unavailable: dict[str, str] = {}
+        server: Worker | None = None
+        with spawn(client_worker, env.ns_name) as client:
+            try:
+                server = spawn(server_worker, env.ns_name, env.host, mss)
+                addr = tuple(server.recv(60))
+                for item in _plan(p):
+                    mode = item["recv_mode"]
+                    if mode in unavailable:
+                        progress(f"rx {mode}: skipped")
+                        continue
+                    cmd = {"kind": "tcp", "addr": addr, "msg_size": p.msg_size,
+                           "send_mode": send_mode, "recv_mode": mode,
+                           "recv_size": p.recv_size, "warmup": p.warmup, "bytes": p.nbytes,
+                           "verify": "full" if p.verify == "all" or item["role"] == "verify"
+                           else "spot"}
+                    res = client.call(cmd)
+                    sender_err = (res.get("sender") or {}).get("error") or res.get("error") or ""
+                    if send_mode != "sendall" and "zcnet.sender is not available" in sender_err:
+                        notes.append(f"sender {send_mode} unavailable ({sender_err}); using "
+                                     "sendall, so no page can be mapped")
+                        send_mode = "sendall"
+                        cmd["send_mode"] = send_mode
+                        res = client.call(cmd)
+                    run = _record(item, p, send_mode, res)
+                    runs.append(run)
+                    err = run["error"] or ""
+                    if "not available" in err or "ModeUnavailable" in err:
+                        unavailable[mode] = err
+                    progress(f"rx {mode}")
+            finally:
+                if server is not None:
+                    server.stop(0.2, graceful=False)
+        for mode, why in unavailable.items():
+            notes.append(f"receive mode {mode} unavailable: {why}")
+        summary = group_summary(runs, ("recv_mode",), METRICS)
+        failed = [r for r in runs if not r["ok"] and r["recv_mode"] not in unavailable]
+        return experiment_result("rx", status="ok" if not failed else "partial",
+                                 environment=env.describe(), parameters=asdict(p), runs=runs,
+                                 summary=summary, notes=notes)

@@ -1,0 +1,183 @@
+"""Send modes of the benchmark: plain ``sendall`` and :class:`zcnet.sender.Sender`.
+
+Theory of operation: the sender sends ``warmup`` bytes untimed, then ``nbytes`` in messages of
+one size inside a :class:`~zcnet.bench.meter.CpuWindow` that also covers the final flush (a
+zero-copy send is finished only when its completion arrived,
+Documentation/networking/msg_zerocopy.rst). Payloads are views of the immutable stream pattern,
+so MSG_ZEROCOPY can pin them without copies. Modes:
+
+- ``sendall``: ``socket.sendall`` (the kernel copies);
+- ``zcnet``: ``Sender`` with the default policy (falls back to copying when the kernel reports
+  that it copied, as over loopback);
+- ``zcnet-forced``: ``SendPolicy(force_zerocopy=True, zerocopy_threshold=0)``: MSG_ZEROCOPY on
+  every send whatever the size or the kernel's copied reports (what a zero-copy receiver over
+  loopback needs, and the raw cost of pinning, as in the classic tables).
+
+UDP sends go toward the ``ifb`` sink of the namespace with ``UDP_SEGMENT`` (GSO), where nothing
+is delivered: the sender's CPU is the true transmit cost
+(tools/testing/selftests/net/udpgso_bench_tx.c).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from zcnet.bench.meter import CpuWindow
+from zcnet.bench.pattern import Verifier
+from zcnet.bench.protocol import encode_header, read_result
+from zcnet.bench.receivers import ModeUnavailable
+from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
+
+__all__ = ["SEND_MODES", "tcp_stream", "udp_stream"]
+
+SEND_MODES = ("sendall", "zcnet", "zcnet-forced")
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    fields = ("bytes_zerocopy", "bytes_copied", "bytes_plain", "bytes_pending",
+              "sends_zerocopy", "sends_plain", "completions", "enobufs")
+    return {f: int(getattr(stats, f, 0)) for f in fields}
+
+
+class _Engine:
+    """One send mode on one socket: ``send(view)``, ``finish()``, ``stats()``, ``close()``."""
+
+    def __init__(self, sock: socket.socket, mode: str, zerocopy_threshold: int | None) -> None:
+        self.sock = sock
+        self.mode = mode
+        self.sender: Any = None
+        if mode == "sendall":
+            self.send: Callable[[memoryview], object] = sock.sendall
+            return
+        if mode not in ("zcnet", "zcnet-forced"):
+            raise ModeUnavailable(f"unknown send mode {mode!r}")
+        try:
+            from zcnet.sender import Sender, SendPolicy
+        except ImportError as e:
+            raise ModeUnavailable(f"zcnet.sender is not available: {e}") from e
+        kwargs: dict[str, Any] = {"force_zerocopy": mode == "zcnet-forced"}
+        if mode == "zcnet-forced":
+            kwargs["zerocopy_threshold"] = 0
+        if zerocopy_threshold is not None:
+            kwargs["zerocopy_threshold"] = zerocopy_threshold
+        self.sender = Sender(sock.dup(), SendPolicy(**kwargs))
+        self.send = self.sender.send
+
+    def finish(self) -> None:
+        if self.sender is not None:
+            self.sender.flush()
+
+    def stats(self) -> dict[str, Any]:
+        if self.sender is None:
+            return {}
+        return _stats_dict(self.sender.stats)
+
+    def describe(self) -> dict[str, Any]:
+        if self.sender is None:
+            return {}
+        st = self.sender.stats
+        return {"tx_mode": str(getattr(st, "mode", "")),
+                "fallback_reason": getattr(st, "fallback_reason", None)}
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+
+
+def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
+    """Connect to ``cmd["addr"]``, stream, and return ``{"sender": ..., "receiver": ...}``."""
+    host, port = cmd["addr"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    msg = int(cmd["msg_size"])
+    warmup, nbytes = int(cmd["warmup"]), int(cmd["bytes"])
+    header = {"op": "stream", "mode": cmd["recv_mode"], "warmup": warmup, "bytes": nbytes,
+              "verify": cmd["verify"], "recv_size": int(cmd.get("recv_size", 256 * 1024))}
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.connect((host, int(port)))
+        sock.sendall(encode_header(header))
+        engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
+        try:
+            window = CpuWindow()
+
+            def pump(start: int, total: int) -> None:
+                off, end = start, start + total
+                while off < end:
+                    n = min(msg, end - off)
+                    engine.send(verifier.window(off, n))
+                    off += n
+
+            pump(0, warmup)
+            engine.finish()
+            before = engine.stats()
+            window.start()
+            pump(warmup, nbytes)
+            engine.finish()
+            window.stop()
+            sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": nbytes,
+                      "cpu": window.cpu, "user": window.user, "sys": window.sys,
+                      "wall": window.wall}
+            sender.update(_delta(engine.stats(), before))
+            sender.update(engine.describe())
+            receiver = read_result(sock)
+        finally:
+            engine.close()
+    return {"sender": sender, "receiver": receiver}
+
+
+def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
+    """Send datagrams (GSO) toward the ifb sink ``cmd["addr"]``; sender figures only."""
+    host, port = cmd["addr"]
+    msg, gso = int(cmd["msg_size"]), int(cmd["gso_size"])
+    warmup, nbytes = int(cmd["warmup"]), int(cmd["bytes"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, int(port)))
+        if msg > gso:
+            sock.setsockopt(SOL_UDP, UDP_SEGMENT, gso)
+        engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
+        if engine.sender is None:
+            engine.send = _udp_send(sock)
+        try:
+            window = CpuWindow()
+
+            def pump(start: int, total: int) -> None:
+                off, end = start, start + total
+                while off < end:
+                    engine.send(verifier.window(off, msg))
+                    off += msg
+
+            pump(0, warmup)
+            engine.finish()
+            before = engine.stats()
+            window.start()
+            pump(warmup, nbytes)
+            engine.finish()
+            window.stop()
+            sent = ((nbytes + msg - 1) // msg) * msg
+            sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": sent,
+                      "gso_size": gso, "cpu": window.cpu, "user": window.user,
+                      "sys": window.sys, "wall": window.wall}
+            sender.update(_delta(engine.stats(), before))
+            sender.update(engine.describe())
+        finally:
+            engine.close()
+    return {"sender": sender, "receiver": None}
+
+
+def _udp_send(sock: socket.socket) -> Callable[[memoryview], object]:
+    def send(view: memoryview) -> None:
+        while True:
+            try:
+                sock.send(view)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+
+    return send

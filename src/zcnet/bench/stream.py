@@ -1,0 +1,187 @@
+"""The ``stream`` experiment: netperf TCP_STREAM style cost per message size, copy vs zero-copy.
+
+Theory of operation: reproduces the table of the MSG_ZEROCOPY paper / netdev 2.1 talk
+(Documentation/networking/msg_zerocopy.rst): for each message size, the sender's and the
+receiver's CPU seconds per GB and the throughput, with plain ``sendall`` against zcnet's
+``Sender``, and the zc/std ratio. TCP runs over the namespace's loopback (IPv6, MSS 15 pages),
+where the kernel always copies zero-copy frags (so it measures what the fallback costs); UDP
+with ``UDP_SEGMENT`` toward the ``ifb`` sink measures the true transmit cost, since nothing is
+delivered there (sender only). ``--connect HOST:PORT`` runs the TCP part against a remote
+``zcnet serve``. Repetitions alternate the order of the modes; with ``verify="sample"`` one extra
+untimed repetition per configuration checks every byte and the timed ones spot-check each chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zcnet.bench.common import (
+    Progress,
+    experiment_result,
+    gbit_per_s,
+    group_summary,
+    rotated,
+    s_per_gb,
+)
+from zcnet.bench.env import Environment, environment
+from zcnet.bench.peers import client_worker, server_worker
+from zcnet.bench.workers import Worker, spawn
+
+__all__ = ["DEFAULT_SIZES", "StreamParams", "plan_count", "run_stream"]
+
+KiB = 1024
+DEFAULT_SIZES = (4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1024 * KiB)
+UDP_GSO_SIZE = 1472          # one Ethernet-MTU datagram payload (IPv4)
+UDP_MAX_SEGMENTS = 44        # 44 * 1472 = 64768 bytes: the "64 KB" GSO send
+SINK_PORT = 9                # discard; the ifb drops everything anyway
+
+METRICS = ("sender_cpu_s_per_gb", "receiver_cpu_s_per_gb", "throughput_gbit_s",
+           "sender_uncopied_pct")
+
+
+@dataclass
+class StreamParams:
+    """Parameters of the stream experiment (all recorded in the JSON report)."""
+
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    nbytes: int = 512 * 1024 * 1024
+    warmup: int = 32 * 1024 * 1024
+    reps: int = 3
+    send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced")
+    transports: tuple[str, ...] = ("tcp", "udp")
+    recv_mode: str = "recv_into"
+    recv_size: int = 256 * KiB
+    verify: str = "sample"
+    connect: tuple[str, int] | None = None
+    use_netns: bool = True
+    udp_sizes: tuple[int, ...] = field(default=())
+
+    def udp_message_sizes(self) -> list[int]:
+        """UDP send sizes: the TCP sizes that fit one GSO send, the largest as 64768 bytes."""
+        cap = UDP_GSO_SIZE * UDP_MAX_SEGMENTS
+        if self.udp_sizes:
+            return [min(s, cap) for s in self.udp_sizes]
+        out = sorted({min(s, cap) for s in self.sizes if s <= 64 * KiB})
+        return out or [cap]
+
+
+def _plan(p: StreamParams, transports: list[str]) -> list[dict[str, Any]]:
+    plan: list[dict[str, Any]] = []
+    for t in transports:
+        sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
+        if p.verify == "sample":
+            for size in sizes:
+                for mode in p.send_modes:
+                    plan.append({"transport": t, "msg_size": size, "send_mode": mode,
+                                 "rep": -1, "role": "verify"})
+        for rep in range(p.reps):
+            for i, size in enumerate(sizes):
+                for mode in rotated(p.send_modes, rep + i):
+                    plan.append({"transport": t, "msg_size": size, "send_mode": mode,
+                                 "rep": rep, "role": "timed"})
+    return plan
+
+
+def _transports(p: StreamParams, env: Environment | None) -> list[str]:
+    if p.connect is not None:
+        return [t for t in p.transports if t == "tcp"]
+    return [t for t in p.transports if t == "tcp" or (env is not None and env.ifb_sink)]
+
+
+def plan_count(p: StreamParams) -> int:
+    """How many runs :func:`run_stream` will make (for a progress bar; UDP assumed possible)."""
+    transports = [t for t in p.transports if p.connect is None or t == "tcp"]
+    return len(_plan(p, transports))
+
+
+def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> dict[str, Any]:
+    full = p.verify == "all" or item["role"] == "verify"
+    run: dict[str, Any] = dict(item)
+    run["recv_mode"] = p.recv_mode if item["transport"] == "tcp" else None
+    run["verified"] = ("full" if full else "spot") if item["transport"] == "tcp" else "none"
+    sender, receiver = res.get("sender"), res.get("receiver")
+    ok = bool(sender and sender.get("ok")) and (
+        item["transport"] == "udp" or bool(receiver and receiver.get("ok")))
+    run["ok"] = ok
+    run["error"] = None if ok else (res.get("error") or (receiver or {}).get("error")
+                                    or (sender or {}).get("error") or "failed")
+    run["sender"], run["receiver"] = sender, receiver
+    metrics: dict[str, float | None] = {m: None for m in METRICS}
+    if ok and sender is not None:
+        nbytes = int(sender["bytes"])
+        metrics["sender_cpu_s_per_gb"] = s_per_gb(sender["cpu"], nbytes)
+        if "bytes_zerocopy" in sender and nbytes:
+            # bytes_zerocopy counts completed sends the kernel did not copy (SenderStats)
+            metrics["sender_uncopied_pct"] = 100.0 * sender["bytes_zerocopy"] / nbytes
+        if receiver is not None:
+            metrics["receiver_cpu_s_per_gb"] = s_per_gb(receiver["cpu"], int(receiver["bytes"]))
+            metrics["throughput_gbit_s"] = gbit_per_s(int(receiver["bytes"]), receiver["wall"])
+        else:
+            metrics["throughput_gbit_s"] = gbit_per_s(nbytes, sender["wall"])
+    run["metrics"] = metrics
+    return run
+
+
+def run_stream(p: StreamParams, progress: Progress) -> dict[str, Any]:
+    """Run the stream experiment; the JSON-ready result (see docs/bench.md)."""
+    if p.connect is not None:
+        env = Environment(None, p.connect[0], None, None,
+                          [f"two-host mode: receiver is `zcnet serve` at "
+                           f"{p.connect[0]}:{p.connect[1]}"])
+        return _run(p, env, progress)
+    with environment(ifb="udp" in p.transports, use_netns=p.use_netns) as env:
+        return _run(p, env, progress)
+
+
+def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any]:
+    transports = _transports(p, env)
+    notes = list(env.notes)
+    if "udp" in p.transports and "udp" not in transports:
+        notes.append("UDP toward the ifb sink skipped: it needs a namespace of our own (root)")
+    runs: list[dict[str, Any]] = []
+    unavailable: dict[str, str] = {}
+    server: Worker | None = None
+    with spawn(client_worker, env.ns_name) as client:
+        try:
+            if p.connect is None:
+                server = spawn(server_worker, env.ns_name, env.host, None)
+                addr = tuple(server.recv(60))
+            else:
+                addr = p.connect
+            for item in _plan(p, transports):
+                mode = item["send_mode"]
+                if mode in unavailable:
+                    progress(f"stream {item['transport']} {mode}: skipped")
+                    continue
+                cmd: dict[str, Any] = {
+                    "kind": item["transport"], "msg_size": item["msg_size"],
+                    "send_mode": mode, "recv_mode": p.recv_mode, "recv_size": p.recv_size,
+                    "warmup": p.warmup, "bytes": p.nbytes,
+                    "verify": "full" if p.verify == "all" or item["role"] == "verify"
+                    else "spot",
+                }
+                if item["transport"] == "udp":
+                    cmd.update(addr=(env.ifb_sink, SINK_PORT), gso_size=UDP_GSO_SIZE)
+                else:
+                    cmd["addr"] = addr
+                res = client.call(cmd)
+                run = _run_record(item, p, res)
+                runs.append(run)
+                err = run["error"] or ""
+                if "not available" in err or "ModeUnavailable" in err:
+                    unavailable[mode] = err
+                progress(f"stream {item['transport']} {item['msg_size'] // KiB}K {mode}")
+        finally:
+            if server is not None:
+                server.stop(0.2, graceful=False)
+    for mode, why in unavailable.items():
+        notes.append(f"send mode {mode} unavailable: {why}")
+    summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
+    failed = [r for r in runs if not r["ok"] and r["send_mode"] not in unavailable]
+    status = "ok" if not failed else "partial"
+    params = asdict(p)
+    params["udp_message_sizes"] = p.udp_message_sizes()
+    params["udp_gso_size"] = UDP_GSO_SIZE
+    return experiment_result("stream", status=status, environment=env.describe(),
+                             parameters=params, runs=runs, summary=summary, notes=notes)
