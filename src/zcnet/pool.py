@@ -300,6 +300,8 @@ class _PoolBase:
         return self._closed
 
     def _class_index(self, size: int) -> int:
+        if size.__class__ is int and MIN_CLASS < size <= self._max_size:
+            return (size - 1).bit_length() - 12
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"size must be an int, not {type(size).__name__}")
         if size < 0 or size > self._max_size:
@@ -344,6 +346,29 @@ class _PoolBase:
         if lease._pool is not self:
             raise PoolError(f"{lease!r} belongs to another pool; release it to the pool that "
                             "handed it out")
+
+    def _take_back(self, lease: Lease) -> None:
+        """Check ownership, then claim ``lease`` (the release hot path: one call)."""
+        try:
+            mine = lease._pool is self and lease._state == _LEASED
+        except AttributeError:
+            mine = False
+        if not mine:
+            self._check_mine(lease)
+            self._claim(lease)
+            return
+        claim = lease._claim
+        try:
+            claim.pop()
+        except IndexError:
+            raise BufferLifetimeError(f"{lease!r} was released twice") from None
+        try:
+            lease._view.release()
+        except BufferError as e:
+            claim.append(True)
+            raise BufferLifetimeError(
+                f"{lease!r} is still in use: a view or buffer exported from it is alive") from e
+        lease._state = _RELEASED
 
     def _claim(self, lease: Lease, *, from_flight: bool = False) -> None:
         """Take the right to return ``lease`` (exactly once) and kill its view."""
@@ -454,8 +479,7 @@ class LockedFreeListPool(_PoolBase):
 
     def release(self, lease: Lease) -> None:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
-        self._check_mine(lease)
-        self._claim(lease)
+        self._take_back(lease)
         self._return(lease)
 
     def _return(self, lease: Lease) -> None:
@@ -602,7 +626,10 @@ class BufferPool(_PoolBase):
         cls = self._class_index(size)
         if self._closed:
             raise PoolError("the pool is closed")
-        cache = self._cache()
+        try:
+            cache: _ThreadCache = self._local.cache
+        except AttributeError:
+            cache = self._cache()
         if cache.deferred:
             self._drain(cache)
         fl = cache.free[cls]
@@ -612,8 +639,7 @@ class BufferPool(_PoolBase):
 
     def release(self, lease: Lease) -> None:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
-        self._check_mine(lease)
-        self._claim(lease)
+        self._take_back(lease)
         self._return(lease)
 
     def _return(self, lease: Lease) -> None:
