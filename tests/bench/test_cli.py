@@ -171,3 +171,20 @@ def test_two_host_mode_over_loopback(tmp_path: Path) -> None:
     exp = report["experiments"][0]
     assert exp["environment"]["netns"] is False
     assert all(r["receiver"]["verified"] == "full" for r in exp["runs"])
+
+
+def test_without_namespace_runs_on_loopback_and_says_why(tmp_path: Path) -> None:
+    """``--no-netns`` is the path a non-root user gets: TCP on loopback, UDP skipped."""
+    out = tmp_path / "plain.json"
+    assert main(["stream", "--no-netns", "--sizes", "64K", "--modes", "sendall", *TINY,
+                 "--json", str(out)]) == 0
+    exp = json.loads(out.read_text())["experiments"][0]
+    assert exp["environment"]["netns"] is False
+    assert {r["transport"] for r in exp["runs"]} == {"tcp"}
+    assert any("ifb sink skipped" in n for n in exp["notes"])
+    out = tmp_path / "plainrx.json"
+    assert main(["rx", "--no-netns", "--recv-modes", "recv_into,zcnet", *TINY,
+                 "--json", str(out)]) == 0
+    exp = json.loads(out.read_text())["experiments"][0]
+    assert any("TCP_MAXSEG" in n for n in exp["notes"])
+    assert all(r["receiver"]["verified"] == "full" for r in exp["runs"])

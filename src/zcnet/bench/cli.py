@@ -177,13 +177,13 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     if args.warmup is not None:
         over["warmup"] = args.warmup
     if experiment == "quick":
-        q: dict[str, Any] = {"nbytes": 48 << 20, "warmup": 8 << 20, "reps": 2}
+        q: dict[str, Any] = {"nbytes": 128 << 20, "warmup": 16 << 20, "reps": 3}
         q.update(over)
         return [
             ("stream", StreamParams(send_modes=("sendall", "zcnet", "zcnet-forced"),
                                     use_netns=use_netns, verify=verify, **q)),
             ("rx", RxParams(use_netns=use_netns, verify=verify, **q)),
-            ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=100,
+            ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
             ("memory", MemoryParams(use_netns=use_netns, duration=1.0)),
         ]

@@ -179,16 +179,16 @@ def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
 def _memory_tables(exp: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
-    t = Table(title="memory: kernel socket memory while a sender fills its send buffer "
-              "(peak values, MB)", show_lines=True)
-    for col in ("send mode", "bytes queued", "sockstat TCP mem", "cgroup sock",
+    t = Table(title="memory: kernel socket memory while the receiver stalls (peak MB; "
+              "sockstat and cgroup above their baseline)", show_lines=True)
+    for col in ("send mode", "sockstat TCP mem", "cgroup sock",
                 "wmem_queued", "fwd_alloc", "optmem", "samples"):
         t.add_column(col, justify="right")
     for e in exp["summary"]:
         def mb(metric: str, entry: dict[str, Any] = e) -> str:
             return _cell(_summary(entry, metric), "{:.2f}")
 
-        t.add_row(e["send_mode"], mb("queued_mb"), mb("sockstat_tcp_mem_mb"),
+        t.add_row(e["send_mode"], mb("sockstat_tcp_mem_mb"),
                   mb("cgroup_sock_mb"), mb("wmem_queued_mb"), mb("fwd_alloc_mb"),
                   mb("optmem_mb"), _cell(_summary(e, "samples"), "{:.0f}"))
     return [t]
@@ -242,8 +242,13 @@ def write_plot(report: dict[str, Any], path: str) -> None:
         series: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for e in stream["summary"]:
             series.setdefault((e["transport"], e["send_mode"]), []).append(e)
-        for (transport, mode), entries in series.items():
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        all_sizes: set[float] = set()
+        for idx, ((transport, mode), entries) in enumerate(series.items()):
+            color = colors[idx % len(colors)]
+            marker = "o" if transport == "tcp" else "s"
             entries.sort(key=lambda e: e["msg_size"])
+            all_sizes.update(e["msg_size"] / KiB for e in entries)
             xs = [e["msg_size"] / KiB for e in entries]
             for ax, metric, side in ((ax_cpu, "sender_cpu_s_per_gb", "sender"),
                                      (ax_cpu, "receiver_cpu_s_per_gb", "receiver"),
@@ -256,10 +261,19 @@ def write_plot(report: dict[str, Any], path: str) -> None:
                 med = [p[1]["median"] for p in pts]
                 lo = [p[1]["median"] - p[1]["min"] for p in pts]
                 hi = [p[1]["max"] - p[1]["median"] for p in pts]
-                ax.errorbar([p[0] for p in pts], med, yerr=[lo, hi], marker="o", capsize=3,
-                            linestyle="--" if side == "receiver" else "-", label=label)
+                ax.errorbar([p[0] for p in pts], med, yerr=[lo, hi], marker=marker, capsize=3,
+                            color=color, linestyle="--" if side == "receiver" else "-",
+                            label=label)
         for ax, ylabel in ((ax_cpu, "CPU seconds per GB"), (ax_tput, "throughput, Gbit/s")):
             ax.set_xscale("log", base=2)
+            ticks: list[float] = []
+            for size in sorted(all_sizes):  # one tick for 64 KiB TCP and 63.25 KiB UDP
+                if ticks and size <= ticks[-1] * 1.1:
+                    ticks[-1] = size
+                else:
+                    ticks.append(size)
+            ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks])
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("message size, KiB")
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)

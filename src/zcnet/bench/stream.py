@@ -37,7 +37,7 @@ UDP_MAX_SEGMENTS = 44        # 44 * 1472 = 64768 bytes: the "64 KB" GSO send
 SINK_PORT = 9                # discard; the ifb drops everything anyway
 
 METRICS = ("sender_cpu_s_per_gb", "receiver_cpu_s_per_gb", "throughput_gbit_s",
-           "sender_uncopied_pct")
+           "sender_uncopied_pct", "sender_sys_s_per_gb", "receiver_sys_s_per_gb")
 
 
 @dataclass
@@ -111,11 +111,13 @@ def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> d
     if ok and sender is not None:
         nbytes = int(sender["bytes"])
         metrics["sender_cpu_s_per_gb"] = s_per_gb(sender["cpu"], nbytes)
+        metrics["sender_sys_s_per_gb"] = s_per_gb(sender["sys"], nbytes)
         if "bytes_zerocopy" in sender and nbytes:
             # bytes_zerocopy counts completed sends the kernel did not copy (SenderStats)
             metrics["sender_uncopied_pct"] = 100.0 * sender["bytes_zerocopy"] / nbytes
         if receiver is not None:
             metrics["receiver_cpu_s_per_gb"] = s_per_gb(receiver["cpu"], int(receiver["bytes"]))
+            metrics["receiver_sys_s_per_gb"] = s_per_gb(receiver["sys"], int(receiver["bytes"]))
             metrics["throughput_gbit_s"] = gbit_per_s(int(receiver["bytes"]), receiver["wall"])
         else:
             metrics["throughput_gbit_s"] = gbit_per_s(nbytes, sender["wall"])
