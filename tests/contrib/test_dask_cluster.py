@@ -62,6 +62,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
          LocalCluster(protocol="zc://", processes=True, n_workers=2, threads_per_worker=1,
                       dashboard_address=None, memory_limit="2GiB") as lc, \
          Client(lc) as client:
+        client.zc_forced = force  # type: ignore[attr-defined]
         yield client
 
 
@@ -89,6 +90,15 @@ def test_local_cluster_moves_arrays_between_workers(cluster: Any) -> None:
     expected = np.concatenate([make_array(off, n) for off, n in zip(offsets, sizes, strict=True)])
     assert result.nbytes == expected.nbytes
     assert np.array_equal(result, expected)
+
+    from zcnet.contrib.dask import process_stats
+
+    stats = client.run(process_stats)
+    for w in (a, b):
+        assert stats[w]["bytes_sent"] > sum(sizes)  # each array left its worker once at least
+        assert stats[w]["bytes_zerocopy"] > 0  # the first large frames went out with MSG_ZEROCOPY
+        if client.zc_forced:
+            assert stats[w]["zerocopy_calls"] > 10
 
 
 def test_dask_array_shuffle_over_zc(cluster: Any) -> None:

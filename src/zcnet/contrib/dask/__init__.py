@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from zcnet.contrib.dask.backend import PREFIX, ZCBackend, ZCComm, ZCConnector, ZCListener
 from zcnet.contrib.dask.config import ZCOptions, options_from_config
-from zcnet.contrib.dask.transport import FrameTransport, SocketTransport, TransportStats
+from zcnet.contrib.dask.transport import (
+    FrameTransport,
+    SocketTransport,
+    TransportStats,
+    process_stats,
+)
 
 __all__ = [
     "PREFIX",
@@ -24,4 +29,5 @@ __all__ = [
     "ZCListener",
     "ZCOptions",
     "options_from_config",
+    "process_stats",
 ]

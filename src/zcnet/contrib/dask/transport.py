@@ -38,6 +38,7 @@ import logging
 import select
 import socket
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,7 +56,13 @@ from zcnet.errors import (
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import ZerocopyCompletion, drain_errqueue
 
-__all__ = ["FrameTransport", "SocketTransport", "TransportStats", "host_buffer"]
+__all__ = [
+    "FrameTransport",
+    "SocketTransport",
+    "TransportStats",
+    "host_buffer",
+    "process_stats",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +103,27 @@ class TransportStats:
     bytes_in_flight: int
     mode: str
     fallback_reason: str | None
+
+
+_COUNTERS = ("bytes_sent", "bytes_received", "bytes_zerocopy", "bytes_zc_copied",
+             "bytes_zc_uncopied", "bytes_mapped", "zerocopy_calls", "completions", "enobufs",
+             "bytes_in_flight")
+_LIVE: weakref.WeakSet[SocketTransport] = weakref.WeakSet()
+_FINISHED: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+
+def process_stats() -> dict[str, int]:
+    """Counters summed over every ``zc://`` transport of this process, open or closed.
+
+    Handy with ``Client.run(process_stats)`` to see what each worker moved and how.
+    """
+    total = dict(_FINISHED)
+    total["connections"] = total.pop("connections", 0)
+    for t in list(_LIVE):
+        st = t.stats()
+        for name in _COUNTERS:
+            total[name] += getattr(st, name)
+    return total
 
 
 class FrameTransport(Protocol):
@@ -239,6 +267,8 @@ class SocketTransport:
         self._sent = self._received = self._zc_bytes = self._zc_copied = 0
         self._zc_uncopied = self._zc_calls = self._completions = self._enobufs = 0
         self._mapped = 0
+        _LIVE.add(self)
+        _FINISHED["connections"] = _FINISHED.get("connections", 0) + 1
         if self._opts.zerocopy:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
@@ -481,3 +511,7 @@ class SocketTransport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         self._held.clear()  # after a reset the kernel has purged the send queue
+        _LIVE.discard(self)
+        st = self.stats()
+        for name in _COUNTERS:
+            _FINISHED[name] += getattr(st, name)
