@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -115,3 +116,64 @@ def test_recv_into_and_recv_mixed_in_stream_order(netns: Netns) -> None:
     assert off == total
     assert st.copy_reasons.get("user_buffer", 0) > 0
     assert st.bytes_mapped > 0
+
+
+@requires_netns
+def test_bulk_from_zcnet_sender(netns: Netns) -> None:
+    """End to end with zcnet's own Sender (forced zero-copy): pages mappable, bytes exact."""
+    sender_mod = pytest.importorskip("zcnet.sender")
+    total = 256 * MIB
+    client, server = tcp_pair(netns)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with sender_mod.Sender(client, sender_mod.SendPolicy(force_zerocopy=True)) as tx:
+                off = 0
+                while off < total:
+                    n = min(1 * MIB, total - off)
+                    tx.send(PATTERN.block(off, n))  # immutable bytes: safe while in flight
+                    off += n
+                tx.flush(timeout=30)
+                client.shutdown(socket.SHUT_WR)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    with Receiver(server, RecvPolicy(rcvlowat=512 * 1024)) as rx:
+        read_verified(rx, total)
+        st = rx.stats
+    t.join(30)
+    assert not errors, errors
+    assert st.mapped_fraction >= 0.99, st
+
+
+@requires_netns
+def test_default_mtu_namespace_every_byte() -> None:
+    """Default lo MTU (MSS 65483, not a page multiple): whatever is mapped, every byte arrives."""
+    total = 64 * MIB
+    with Netns(lo_mtu=None) as ns:
+        client, server = tcp_pair(ns)
+        with Receiver(server, RecvPolicy(rcvlowat=512 * 1024)) as rx:
+            with sending(client, total):
+                read_verified(rx, total)
+            st = rx.stats
+    assert st.bytes_mapped + st.bytes_copied == total
+    assert (st.mode == "copy") == (st.fallback_reason is not None)
+
+
+def test_small_requests_are_copies_in_order() -> None:
+    total = 3 * MIB
+    client, server = tcp_pair(None, host="::1")
+    with Receiver(server, RecvPolicy(force_zerocopy=True)) as rx, sending(client, total):
+        off = 0
+        for size in [100, 4095, 1, 70_000] * 10:
+            with rx.recv(size, timeout=30) as c:
+                assert 0 < len(c) <= size
+                assert PATTERN.matches(off, c.view)
+                off += len(c)
+        off += read_verified(rx, total - off, start=off)
+        st = rx.stats
+    assert st.copy_reasons.get("small_request", 0) > 0
+    assert off == total
