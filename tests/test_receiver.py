@@ -177,3 +177,30 @@ def test_small_requests_are_copies_in_order() -> None:
         st = rx.stats
     assert st.copy_reasons.get("small_request", 0) > 0
     assert off == total
+
+
+def test_unmappable_stream_forced_mixed_recv_and_recv_into() -> None:
+    """Forced zero-copy on unmappable data: copybuf tails and skip hints, mixed calls, in order."""
+    total = 8 * MIB + 777
+    client, server = tcp_pair(None, host="127.0.0.1")
+    buf = bytearray(50_000)
+    off = calls = 0
+    with Receiver(server, RecvPolicy(force_zerocopy=True)) as rx, sending(
+            client, total, zerocopy=False, block=10_007):
+        while True:
+            calls += 1
+            if calls % 3 == 0:
+                n = rx.recv_into(buf, timeout=30)
+                if n == 0:
+                    break
+                assert PATTERN.matches(off, memoryview(buf)[:n])
+            else:
+                with rx.recv(65536, timeout=30) as chunk:
+                    if not chunk:
+                        break
+                    n = len(chunk)
+                    assert PATTERN.matches(off, chunk.view)
+            off += n
+        st = rx.stats
+    assert off == total
+    assert st.copy_reasons.get("skip_hint", 0) + st.copy_reasons.get("copybuf_tail", 0) > 0

@@ -66,7 +66,6 @@ _RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABOR
 _UNSUPPORTED_ERRNOS: Final = frozenset(
     {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENODEV, errno.EACCES, errno.EPERM}
 )
-_POLL_READY: Final = select.POLLIN | select.POLLERR | select.POLLHUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +240,8 @@ def _check_socket(sock: socket.socket) -> None:
 class Receiver:
     """Receives from a connected TCP socket, mapping pages instead of copying when it can.
 
-    The receiver owns the socket (it is made non-blocking and closed by :meth:`close`).
+    The receiver owns the socket (it is made non-blocking and closed by :meth:`close`); one
+    thread at a time may receive. Sending on the socket (e.g. replies) stays allowed.
 
     Args:
         sock: a connected TCP (IPv4 or IPv6) socket.
@@ -312,7 +312,10 @@ class Receiver:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._pending is not None or self._pending_skip:
-                with self._deliver_pending(len(view)) as chunk:  # type: ignore[union-attr]
+                pending = self._deliver_pending(len(view))
+                if pending is None:
+                    continue
+                with pending as chunk:
                     n = len(chunk)
                     view[:n] = chunk.view
                 return n
@@ -445,8 +448,10 @@ class Receiver:
         else:
             remaining = max(0.0, deadline - time.monotonic())
             ready = self._poll.poll(int(remaining * 1000 + 0.999))
-        if not ready or not ready[0][1] & _POLL_READY:
+        if not ready:
             raise TimeoutExpired("no data before the timeout")
+        if ready[0][1] & select.POLLNVAL:
+            raise SocketClosedError("the socket was closed under the receiver")
 
     def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
         try:
