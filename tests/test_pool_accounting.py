@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +21,17 @@ from zcnet.accounting import (
     AccountingError,
     Charge,
     LimitWaitTimeout,
+    recv_accounted,
+    send_accounted,
 )
 from zcnet.errors import LimitExceeded, TimeoutExpired
+from zcnet.netns import Netns
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
+from zcnet.receiver import Receiver, RecvPolicy
+from zcnet.sender import Sender, SendPolicy
+
+from .conftest import requires_netns, requires_zerocopy
+from .rx_helpers import PATTERN, sending, tcp_pair
 
 
 def test_blocking_charge_waits_for_an_uncharge() -> None:
@@ -244,3 +253,72 @@ PoolAccountingMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None
 )
 TestPoolAccounting = PoolAccountingMachine.TestCase
+
+
+# -- charging a real Sender's pinned bytes and a real Receiver's mapped pages ----------------
+
+
+def _reader(sock: socket.socket, got: list[int], errors: list[BaseException]) -> None:
+    try:
+        buf = bytearray(1 << 20)
+        off = 0
+        with sock:
+            while (n := sock.recv_into(buf)) > 0:
+                assert PATTERN.matches(off, memoryview(buf)[:n]), f"corrupt bytes at {off}"
+                off += n
+        got.append(off)
+    except BaseException as e:
+        errors.append(e)
+
+
+@requires_zerocopy
+def test_send_accounted_bounds_pinned_bytes() -> None:
+    acct = Account("tx", limit=512 * 1024)
+    block, count = 64 * 1024, 160
+    client, server = tcp_pair(None, "127.0.0.1")
+    got: list[int] = []
+    errors: list[BaseException] = []
+    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd.start()
+    peak = 0
+    with Sender(client, SendPolicy(force_zerocopy=True, zerocopy_threshold=0)) as tx:
+        for i in range(count):
+            ticket = send_accounted(tx, PATTERN.block(i * block, block), acct, timeout=30)
+            peak = max(peak, acct.usage(PINNED))
+            assert acct.usage(PINNED) <= 512 * 1024
+            assert ticket.zerocopy
+        filler = acct.charge(acct.headroom() or 0, PINNED)  # fill the account up
+        with pytest.raises(LimitExceeded):  # block=False refuses at once
+            send_accounted(tx, PATTERN.block(0, block), acct, block=False)
+        filler.release()
+        tx.flush(timeout=30)
+        assert acct.usage() == 0
+        client.shutdown(socket.SHUT_WR)
+    rd.join()
+    assert not errors, errors
+    assert got == [block * count]
+    print(f"\npeak pinned {peak} bytes under a 512 KiB limit")
+    assert peak > 0
+
+
+@requires_netns
+@requires_zerocopy
+def test_recv_accounted_charges_mapped_pages(netns: Netns) -> None:
+    acct = Account("rx", limit=4 << 20)
+    total = 32 << 20
+    client, server = tcp_pair(netns)
+    mapped_bytes = 0
+    off = 0
+    with sending(client, total), Receiver(server, RecvPolicy(rcvlowat=512 * 1024)) as rx:
+        while True:
+            with recv_accounted(rx, acct, 1 << 20, timeout=30) as chunk:
+                if not len(chunk):
+                    break
+                assert PATTERN.matches(off, chunk.view), f"corrupt bytes at {off}"
+                assert acct.usage(MAPPED) == (len(chunk) if chunk.mapped else 0)
+                mapped_bytes += len(chunk) if chunk.mapped else 0
+                off += len(chunk)
+            assert acct.usage() == 0
+    assert off == total
+    print(f"\n{mapped_bytes / total:.0%} of {total >> 20} MiB mapped and charged while held")
+    assert mapped_bytes > 0

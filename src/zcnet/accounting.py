@@ -9,12 +9,20 @@ the way a sender waits for ``sk_stream_wait_memory`` (net/core/stream.c) rather 
 The kernel's side of the ledger (``SO_MEMINFO``, ``/proc/net/sockstat``, the memory cgroup's
 socket charge) is read by :mod:`zcnet.lowlevel.meminfo`; :func:`kernel_memory_snapshot` is
 re-exported here so that both views live behind one import.
+
+:func:`send_accounted` and :func:`recv_accounted` charge what a ``zcnet.sender.Sender`` pins
+(until the ticket's completion, Documentation/networking/msg_zerocopy.rst) and what a
+``zcnet.receiver.Receiver`` maps (until the chunk is released; no kernel charges these pages
+to a memory cgroup).
 """
 
 from __future__ import annotations
 
+import select
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from zcnet._core import accounting as _core
 from zcnet._core.accounting import (
@@ -42,6 +50,7 @@ __all__ = [
     "POOL",
     "Account",
     "AccountStats",
+    "AccountedChunk",
     "AccountingError",
     "CgroupSockMemory",
     "Charge",
@@ -50,7 +59,12 @@ __all__ = [
     "MemInfo",
     "SockStat",
     "kernel_memory_snapshot",
+    "recv_accounted",
+    "send_accounted",
 ]
+
+
+_REAP_STEP = 0.02  # seconds between re-checks while a sender waits for room
 
 
 class LimitWaitTimeout(LimitExceeded, TimeoutExpired):
@@ -171,3 +185,148 @@ class Account(_core.Account):
     def _move_charge(self, handle: Charge, kind: str) -> None:
         with self._tree.cond:
             super()._move_charge(handle, kind)
+
+    def _shrink_charge(self, handle: Charge, nbytes: int) -> None:
+        with self._tree.cond:
+            super()._shrink_charge(handle, nbytes)
+
+
+# -- charging what the Sender pins and the Receiver maps ----------------------------------------
+
+
+class _TicketLike(Protocol):
+    done: bool
+
+    def add_done_callback(self, fn: Callable[[Any], None], /) -> None: ...
+
+
+class _SenderLike(Protocol):
+    def send(self, buf: Any, /) -> Any: ...
+
+
+class _ChunkLike(Protocol):
+    mapped: bool
+
+    def __len__(self) -> int: ...
+    def release(self) -> None: ...
+
+
+class _ReceiverLike(Protocol):
+    def recv(self, max_bytes: int, timeout: float | None = None) -> Any: ...
+
+
+def send_accounted(
+    sender: _SenderLike, buf: Any, account: Account, *, block: bool = True,
+    timeout: float | None = None,
+) -> Any:
+    """``sender.send(buf)`` with its bytes charged as ``"pinned"`` until its ticket is done.
+
+    The charge is taken *before* sending, so an account limit bounds the bytes the kernel holds
+    pinned. With ``block``, while there is no room it reaps the sender's completions
+    (``sender.poll()``, sleeping in ``poll(2)`` for ``POLLERR`` on its socket): completions are
+    what free room, and a Sender only reads them in its own thread. A ticket that is done at
+    once (a copying send) is uncharged at once. Not for pool leases:
+    :meth:`zcnet.pool.Lease.release_when_done` already moves their bytes to ``"pinned"``.
+
+    Raises:
+        LimitExceeded: no room (``block=False``), or ``buf`` is larger than a limit.
+        LimitWaitTimeout: no room within ``timeout``.
+    """
+    nbytes = memoryview(buf).nbytes
+    charge = _charge_reaping(sender, account, nbytes, block, timeout)
+    try:
+        ticket: _TicketLike = sender.send(buf)
+    except BaseException:
+        charge.release()
+        raise
+    ticket.add_done_callback(lambda _t: charge.release())
+    return ticket
+
+
+def _charge_reaping(
+    sender: _SenderLike, account: Account, nbytes: int, block: bool, timeout: float | None
+) -> Charge:
+    if not block or account.try_charge(nbytes, PINNED):
+        return account.charge(nbytes, PINNED) if not block else Charge(account, nbytes, PINNED)
+    poll = getattr(sender, "poll", None)
+    fileno = getattr(sender, "fileno", None)
+    poller = None
+    if fileno is not None:
+        poller = select.poll()
+        poller.register(fileno(), 0)  # POLLERR is always reported: completions are pending
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if account._never_fits(nbytes):
+            raise account._limit_error(nbytes, PINNED)
+        if poll is not None and poll() and account.try_charge(nbytes, PINNED):
+            return Charge(account, nbytes, PINNED)
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise LimitWaitTimeout(
+                f"timed out after {timeout} s waiting: {account._limit_error(nbytes, PINNED)}")
+        step = _REAP_STEP if remaining is None else min(_REAP_STEP, remaining)
+        if poller is not None:
+            poller.poll(step * 1000)
+        else:
+            time.sleep(step)
+        if account.try_charge(nbytes, PINNED):
+            return Charge(account, nbytes, PINNED)
+
+
+class AccountedChunk:
+    """A received chunk and the ``"mapped"`` charge it holds; release both together."""
+
+    __slots__ = ("charge", "chunk")
+
+    def __init__(self, chunk: Any, charge: Charge | None) -> None:
+        self.chunk = chunk
+        self.charge = charge
+
+    @property
+    def view(self) -> memoryview:
+        """The chunk's read-only view."""
+        view: memoryview = self.chunk.view
+        return view
+
+    @property
+    def mapped(self) -> bool:
+        """True when the chunk's pages are mapped (and charged)."""
+        return bool(self.chunk.mapped)
+
+    def __len__(self) -> int:
+        return len(self.chunk)
+
+    def release(self) -> None:
+        """Release the chunk, then its charge (idempotent)."""
+        self.chunk.release()
+        if self.charge is not None:
+            self.charge.release()
+
+    def __enter__(self) -> AccountedChunk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def recv_accounted(
+    receiver: _ReceiverLike, account: Account, max_bytes: int, *, timeout: float | None = None,
+    block: bool = True, wait_timeout: float | None = None,
+) -> AccountedChunk:
+    """``receiver.recv(max_bytes, timeout)`` with mapped bytes charged as ``"mapped"``.
+
+    ``max_bytes`` is reserved first (waiting up to ``wait_timeout`` for room when ``block``),
+    then shrunk to the bytes actually mapped (nothing is kept for a copied chunk). The charge
+    lasts until the returned chunk is released.
+    """
+    charge = account.charge(max_bytes, MAPPED, block=block, timeout=wait_timeout)
+    try:
+        chunk: _ChunkLike = receiver.recv(max_bytes, timeout)
+    except BaseException:
+        charge.release()
+        raise
+    if chunk.mapped and len(chunk):
+        charge.shrink(len(chunk))
+        return AccountedChunk(chunk, charge)
+    charge.release()
+    return AccountedChunk(chunk, None)

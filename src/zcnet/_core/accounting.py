@@ -133,6 +133,10 @@ class Charge:
         """Re-label the charged bytes as ``kind`` (no limit check: totals do not change)."""
         self._account._move_charge(self, kind)
 
+    def shrink(self, nbytes: int) -> None:
+        """Keep only ``nbytes`` charged (uncharge the rest), e.g. a reservation once used."""
+        self._account._shrink_charge(self, nbytes)
+
     def __enter__(self) -> Charge:
         return self
 
@@ -333,6 +337,15 @@ class Account:
         if kind != handle._kind:
             self.move(handle._nbytes, handle._kind, kind)
             handle._kind = kind
+
+    def _shrink_charge(self, handle: Charge, nbytes: int) -> None:
+        _check_nbytes(nbytes)
+        if handle._released:
+            raise AccountingError(f"{handle!r} was already released")
+        if nbytes > handle._nbytes:
+            raise AccountingError(f"cannot grow {handle!r} to {nbytes} bytes by shrinking")
+        self.uncharge(handle._nbytes - nbytes, handle._kind)
+        handle._nbytes = nbytes
 
     def __repr__(self) -> str:
         return f"<Account {self.path!r} limit={self._limit} usage={self.usage()}>"
