@@ -133,6 +133,28 @@ def one_run(ns: Netns, mode: str, total: int, verify: bool, rcvlowat: int) -> di
     return result
 
 
+def call_overhead(n: int = 200_000) -> None:
+    """Time one TCP_ZEROCOPY_RECEIVE call through ctypes on an idle connection (no data)."""
+    from zcnet.lowlevel.zerocopy_rx import Window, ZerocopyCall
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        client = socket.create_connection(ls.getsockname())
+        server, _ = ls.accept()
+    with client, server:
+        window = Window(server.fileno(), CHUNK)
+        call = ZerocopyCall(server.fileno())
+        t0, w0 = os.times(), time.perf_counter()
+        for _ in range(n):
+            call(window.address, CHUNK)
+        t1, w1 = os.times(), time.perf_counter()
+        window.close()
+    usr, sys_ = (t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6
+    print(f"TCP_ZEROCOPY_RECEIVE via ctypes, idle socket: {(w1 - w0) / n * 1e6:.2f} us/call "
+          f"(user {usr:.2f}, sys {sys_:.2f})")
+
+
 def _summary(xs: list[float]) -> str:
     return f"{statistics.median(xs):.3f} ({min(xs):.3f}-{max(xs):.3f})"
 
@@ -144,9 +166,13 @@ def main() -> int:
     ap.add_argument("--verify", action="store_true", help="check every byte (CPU included)")
     ap.add_argument("--rcvlowat", type=int, default=512 * 1024,
                     help="RecvPolicy.rcvlowat for zcnet (default 524288; 0 = off)")
+    ap.add_argument("--overhead", action="store_true", help="only time one zero-copy call")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     ap.add_argument("--send", nargs=2, type=int, metavar=("PORT", "BYTES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.overhead:
+        call_overhead()
+        return 0
     if args.send:
         run_sender(args.send[0], args.send[1], zerocopy=True)
         return 0
