@@ -104,6 +104,19 @@ def test_move_relabels_without_changing_totals_or_checking_limits() -> None:
     assert root.usage() == 0
 
 
+def test_shrink_keeps_part_of_a_reservation() -> None:
+    root = Account("root", limit=100)
+    h = root.charge(100, MAPPED)
+    h.shrink(30)
+    assert h.nbytes == 30 and root.usage(MAPPED) == 30
+    with pytest.raises(AccountingError, match="grow"):
+        h.shrink(31)
+    h.release()
+    with pytest.raises(AccountingError):
+        h.shrink(0)
+    assert root.usage() == 0
+
+
 @pytest.mark.parametrize(
     ("call", "exc"),
     [
