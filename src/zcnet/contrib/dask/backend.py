@@ -14,9 +14,9 @@ Theory of operation (distributed/comm/core.py, registry.py and tcp.py describe t
 * A message is ``distributed.protocol`` frames behind a prelude of sizes (see
   :mod:`zcnet.contrib.dask.framing`); large frames are sent alone (with ``MSG_ZEROCOPY`` where
   the transport uses it) and received into their own final buffer, which Dask's deserializers
-  wrap without copying. Received frames are writeable (``receive = "copy"``, the default): Dask
-  copies a read-only frame whose array was writeable at the sender, so handing it mapped,
-  read-only pages would only move the copy (see docs/dask.md).
+  wrap without copying. Received frames are writeable: Dask copies a read-only frame whose
+  array was writeable at the sender, so handing it mapped, read-only pages would only move the
+  copy (the policy and its measured cost are in docs/dask.md).
 * ``close`` drains outstanding zero-copy completions (bounded) and shuts the socket down;
   ``abort`` closes at once. Any failure in the middle of a message leaves the stream in an
   unknown state, so the comm is aborted, as Dask's TCP comm does. Failures surface as

@@ -9,12 +9,8 @@ each time a connection is made; ``dask.config.set`` in a test, or an environment
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 __all__ = ["ZCOptions", "options_from_config"]
-
-ReceiveMode = Literal["copy", "map"]
-
 
 @dataclass(frozen=True, slots=True)
 class ZCOptions:
@@ -27,16 +23,12 @@ class ZCOptions:
         force_zerocopy: keep ``MSG_ZEROCOPY`` even after the kernel reports it copied
             (loopback always copies; forcing only makes sense to exercise the path).
         zerocopy: use ``MSG_ZEROCOPY`` at all.
-        receive: ``"copy"`` receives every frame into a fresh writeable buffer (Dask's own
-            contract, no further copy); ``"map"`` asks for mapped read-only pages for large
-            frames where the transport supports it (see docs/dask.md for what that costs).
         drain_timeout: seconds a graceful close waits for outstanding completions.
     """
 
     zerocopy_threshold: int = 64 * 1024
     force_zerocopy: bool = False
     zerocopy: bool = True
-    receive: ReceiveMode = "copy"
     drain_timeout: float = 5.0
 
 
@@ -54,15 +46,11 @@ def options_from_config() -> ZCOptions:
     d = ZCOptions()
     get = dask.config.get
     threshold = get("zcnet.dask.zerocopy-threshold", default=d.zerocopy_threshold)
-    receive = str(get("zcnet.dask.receive", default=d.receive))
-    if receive not in ("copy", "map"):
-        raise ValueError(f"zcnet.dask.receive must be 'copy' or 'map', not {receive!r}")
     drain = parse_timedelta(get("zcnet.dask.drain-timeout", default=d.drain_timeout), "seconds")
     return ZCOptions(
         zerocopy_threshold=int(parse_bytes(threshold)) if isinstance(threshold, str)
         else int(threshold),
         force_zerocopy=_as_bool(get("zcnet.dask.force-zerocopy", default=d.force_zerocopy)),
         zerocopy=_as_bool(get("zcnet.dask.zerocopy", default=d.zerocopy)),
-        receive="map" if receive == "map" else "copy",
         drain_timeout=float(drain if drain is not None else d.drain_timeout),
     )

@@ -88,7 +88,7 @@ class TransportStats:
 
     ``bytes_zerocopy`` were handed to the kernel with ``MSG_ZEROCOPY``; of those, completions so
     far reported ``bytes_zc_copied`` as copied by the kernel and ``bytes_zc_uncopied`` as sent
-    from the pinned pages. ``bytes_mapped`` counts received bytes that arrived as mapped pages.
+    from the pinned pages.
     """
 
     bytes_sent: int
@@ -96,7 +96,6 @@ class TransportStats:
     bytes_zerocopy: int
     bytes_zc_copied: int
     bytes_zc_uncopied: int
-    bytes_mapped: int
     zerocopy_calls: int
     completions: int
     enobufs: int
@@ -106,7 +105,7 @@ class TransportStats:
 
 
 _COUNTERS = ("bytes_sent", "bytes_received", "bytes_zerocopy", "bytes_zc_copied",
-             "bytes_zc_uncopied", "bytes_mapped", "zerocopy_calls", "completions", "enobufs",
+             "bytes_zc_uncopied", "zerocopy_calls", "completions", "enobufs",
              "bytes_in_flight")
 _LIVE: weakref.WeakSet[SocketTransport] = weakref.WeakSet()
 _FINISHED: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -266,7 +265,6 @@ class SocketTransport:
         self._fallback: str | None = None
         self._sent = self._received = self._zc_bytes = self._zc_copied = 0
         self._zc_uncopied = self._zc_calls = self._completions = self._enobufs = 0
-        self._mapped = 0
         _LIVE.add(self)
         _FINISHED["connections"] = _FINISHED.get("connections", 0) + 1
         if self._opts.zerocopy:
@@ -294,7 +292,7 @@ class SocketTransport:
         return TransportStats(
             bytes_sent=self._sent, bytes_received=self._received, bytes_zerocopy=self._zc_bytes,
             bytes_zc_copied=self._zc_copied, bytes_zc_uncopied=self._zc_uncopied,
-            bytes_mapped=self._mapped, zerocopy_calls=self._zc_calls,
+            zerocopy_calls=self._zc_calls,
             completions=self._completions, enobufs=self._enobufs,
             bytes_in_flight=self._in_flight,
             mode="zerocopy" if self._zc else "copy", fallback_reason=self._fallback)
