@@ -185,7 +185,7 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             ("rx", RxParams(use_netns=use_netns, verify=verify, **q)),
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
-            ("memory", MemoryParams(use_netns=use_netns, duration=1.0)),
+            ("memory", MemoryParams(use_netns=use_netns, duration=1.0, reps=2)),
         ]
     if experiment == "stream":
         kw: dict[str, Any] = dict(over)

@@ -100,7 +100,9 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
             continue
         sizes = sorted({e["msg_size"] for e in entries})
         modes = [m for m in dict.fromkeys(e["send_mode"] for e in entries) if m != "sendall"]
-        title = ("stream TCP over loopback: process cost s/GB, std = sendall"
+        connect = exp["parameters"].get("connect")
+        where = f"to zcnet serve at {connect[0]}:{connect[1]}" if connect else "over loopback"
+        title = (f"stream TCP {where}: process cost s/GB, std = sendall"
                  if transport == "tcp" else
                  "stream UDP (GSO) toward the ifb sink: sender cost s/GB, std = sendall")
         t = Table(title=title, show_lines=True)
