@@ -478,3 +478,28 @@ def test_comm_type_and_repr() -> None:
         assert "closed" in repr(a)
 
     run(main())
+
+
+@requires_zerocopy
+def test_forced_zerocopy_under_uvloop() -> None:
+    """Pending completions raise EPOLLERR; the private epoll fd keeps uvloop's watcher alive."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> int:
+        client, server = await comm_pair()
+        try:
+            for i in range(3):
+                arr = pattern_array(i, 6 << 20)
+                _, got = await asyncio.gather(client.write({"a": to_serialize(arr)}),
+                                              server.read())
+                assert PATTERN.matches(i, got["a"].data)
+            stats = client.transport_stats()
+            assert stats is not None
+            return stats.zerocopy_calls
+        finally:
+            await client.close()
+            await server.close()
+
+    with dask.config.set({"zcnet.dask.force-zerocopy": True}), \
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(asyncio.wait_for(main(), 60)) > 3
