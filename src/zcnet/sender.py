@@ -293,6 +293,8 @@ class Sender:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every ticket is done.
 
+        After a connection failure it raises that failure (once pending tickets are reaped).
+
         Raises:
             TimeoutExpired: tickets still pending after ``timeout`` seconds.
             ConnectionResetByPeer, SendError: the connection failed with tickets pending.
@@ -301,6 +303,8 @@ class Sender:
             raise SocketClosedError("the Sender is closed")
         tracker = self._tracker
         self._wait(lambda: not tracker.pending_tokens, timeout, what="flush")
+        if self._failure is not None:
+            raise self._failure
 
     def close(self) -> None:
         """Drain completions (at most ``policy.drain_timeout`` seconds), then close the socket.
@@ -338,14 +342,15 @@ class Sender:
     @staticmethod
     def _nbytes(buf: Buffer) -> int:
         try:
-            with memoryview(buf) as mv:
-                if not mv.c_contiguous:
-                    raise InvalidBufferError("the buffer is not C-contiguous")
-                return mv.nbytes
+            mv = memoryview(buf)
         except TypeError as e:
             raise InvalidBufferError(
                 f"expected a bytes-like buffer, got {type(buf).__name__}"
             ) from e
+        with mv:
+            if not mv.c_contiguous:
+                raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
+            return mv.nbytes
 
     def _failed(self, e: OSError) -> ZcnetError:
         """Translate ``e``; a connection failure fails every pending ticket."""
@@ -388,7 +393,7 @@ class Sender:
                     sent = send(piece, MSG_ZEROCOPY)
                 except OSError as e:
                     if e.errno == errno.ENOBUFS:
-                        if ctl.on_enobufs() is EnobufsAction.REAP_AND_RETRY:
+                        if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
                             self._reap_wait(ctl.enobufs_wait())
                         else:
                             self._send_plain(piece)
@@ -440,7 +445,7 @@ class Sender:
         self._reap()
 
     def _reap_wait(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for completions (POLLERR), then reap them."""
+        """Reap completions; if there were none, wait up to ``seconds`` (POLLERR) and reap."""
         if not self._reap()[0]:
             self._poller.poll(max(1, math.ceil(seconds * 1000)))
             self._reap()

@@ -6,7 +6,12 @@ import dataclasses
 
 import pytest
 
-from zcnet._core.txpolicy import EnobufsAction, SendPolicy, TxController
+from zcnet._core.txpolicy import (
+    ENOBUFS_COPIES_BEFORE_FALLBACK,
+    EnobufsAction,
+    SendPolicy,
+    TxController,
+)
 
 
 def test_defaults_match_contract() -> None:
@@ -85,6 +90,19 @@ def test_enobufs_rounds_then_copy_and_reset() -> None:
     assert c.stats().enobufs == 5
     z = TxController(SendPolicy(enobufs_retries=0))
     assert z.on_enobufs() is EnobufsAction.COPY
+
+
+@pytest.mark.parametrize(("force", "mode"), [(False, "copy"), (True, "zerocopy")])
+def test_enobufs_with_nothing_outstanding_copies_at_once(force: bool, mode: str) -> None:
+    c = TxController(SendPolicy(force_zerocopy=force))
+    for _ in range(ENOBUFS_COPIES_BEFORE_FALLBACK - 1):
+        assert c.on_enobufs(outstanding=0) is EnobufsAction.COPY
+    assert c.mode == "zerocopy"
+    c.on_zerocopy_sent(1)  # a success resets the streak
+    for _ in range(ENOBUFS_COPIES_BEFORE_FALLBACK):
+        assert c.on_enobufs(outstanding=0) is EnobufsAction.COPY
+    assert c.mode == mode
+    assert (c.fallback_reason is not None) is (not force)
 
 
 def test_disable_keeps_first_reason_and_counts() -> None:

@@ -11,7 +11,10 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md
   over loopback, which needs a zero-copy sender);
 * ``ENOBUFS`` from a zero-copy send means the notification budget (``net.core.optmem_max``) or
   the locked-memory limit is exhausted: back-pressure, not failure. Reap completions and retry,
-  at most ``enobufs_retries`` times for one send call, then send that piece with a copy. It is
+  at most ``enobufs_retries`` times for one send call, then send that piece with a copy. With no
+  send outstanding there is nothing to reap, so it copies at once; after
+  ``ENOBUFS_COPIES_BEFORE_FALLBACK`` pieces in a row went out as copies (a budget too small for
+  even one notification) the socket switches to copy mode unless ``force_zerocopy``. ``ENOBUFS`` is
   never raised to the caller.
 
 :class:`TxController` holds this state and the counters behind :class:`SenderStats`. The blocking
@@ -22,9 +25,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["EnobufsAction", "SendPolicy", "SenderStats", "TxController"]
+__all__ = [
+    "ENOBUFS_COPIES_BEFORE_FALLBACK",
+    "EnobufsAction",
+    "SendPolicy",
+    "SenderStats",
+    "TxController",
+]
+
+#: Consecutive ENOBUFS-forced copies after which a non-forced socket stops trying zero-copy.
+ENOBUFS_COPIES_BEFORE_FALLBACK: Final = 16
 
 Mode = Literal["zerocopy", "copy"]
 
@@ -105,6 +117,7 @@ class TxController:
         "completions",
         "copied_calls",
         "enobufs",
+        "enobufs_copies",
         "enobufs_round",
         "fallback_reason",
         "notifications",
@@ -131,6 +144,7 @@ class TxController:
         self.notifications = 0
         self.enobufs = 0
         self.enobufs_round = 0
+        self.enobufs_copies = 0
         self.other_errors = 0
         self.copied_calls = 0
 
@@ -154,20 +168,33 @@ class TxController:
         self.sends_zerocopy += 1
         self.bytes_pending += nbytes
         self.enobufs_round = 0
+        self.enobufs_copies = 0
 
     def on_plain_sent(self, nbytes: int, calls: int = 1) -> None:
         """Plain (copying) send calls handed ``nbytes`` to the kernel."""
         self.sends_plain += calls
         self.bytes_plain += nbytes
 
-    def on_enobufs(self) -> EnobufsAction:
-        """A zero-copy send call failed with ``ENOBUFS``: retry after reaping, or copy."""
+    def on_enobufs(self, outstanding: int = 1) -> EnobufsAction:
+        """A zero-copy send call failed with ``ENOBUFS``: retry after reaping, or copy.
+
+        ``outstanding`` is the number of zero-copy calls not yet completed (0: nothing to reap).
+        """
         self.enobufs += 1
         self.enobufs_round += 1
-        if self.enobufs_round > self.policy.enobufs_retries:
-            self.enobufs_round = 0
-            return EnobufsAction.COPY
-        return EnobufsAction.REAP_AND_RETRY
+        if outstanding and self.enobufs_round <= self.policy.enobufs_retries:
+            return EnobufsAction.REAP_AND_RETRY
+        self.enobufs_round = 0
+        self.enobufs_copies += 1
+        if (
+            self.enobufs_copies >= ENOBUFS_COPIES_BEFORE_FALLBACK
+            and not self.policy.force_zerocopy
+        ):
+            self.disable(
+                f"ENOBUFS on {self.enobufs_copies} zero-copy sends in a row "
+                "(net.core.optmem_max or RLIMIT_MEMLOCK too small)"
+            )
+        return EnobufsAction.COPY
 
     def enobufs_wait(self) -> float:
         """Seconds to wait for completions before the current ``ENOBUFS`` retry (backs off)."""

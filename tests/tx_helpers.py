@@ -1,0 +1,100 @@
+"""Helpers for the transmit tests: loopback connections and a byte-verifying receiver thread."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from zcnet.lowlevel.constants import MSG_ZEROCOPY
+
+# A random period; byte i of every test stream is PATTERN[i % PERIOD]. Doubled so that any slice
+# of up to PERIOD bytes starting anywhere in the period is one contiguous slice of PATTERN2.
+PERIOD = 4 * 1024 * 1024 + 13
+PATTERN = os.urandom(PERIOD)
+PATTERN2 = PATTERN + PATTERN
+
+
+def tcp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
+    """A connected (client, server-side) TCP pair over loopback."""
+    addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.create_server((addr, 0), family=family) as ls:
+        c = socket.create_connection(ls.getsockname()[:2])
+        s, _ = ls.accept()
+    return c, s
+
+
+def pattern_slices(total: int, sizes: list[int]) -> Iterator[memoryview]:
+    """Read-only slices of the pattern stream, cycling through ``sizes``, adding up to ``total``."""
+    view = memoryview(PATTERN2)
+    pos = 0
+    k = 0
+    while pos < total:
+        n = min(sizes[k % len(sizes)], total - pos, PERIOD)
+        k += 1
+        start = pos % PERIOD
+        yield view[start : start + n]
+        pos += n
+
+
+class VerifyingReceiver(threading.Thread):
+    """Reads a socket to EOF with ``recv_into`` and checks every byte against the pattern stream.
+
+    ``delay`` sleeps that long before reading each chunk for the first ``slow_reads`` chunks (a
+    slow receiver).
+    """
+
+    def __init__(self, sock: socket.socket, delay: float = 0.0, slow_reads: int = 0) -> None:
+        super().__init__(name="tx-test-receiver", daemon=True)
+        self.sock = sock
+        self.delay = delay
+        self.slow_reads = slow_reads
+        self.received = 0
+        self.mismatch_at: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        pat = memoryview(PATTERN2)
+        reads = 0
+        try:
+            while True:
+                if reads < self.slow_reads:
+                    time.sleep(self.delay)
+                n = self.sock.recv_into(buf, 65536 if reads < self.slow_reads else len(buf))
+                reads += 1
+                if not n:
+                    break
+                start = self.received % PERIOD
+                if view[:n] != pat[start : start + n] and self.mismatch_at is None:
+                    self.mismatch_at = self.received
+                self.received += n
+        except BaseException as e:  # surfaced by finish()
+            self.error = e
+        finally:
+            self.sock.close()
+
+    def finish(self, expected: int, timeout: float = 120.0) -> None:
+        """Join and assert that exactly ``expected`` bytes arrived, all equal to the pattern."""
+        self.join(timeout)
+        assert not self.is_alive(), "receiver did not reach EOF"
+        if self.error is not None:
+            raise self.error
+        assert self.mismatch_at is None, f"byte mismatch in the chunk at offset {self.mismatch_at}"
+        assert self.received == expected
+
+
+def zc_send_raw(sock: socket.socket, data: bytes) -> int:
+    """One ``send(..., MSG_ZEROCOPY)`` behind any Sender's back (fault injection)."""
+    return sock.send(data, MSG_ZEROCOPY)
+
+
+def wait_pollerr(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """Wait until the socket reports POLLERR (e.g. a queued completion)."""
+    p = select.poll()
+    p.register(sock, select.POLLERR)
+    return bool(p.poll(int(timeout * 1000)))
