@@ -108,6 +108,7 @@ def start_cluster(protocol: str, config: dict[str, Any]) -> tuple[Any, Any, Any]
     with dask.config.set(settings):
         cluster = LocalCluster(protocol=protocol, host="127.0.0.1", processes=True, n_workers=2,
                                threads_per_worker=1, dashboard_address=None, memory_limit=0,
+                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                                silence_logs=logging.ERROR)
         client = Client(cluster)
     return cluster, client, settings

@@ -59,8 +59,10 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     with dask.config.set({"zcnet.dask.force-zerocopy": force,
                           "distributed.worker.memory.target": False,
                           "distributed.worker.memory.spill": False}), \
-         LocalCluster(protocol="zc://", processes=True, n_workers=2, threads_per_worker=1,
-                      dashboard_address=None, memory_limit="2GiB") as lc, \
+         LocalCluster(protocol="zc://", host="127.0.0.1", processes=True, n_workers=2,
+                      threads_per_worker=1,
+                      dashboard_address=None, memory_limit="2GiB",
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as lc, \
          Client(lc) as client:
         client.zc_forced = force  # type: ignore[attr-defined]
         yield client

@@ -33,7 +33,8 @@ def test_scheduler_and_worker_objects() -> None:
     from distributed import Client, Scheduler, Worker
 
     async def main() -> None:
-        async with Scheduler(protocol="zc://", host="127.0.0.1", dashboard=False) as s:
+        async with Scheduler(protocol="zc://", host="127.0.0.1", dashboard=False,
+                             dashboard_address="127.0.0.1:0") as s:
             assert s.address.startswith("zc://127.0.0.1:")
             async with Worker(s.address, nthreads=1, dashboard=False, host="127.0.0.1") as w, \
                     Client(s.address, asynchronous=True) as c:
@@ -55,7 +56,8 @@ def test_dask_cli_scheduler_protocol_zc(tmp_path: Path) -> None:
     dask_cli = [sys.executable, "-m", "dask"]
     procs = [subprocess.Popen(
         [*dask_cli, "scheduler", "--protocol", "zc", "--host", "127.0.0.1", "--port", "0",
-         "--no-dashboard", "--scheduler-file", str(sched_file)],
+         "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+         "--scheduler-file", str(sched_file)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         deadline = time.monotonic() + 60
