@@ -503,3 +503,25 @@ def test_forced_zerocopy_under_uvloop() -> None:
     with dask.config.set({"zcnet.dask.force-zerocopy": True}), \
             asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(asyncio.wait_for(main(), 60)) > 3
+
+
+@requires_zerocopy
+def test_enobufs_falls_back_to_copy_in_netns(netns: Any) -> None:
+    """With no notification budget (optmem_max 0) every zero-copy send gets ENOBUFS."""
+    netns.sysctl("net.core.optmem_max", 0)
+
+    async def main() -> Any:
+        client, server = await comm_pair()
+        try:
+            arr = pattern_array(3, 4 << 20)
+            _, got = await asyncio.gather(client.write({"a": to_serialize(arr)}), server.read())
+            assert PATTERN.matches(3, got["a"].data)
+            return client.transport_stats()
+        finally:
+            await client.close()
+            await server.close()
+
+    with dask.config.set({"zcnet.dask.force-zerocopy": True}), netns.entered():
+        stats = run(main())
+    assert stats.enobufs > 0
+    assert stats.bytes_in_flight == 0
