@@ -1,0 +1,548 @@
+"""The asyncio zero-copy stream: ``MSG_ZEROCOPY`` sends and mapped receives on one TCP socket.
+
+Theory of operation (Documentation/networking/msg_zerocopy.rst, net/ipv4/tcp.c
+``tcp_zerocopy_receive``; shared/DESIGN.md). :class:`ZcStream` is a thin I/O edge over the cores
+the blocking API uses, so policy lives in one place:
+
+* send: :class:`zcnet._core.txpolicy.TxController` (threshold, copied -> copy fallback, ENOBUFS
+  reap-and-retry), :class:`zcnet._core.tracker.CompletionTracker` (the kernel's u32 completion
+  counter mapped to :class:`~zcnet.aio._ticket.AioTicket` s) and
+  :func:`zcnet.lowlevel.errqueue.drain_errqueue`; the loop below mirrors
+  ``zcnet.sender.Sender._send_zerocopy`` with ``await`` where the blocking one sleeps;
+* receive: a :class:`zcnet.receiver.Receiver` driven with ``timeout=0`` (its zero-copy call never
+  blocks; the timeout only bounds its readiness ``poll``); when it reports no data the stream
+  awaits readability and tries again. Mapped chunks obey the same lifetime rules as there.
+
+Readiness and completions come from a :class:`~zcnet.aio._watch.SocketWatcher`: the socket sits
+in a private edge-triggered epoll, so pending completions (``EPOLLERR``) neither spin asyncio nor
+close uvloop's watcher. Each ``EPOLLERR`` edge reaps the error queue on the loop and finishes
+tickets; an ``EPOLLERR`` with an empty queue is a real socket error and wakes readers and writers.
+
+Cancellation: a send that is cancelled (or fails) after some of its bytes were handed to the
+kernel leaves a partial message on the wire, so the stream refuses further sends
+(:class:`SendError`); its ticket still tracks the bytes in flight and a pool lease passed to it
+still goes back to the pool on completion. A cancelled send that had sent nothing leaves the
+stream usable. Receives consume data only after their last ``await``, so a cancelled ``recv``
+loses nothing; ``readexactly`` keeps partial data in a push-back buffer. ``close()`` drains
+completions up to ``SendPolicy.drain_timeout`` before closing the socket (completions not read
+before ``close`` are lost, and their buffers are then never reported free).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+from zcnet._core.tracker import CompletionTracker
+from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
+from zcnet.aio._ticket import AioTicket
+from zcnet.aio._watch import READABLE, WRITABLE, SocketWatcher
+from zcnet.errors import (
+    ConnectionResetByPeer,
+    InvalidBufferError,
+    InvalidCompletionError,
+    SendError,
+    SocketClosedError,
+    TimeoutExpired,
+    ZcnetError,
+)
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
+from zcnet.pool import Lease
+from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+else:
+    Buffer = Any
+
+__all__ = ["ZC_CHUNK", "ZcStream"]
+
+_log = logging.getLogger(__name__)
+
+#: Largest piece of a buffer per zero-copy send call (as zcnet.sender.ZC_CHUNK).
+ZC_CHUNK: Final = 1 << 20
+_RESET_ERRNOS: Final = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
+)
+
+
+def _translate(e: OSError) -> ZcnetError:
+    if e.errno in _RESET_ERRNOS:
+        err: ZcnetError = ConnectionResetByPeer(f"connection lost during send: {e}")
+    elif e.errno == errno.EBADF:
+        err = SocketClosedError(f"socket closed underneath the stream: {e}")
+    else:
+        err = SendError(f"send failed: {e}")
+    err.__cause__ = e
+    return err
+
+
+def _byte_view(buf: Buffer) -> memoryview:
+    try:
+        mv = memoryview(buf)
+    except TypeError as e:
+        raise InvalidBufferError(f"expected a bytes-like buffer, got {type(buf).__name__}") from e
+    if not mv.c_contiguous:
+        raise InvalidBufferError("the buffer is not C-contiguous")
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+class ZcStream:
+    """A connected TCP socket with zero-copy sends and receives, for asyncio and uvloop.
+
+    The stream owns the socket (made non-blocking; closed by :meth:`close`) and must be the only
+    user of it. Create it inside a running loop, or use :func:`zcnet.aio.open_connection` /
+    :func:`zcnet.aio.start_server`. Use it as an async context manager.
+
+    Args:
+        sock: a connected IPv4/IPv6 TCP socket.
+        send_policy: see :class:`zcnet.sender.SendPolicy`.
+        recv_policy: see :class:`zcnet.receiver.RecvPolicy`.
+    """
+
+    def __init__(self, sock: socket.socket, *, send_policy: SendPolicy | None = None,
+                 recv_policy: RecvPolicy | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._rx = Receiver(sock, recv_policy)  # validates the socket, makes it non-blocking
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.send_policy = send_policy if send_policy is not None else SendPolicy()
+        self._ctl = TxController(self.send_policy)
+        self._tracker: CompletionTracker[AioTicket] = CompletionTracker()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        except OSError as e:
+            self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
+        self._send_lock = asyncio.Lock()
+        self._recv_lock = asyncio.Lock()
+        self._completed = asyncio.Event()
+        self._rbuf = bytearray()  # received bytes handed back by a cancelled readexactly
+        self._failure: ZcnetError | None = None
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._watch = SocketWatcher(self._fd, self._loop, on_error=self._on_epollerr)
+
+    # -- context manager -------------------------------------------------------------------
+    async def __aenter__(self) -> ZcStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else self._ctl.mode
+        return f"<ZcStream fd={self._fd} {state} pending={self._tracker.pending_tokens}>"
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def send_stats(self) -> SenderStats:
+        """Send counters (the blocking Sender's :class:`SenderStats`)."""
+        return self._ctl.stats()
+
+    @property
+    def recv_stats(self) -> ReceiverStats:
+        """Receive counters (the blocking Receiver's :class:`ReceiverStats`)."""
+        return self._rx.stats
+
+    @property
+    def pending(self) -> int:
+        """Tickets not yet done."""
+        return self._tracker.pending_tokens
+
+    @property
+    def watcher(self) -> SocketWatcher:
+        """The readiness watcher (its ``wakeups`` counter shows the loop is not spinning)."""
+        return self._watch
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closing)."""
+        return -1 if self._closing else self._fd
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"socket"``, ``"sockname"`` or ``"peername"``, like asyncio transports."""
+        if name == "socket":
+            return self._sock
+        try:
+            if name == "sockname":
+                return self._sock.getsockname()
+            if name == "peername":
+                return self._sock.getpeername()
+        except OSError:
+            return default
+        return default
+
+    def is_closing(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing
+
+    # -- send ------------------------------------------------------------------------------
+    async def send(self, buf: Buffer | Lease) -> AioTicket:
+        """Hand all of ``buf`` to the kernel; return its ticket (``await ticket``: buffer free).
+
+        Returns once every byte is queued in the kernel. With zero-copy the buffer must not be
+        modified until the ticket is done. A :class:`zcnet.pool.Lease` passed here belongs to
+        the stream: it goes back to its pool when the kernel has released it, also when the
+        send fails or is cancelled. Concurrent sends are serialized.
+
+        Raises:
+            InvalidBufferError: not a contiguous buffer.
+            SocketClosedError: the stream is closing.
+            ConnectionResetByPeer: the peer reset the connection (pending tickets fail too).
+            SendError: another send failure, or an earlier send was cut short (cancelled or
+                failed after part of it was sent), so the byte stream is no longer whole.
+        """
+        lease: Lease | None = None
+        if isinstance(buf, Lease):
+            lease = buf
+            try:
+                mv = _byte_view(lease.view)
+            except BaseException:
+                lease.release()
+                raise
+        else:
+            mv = _byte_view(buf)
+        ticket: AioTicket | None = None
+        try:
+            self._check_sendable()
+            async with self._send_lock:
+                self._check_sendable()
+                ticket = AioTicket(self._loop, mv.nbytes, False)
+                await self._send_locked(ticket, mv)
+                return ticket
+        finally:
+            if ticket is None or ticket._view is not mv:
+                mv.release()  # not (or no longer) exported for the kernel
+            if lease is not None:
+                if ticket is None:
+                    lease.release()
+                else:
+                    lease.release_when_done(ticket)
+
+    def _check_sendable(self) -> None:
+        if self._closing:
+            raise SocketClosedError("the stream is closed")
+        if self._failure is not None:
+            raise self._failure
+
+    async def _send_locked(self, ticket: AioTicket, mv: memoryview) -> None:
+        nbytes = mv.nbytes
+        ctl = self._ctl
+        tracker = self._tracker
+        off = 0
+        try:
+            if ctl.use_zerocopy(nbytes) and nbytes:
+                ticket._view = mv  # exported until the kernel releases it
+                while off < nbytes:
+                    end = min(off + ZC_CHUNK, nbytes)
+                    if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
+                        off = await self._send_plain(mv, off, nbytes)
+                        break
+                    piece = mv if (off == 0 and end == nbytes) else mv[off:end]
+                    try:
+                        sent = self._sock.send(piece, MSG_ZEROCOPY)
+                    except BlockingIOError:
+                        await self._wait_writable()
+                        continue
+                    except OSError as e:
+                        if e.errno != errno.ENOBUFS:
+                            raise
+                        if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
+                            await self._reap_wait(ctl.enobufs_wait())
+                        else:
+                            off = await self._send_plain(mv, off, end)
+                        continue
+                    ticket.zerocopy = True
+                    tracker.record_send(ticket, sent)
+                    ctl.on_zerocopy_sent(sent)
+                    off += sent
+            else:
+                off = await self._send_plain(mv, 0, nbytes)
+        except BaseException as exc:
+            self._seal(ticket)
+            err: ZcnetError | None = None
+            if isinstance(exc, OSError):
+                err = self._connection_failed(exc)
+                ticket._fail(err)
+            if 0 < off < nbytes and self._failure is None:
+                what = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+                self._failure = SendError(
+                    f"a send was {what} after {off} of {nbytes} bytes: the stream is broken")
+                self._failure.__cause__ = err or exc
+            if err is not None:
+                raise err from exc
+            raise
+        self._seal(ticket)
+
+    def _seal(self, ticket: AioTicket) -> None:
+        """No more send calls for ``ticket``: finish it now if none is outstanding."""
+        copied = self._tracker.seal(ticket)
+        if copied is not None and not ticket.done:
+            ticket._finish(copied)
+
+    async def _send_plain(self, mv: memoryview, off: int, end: int) -> int:
+        """Copying sends of ``mv[off:end]``; returns ``end``. Partial progress is in ``off``."""
+        sent_total = 0
+        try:
+            while off < end:
+                try:
+                    n = self._sock.send(mv[off:end])
+                except BlockingIOError:
+                    await self._wait_writable()
+                    continue
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    await self._reap_wait(0.001)
+                    continue
+                off += n
+                sent_total += n
+        finally:
+            if sent_total:
+                self._ctl.on_plain_sent(sent_total)
+        return off
+
+    async def _wait_writable(self) -> None:
+        self._watch.clear(WRITABLE)
+        await self._watch.wait(WRITABLE)
+
+    async def _reap_wait(self, seconds: float) -> None:
+        """Reap completions; if there were none, wait up to ``seconds`` for one."""
+        if self._reap():
+            return
+        self._completed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._completed.wait()
+        self._reap()
+
+    async def drain(self) -> None:
+        """Wait until every ticket is done (all buffers released by the kernel).
+
+        Use ``asyncio.timeout`` for a deadline. Raises the connection's failure
+        (:class:`ConnectionResetByPeer`, ...) if it broke with tickets pending.
+        """
+        tracker = self._tracker
+        while True:
+            self._reap()
+            if not tracker.pending_tokens:
+                return
+            if self._failure is not None and not isinstance(self._failure, SendError):
+                raise self._failure
+            if self._closing and self._watch.closed:
+                raise SocketClosedError("the stream closed with tickets pending")
+            self._completed.clear()
+            await self._completed.wait()
+
+    # -- completions -----------------------------------------------------------------------
+    def _on_epollerr(self) -> bool:
+        """Watcher callback: reap; True (wake everyone) if the queue held no completion."""
+        try:
+            return self._reap() == 0
+        except ZcnetError:
+            return True
+
+    def _reap(self) -> int:
+        """Read the error queue and finish tickets; returns the messages read."""
+        if self._watch.closed:
+            return 0
+        try:
+            events = drain_errqueue(self._sock)
+        except OSError as e:
+            self._connection_failed(e)
+            return 0
+        if not events:
+            return 0
+        tracker, ctl = self._tracker, self._ctl
+        for ev in events:
+            if type(ev) is ZerocopyCompletion:
+                try:
+                    res = tracker.complete(ev.lo, ev.hi, ev.copied)
+                except InvalidCompletionError as e:
+                    _log.error("ZcStream: %s", e)
+                    if self._failure is None:
+                        self._failure = e
+                    continue
+                ctl.on_completion(res.calls, res.nbytes, ev.copied)
+                for ticket, copied in zip(res.done, res.done_copied, strict=True):
+                    ticket._finish(copied)
+            else:
+                assert isinstance(ev, QueuedError)
+                ctl.on_other_error()
+        self._completed.set()
+        return len(events)
+
+    def _connection_failed(self, e: OSError) -> ZcnetError:
+        err = _translate(e)
+        if isinstance(err, ConnectionResetByPeer | SocketClosedError):
+            if self._failure is None or isinstance(self._failure, SendError):
+                self._failure = err
+            for ticket in self._tracker.tokens():
+                ticket._fail(err)
+            self._completed.set()
+        return err
+
+    # -- receive ---------------------------------------------------------------------------
+    async def recv(self, max_bytes: int) -> Chunk:
+        """Receive up to ``max_bytes``: mapped pages where possible, else a copy; empty at EOF.
+
+        The chunk follows :class:`zcnet.receiver.Chunk` rules: release it (or use ``with``)
+        before its window can be reused. Cancelling the call loses no data.
+
+        Raises:
+            ConnectionResetByPeer, ReceiveError, SocketClosedError.
+        """
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        async with self._recv_lock:
+            if self._rbuf:
+                data = bytes(self._rbuf[:max_bytes])
+                del self._rbuf[:max_bytes]
+                return Chunk(memoryview(data), False)
+            return await self._recv_raw(max_bytes)
+
+    async def _recv_raw(self, max_bytes: int) -> Chunk:
+        rx, watch = self._rx, self._watch
+        while True:
+            if self._closing and watch.closed:
+                raise SocketClosedError("the stream is closed")
+            await watch.wait(READABLE)
+            try:
+                return rx.recv(max_bytes, timeout=0)
+            except TimeoutExpired:
+                watch.clear(READABLE)
+
+    async def recv_into(self, buffer: Buffer) -> int:
+        """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
+        view = _byte_view(buffer)
+        if not len(view):
+            return 0
+        async with self._recv_lock:
+            if self._rbuf:
+                n = min(len(view), len(self._rbuf))
+                view[:n] = self._rbuf[:n]
+                del self._rbuf[:n]
+                return n
+            return await self._recv_into_raw(view)
+
+    async def _recv_into_raw(self, view: memoryview) -> int:
+        rx, watch = self._rx, self._watch
+        while True:
+            if self._closing and watch.closed:
+                raise SocketClosedError("the stream is closed")
+            await watch.wait(READABLE)
+            try:
+                return rx.recv_into(view, timeout=0)
+            except TimeoutExpired:
+                watch.clear(READABLE)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (a copy), like ``asyncio.StreamReader.readexactly``.
+
+        Raises :class:`asyncio.IncompleteReadError` at EOF. Cancelling it loses no data: bytes
+        already received are kept for the next read.
+        """
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        async with self._recv_lock:
+            rbuf = self._rbuf
+            while len(rbuf) < n:
+                chunk = await self._recv_raw(n - len(rbuf))
+                with chunk:
+                    if not len(chunk):
+                        partial = bytes(rbuf)
+                        rbuf.clear()
+                        raise asyncio.IncompleteReadError(partial, n)
+                    rbuf += chunk.view
+            data = bytes(rbuf[:n])
+            del rbuf[:n]
+            return data
+
+    async def readexactly_into(self, buffer: Buffer) -> None:
+        """Fill all of ``buffer`` (a copy); :class:`asyncio.IncompleteReadError` at EOF.
+
+        If cancelled or failing half-way, the bytes already received are kept for the next read.
+        """
+        view = _byte_view(buffer)
+        total = len(view)
+        async with self._recv_lock:
+            got = min(total, len(self._rbuf))
+            view[:got] = self._rbuf[:got]
+            del self._rbuf[:got]
+            try:
+                while got < total:
+                    n = await self._recv_into_raw(view[got:])
+                    if n == 0:
+                        partial = bytes(view[:got])
+                        got = 0
+                        raise asyncio.IncompleteReadError(partial, total)
+                    got += n
+            except BaseException:
+                if got:
+                    self._rbuf[:0] = view[:got]
+                raise
+
+    # -- close -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Start closing: drain completions (``send_policy.drain_timeout``), then close.
+
+        Idempotent; await :meth:`wait_closed` for the end. Tickets still pending after the
+        deadline get :class:`SocketClosedError` and never become done (the kernel may still
+        read their buffers; leases passed to :meth:`send` then stay out of their pool).
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._close_task = self._loop.create_task(self._close())
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` finished."""
+        if self._close_task is None:
+            raise RuntimeError("wait_closed() before close()")
+        await asyncio.shield(self._close_task)
+
+    async def aclose(self) -> None:
+        """``close()`` then ``wait_closed()``."""
+        self.close()
+        await self.wait_closed()
+
+    def abort(self) -> None:
+        """Close now without draining completions (pending tickets fail)."""
+        self._closing = True
+        if self._close_task is not None and not self._close_task.done():
+            self._close_task.cancel()
+        self._finish_close()
+
+    async def _close(self) -> None:
+        try:
+            async with asyncio.timeout(self.send_policy.drain_timeout):
+                async with self._send_lock:
+                    await self.drain()
+        except TimeoutError:
+            _log.warning("ZcStream.close: %d ticket(s) still pending after %s s",
+                         self._tracker.pending_tokens, self.send_policy.drain_timeout)
+        except ZcnetError as e:
+            _log.debug("ZcStream.close: %s", e)
+        finally:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        if self._watch.closed:
+            return
+        with contextlib.suppress(ZcnetError):
+            self._reap()
+        err = SocketClosedError("the stream was closed before the kernel released this buffer")
+        for ticket in self._tracker.tokens():
+            ticket._fail(err)
+        self._watch.close()
+        self._rx.close()
+        self._completed.set()
