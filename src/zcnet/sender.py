@@ -102,20 +102,17 @@ class Ticket:
             arrived); :meth:`wait` then raises it. ``done`` may still become true later.
     """
 
-    __slots__ = ("_callbacks", "_sender", "_view", "copied", "done", "error", "nbytes", "zerocopy")
+    # Class-level defaults keep creation cheap (one attribute set for a plain send's ticket).
+    done: bool = False
+    zerocopy: bool = False
+    copied: bool | None = None
+    error: ZcnetError | None = None
+    _sender: Sender | None = None
+    _view: memoryview | None = None
+    _callbacks: list[Callable[[Ticket], None]] | None = None
 
-    def __init__(
-        self, sender: Sender | None, nbytes: int, zerocopy: bool, done: bool,
-        copied: bool | None,
-    ) -> None:
-        self._sender = sender
-        self._view: memoryview | None = None
-        self._callbacks: list[Callable[[Ticket], None]] | None = None
+    def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
-        self.zerocopy = zerocopy
-        self.done = done
-        self.copied = copied
-        self.error: ZcnetError | None = None
 
     def __repr__(self) -> str:
         state = "done" if self.done else "pending"
@@ -175,6 +172,12 @@ class Ticket:
                 self._run(fn)
 
 
+class _PlainTicket(Ticket):
+    """The ticket of a plain (copying) send: done at once."""
+
+    done = True
+
+
 class Sender:
     """Sends buffers over a connected TCP or UDP socket with ``MSG_ZEROCOPY`` when it pays.
 
@@ -213,7 +216,10 @@ class Sender:
         self._fd = sock.fileno()
         self._closed = False
         self._failure: ZcnetError | None = None
+        self._unusable = False  # closed or failed: checked once per send
         self._since_reap = 0
+        # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
+        self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
         self._send = sock.send
         self._sendall = sock.sendall
@@ -267,22 +273,53 @@ class Sender:
             ConnectionResetByPeer: the peer reset the connection (pending tickets fail too).
             SendError: any other send failure (the OSError is the ``__cause__``).
         """
-        if self._closed:
-            raise SocketClosedError("the Sender is closed")
-        if self._failure is not None:
-            raise self._failure
+        if self._unusable:
+            self._raise_unusable()
         tb = type(buf)
-        nbytes = len(buf) if tb is bytes or tb is bytearray else self._nbytes(buf)  # type: ignore[arg-type]
+        if tb is bytes or tb is bytearray:
+            nbytes = len(buf)  # type: ignore[arg-type]
+            mv = None
+        else:
+            mv = self._view_of(buf)
+            nbytes = mv.nbytes
         ctl = self._ctl
         if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
-            return self._send_zerocopy(buf, nbytes)
+            if mv is None:
+                mv = memoryview(buf)
+            elif mv.ndim != 1 or mv.itemsize != 1:
+                mv = mv.cast("B")
+            ticket = Ticket(nbytes)
+            ticket.zerocopy = True
+            ticket._sender = self
+            ticket._view = mv
+            if nbytes > self._single_max:
+                return self._send_zerocopy(ticket, mv, nbytes, 0, None)
+            # fast path: the whole buffer in one call
+            try:
+                sent = self._send(mv, MSG_ZEROCOPY)
+            except OSError as e:
+                return self._send_zerocopy(ticket, mv, nbytes, 0, e)
+            if sent != nbytes:  # partial TCP send: continue in the general path
+                self._tracker.record_send(ticket, sent)
+                ctl.on_zerocopy_sent(sent)
+                return self._send_zerocopy(ticket, mv, nbytes, sent, None)
+            self._tracker.record_single(ticket, nbytes)
+            ctl.sends_zerocopy += 1  # ctl.on_zerocopy_sent(nbytes), inlined
+            ctl.bytes_pending += nbytes
+            if ctl.enobufs_round or ctl.enobufs_copies:
+                ctl.enobufs_round = ctl.enobufs_copies = 0
+            n = self._since_reap + 1
+            self._since_reap = n
+            if n >= REAP_EVERY:
+                self._reap()
+            return ticket
         try:
             self._sendall(buf)
         except OSError as e:
             raise self._failed(e) from e
         ctl.sends_plain += 1
         ctl.bytes_plain += nbytes
-        return Ticket(None, nbytes, False, True, None)
+        return _PlainTicket(nbytes)
 
     def poll(self) -> int:
         """Read pending completions without blocking; returns the number of tickets completed."""
@@ -334,23 +371,30 @@ class Sender:
             if left:
                 _log.warning("Sender.close: %d ticket(s) never completed", left)
             self._closed = True
+            self._unusable = True
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poller.unregister(self._fd)
             self._sock.close()
 
     # -- internals -------------------------------------------------------------------------
     @staticmethod
-    def _nbytes(buf: Buffer) -> int:
+    def _view_of(buf: Buffer) -> memoryview:
         try:
             mv = memoryview(buf)
         except TypeError as e:
             raise InvalidBufferError(
                 f"expected a bytes-like buffer, got {type(buf).__name__}"
             ) from e
-        with mv:
-            if not mv.c_contiguous:
-                raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
-            return mv.nbytes
+        if not mv.c_contiguous:
+            mv.release()
+            raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
+        return mv
+
+    def _raise_unusable(self) -> None:
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        if self._failure is not None:
+            raise self._failure
 
     def _failed(self, e: OSError) -> ZcnetError:
         """Translate ``e``; a connection failure fails every pending ticket."""
@@ -362,37 +406,40 @@ class Sender:
     def _fail_pending(self, err: ZcnetError) -> None:
         if self._failure is None:
             self._failure = err
+            self._unusable = True
         for ticket in self._tracker.tokens():
             if ticket.error is None:
                 ticket.error = err
 
-    def _send_zerocopy(self, buf: Buffer, nbytes: int) -> Ticket:
-        mv = memoryview(buf)
-        if not mv.c_contiguous:  # pragma: no cover - checked by _nbytes for non-bytes types
-            raise InvalidBufferError("the buffer is not C-contiguous")
-        if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast("B")
-        ticket = Ticket(self, nbytes, True, False, None)
-        ticket._view = mv
+    def _send_zerocopy(
+        self, ticket: Ticket, mv: memoryview, nbytes: int, off: int, error: OSError | None
+    ) -> Ticket:
+        """The general zero-copy path: pieces, partial sends, ENOBUFS, a mode switch midway.
+
+        ``off`` bytes were already sent (and recorded); ``error`` is the failure of the call
+        that was just attempted for the piece at ``off``, if any.
+        """
         ctl = self._ctl
         tracker = self._tracker
         send = self._send
         chunk = ZC_CHUNK if self._stream else nbytes
-        used_zc = False
-        off = 0
+        used_zc = off > 0
         try:
             while off < nbytes:
                 end = min(off + chunk, nbytes)
                 piece = mv if (off == 0 and end == nbytes) else mv[off:end]
-                if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
-                    rest = mv[off:] if off else mv
-                    self._send_plain(rest)
-                    ctl.on_plain_sent(nbytes - off)
-                    break
-                try:
-                    sent = send(piece, MSG_ZEROCOPY)
-                except OSError as e:
-                    if e.errno == errno.ENOBUFS:
+                if error is None:
+                    if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
+                        self._send_plain(mv[off:] if off else mv)
+                        ctl.on_plain_sent(nbytes - off)
+                        break
+                    try:
+                        sent = send(piece, MSG_ZEROCOPY)
+                    except OSError as exc:
+                        error = exc
+                if error is not None:
+                    failed, error = error, None
+                    if failed.errno == errno.ENOBUFS:
                         if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
                             self._reap_wait(ctl.enobufs_wait())
                         else:
@@ -400,10 +447,10 @@ class Sender:
                             ctl.on_plain_sent(end - off)
                             off = end
                         continue
-                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO set
+                    if failed.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO set
                         self._wait_writable()
                         continue
-                    raise
+                    raise failed
                 used_zc = True
                 tracker.record_send(ticket, sent)
                 ctl.on_zerocopy_sent(sent)

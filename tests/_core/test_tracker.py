@@ -191,6 +191,17 @@ class TrackerMachine(RuleBasedStateMachine):
         self.calls[tok].add(self.n)
         self.n += 1
 
+    @rule()
+    def send_single(self) -> None:
+        tok = self.next_token
+        self.next_token += 1
+        assert self.t.record_single(tok, 7) == self.value(self.n)
+        self.owner[self.n] = tok
+        self.calls[tok] = {self.n}
+        self.copied[tok] = False
+        self.sealed.add(tok)
+        self.n += 1
+
     @precondition(lambda self: self.open_token is not None)
     @rule()
     def seal(self) -> None:
@@ -247,7 +258,7 @@ class TrackerMachine(RuleBasedStateMachine):
         assert self.t.sent == self.n
         assert self.t.next_value == self.value(self.n)
         assert self.t.pending_tokens == len(self.calls)
-        assert set(self.t.tokens()) == set(self.calls)
+        assert sorted(self.t.tokens()) == sorted(self.calls)
         for s in (0, self.n - 1, self.n // 2):
             if 0 <= s < self.n:
                 assert self.t.is_outstanding(self.value(s)) is (s in self.owner)

@@ -19,7 +19,8 @@ nothing beyond the interval search, out-of-order completions split an interval.
 
 Each send call belongs to a *token* (the I/O layer's ticket). One token may span several calls
 (partial sends of one buffer); it is finished once :meth:`CompletionTracker.seal` said no more calls
-will follow and every call it made has completed.
+will follow and every call it made has completed. The common case, a token made of exactly one
+call, has a cheaper entry point, :meth:`CompletionTracker.record_single`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class CompletionTracker(Generic[T]):
             fresh socket; tests start near ``2**32`` to exercise wraparound).
     """
 
-    __slots__ = ("_ends", "_n", "_owner", "_start", "_starts", "_tokens")
+    __slots__ = ("_ends", "_n", "_owner", "_singles", "_start", "_starts", "_tokens")
 
     def __init__(self, start: int = 0) -> None:
         if not 0 <= start <= MASK:
@@ -82,8 +83,10 @@ class CompletionTracker(Generic[T]):
         self._n = 0  # sequence numbers handed out so far
         self._starts: list[int] = []  # outstanding sequence numbers: [starts[k], ends[k])
         self._ends: list[int] = []
-        self._owner: dict[int, tuple[T, int]] = {}  # seq -> (token, nbytes)
-        self._tokens: dict[T, _TokenState] = {}
+        # seq -> (token, nbytes, state); state None: a single-call token (record_single)
+        self._owner: dict[int, tuple[T, int, _TokenState | None]] = {}
+        self._tokens: dict[T, _TokenState] = {}  # multi-call tokens not finished
+        self._singles = 0  # single-call tokens outstanding
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -104,11 +107,16 @@ class CompletionTracker(Generic[T]):
     @property
     def pending_tokens(self) -> int:
         """Tokens not yet finished (open, or sealed with calls outstanding)."""
-        return len(self._tokens)
+        return len(self._tokens) + self._singles
 
     def tokens(self) -> Iterator[T]:
-        """The unfinished tokens (in first-send order)."""
-        return iter(list(self._tokens))
+        """The unfinished tokens (those with outstanding calls in send order, then open ones)."""
+        seen: dict[T, None] = {}
+        for token, _, _ in self._owner.values():
+            seen.setdefault(token)
+        for token in self._tokens:
+            seen.setdefault(token)
+        return iter(list(seen))
 
     def is_outstanding(self, value: int) -> bool:
         """Whether the call that took counter ``value`` is still outstanding (most recent use)."""
@@ -133,13 +141,31 @@ class CompletionTracker(Generic[T]):
         else:
             self._starts.append(seq)
             ends.append(seq + 1)
-        self._owner[seq] = (token, nbytes)
         state = self._tokens.get(token)
         if state is None:
             state = self._tokens[token] = _TokenState()
         elif state.sealed:
             raise ValueError("record_send() on a sealed token")
         state.remaining += 1
+        self._owner[seq] = (token, nbytes, state)
+        return (self._start + seq) & MASK
+
+    def record_single(self, token: T, nbytes: int) -> int:
+        """Record a successful call that is the whole of ``token`` (recorded and sealed at once).
+
+        Equivalent to ``record_send(token, nbytes)`` then ``seal(token)``, only cheaper; ``token``
+        must not have been used before. Returns the counter value the kernel gave that call.
+        """
+        seq = self._n
+        self._n = seq + 1
+        ends = self._ends
+        if ends and ends[-1] == seq:
+            ends[-1] = seq + 1
+        else:
+            self._starts.append(seq)
+            ends.append(seq + 1)
+        self._owner[seq] = (token, nbytes, None)
+        self._singles += 1
         return (self._start + seq) & MASK
 
     def seal(self, token: T) -> bool | None:
@@ -211,10 +237,14 @@ class CompletionTracker(Generic[T]):
                 new_starts.append(b)
                 new_ends.append(e)
             for seq in range(a, b):
-                token, size = owner.pop(seq)
+                token, size, state = owner.pop(seq)
                 calls += 1
                 nbytes += size
-                state = tokens[token]
+                if state is None:
+                    self._singles -= 1
+                    done.append(token)
+                    done_copied.append(copied)
+                    continue
                 state.remaining -= 1
                 if copied:
                     state.copied = True

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Sender CPU cost per GB: zcnet's zero-copy and copy paths, and plain sendall.
+
+Measures the CPU time (user + sys, ``getrusage`` of a child process that does nothing but send)
+per GB, alternating the variants, several repetitions; prints medians and min-max, and ratios.
+
+* ``udp-*``: UDP with UDP_SEGMENT (gso 1472) 64768-byte sends toward the ifb sink of a network
+  namespace created here (zcnet.netns), where transmit zero-copy really completes uncopied.
+  ``udp-plain``: ``sock.send``; ``udp-copy``: zcnet Sender forced into copy mode (threshold above
+  the send size); ``udp-zc``: zcnet Sender default policy; ``udp-rawzc``: bare
+  ``send(MSG_ZEROCOPY)`` calls reaping every 16 calls, the floor for any Python sender.
+* ``tcp-*``: TCP over loopback, a receiver in the parent process reading with ``recv_into``.
+  ``tcp-sendall``: plain ``sock.sendall``; ``tcp-sender``: zcnet Sender default policy (falls back
+  to copy after the kernel reports copied completions).
+
+Needs root (namespaces). Usage: ``sudo .venv/bin/python scripts/tx_cpu.py [--reps 5] [--gb 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+GSO = 1472
+DGRAM = 44 * GSO
+
+
+def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> None:
+    from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
+    from zcnet.netns import IFB_SINK_ADDR
+    from zcnet.sender import Sender, SendPolicy
+
+    # a pool of distinct buffers larger than the caches, as real data would be
+    nbuf = max(8, pool // send_size)
+    backing = memoryview(bytearray(os.urandom(1 << 20)) * (nbuf * send_size // (1 << 20) + 1))
+    bufs = [backing[i * send_size : (i + 1) * send_size] for i in range(nbuf)]
+    if variant.startswith("udp"):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect((IFB_SINK_ADDR, 9000))
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, GSO)
+    else:
+        sock = socket.create_connection(("127.0.0.1", port))
+    count = nbytes // send_size
+    t0 = resource.getrusage(resource.RUSAGE_SELF)
+    w0 = time.perf_counter()
+    stats = None
+    if variant == "udp-rawzc":  # the floor: bare MSG_ZEROCOPY sends, reaping every 16 calls
+        from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+        from zcnet.lowlevel.errqueue import drain_errqueue
+
+        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        send = sock.send
+        for i in range(count):
+            send(bufs[i % nbuf], MSG_ZEROCOPY)
+            if i % 16 == 15:
+                drain_errqueue(sock)
+        while True:  # the ifb completes at once; a last read for the tail
+            if not drain_errqueue(sock):
+                break
+    elif variant in ("udp-plain", "tcp-sendall"):
+        send = sock.send if variant == "udp-plain" else sock.sendall
+        for i in range(count):
+            send(bufs[i % nbuf])
+    else:
+        policy = SendPolicy(zerocopy_threshold=1 << 30) if variant == "udp-copy" else None
+        with Sender(sock, policy) as sender:
+            s = sender.send
+            for i in range(count):
+                s(bufs[i % nbuf])
+            sender.flush(30)
+            stats = sender.stats
+            sock = None  # type: ignore[assignment]
+    t1 = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter() - w0
+    if sock is not None:
+        sock.close()
+    cpu = (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)
+    print(json.dumps({
+        "variant": variant, "bytes": count * send_size, "cpu": cpu,
+        "wall": wall,
+        "mode": stats.mode if stats else None,
+        "bytes_zerocopy": stats.bytes_zerocopy if stats else 0,
+    }))
+
+
+def _drain(ls: socket.socket, done: list[int]) -> None:
+    conn, _ = ls.accept()
+    buf = bytearray(1 << 20)
+    n = 0
+    with conn:
+        while True:
+            k = conn.recv_into(buf)
+            if not k:
+                break
+            n += k
+    done.append(n)
+
+
+def _run(
+    argv: list[str], variant: str, nbytes: int, send_size: int, pool: int
+) -> dict[str, object]:
+    port = 0
+    ls = None
+    done: list[int] = []
+    th = None
+    if variant.startswith("tcp"):
+        ls = socket.create_server(("127.0.0.1", 0))
+        port = ls.getsockname()[1]
+        th = threading.Thread(target=_drain, args=(ls, done))
+        th.start()
+    out = subprocess.run(
+        [*argv, sys.executable, __file__, "--worker", variant, "--bytes", str(nbytes),
+         "--port", str(port), "--send-size", str(send_size), "--pool", str(pool)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    if th is not None and ls is not None:
+        th.join()
+        ls.close()
+        assert done and done[0] == nbytes // send_size * send_size, "receiver lost bytes"
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--gb", type=float, default=2.0, help="GB per run")
+    ap.add_argument("--tcp-send-size", type=int, default=1 << 20)
+    ap.add_argument("--pool", type=int, default=64 << 20, help="bytes of distinct send buffers")
+    ap.add_argument("--only", default="", help="comma-separated variants to run")
+    ap.add_argument("--worker")
+    ap.add_argument("--bytes", type=int)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--send-size", type=int, default=DGRAM)
+    a = ap.parse_args()
+    if a.worker:
+        _worker(a.worker, a.bytes, a.port, a.send_size, a.pool)
+        return 0
+
+    from zcnet.netns import Netns
+
+    nbytes = int(a.gb * 1e9)
+    results: dict[str, list[float]] = {}
+    with Netns(ifb_sink=True) as ns:
+        runs = [("udp-plain", DGRAM), ("udp-copy", DGRAM), ("udp-zc", DGRAM), ("udp-rawzc", DGRAM),
+                ("tcp-sendall", a.tcp_send_size), ("tcp-sender", a.tcp_send_size)]
+        if a.only:
+            runs = [r for r in runs if r[0] in a.only.split(",")]
+        for rep in range(a.reps):
+            for variant, size in runs if rep % 2 == 0 else runs[::-1]:
+                argv = ns.exec_argv([]) if variant.startswith("udp") else []
+                r = _run(argv, variant, nbytes, size, a.pool)
+                per_gb = float(r["cpu"]) / (int(r["bytes"]) / 1e9)  # type: ignore[call-overload]
+                results.setdefault(variant, []).append(per_gb)
+                print(f"  rep {rep} {variant}: {per_gb:.4f} CPU s/GB, "
+                      f"{int(r['bytes']) / float(r['wall']) / 1e9:.2f} GB/s, mode={r['mode']} "
+                      f"bytes_zerocopy={r['bytes_zerocopy']}", file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"{'variant':<12} {'CPU s/GB median':>16} {'min':>8} {'max':>8}")
+    for k, v in results.items():
+        print(f"{k:<12} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f}")
+    for label, num, den in (
+        ("udp zero-copy / zcnet copy path", "udp-zc", "udp-copy"),
+        ("udp zero-copy / plain send", "udp-zc", "udp-plain"),
+        ("udp bare MSG_ZEROCOPY / plain send", "udp-rawzc", "udp-plain"),
+        ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),
+    ):
+        if num in med and den in med:
+            print(f"{label:<32}: {med[num] / med[den]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
