@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import socket
+import struct
 
 import pytest
 
@@ -148,3 +149,24 @@ def test_typed_and_multidim_buffers_are_sent_as_raw_bytes() -> None:
         assert t1.done and t2.done
         assert sender.send(b"").nbytes == 0  # empty: a plain no-op, never a zero-copy call
         assert sender.stats.sends_zerocopy == 2
+
+
+@requires_zerocopy
+def test_partial_sends_and_eagain_keep_the_counter_in_step() -> None:
+    """With SO_SNDTIMEO a blocking send returns early (partial) or fails with EAGAIN; each
+    partial call takes one counter value, a failed one none. A miscount would show up as an
+    InvalidCompletionError or a ticket that never completes."""
+    c, s = tcp_pair()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 2000))  # 2 ms
+    rx = VerifyingReceiver(s, delay=0.003, slow_reads=150)
+    rx.start()
+    total = 48 * MiB
+    sizes = [3 * MiB + 5, 700_000, 2 * MiB]
+    with Sender(c, SendPolicy(force_zerocopy=True)) as sender:
+        tickets = _stream(sender, total, sizes)
+        _check_accounting(sender, tickets, total)
+        pieces = sum(-(-t.nbytes // ZC_CHUNK) for t in tickets)
+        assert sender.stats.sends_zerocopy > pieces, "expected partial sends"
+        c.shutdown(socket.SHUT_WR)
+    rx.finish(total)
