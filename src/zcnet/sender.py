@@ -69,8 +69,11 @@ _log = logging.getLogger(__name__)
 #: Largest piece of a TCP buffer sent by one zero-copy call: keeps the pinned (RLIMIT_MEMLOCK
 #: charged) amount per call moderate; every call costs one counter value, completions coalesce.
 ZC_CHUNK: Final = 1 << 20
-#: Read the error queue after this many zero-copy calls (completions coalesce meanwhile).
-REAP_EVERY: Final = 16
+#: Read the error queue once this many "reap units" were sent with zero-copy: one unit per call
+#: plus one per 128 KiB (64 KiB datagrams: every 64 calls; 1 MiB pieces: every 7 calls). The
+#: kernel coalesces completions meanwhile, and a copied-completion fallback is noticed early.
+REAP_EVERY: Final = 64
+_REAP_SHIFT: Final = 17
 _RESET_ERRNOS: Final = frozenset(
     {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
 )
@@ -308,7 +311,7 @@ class Sender:
             ctl.bytes_pending += nbytes
             if ctl.enobufs_round or ctl.enobufs_copies:
                 ctl.enobufs_round = ctl.enobufs_copies = 0
-            n = self._since_reap + 1
+            n = self._since_reap + 1 + (nbytes >> _REAP_SHIFT)
             self._since_reap = n
             if n >= REAP_EVERY:
                 self._reap()
@@ -455,7 +458,7 @@ class Sender:
                 tracker.record_send(ticket, sent)
                 ctl.on_zerocopy_sent(sent)
                 off += sent
-                self._since_reap += 1
+                self._since_reap += 1 + (sent >> _REAP_SHIFT)
                 if self._since_reap >= REAP_EVERY:
                     self._reap()
         except OSError as e:
@@ -520,7 +523,7 @@ class Sender:
                 ctl.on_completion(res.calls, res.nbytes, ev.copied)
                 for ticket, copied in zip(res.done, res.done_copied, strict=True):
                     ticket._finish(copied)
-                    finished += 1
+                finished += len(res.done)
             else:
                 assert isinstance(ev, QueuedError)
                 ctl.on_other_error()
