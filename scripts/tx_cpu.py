@@ -91,6 +91,27 @@ def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> 
     }))
 
 
+def _overhead() -> None:
+    """Python cost per Sender.send() in copy mode beyond the send system call itself: the
+    socket's sendall is replaced by a no-op (so kernel cost and noise drop out)."""
+    import timeit
+
+    from zcnet.sender import Sender, SendPolicy
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
+        r.bind(("127.0.0.1", 0))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(r.getsockname())
+        sender = Sender(u, SendPolicy(zerocopy_threshold=1 << 30))
+        noop = lambda b: None  # noqa: E731
+        sender._sendall = noop
+        for label, buf in (("bytes", bytes(65536)), ("memoryview", memoryview(bytes(65536)))):
+            base = min(timeit.repeat(lambda b=buf: noop(b), number=100_000, repeat=7))
+            cost = min(timeit.repeat(lambda b=buf: sender.send(b), number=100_000, repeat=7))
+            print(f"Sender.send copy-mode overhead ({label}): {(cost - base) * 1e4:.0f} ns/call")
+        sender.close()
+
+
 def _drain(ls: socket.socket, done: list[int]) -> None:
     conn, _ = ls.accept()
     buf = bytearray(1 << 20)
@@ -140,7 +161,11 @@ def main() -> int:
     ap.add_argument("--bytes", type=int)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--send-size", type=int, default=DGRAM)
+    ap.add_argument("--overhead", action="store_true", help="only the per-call Python overhead")
     a = ap.parse_args()
+    if a.overhead:
+        _overhead()
+        return 0
     if a.worker:
         _worker(a.worker, a.bytes, a.port, a.send_size, a.pool)
         return 0
@@ -174,7 +199,9 @@ def main() -> int:
         ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),
     ):
         if num in med and den in med:
-            print(f"{label:<32}: {med[num] / med[den]:.3f}")
+            pairs = sorted(x / y for x, y in zip(results[num], results[den], strict=True))
+            print(f"{label:<36}: {med[num] / med[den]:.3f} (ratio of medians); per-repetition "
+                  f"ratios median {statistics.median(pairs):.3f}, {pairs[0]:.3f}-{pairs[-1]:.3f}")
     return 0
 
 

@@ -28,6 +28,12 @@ FORCED = SendPolicy(force_zerocopy=True)
 MiB = 1 << 20
 
 
+def _released_view() -> memoryview:
+    m = memoryview(b"released")
+    m.release()
+    return m
+
+
 def test_unconnected_tcp_and_udp_are_unsupported() -> None:
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as sock, pytest.raises(
@@ -68,6 +74,7 @@ def test_closed_socket_and_use_after_close() -> None:
         12345,
         [1, 2, 3],
         memoryview(b"abcdefgh")[::2],  # not contiguous
+        _released_view(),
     ],
 )
 def test_invalid_buffers(buf: object) -> None:

@@ -78,6 +78,7 @@ _RESET_ERRNOS: Final = frozenset(
     {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
 )
 _POLL_MASK: Final = select.POLLERR
+_new = object.__new__
 
 
 def _translate(e: OSError) -> ZcnetError:
@@ -282,16 +283,25 @@ class Sender:
         if tb is bytes or tb is bytearray:
             nbytes = len(buf)  # type: ignore[arg-type]
             mv = None
+        elif tb is memoryview:
+            try:
+                if not buf.c_contiguous:  # type: ignore[attr-defined]
+                    raise InvalidBufferError("the memoryview is not C-contiguous")
+                nbytes = buf.nbytes  # type: ignore[attr-defined]
+            except ValueError as e:  # released
+                raise InvalidBufferError(f"unusable memoryview: {e}") from e
+            mv = None
         else:
             mv = self._view_of(buf)
             nbytes = mv.nbytes
         ctl = self._ctl
         if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
             if mv is None:
-                mv = memoryview(buf)
-            elif mv.ndim != 1 or mv.itemsize != 1:
+                mv = memoryview(buf)  # our own export, held until the ticket is done
+            if mv.ndim != 1 or mv.itemsize != 1:
                 mv = mv.cast("B")
-            ticket = Ticket(nbytes)
+            ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
+            ticket.nbytes = nbytes
             ticket.zerocopy = True
             ticket._sender = self
             ticket._view = mv
@@ -322,7 +332,9 @@ class Sender:
             raise self._failed(e) from e
         ctl.sends_plain += 1
         ctl.bytes_plain += nbytes
-        return _PlainTicket(nbytes)
+        ticket = _new(_PlainTicket)
+        ticket.nbytes = nbytes
+        return ticket
 
     def poll(self) -> int:
         """Read pending completions without blocking; returns the number of tickets completed."""
