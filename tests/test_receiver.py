@@ -204,3 +204,16 @@ def test_unmappable_stream_forced_mixed_recv_and_recv_into() -> None:
         st = rx.stats
     assert off == total
     assert st.copy_reasons.get("skip_hint", 0) + st.copy_reasons.get("copybuf_tail", 0) > 0
+
+
+@requires_netns
+def test_bulk_ipv4_namespace_mapped() -> None:
+    """IPv4: lo MTU 61492 gives MSS 61440 too."""
+    total = 256 * MIB
+    with Netns(lo_mtu=61492) as ns:
+        client, server = tcp_pair(ns, host="127.0.0.1")
+        with Receiver(server, RecvPolicy(rcvlowat=512 * 1024)) as rx:
+            with sending(client, total):
+                read_verified(rx, total)
+            st = rx.stats
+    assert st.mapped_fraction >= 0.99, st

@@ -105,3 +105,27 @@ def test_close_with_live_view_is_safe(netns: Netns) -> None:
         chunk.release()
         del view
         gc.collect()
+
+
+def test_view_exported_further_keeps_window_until_gone(netns: Netns) -> None:
+    """An object holding an export of chunk.view itself (like numpy.frombuffer) stays valid."""
+    client, server = tcp_pair(netns)
+    policy = RecvPolicy(window_bytes=256 * 1024, force_zerocopy=True)
+    with Receiver(server, policy) as rx, sending(client, 8 * MIB):
+        chunk = _recv_mapped(rx, 256 * 1024)
+        n = len(chunk)
+        holder = memoryview(chunk.view)  # an export *of* the chunk's view, not a slice
+        chunk.release()  # cannot release a view with exports: left to the GC, chunk still dead
+        with pytest.raises(BufferLifetimeError):
+            _ = chunk.view
+        off = n
+        for _ in range(4):
+            with _recv_mapped(rx, 256 * 1024) as c:
+                assert PATTERN.matches(off, c.view)
+                off += len(c)
+        assert PATTERN.matches(0, holder)
+        assert rx.stats.windows_in_use == 1
+        del holder
+        gc.collect()
+        assert rx.stats.windows_in_use == 0
+        read_verified(rx, 8 * MIB - off, max_bytes=256 * 1024, start=off)
