@@ -178,6 +178,12 @@ def test_udp_datagram_too_large_is_a_send_error() -> None:
                     sender.send(bytes(size) * (1 if size > 65_507 else 14))
                 assert isinstance(info.value.__cause__, OSError)
             assert isinstance(info.value, ZcnetError)
+            # on UDP one failed datagram does not end the Sender
+            payload = PATTERN[:20_000]
+            t = sender.send(payload)
+            assert r.recv(70_000) == payload
+            sender.flush(5)
+            assert t.done
 
 
 class _NoZerocopySocket(socket.socket):

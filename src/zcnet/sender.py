@@ -329,7 +329,12 @@ class Sender:
         try:
             self._sendall(buf)
         except OSError as e:
-            raise self._failed(e) from e
+            if e.errno != errno.ENOBUFS or self._stream:
+                raise self._failed(e) from e
+            try:  # a full device queue (UDP with IP_RECVERR): back-pressure, retry
+                self._send_plain(mv if mv is not None else memoryview(buf))
+            except OSError as e2:
+                raise self._failed(e2) from e2
         ctl.sends_plain += 1
         ctl.bytes_plain += nbytes
         ticket = _new(_PlainTicket)
@@ -412,9 +417,13 @@ class Sender:
             raise self._failure
 
     def _failed(self, e: OSError) -> ZcnetError:
-        """Translate ``e``; a connection failure fails every pending ticket."""
+        """Translate ``e``; a connection failure fails every pending ticket.
+
+        On TCP every send error means the connection is gone (``ECONNRESET``, ``ETIMEDOUT``,
+        ...); on UDP only a closed socket is final (an ICMP error fails one send).
+        """
         err = _translate(e)
-        if isinstance(err, ConnectionResetByPeer | SocketClosedError):
+        if self._stream or isinstance(err, SocketClosedError):
             self._fail_pending(err)
         return err
 
@@ -489,7 +498,10 @@ class Sender:
         return ticket
 
     def _send_plain(self, piece: memoryview) -> None:
-        """A copying send of ``piece``; ``ENOBUFS`` (UDP, full device queue) is retried."""
+        """A copying send of ``piece``; on UDP ``ENOBUFS`` (full device queue) is retried."""
+        if self._stream:  # a partial sendall cannot be retried without duplicating bytes
+            self._sendall(piece)
+            return
         for attempt in range(64):
             try:
                 self._sendall(piece)
