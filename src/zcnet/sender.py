@@ -20,8 +20,10 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md
   copied completions (loopback, veth) the socket switches to plain copying sends; ``ENOBUFS`` (the
   ``optmem_max`` notification budget or ``RLIMIT_MEMLOCK``) is absorbed by reaping and retrying,
   then a copying send.
-* A peer reset fails every pending ticket (``wait()`` raises :class:`ConnectionResetByPeer`); a
-  ticket still becomes ``done`` if the kernel reports its completion later. ``close()`` drains
+* A broken TCP connection (peer reset, or any other send error) fails every pending ticket
+  (``wait()`` raises, e.g. :class:`ConnectionResetByPeer`) instead of leaving it pending forever;
+  a ticket still becomes ``done`` if the kernel reports its completion later. On UDP a failed
+  datagram (``SendError``) does not end the Sender. ``close()`` drains
   completions (up to ``drain_timeout``) before closing the socket, because notifications not read
   before ``close`` are lost; tickets still pending then stay not-done forever (their buffers stay
   exported, never handed back while the kernel might read them).
