@@ -122,7 +122,12 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
         from zcnet.receiver import Receiver, RecvPolicy
     except ImportError as e:
         raise ModeUnavailable(f"zcnet.receiver is not available: {e}") from e
-    rx = Receiver(sock.dup(), RecvPolicy())
+    from zcnet.errors import UnsupportedSocketError, ZerocopyUnavailable
+
+    try:
+        rx = Receiver(sock.dup(), RecvPolicy())
+    except (UnsupportedSocketError, ZerocopyUnavailable) as e:
+        raise ModeUnavailable(f"zcnet.Receiver not available here: {e}") from e
     try:
         def pump(total: int) -> None:
             left = total
@@ -134,7 +139,10 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
                     consume(chunk.view)
                 left -= n
 
-        pump(warmup)
+        try:
+            pump(warmup)
+        except ZerocopyUnavailable as e:
+            raise ModeUnavailable(f"zcnet.Receiver not available here: {e}") from e
         before = rx.stats
         consume.begin_timed()
         pump(nbytes)

@@ -63,7 +63,12 @@ class _Engine:
             kwargs["zerocopy_threshold"] = 0
         if zerocopy_threshold is not None:
             kwargs["zerocopy_threshold"] = zerocopy_threshold
-        self.sender = Sender(sock.dup(), SendPolicy(**kwargs))
+        from zcnet.errors import UnsupportedSocketError
+
+        try:
+            self.sender = Sender(sock.dup(), SendPolicy(**kwargs))
+        except UnsupportedSocketError as e:
+            raise ModeUnavailable(f"zcnet.Sender not available for this socket: {e}") from e
         self.send = self.sender.send
 
     def finish(self) -> None:

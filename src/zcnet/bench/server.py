@@ -23,7 +23,7 @@ from zcnet.bench.protocol import (
     read_exact,
     send_result,
 )
-from zcnet.bench.receivers import ModeUnavailable, receive
+from zcnet.bench.receivers import receive
 from zcnet.lowlevel.constants import TCP_MAXSEG
 
 __all__ = ["make_listener", "parse_hostport", "serve"]
@@ -67,11 +67,26 @@ def handle(conn: socket.socket, verifier: Verifier) -> dict[str, Any] | None:
         return None
     try:
         result = receive(conn, header, verifier)
-    except (ModeUnavailable, ProtocolError, AssertionError, OSError, ImportError) as e:
+    except Exception as e:  # the benchmark's boundary: report any failure to the sender
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     with contextlib.suppress(OSError):
         send_result(conn, result)
+        if not result.get("ok"):
+            _drain(conn)
     return result
+
+
+def _drain(conn: socket.socket, timeout: float = 10.0) -> None:
+    """After a failed receive, discard the rest of the stream until the sender closes.
+
+    Closing with unread data would reset the connection, and the sender could lose the error
+    we just sent it.
+    """
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(timeout)
+    buf = bytearray(1 << 16)
+    while conn.recv_into(buf):
+        pass
 
 
 def serve(listener: socket.socket, *, log: TextIO | None = None,
