@@ -119,8 +119,9 @@ def test_stream_json_and_plot(tmp_path: Path) -> None:
 
 
 def test_rx_rpc_memory_json(tmp_path: Path) -> None:
-    out = tmp_path / "rx.json"
-    assert main(["rx", *TINY, "--json", str(out)]) == 0
+    out, png = tmp_path / "rx.json", tmp_path / "rx.png"
+    assert main(["rx", *TINY, "--json", str(out), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.read_text())
     _check_report(report, ["rx"])
     modes = {e["recv_mode"] for e in report["experiments"][0]["summary"]}

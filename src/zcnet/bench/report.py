@@ -236,10 +236,17 @@ def write_plot(report: dict[str, Any], path: str) -> None:
 
     stream = next((e for e in report["experiments"] if e["name"] == "stream"
                    and e["summary"]), None)
+    rx = next((e for e in report["experiments"] if e["name"] == "rx" and e["summary"]), None)
     fig, (ax_cpu, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.5))
-    if stream is None:
+    if stream is None and rx is not None:
+        _plot_rx(rx, ax_cpu, ax_tput)
+        m = report["machine"]
+        fig.suptitle(f"zcnet bench rx \N{EM DASH} kernel {m['kernel']}, {m['nproc']} CPUs "
+                     "(median, bars: min to max)")
+    elif stream is None:
         for ax in (ax_cpu, ax_tput):
-            ax.text(0.5, 0.5, "no stream results in this report", ha="center", va="center")
+            ax.text(0.5, 0.5, "no stream or rx results in this report", ha="center",
+                    va="center")
     else:
         series: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for e in stream["summary"]:
@@ -286,3 +293,19 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_rx(rx: dict[str, Any], ax_cpu: Any, ax_tput: Any) -> None:
+    """Bars per receive mode: receiver CPU s/GB and throughput (the rx experiment)."""
+    entries = rx["summary"]
+    labels = [e["recv_mode"] for e in entries]
+    for ax, metric, ylabel in ((ax_cpu, "receiver_cpu_s_per_gb", "receiver CPU seconds per GB"),
+                               (ax_tput, "throughput_gbit_s", "throughput, Gbit/s")):
+        stats = [e["metrics"].get(metric) for e in entries]
+        med = [st["median"] if st else 0.0 for st in stats]
+        lo = [st["median"] - st["min"] if st else 0.0 for st in stats]
+        hi = [st["max"] - st["median"] if st else 0.0 for st in stats]
+        ax.bar(range(len(labels)), med, yerr=[lo, hi], capsize=4)
+        ax.set_xticks(range(len(labels)), labels, rotation=15)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
