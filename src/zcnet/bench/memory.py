@@ -11,7 +11,8 @@ traffic on the host shows up too) and the memory cgroup's socket charge where ex
 a TCP limit is set). Copy sends are compared with MSG_ZEROCOPY sends (zcnet ``Sender`` forced):
 since Linux 5.17 the pinned user pages of a pure zero-copy skb are not charged to the socket
 again, so the protocol charge rises far less (DESIGN.md "Memory"). Peaks are reported relative
-to a baseline read before the connection was opened.
+to a baseline read before the connection was opened. The receiver samples its own
+``SO_MEMINFO`` rmem_alloc (the receive queue's charge) while it stalls.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["MemoryParams", "memory_receiver", "memory_sender", "plan_count", "ru
 MB = 1e6
 MODES = ("copy", "zerocopy")
 METRICS = ("sockstat_tcp_mem_mb", "cgroup_sock_mb", "wmem_queued_mb", "fwd_alloc_mb",
-           "optmem_mb", "samples")
+           "optmem_mb", "receiver_rmem_alloc_mb", "samples")
 
 
 @dataclass
@@ -52,14 +53,23 @@ class MemoryParams:
     use_netns: bool = True
 
 
-def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int) -> None:
-    """Worker body: accept one connection, stall, then read and verify ``nbytes``."""
+def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int,
+                    interval: float) -> None:
+    """Worker body: accept one connection, stall (sampling its queue), read and verify."""
+    from zcnet.lowlevel.meminfo import so_meminfo
+
     verifier = Verifier()
+    rmem_peak: int | None = None
     with make_listener(host, 0) as listener:
         pipe.send(listener.getsockname()[:2])
         conn, _ = listener.accept()
         with conn:
-            time.sleep(stall)
+            end = time.monotonic() + stall
+            while time.monotonic() < end:
+                with contextlib.suppress(OSError):
+                    rmem = so_meminfo(conn).rmem_alloc
+                    rmem_peak = rmem if rmem_peak is None else max(rmem_peak, rmem)
+                time.sleep(min(interval, max(0.0, end - time.monotonic())))
             buf = bytearray(1 << 20)
             view = memoryview(buf)
             off = 0
@@ -69,7 +79,7 @@ def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int) -> N
                     raise ConnectionError(f"EOF after {off} of {nbytes} bytes")
                 verifier.verify(off, view[:n])
                 off += n
-            pipe.send({"ok": True, "bytes": off, "verified": "full"})
+            pipe.send({"ok": True, "bytes": off, "verified": "full", "rmem_alloc_peak": rmem_peak})
     pipe.recv()
 
 
@@ -176,6 +186,8 @@ def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> d
         m["fwd_alloc_mb"] = _peak(samples, "fwd_alloc", None)
         m["optmem_mb"] = _peak(samples, "optmem", None)
         m["samples"] = float(len(samples))
+        peak = rcv.get("rmem_alloc_peak")
+        m["receiver_rmem_alloc_mb"] = None if peak is None else peak / MB
         run["reasons"] = samples[-1]["reasons"] if samples else base["reasons"]
         run["sender_stats"] = snd["sender_stats"]
         run["baseline"] = base
@@ -193,7 +205,7 @@ def run_memory(p: MemoryParams, progress: Progress) -> dict[str, Any]:
         with spawn(client_worker, env.ns_name) as client:
             for item in _plan(p):
                 receiver: Worker = spawn(memory_receiver, env.ns_name, env.host, p.duration,
-                                         p.nbytes)
+                                         p.nbytes, p.interval)
                 try:
                     addr = tuple(receiver.recv(60))
                     snd = client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],
