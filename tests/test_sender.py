@@ -58,7 +58,9 @@ def test_tcp_1gib_default_policy_falls_back_to_copy() -> None:
 
 @requires_zerocopy
 @pytest.mark.parametrize(
-    ("family", "total"), [(socket.AF_INET, 256 * MiB), (socket.AF_INET6, 64 * MiB)]
+    ("family", "total"),
+    [(socket.AF_INET, 256 * MiB), (socket.AF_INET6, 64 * MiB)],
+    ids=["ipv4", "ipv6"],
 )
 def test_tcp_forced_zerocopy_keeps_msg_zerocopy(family: int, total: int) -> None:
     c, s = tcp_pair(family)
