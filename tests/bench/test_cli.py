@@ -56,6 +56,8 @@ def test_argument_errors_exit_2(argv: list[str], message: str,
     (["rpc", "--bytes", "1M"], "rpc takes --requests and --size"),
     (["rpc", "--size", "2M"], "at most 1M per request"),
     (["memory", "--warmup", "1M"], "memory takes --duration"),
+    (["rx", "--json", "/nonexistent-dir/r.json"], "--json: directory of"),
+    (["rx", "--plot", "/nonexistent-dir/r.png"], "--plot: directory of"),
 ])
 def test_inconsistent_arguments_exit_2(argv: list[str], message: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ own (:func:`main`). Argument errors print a clear message and exit with status 2
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -104,8 +105,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
-    from zcnet.bench.receivers import RECEIVE_MODES
-    from zcnet.bench.senders import SEND_MODES
+    from zcnet.bench.modes import RECEIVE_MODES, SEND_MODES
 
     bench = subparsers.add_parser(
         "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",
@@ -259,6 +259,9 @@ def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     prog = "zcnet bench"
     try:
         plan = _params(args, args.bench_experiment)
+        for opt, path in (("--json", args.json), ("--plot", args.plot)):
+            if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
+                raise _ArgError(f"{opt}: directory of {path!r} does not exist")
     except _ArgError as e:
         print(f"{prog} {args.bench_experiment}: error: {e}", file=sys.stderr)
         return 2

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
+from zcnet.bench.modes import RECEIVE_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import ProtocolError
 
 __all__ = ["RECEIVE_MODES", "Consumer", "ModeUnavailable", "receive"]
 
-RECEIVE_MODES = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcnet")
 
 
 class ModeUnavailable(RuntimeError):

@@ -25,8 +25,8 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import environment
+from zcnet.bench.modes import RECEIVE_MODES
 from zcnet.bench.peers import client_worker, server_worker
-from zcnet.bench.receivers import RECEIVE_MODES
 from zcnet.bench.workers import Worker, spawn
 
 __all__ = ["RxParams", "plan_count", "run_rx"]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
+from zcnet.bench.modes import SEND_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import encode_header, read_result
 from zcnet.bench.receivers import ModeUnavailable
@@ -33,7 +34,6 @@ from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
 
 __all__ = ["SEND_MODES", "tcp_stream", "udp_stream"]
 
-SEND_MODES = ("sendall", "zcnet", "zcnet-forced")
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

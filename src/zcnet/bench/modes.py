@@ -1,0 +1,14 @@
+"""Names of the benchmark's send and receive modes (no imports, so the CLI parser stays light)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["RECEIVE_MODES", "SEND_MODES"]
+
+#: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
+#: on every send (see :mod:`zcnet.bench.senders`).
+SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced")
+
+#: See :mod:`zcnet.bench.receivers`.
+RECEIVE_MODES: Final = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcnet")
