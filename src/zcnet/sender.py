@@ -228,7 +228,8 @@ class Sender:
         self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
         self._send = sock.send
-        self._sendall = sock.sendall
+        # plain sends: sendall for TCP; one send() is one whole datagram (or an error) for UDP
+        self._sendall = sock.sendall if self._stream else sock.send
         if not sys.platform.startswith("linux"):
             self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
         else:
