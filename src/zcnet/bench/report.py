@@ -206,12 +206,11 @@ def print_tables(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
 
     if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+        # the stream table needs ~150 columns: never truncate numbers to fit a narrow terminal
+        console = Console(width=max(Console().width, 160))
     m = report["machine"]
     console.print(f"[bold]zcnet bench[/bold] — kernel {m['kernel']}, {m['nproc']} CPUs "
-                  f"({m['cpu']}), Python {m['python']}")
+                  f"({m['cpu']}), Python {m['python']}", highlight=False)
     for exp in report["experiments"]:
         if exp["status"] == "skipped":
             console.print(f"[yellow]{exp['name']}: skipped — {exp['reason']}[/yellow]")
