@@ -22,6 +22,7 @@ blocks here (``MSG_DONTWAIT``); a non-empty queue keeps ``POLLERR`` raised on th
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Iterable
@@ -98,8 +99,6 @@ class QueuedError:
     @property
     def strerror(self) -> str:
         """``os.strerror`` of :attr:`errno` (``"Success"`` for 0)."""
-        import os
-
         return os.strerror(self.errno)
 
 
