@@ -271,3 +271,27 @@ TrackerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_tracker_state_machine = TrackerMachine.TestCase
+
+
+class _CountingDict(dict[int, tuple[int, int, object]]):
+    pops = 0
+
+    def pop(self, *args: object) -> tuple[int, int, object]:  # type: ignore[override]
+        _CountingDict.pops += 1
+        return super().pop(*args)  # type: ignore[arg-type]
+
+
+def test_cost_is_per_completed_call_not_per_range_value() -> None:
+    """Structural check (no timing): repeats and already-completed parts touch no entry."""
+    t: CompletionTracker[int] = CompletionTracker(TOP - 1000)
+    t._owner = _CountingDict()  # type: ignore[assignment]
+    for i in range(20_000):
+        t.record_single(i, 1)
+    assert t.complete(TOP - 1000, serial.add(TOP - 1000, 9_999), copied=False).calls == 10_000
+    assert _CountingDict.pops == 10_000
+    # the whole range again: only the 10_000 still outstanding are visited
+    assert t.complete(TOP - 1000, serial.add(TOP - 1000, 19_999), copied=False).calls == 10_000
+    assert _CountingDict.pops == 20_000
+    assert t.complete(TOP - 1000, serial.add(TOP - 1000, 19_999), copied=False).calls == 0
+    assert _CountingDict.pops == 20_000
+    assert t._starts == [] and t.outstanding == 0
