@@ -90,9 +90,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", metavar="PATH", help="write the full results (schema: docs/bench.md)")
     g.add_argument("--plot", metavar="PATH.png", help="write a PNG plot (matplotlib, Agg)")
     g.add_argument("--reps", type=_positive_int, help="timed repetitions per configuration")
-    g.add_argument("--bytes", type=parse_size, dest="nbytes",
+    g.add_argument("--bytes", type=parse_size, dest="nbytes", metavar="SIZE",
                    help="bytes per timed repetition (stream, rx), e.g. 512M")
-    g.add_argument("--warmup", type=parse_size, help="untimed bytes before each repetition")
+    g.add_argument("--warmup", type=parse_size, metavar="SIZE", help="untimed bytes before each repetition")
     g.add_argument("--verify", choices=("sample", "all"), default="sample",
                    help="sample: one extra untimed repetition per configuration checks every "
                    "byte, timed ones spot-check each chunk; all: every repetition checks every "
