@@ -19,7 +19,7 @@ from zcnet.bench.cli import build_parser, main
 from zcnet.bench.protocol import encode_header
 from zcnet.bench.server import make_listener, serve
 
-TINY = ["--bytes", "2M", "--warmup", "256K", "--reps", "1", "--verify", "all",
+TINY = ["--bytes", "2M", "--warmup", "256K", "--reps", "1", "--verify", "all", "--source", "8M",
         "--no-progress", "--no-table"]
 
 
@@ -56,6 +56,7 @@ def test_argument_errors_exit_2(argv: list[str], message: str,
     (["rpc", "--bytes", "1M"], "rpc takes --requests and --size"),
     (["rpc", "--size", "2M"], "at most 1M per request"),
     (["memory", "--warmup", "1M"], "memory takes --duration"),
+    (["rpc", "--source", "1M"], "--source applies to stream and rx only"),
     (["rx", "--json", "/nonexistent-dir/r.json"], "--json: directory of"),
     (["rx", "--plot", "/nonexistent-dir/r.png"], "--plot: directory of"),
 ])
@@ -99,7 +100,8 @@ def _check_report(report: dict[str, Any], names: list[str]) -> None:
 
 def test_stream_json_and_plot(tmp_path: Path) -> None:
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    rc = main(["stream", "--sizes", "4K,64K", "--modes", "sendall,zcnet,zcnet-forced",
+    rc = main(["stream", "--sizes", "4K,64K",
+               "--modes", "sendall,zcnet,zcnet-forced,raw-zerocopy",
                *TINY, "--json", str(out), "--plot", str(png)])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -107,8 +109,10 @@ def test_stream_json_and_plot(tmp_path: Path) -> None:
     exp = report["experiments"][0]
     tcp = [r for r in exp["runs"] if r["transport"] == "tcp"]
     assert {(r["msg_size"], r["send_mode"]) for r in tcp} == {
-        (s, m) for s in (4096, 65536) for m in ("sendall", "zcnet", "zcnet-forced")}
+        (s, m) for s in (4096, 65536)
+        for m in ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy")}
     for run in tcp:
+        assert run["sender"]["source_bytes"] == 8 << 20  # messages walk through 8 MB
         assert run["receiver"]["bytes"] == 2 << 20
         assert run["receiver"]["verified"] == "full"
         assert run["metrics"]["sender_cpu_s_per_gb"] is not None
@@ -158,7 +162,8 @@ def test_two_host_mode_over_loopback(tmp_path: Path) -> None:
         out = tmp_path / "two.json"
         rc = main(["stream", "--connect", f"127.0.0.1:{port}", "--sizes", "16K",
                    "--modes", "sendall,zcnet", "--bytes", "1M", "--warmup", "64K",
-                   "--reps", "2", "--verify", "all", "--no-progress", "--no-table",
+                   "--reps", "2", "--verify", "all", "--source", "8M", "--no-progress",
+                   "--no-table",
                    "--json", str(out)])
         assert rc == 0
     finally:

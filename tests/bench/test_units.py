@@ -8,7 +8,7 @@ import pytest
 
 from zcnet.bench.cli import parse_size
 from zcnet.bench.common import group_summary, rotated
-from zcnet.bench.pattern import PatternMismatch, Verifier
+from zcnet.bench.pattern import PERIOD, PatternMismatch, Source, Verifier
 from zcnet.bench.protocol import HEADER_SIZE, ProtocolError, decode_header, encode_header
 from zcnet.bench.server import parse_hostport
 from zcnet.bench.stats import Summary, ratio_percent, summarize
@@ -98,3 +98,19 @@ def test_verifier_full_and_spot_checks() -> None:
         v.spot(1000, bad)
     with pytest.raises(PatternMismatch):
         v.verify(1001, data)
+
+
+def test_source_windows_match_the_stream_across_the_wrap() -> None:
+    v = Verifier(span=PERIOD + 8192)
+    src = Source(v, 10 * PERIOD, max_msg=8192)
+    assert src.cold
+    for off in (0, 1, PERIOD - 1, 10 * PERIOD - 100, 10 * PERIOD, 37 * PERIOD + 12345):
+        assert bytes(src.window(off, 8192)) == bytes(v.window(off, 8192))
+    assert src.window(0, 16).readonly
+
+
+def test_small_source_is_the_hot_pattern_buffer() -> None:
+    v = Verifier(span=1 << 20)
+    src = Source(v, 1 << 20, max_msg=4096)
+    assert not src.cold
+    assert bytes(src.window(123, 4096)) == bytes(v.window(123, 4096))

@@ -92,7 +92,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reps", type=_positive_int, help="timed repetitions per configuration")
     g.add_argument("--bytes", type=parse_size, dest="nbytes", metavar="SIZE",
                    help="bytes per timed repetition (stream, rx), e.g. 512M")
-    g.add_argument("--warmup", type=parse_size, metavar="SIZE", help="untimed bytes before each repetition")
+    g.add_argument("--warmup", type=parse_size, metavar="SIZE",
+                   help="untimed bytes before each repetition")
+    g.add_argument("--source", type=parse_size, metavar="SIZE", dest="source_bytes",
+                   help="stream, rx: memory the sender's messages walk through (default 256M, "
+                   "beyond the CPU caches, like sending a large array); 4M or less: one "
+                   "cache-hot buffer, as netperf")
     g.add_argument("--verify", choices=("sample", "all"), default="sample",
                    help="sample: one extra untimed repetition per configuration checks every "
                    "byte, timed ones spot-check each chunk; all: every repetition checks every "
@@ -163,6 +168,7 @@ class _ArgError(Exception):
 def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     """The experiments to run, with their parameter objects."""
     from zcnet.bench.memory import MemoryParams
+    from zcnet.bench.modes import SEND_MODES
     from zcnet.bench.rpc import RpcParams
     from zcnet.bench.rx import RxParams
     from zcnet.bench.stream import StreamParams
@@ -176,13 +182,14 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
         over["nbytes"] = args.nbytes
     if args.warmup is not None:
         over["warmup"] = args.warmup
+    source = {} if args.source_bytes is None else {"source_bytes": args.source_bytes}
     if experiment == "quick":
         q: dict[str, Any] = {"nbytes": 128 << 20, "warmup": 16 << 20, "reps": 3}
         q.update(over)
         return [
-            ("stream", StreamParams(send_modes=("sendall", "zcnet", "zcnet-forced"),
-                                    use_netns=use_netns, verify=verify, **q)),
-            ("rx", RxParams(use_netns=use_netns, verify=verify, **q)),
+            ("stream", StreamParams(send_modes=SEND_MODES, use_netns=use_netns, verify=verify,
+                                    **q, **source)),
+            ("rx", RxParams(use_netns=use_netns, verify=verify, **q, **source)),
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
             ("memory", MemoryParams(use_netns=use_netns, duration=1.0, reps=2)),
@@ -202,12 +209,14 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             kw["transports"] = ("tcp",)
         if args.sizes and max(args.sizes) > 4 << 20:
             raise _ArgError("--sizes: the largest message size is 4M")
-        return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw))]
+        return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw, **source))]
     if experiment == "rx":
         kw = dict(over)
         if args.recv_modes:
             kw["recv_modes"] = args.recv_modes
-        return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw))]
+        return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source))]
+    if experiment in ("rpc", "memory") and args.source_bytes is not None:
+        raise _ArgError("--source applies to stream and rx only")
     if experiment == "rpc":
         if args.nbytes is not None or args.warmup is not None:
             raise _ArgError("rpc takes --requests and --size, not --bytes or --warmup")

@@ -7,8 +7,9 @@ from typing import Final
 __all__ = ["RECEIVE_MODES", "SEND_MODES"]
 
 #: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
-#: on every send (see :mod:`zcnet.bench.senders`).
-SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced")
+#: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
+#: (see :mod:`zcnet.bench.senders`).
+SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy")
 
 #: See :mod:`zcnet.bench.receivers`.
 RECEIVE_MODES: Final = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcnet")

@@ -15,7 +15,7 @@ from typing import Final
 
 from zcnet._core.pattern import StreamPattern
 
-__all__ = ["DEFAULT_SPAN", "PatternMismatch", "Verifier"]
+__all__ = ["DEFAULT_SPAN", "PERIOD", "PatternMismatch", "Source", "Verifier"]
 
 DEFAULT_SPAN: Final = 4 * 1024 * 1024
 
@@ -56,3 +56,49 @@ class Verifier:
             or data[n - 1] != self.pattern.block(offset + n - 1, 1)[0]
         ):
             raise PatternMismatch(f"spot check failed in stream bytes [{offset}, {offset + n})")
+
+
+#: The period of :class:`StreamPattern` (its stream is periodic; checked by :class:`Source`).
+PERIOD: Final = 65521
+
+
+class Source:
+    """The stream's bytes laid out over ``size`` bytes of memory, for senders.
+
+    ``window(offset, n)`` returns the stream bytes at ``offset`` from position
+    ``offset % (k * PERIOD)`` of a buffer of about ``size`` bytes, so consecutive messages come
+    from different memory: with ``size`` larger than the CPU caches, a copying send pays the
+    cache misses it pays when sending a large array, instead of copying one hot buffer over and
+    over (netperf's default). ``size`` up to the verifier's span keeps the hot buffer.
+    """
+
+    def __init__(self, verifier: Verifier, size: int, max_msg: int) -> None:
+        self.verifier = verifier
+        self.size = size
+        self._view: memoryview | None = None
+        self._wrap = 0
+        if size <= verifier.span:
+            return
+        probe = min(4096, verifier.span - PERIOD) if verifier.span > PERIOD else 0
+        if probe <= 0 or bytes(verifier.window(0, probe)) != bytes(verifier.window(PERIOD, probe)):
+            return  # the pattern's period changed: keep the hot buffer rather than lie
+        self._wrap = max(1, size // PERIOD) * PERIOD
+        total = self._wrap + max_msg
+        buf = bytearray(total)
+        step = verifier.span
+        for pos in range(0, total, step):
+            n = min(step, total - pos)
+            buf[pos : pos + n] = verifier.window(pos, n)
+        self._view = memoryview(buf).toreadonly()
+
+    @property
+    def cold(self) -> bool:
+        """Whether messages walk through the large buffer (else the verifier's hot one)."""
+        return self._view is not None
+
+    def window(self, offset: int, length: int) -> memoryview:
+        """The stream bytes ``[offset, offset + length)`` (read-only, never written)."""
+        if self._view is None:
+            return self.verifier.window(offset, length)
+        start = offset % self._wrap
+        return self._view[start : start + length]

@@ -47,6 +47,7 @@ class RxParams:
     send_mode: str = "zcnet-forced"
     msg_size: int = 256 * KiB
     recv_size: int = 512 * KiB
+    source_bytes: int = 256 * 1024 * 1024
     verify: str = "sample"
     use_netns: bool = True
 
@@ -114,6 +115,7 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
                     cmd = {"kind": "tcp", "addr": addr, "msg_size": p.msg_size,
                            "send_mode": send_mode, "recv_mode": mode,
                            "recv_size": p.recv_size, "warmup": p.warmup, "bytes": p.nbytes,
+                           "source_bytes": p.source_bytes,
                            "verify": "full" if p.verify == "all" or item["role"] == "verify"
                            else "spot"}
                     res = client.call(cmd)

@@ -4,7 +4,9 @@ Theory of operation: the sender sends ``warmup`` bytes untimed, then ``nbytes`` 
 one size inside a :class:`~zcnet.bench.meter.CpuWindow` that also covers the final flush (a
 zero-copy send is finished only when its completion arrived,
 Documentation/networking/msg_zerocopy.rst). Payloads are views of the immutable stream pattern,
-so MSG_ZEROCOPY can pin them without copies. Modes:
+so MSG_ZEROCOPY can pin them without copies. With ``source_bytes`` above the pattern's span
+the messages walk through a buffer of that size (:class:`zcnet.bench.pattern.Source`), so a
+copying send pays for cache misses as it does with real data. Modes:
 
 - ``sendall``: ``socket.sendall`` (the kernel copies);
 - ``zcnet``: ``Sender`` with the default policy (falls back to copying when the kernel reports
@@ -12,6 +14,10 @@ so MSG_ZEROCOPY can pin them without copies. Modes:
 - ``zcnet-forced``: ``SendPolicy(force_zerocopy=True, zerocopy_threshold=0)``: MSG_ZEROCOPY on
   every send whatever the size or the kernel's copied reports (what a zero-copy receiver over
   loopback needs, and the raw cost of pinning, as in the classic tables).
+
+- ``raw-zerocopy``: the reference for zcnet's own overhead: ``send(MSG_ZEROCOPY)`` in a bare
+  loop that only counts completions (the buffers are immutable, so no per-send bookkeeping), as
+  tools/testing/selftests/net/msg_zerocopy.c does in C.
 
 UDP sends go toward the ``ifb`` sink of the namespace with ``UDP_SEGMENT`` (GSO), where nothing
 is delivered: the sender's CPU is the true transmit cost
@@ -21,16 +27,18 @@ is delivered: the sender's CPU is the true transmit cost
 from __future__ import annotations
 
 import errno
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
 from zcnet.bench.modes import SEND_MODES
-from zcnet.bench.pattern import Verifier
+from zcnet.bench.pattern import Source, Verifier
 from zcnet.bench.protocol import encode_header, read_result
 from zcnet.bench.receivers import ModeUnavailable
-from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT
+from zcnet.lowlevel.errqueue import ZerocopyCompletion, drain_errqueue
 
 __all__ = ["SEND_MODES", "tcp_stream", "udp_stream"]
 
@@ -42,6 +50,57 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     return {f: int(getattr(stats, f, 0)) for f in fields}
 
 
+class _RawZerocopy:
+    """MSG_ZEROCOPY sends with the least Python work: count calls, drain completions."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        self.sock = sock
+        self.calls = 0
+        self.done = 0
+        self.copied = 0
+        self.nbytes = 0
+        self.enobufs = 0
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLERR)
+
+    def send(self, view: memoryview) -> None:
+        off, n = 0, len(view)
+        while off < n:
+            try:
+                k = self.sock.send(view[off:] if off else view, MSG_ZEROCOPY)
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.enobufs += 1
+                self.reap(wait=True)
+                continue
+            self.calls += 1
+            off += k
+            if self.calls & 31 == 0:
+                self.reap(wait=False)
+        self.nbytes += n
+
+    def reap(self, wait: bool) -> None:
+        if wait:
+            self.poller.poll(100)
+        for ev in drain_errqueue(self.sock):
+            if isinstance(ev, ZerocopyCompletion):
+                count = ((ev.hi - ev.lo) & 0xFFFFFFFF) + 1
+                self.done += count
+                if ev.copied:
+                    self.copied += count
+
+    def finish(self) -> None:
+        while self.done < self.calls:
+            self.reap(wait=True)
+
+    def stats(self) -> dict[str, Any]:
+        uncopied = self.nbytes * (self.done - self.copied) // self.done if self.done else 0
+        return {"bytes_zerocopy": uncopied, "bytes_copied": self.nbytes - uncopied,
+                "sends_zerocopy": self.calls, "completions": self.done, "enobufs": self.enobufs}
+
+
 class _Engine:
     """One send mode on one socket: ``send(view)``, ``finish()``, ``stats()``, ``close()``."""
 
@@ -49,8 +108,16 @@ class _Engine:
         self.sock = sock
         self.mode = mode
         self.sender: Any = None
+        self.raw: _RawZerocopy | None = None
         if mode == "sendall":
             self.send: Callable[[memoryview], object] = sock.sendall
+            return
+        if mode == "raw-zerocopy":
+            try:
+                self.raw = _RawZerocopy(sock)
+            except OSError as e:
+                raise ModeUnavailable(f"SO_ZEROCOPY not available: {e}") from e
+            self.send = self.raw.send
             return
         if mode not in ("zcnet", "zcnet-forced"):
             raise ModeUnavailable(f"unknown send mode {mode!r}")
@@ -74,8 +141,12 @@ class _Engine:
     def finish(self) -> None:
         if self.sender is not None:
             self.sender.flush()
+        if self.raw is not None:
+            self.raw.finish()
 
     def stats(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return self.raw.stats()
         if self.sender is None:
             return {}
         return _stats_dict(self.sender.stats)
@@ -92,6 +163,18 @@ class _Engine:
             self.sender.close()
 
 
+MAX_MESSAGE = 4 * 1024 * 1024
+_SOURCES: dict[int, Source] = {}
+
+
+def _source(verifier: Verifier, size: int) -> Source:
+    """The sender's source buffer of ``size`` bytes (built once per worker process)."""
+    if size not in _SOURCES:
+        _SOURCES.clear()  # one at a time: they can be large
+        _SOURCES[size] = Source(verifier, size, MAX_MESSAGE)
+    return _SOURCES[size]
+
+
 def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
@@ -104,6 +187,7 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     warmup, nbytes = int(cmd["warmup"]), int(cmd["bytes"])
     header = {"op": "stream", "mode": cmd["recv_mode"], "warmup": warmup, "bytes": nbytes,
               "verify": cmd["verify"], "recv_size": int(cmd.get("recv_size", 256 * 1024))}
+    source = _source(verifier, int(cmd.get("source_bytes", 0)))
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.connect((host, int(port)))
         sock.sendall(encode_header(header))
@@ -115,7 +199,7 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
                 off, end = start, start + total
                 while off < end:
                     n = min(msg, end - off)
-                    engine.send(verifier.window(off, n))
+                    engine.send(source.window(off, n))
                     off += n
 
             pump(0, warmup)
@@ -126,7 +210,8 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             engine.finish()
             window.stop()
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": nbytes,
-                      "cpu": window.cpu, "user": window.user, "sys": window.sys,
+                      "source_bytes": source.size if source.cold else 0, "cpu": window.cpu,
+                      "user": window.user, "sys": window.sys,
                       "wall": window.wall}
             sender.update(_delta(engine.stats(), before))
             sender.update(engine.describe())
@@ -141,12 +226,13 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     host, port = cmd["addr"]
     msg, gso = int(cmd["msg_size"]), int(cmd["gso_size"])
     warmup, nbytes = int(cmd["warmup"]), int(cmd["bytes"])
+    source = _source(verifier, int(cmd.get("source_bytes", 0)))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((host, int(port)))
         if msg > gso:
             sock.setsockopt(SOL_UDP, UDP_SEGMENT, gso)
         engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
-        if engine.sender is None:
+        if engine.sender is None and engine.raw is None:
             engine.send = _udp_send(sock)
         try:
             window = CpuWindow()
@@ -154,7 +240,7 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             def pump(start: int, total: int) -> None:
                 off, end = start, start + total
                 while off < end:
-                    engine.send(verifier.window(off, msg))
+                    engine.send(source.window(off, msg))
                     off += msg
 
             pump(0, warmup)
@@ -166,7 +252,8 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             window.stop()
             sent = ((nbytes + msg - 1) // msg) * msg
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": sent,
-                      "gso_size": gso, "cpu": window.cpu, "user": window.user,
+                      "gso_size": gso, "source_bytes": source.size if source.cold else 0,
+                      "cpu": window.cpu, "user": window.user,
                       "sys": window.sys, "wall": window.wall}
             sender.update(_delta(engine.stats(), before))
             sender.update(engine.describe())

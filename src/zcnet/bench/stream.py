@@ -52,6 +52,7 @@ class StreamParams:
     transports: tuple[str, ...] = ("tcp", "udp")
     recv_mode: str = "recv_into"
     recv_size: int = 256 * KiB
+    source_bytes: int = 256 * 1024 * 1024
     verify: str = "sample"
     connect: tuple[str, int] | None = None
     use_netns: bool = True
@@ -159,7 +160,7 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                 cmd: dict[str, Any] = {
                     "kind": item["transport"], "msg_size": item["msg_size"],
                     "send_mode": mode, "recv_mode": p.recv_mode, "recv_size": p.recv_size,
-                    "warmup": p.warmup, "bytes": p.nbytes,
+                    "warmup": p.warmup, "bytes": p.nbytes, "source_bytes": p.source_bytes,
                     "verify": "full" if p.verify == "all" or item["role"] == "verify"
                     else "spot",
                 }
