@@ -10,9 +10,12 @@ traffic on the host shows up too) and the memory cgroup's socket charge where ex
 (cgroup v2 ``memory.stat`` ``sock``; v1 ``memory.kmem.tcp.usage_in_bytes``, charged only once
 a TCP limit is set). Copy sends are compared with MSG_ZEROCOPY sends (zcnet ``Sender`` forced):
 since Linux 5.17 the pinned user pages of a pure zero-copy skb are not charged to the socket
-again, so the protocol charge rises far less (DESIGN.md "Memory"). Peaks are reported relative
-to a baseline read before the connection was opened. The receiver samples its own
-``SO_MEMINFO`` rmem_alloc (the receive queue's charge) while it stalls.
+again, so the protocol charge rises far less (DESIGN.md "Memory"). Peaks are taken over the
+stall (samples tagged ``"phase": "stall"``), sockstat and cgroup relative to a baseline read
+before the connection was opened; the sockstat peak while the receiver drains is reported
+apart (over loopback the receiver copies zero-copy frags then, and that charge is its own).
+The receiver samples its own ``SO_MEMINFO`` rmem_alloc (the receive queue's charge) while it
+stalls.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ __all__ = ["MemoryParams", "memory_receiver", "memory_sender", "plan_count", "ru
 MB = 1e6
 MODES = ("copy", "zerocopy")
 METRICS = ("sockstat_tcp_mem_mb", "cgroup_sock_mb", "wmem_queued_mb", "fwd_alloc_mb",
-           "optmem_mb", "receiver_rmem_alloc_mb", "samples")
+           "optmem_mb", "receiver_rmem_alloc_mb", "drain_sockstat_tcp_mem_mb", "samples")
 
 
 @dataclass
@@ -113,10 +116,14 @@ def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(cmd["sndbuf"]))
         baseline = _sample(sock, t0)
         sock.connect((host, int(port)))
+        # the receiver stalls from accept (~ now); keep a margin before it starts reading
+        stall_end = time.monotonic() - t0 + float(cmd["stall"]) - interval
 
         def sampler() -> None:
             while not stop.is_set():
-                samples.append(_sample(sock, t0))
+                s = _sample(sock, t0)
+                s["phase"] = "stall" if s["t"] < stall_end else "drain"
+                samples.append(s)
                 stop.wait(interval)
 
         thread = threading.Thread(target=sampler, name="zcnet-bench-sampler", daemon=True)
@@ -180,11 +187,15 @@ def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> d
     m: dict[str, float | None] = {k: None for k in METRICS}
     if ok:
         samples, base = snd["samples"], snd["baseline"]
-        m["sockstat_tcp_mem_mb"] = _peak(samples, "sockstat_tcp_mem", base["sockstat_tcp_mem"])
-        m["cgroup_sock_mb"] = _peak(samples, "cgroup_sock", base["cgroup_sock"])
-        m["wmem_queued_mb"] = _peak(samples, "wmem_queued", None)
-        m["fwd_alloc_mb"] = _peak(samples, "fwd_alloc", None)
-        m["optmem_mb"] = _peak(samples, "optmem", None)
+        stall = [s for s in samples if s["phase"] == "stall"]
+        drain = [s for s in samples if s["phase"] == "drain"]
+        m["sockstat_tcp_mem_mb"] = _peak(stall, "sockstat_tcp_mem", base["sockstat_tcp_mem"])
+        m["drain_sockstat_tcp_mem_mb"] = _peak(drain, "sockstat_tcp_mem",
+                                               base["sockstat_tcp_mem"])
+        m["cgroup_sock_mb"] = _peak(stall, "cgroup_sock", base["cgroup_sock"])
+        m["wmem_queued_mb"] = _peak(stall, "wmem_queued", None)
+        m["fwd_alloc_mb"] = _peak(stall, "fwd_alloc", None)
+        m["optmem_mb"] = _peak(stall, "optmem", None)
         m["samples"] = float(len(samples))
         peak = rcv.get("rmem_alloc_peak")
         m["receiver_rmem_alloc_mb"] = None if peak is None else peak / MB
@@ -210,6 +221,7 @@ def run_memory(p: MemoryParams, progress: Progress) -> dict[str, Any]:
                     addr = tuple(receiver.recv(60))
                     snd = client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],
                                        "bytes": p.nbytes, "msg_size": p.msg_size,
+                                       "stall": p.duration,
                                        "interval": p.interval, "sndbuf": p.sndbuf})
                     rcv = receiver.recv(60) if snd.get("ok") else {"ok": False}
                 finally:
