@@ -70,7 +70,7 @@ class _ServerConn:
     def __init__(self, sock: socket.socket, size: int, rx: Any) -> None:
         self.sock = sock
         self.rx = rx
-        self.buf = bytearray(size)
+        self.buf = bytearray(size if rx is None else 0)  # recv_into's target
         self.view = memoryview(self.buf)
         self.got = 0
         self.rx_off = 0
@@ -104,12 +104,19 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
             rx = make_rx(sock) if make_rx is not None else None
             conns[sock.fileno()] = _ServerConn(sock, size, rx)
             ep.register(sock.fileno(), select.EPOLLIN)
+        def check(offset: int, data: memoryview, done: int) -> None:
+            if full or done < warm_total:
+                with window.exclude():
+                    verifier.verify(offset, data)
+            else:
+                verifier.spot(offset, data)
+
         done = 0
         while done < total:
             for fd, _ev in ep.poll():
                 c = conns[fd]
                 while True:
-                    if c.rx is not None:
+                    if c.rx is not None:  # the request is used where it was mapped
                         try:
                             chunk = c.rx.recv(size - c.got, timeout=0)
                         except TimeoutExpired:
@@ -117,17 +124,13 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
                         with chunk:
                             n = len(chunk)
                             if n:
-                                c.view[c.got:c.got + n] = chunk.view
+                                check(c.rx_off, chunk.view, done)
                     else:
                         n = c.sock.recv_into(c.view[c.got:], size - c.got)
+                        if n:
+                            check(c.rx_off, c.view[c.got:c.got + n], done)
                     if n == 0:
                         raise ConnectionError("client closed early")
-                    data = c.view[c.got:c.got + n]
-                    if full or done < warm_total:
-                        with window.exclude():
-                            verifier.verify(c.rx_off, data)
-                    else:
-                        verifier.spot(c.rx_off, data)
                     c.rx_off += n
                     c.got += n
                     if c.got < size:
