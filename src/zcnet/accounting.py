@@ -30,11 +30,10 @@ from zcnet._core.accounting import (
     MAPPED,
     PINNED,
     POOL,
-    AccountingError,
     AccountStats,
     Charge,
 )
-from zcnet.errors import LimitExceeded, TimeoutExpired
+from zcnet.errors import AccountingError, LimitWaitTimeout
 from zcnet.lowlevel.meminfo import (
     CgroupSockMemory,
     KernelMemorySnapshot,
@@ -65,10 +64,6 @@ __all__ = [
 
 
 _REAP_STEP = 0.02  # seconds between re-checks while a sender waits for room
-
-
-class LimitWaitTimeout(LimitExceeded, TimeoutExpired):
-    """A blocking charge waited past its timeout for room under a limit."""
 
 
 class _Tree:
@@ -159,7 +154,8 @@ class Account(_core.Account):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     base = self._limit_error(nbytes, kind)
-                    raise LimitWaitTimeout(f"timed out after {timeout} s waiting: {base}")
+                    raise LimitWaitTimeout(f"timed out after {timeout} s waiting: {base}",
+                                           account=base.account, limit=base.limit)
                 cond.wait(remaining)
                 if super().try_charge(nbytes, kind):
                     return Charge(self, nbytes, kind)
@@ -262,8 +258,9 @@ def _charge_reaping(
             return Charge(account, nbytes, PINNED)
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise LimitWaitTimeout(
-                f"timed out after {timeout} s waiting: {account._limit_error(nbytes, PINNED)}")
+            base = account._limit_error(nbytes, PINNED)
+            raise LimitWaitTimeout(f"timed out after {timeout} s waiting: {base}",
+                                   account=base.account, limit=base.limit)
         step = _REAP_STEP if remaining is None else min(_REAP_STEP, remaining)
         if poller is not None:
             poller.poll(step * 1000)

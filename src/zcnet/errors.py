@@ -8,11 +8,13 @@ Kernel failures are translated once, at the I/O boundary, into these types; the 
 from __future__ import annotations
 
 __all__ = [
+    "AccountingError",
     "BufferLifetimeError",
     "ConnectionResetByPeer",
     "InvalidBufferError",
     "InvalidCompletionError",
     "LimitExceeded",
+    "LimitWaitTimeout",
     "PoolError",
     "ReceiveError",
     "SendError",
@@ -72,7 +74,24 @@ class ZerocopyUnavailable(ZcnetError):
 
 
 class LimitExceeded(ZcnetError):
-    """Charging bytes to an account would exceed its limit (or a parent's limit)."""
+    """Charging bytes to an account would exceed its limit (or a parent's limit).
+
+    ``account`` is the path of the account whose limit stood in the way, ``limit`` that limit.
+    """
+
+    def __init__(self, message: str, *, account: str | None = None,
+                 limit: int | None = None) -> None:
+        super().__init__(message)
+        self.account = account
+        self.limit = limit
+
+
+class LimitWaitTimeout(LimitExceeded, TimeoutExpired):
+    """A blocking charge waited past its timeout for room under a limit."""
+
+
+class AccountingError(ZcnetError, ValueError):
+    """Unbalanced accounting: uncharging or moving more bytes than were charged."""
 
 
 class PoolError(ZcnetError):

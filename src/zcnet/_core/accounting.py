@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from zcnet.errors import LimitExceeded, ZcnetError
+from zcnet.errors import AccountingError, LimitExceeded
 
 __all__ = [
     "KINDS",
@@ -41,10 +41,6 @@ PINNED: Final = "pinned"
 MAPPED: Final = "mapped"
 POOL: Final = "pool"
 KINDS: Final[tuple[str, ...]] = (PINNED, MAPPED, POOL)
-
-
-class AccountingError(ZcnetError, ValueError):
-    """Unbalanced accounting: uncharging or moving more bytes than were charged."""
 
 
 def _check_nbytes(nbytes: int) -> int:
@@ -281,10 +277,9 @@ class Account:
             acct = self
         err = LimitExceeded(
             f"charging {nbytes} {kind} bytes to account {self.path!r} would exceed the limit "
-            f"of account {acct.path!r} ({acct.limit} bytes, {acct.usage()} in use)"
+            f"of account {acct.path!r} ({acct.limit} bytes, {acct.usage()} in use)",
+            account=acct.path, limit=acct.limit,
         )
-        err.account = acct.path  # type: ignore[attr-defined]
-        err.limit = acct.limit  # type: ignore[attr-defined]
         return err
 
     def uncharge(self, nbytes: int, kind: str) -> None:
