@@ -48,6 +48,7 @@ VARIANTS = {
     "tcp": ("tcp://", {}),
     "zc": ("zc://", {"zcnet.dask.force-zerocopy": False}),
     "zc-forced": ("zc://", {"zcnet.dask.force-zerocopy": True}),
+    "zc-aio": ("zc://", {"zcnet.dask.transport": "aio"}),
 }
 
 

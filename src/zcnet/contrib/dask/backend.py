@@ -84,6 +84,15 @@ def _configure_socket(sock: socket.socket) -> None:
         logger.exception("could not set TCP keep-alive on a zc:// socket")
 
 
+def make_transport(sock: socket.socket, options: ZCOptions) -> FrameTransport:
+    """The transport ``options.transport`` names, owning the connected socket ``sock``."""
+    if options.transport == "aio":
+        from zcnet.contrib.dask.aio_transport import AioTransport
+
+        return AioTransport(sock, options)
+    return SocketTransport(sock, options)
+
+
 def _sockname(sock: socket.socket) -> str:
     return PREFIX + unparse_host_port(*sock.getsockname()[:2])
 
@@ -291,9 +300,14 @@ class ZCConnector(Connector):
             except BaseException:
                 sock.close()
                 raise
-            opts = options_from_config()
-            transport = SocketTransport(sock, opts)
-            return ZCComm(transport, _sockname(sock), PREFIX + address, deserialize, opts)
+            try:
+                opts = options_from_config()
+                local = _sockname(sock)
+                transport = make_transport(sock, opts)
+            except BaseException:
+                sock.close()
+                raise
+            return ZCComm(transport, local, PREFIX + address, deserialize, opts)
         raise CommClosedError(f"in {self!r}: could not connect to {PREFIX + address}: {last}"
                               ) from last
 
@@ -370,9 +384,9 @@ class ZCListener(BaseListener):
             conn.setblocking(False)
             _configure_socket(conn)
             opts = options_from_config()
-            comm = ZCComm(SocketTransport(conn, opts), _sockname(conn), peer,
+            comm = ZCComm(make_transport(conn, opts), _sockname(conn), peer,
                           self.deserialize, opts)
-        except OSError as e:
+        except (OSError, ZcnetError) as e:
             logger.info("zc:// connection from %s failed before the handshake: %s", peer, e)
             conn.close()
             return

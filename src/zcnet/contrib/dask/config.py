@@ -24,12 +24,16 @@ class ZCOptions:
             (loopback always copies; forcing only makes sense to exercise the path).
         zerocopy: use ``MSG_ZEROCOPY`` at all.
         drain_timeout: seconds a graceful close waits for outstanding completions.
+        transport: ``"socket"`` (the backend's own transport, the default) or ``"aio"`` (a
+            :class:`zcnet.aio.ZcStream` per connection; not the default yet: its receive path
+            spins while zero-copy completions are pending on the socket, see docs/dask.md).
     """
 
     zerocopy_threshold: int = 64 * 1024
     force_zerocopy: bool = False
     zerocopy: bool = True
     drain_timeout: float = 5.0
+    transport: str = "socket"
 
 
 def _as_bool(value: object) -> bool:
@@ -46,6 +50,9 @@ def options_from_config() -> ZCOptions:
     d = ZCOptions()
     get = dask.config.get
     threshold = get("zcnet.dask.zerocopy-threshold", default=d.zerocopy_threshold)
+    transport = str(get("zcnet.dask.transport", default=d.transport))
+    if transport not in ("aio", "socket"):
+        raise ValueError(f"zcnet.dask.transport must be 'aio' or 'socket', not {transport!r}")
     drain = parse_timedelta(get("zcnet.dask.drain-timeout", default=d.drain_timeout), "seconds")
     return ZCOptions(
         zerocopy_threshold=int(parse_bytes(threshold)) if isinstance(threshold, str)
@@ -53,4 +60,5 @@ def options_from_config() -> ZCOptions:
         force_zerocopy=_as_bool(get("zcnet.dask.force-zerocopy", default=d.force_zerocopy)),
         zerocopy=_as_bool(get("zcnet.dask.zerocopy", default=d.zerocopy)),
         drain_timeout=float(drain if drain is not None else d.drain_timeout),
+        transport=transport,
     )

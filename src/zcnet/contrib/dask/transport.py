@@ -62,6 +62,8 @@ __all__ = [
     "TransportStats",
     "host_buffer",
     "process_stats",
+    "register_transport",
+    "retire_transport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,8 +109,22 @@ class TransportStats:
 _COUNTERS = ("bytes_sent", "bytes_received", "bytes_zerocopy", "bytes_zc_copied",
              "bytes_zc_uncopied", "zerocopy_calls", "completions", "enobufs",
              "bytes_in_flight")
-_LIVE: weakref.WeakSet[SocketTransport] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[FrameTransport] = weakref.WeakSet()
 _FINISHED: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+
+def register_transport(t: FrameTransport) -> None:
+    """Count ``t`` in :func:`process_stats` while it is open."""
+    _LIVE.add(t)
+    _FINISHED["connections"] = _FINISHED.get("connections", 0) + 1
+
+
+def retire_transport(t: FrameTransport, final: TransportStats) -> None:
+    """``t`` closed: keep its ``final`` counters in :func:`process_stats`."""
+    if t in _LIVE:
+        _LIVE.discard(t)
+        for name in _COUNTERS:
+            _FINISHED[name] += getattr(final, name)
 
 
 def process_stats() -> dict[str, int]:
@@ -265,8 +281,7 @@ class SocketTransport:
         self._fallback: str | None = None
         self._sent = self._received = self._zc_bytes = self._zc_copied = 0
         self._zc_uncopied = self._zc_calls = self._completions = self._enobufs = 0
-        _LIVE.add(self)
-        _FINISHED["connections"] = _FINISHED.get("connections", 0) + 1
+        register_transport(self)
         if self._opts.zerocopy:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
@@ -509,7 +524,4 @@ class SocketTransport:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
         self._held.clear()  # after a reset the kernel has purged the send queue
-        _LIVE.discard(self)
-        st = self.stats()
-        for name in _COUNTERS:
-            _FINISHED[name] += getattr(st, name)
+        retire_transport(self, self.stats())
