@@ -216,6 +216,39 @@ def test_large_arrays_round_trip_byte_exact(force: bool) -> None:
 
 
 
+def test_sharded_array_is_rejoined_without_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards of one array arrive in one buffer, so Dask merges them without copying."""
+    import importlib
+
+    ser = importlib.import_module("distributed.protocol.serialize")  # the module, not the function
+
+    copies: list[int] = []
+    real = ser.host_array_from_buffers
+
+    def counting(buffers: Any) -> memoryview:
+        copies.append(len(buffers))
+        return real(buffers)
+
+    monkeypatch.setattr(ser, "host_array_from_buffers", counting)
+
+    async def main() -> None:
+        client, server = await comm_pair()
+        try:
+            arr = pattern_array(9, 5 * (1 << 20) + 123)  # 6 shards of at most 1 MiB
+            msg = {"a": to_serialize(arr), "b": to_serialize(pattern_array(1, 3 << 20))}
+            _, got = await asyncio.gather(client.write(msg), server.read())
+            assert PATTERN.matches(9, got["a"].data) and PATTERN.matches(1, got["b"].data)
+            assert got["a"].flags.writeable
+            assert not np.shares_memory(got["a"], got["b"])  # separate arrays, separate buffers
+        finally:
+            await client.close()
+            await server.close()
+
+    with dask.config.set({"distributed.comm.shard": "1MiB"}):
+        run(main())
+    assert copies == []
+
+
 def test_zerocopy_can_be_disabled() -> None:
     async def main() -> Any:
         client, server = await comm_pair()

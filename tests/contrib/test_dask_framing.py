@@ -6,6 +6,7 @@ import pytest
 
 from zcnet.contrib.dask.framing import (
     COUNT_SIZE,
+    JOINED,
     MAX_FRAMES,
     FramingError,
     Segment,
@@ -22,7 +23,16 @@ def test_prelude_round_trip(sizes: list[int]) -> None:
     assert len(data) == COUNT_SIZE * (1 + len(sizes))
     n = decode_count(data[:COUNT_SIZE])
     assert n == len(sizes)
-    assert decode_sizes(data[COUNT_SIZE:], n) == sizes
+    assert decode_sizes(data[COUNT_SIZE:], n) == (sizes, [False] * len(sizes))
+
+
+def test_prelude_joined_flags() -> None:
+    sizes, joined = [5, 1 << 40, 7, 7], [True, True, False, True]
+    data = encode_prelude(sizes, joined)
+    got_sizes, got_joined = decode_sizes(data[COUNT_SIZE:], 4)
+    assert got_sizes == sizes
+    assert got_joined == [False, True, False, True]  # the first frame cannot continue anything
+    assert int.from_bytes(data[16:24], "little") == (1 << 40) | JOINED
 
 
 def test_prelude_rejects_garbage() -> None:
@@ -49,3 +59,13 @@ def test_plan_segments(sizes: list[int], expected: list[Segment]) -> None:
     assert plan == expected
     covered = [i for seg in plan for i in range(seg.start, seg.stop)]
     assert covered == list(range(len(sizes)))
+
+
+def test_plan_groups_joined_large_frames_only() -> None:
+    sizes = [5, 100, 100, 7, 6, 100, 100, 8]
+    joined = [False, False, True, True, False, True, False, False]
+    # frame 3 (short tail shard) joins the large group; frame 4 does not (not joined) and
+    # frame 5 claims to continue a small frame: it starts its own group
+    assert plan_segments(sizes, 100, joined) == [
+        Segment(0, 1, False), Segment(1, 4, True), Segment(4, 5, False),
+        Segment(5, 6, True), Segment(6, 7, True), Segment(7, 8, False)]

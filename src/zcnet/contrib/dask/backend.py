@@ -160,8 +160,8 @@ class ZCComm(Comm):
             count = decode_count(head)
             sizes_buf = memoryview(bytearray(8 * count))
             await t.recv_into(sizes_buf)
-            sizes = decode_sizes(sizes_buf, count)
-            frames = await self._read_frames(t, sizes)
+            sizes, joined = decode_sizes(sizes_buf, count)
+            frames = await self._read_frames(t, sizes, joined)
         except (ZcnetError, OSError, FramingError) as e:
             raise self._lost(e) from e
         except BaseException:
@@ -175,14 +175,16 @@ class ZCComm(Comm):
         except EOFError as e:
             raise self._lost(e) from e
 
-    async def _read_frames(self, t: FrameTransport, sizes: list[int]) -> list[memoryview]:
+    async def _read_frames(self, t: FrameTransport, sizes: list[int], joined: list[bool]
+                           ) -> list[memoryview]:
         frames: list[memoryview] = []
-        for seg in plan_segments(sizes, self._opts.zerocopy_threshold):
-            if seg.large:
-                frames.append(await t.recv_frame(sizes[seg.start]))
-                continue
-            buf = memoryview(bytearray(sum(sizes[seg.start : seg.stop])))
-            await t.recv_into(buf)
+        for seg in plan_segments(sizes, self._opts.zerocopy_threshold, joined):
+            total = sum(sizes[seg.start : seg.stop])
+            if seg.large:  # one buffer per frame, or per group of shards of one buffer
+                buf = await t.recv_frame(total)
+            else:
+                buf = memoryview(bytearray(total))
+                await t.recv_into(buf)
             pos = 0
             for size in sizes[seg.start : seg.stop]:
                 frames.append(buf[pos : pos + size])
@@ -201,14 +203,18 @@ class ZCComm(Comm):
         )
         views = [ensure_memoryview(f) for f in frames]
         sizes = [v.nbytes for v in views]
-        prelude = encode_prelude(sizes)
+        threshold = self._opts.zerocopy_threshold
+        # shards of one buffer (same exporter after a large frame) share one receive buffer
+        joined = [i > 0 and sizes[i - 1] >= threshold and views[i].obj is views[i - 1].obj
+                  for i in range(len(views))]
+        prelude = encode_prelude(sizes, joined)
         async with self._write_lock:
             t = self._transport
             if t is None:
                 raise CommClosedError(f"in {self!r}: comm is closed")
             try:
                 first = True
-                for seg in plan_segments(sizes, self._opts.zerocopy_threshold):
+                for seg in plan_segments(sizes, threshold, joined):
                     part = views[seg.start : seg.stop]
                     if first and not seg.large:
                         part = [memoryview(prelude), *part]

@@ -7,10 +7,13 @@ wire a message is a *prelude* followed by the frames, back to back::
 
 (little-endian). The sizes travel first so that the receiver can prepare each frame's final
 destination before any of its bytes arrive: small frames are read together into one buffer and
-sliced, each large frame gets a buffer of its own (or mapped pages) that Dask's deserializers then
-use without another copy. On the sending side the same size threshold splits the message into
-*segments*: runs of small frames (and the prelude) go out in one gathered copying send, each
-large frame in its own send, which may use ``MSG_ZEROCOPY``
+sliced, each large frame gets a buffer of its own that Dask's deserializers then use without
+another copy. Bit 63 of a size (:data:`JOINED`) says that the frame continues the previous one
+in memory at the sender (Dask shards buffers larger than ``distributed.comm.shard``): the
+receiver then puts both in one buffer, so Dask's ``merge_memoryviews`` rejoins the shards
+without the copy it makes of separately allocated ones. On the sending side the same size
+threshold splits the message into *segments*: runs of small frames (and the prelude) go out in
+one gathered copying send, each large frame in its own send, which may use ``MSG_ZEROCOPY``
 (Documentation/networking/msg_zerocopy.rst: zero-copy pays only for large sends).
 """
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "COUNT_SIZE",
+    "JOINED",
     "MAX_FRAMES",
     "FramingError",
     "Segment",
@@ -32,6 +36,7 @@ __all__ = [
 ]
 
 COUNT_SIZE = 8
+JOINED = 1 << 63
 MAX_FRAMES = 1 << 20
 _MAX_FRAME = 1 << 50  # a sanity bound (1 PiB): anything larger is a corrupt stream
 
@@ -40,11 +45,15 @@ class FramingError(ValueError):
     """The bytes on the wire are not a valid prelude (corrupt or foreign stream)."""
 
 
-def encode_prelude(sizes: Sequence[int]) -> bytes:
-    """The prelude announcing frames of ``sizes`` bytes."""
+def encode_prelude(sizes: Sequence[int], joined: Sequence[bool] | None = None) -> bytes:
+    """The prelude announcing frames of ``sizes`` bytes (``joined[i]``: frame i continues i-1)."""
     if len(sizes) > MAX_FRAMES:
         raise FramingError(f"{len(sizes)} frames exceed the limit of {MAX_FRAMES}")
-    return struct.pack(f"<Q{len(sizes)}Q", len(sizes), *sizes)
+    words = list(sizes)
+    if joined is not None:
+        words = [s | JOINED if j and i else s for i, (s, j) in enumerate(zip(sizes, joined,
+                                                                             strict=True))]
+    return struct.pack(f"<Q{len(words)}Q", len(words), *words)
 
 
 def decode_count(data: bytes | bytearray | memoryview) -> int:
@@ -55,13 +64,16 @@ def decode_count(data: bytes | bytearray | memoryview) -> int:
     return int(n)
 
 
-def decode_sizes(data: bytes | bytearray | memoryview, count: int) -> list[int]:
-    """The ``count`` frame sizes following the count in a prelude."""
-    sizes = list(struct.unpack(f"<{count}Q", data))
+def decode_sizes(data: bytes | bytearray | memoryview, count: int
+                 ) -> tuple[list[int], list[bool]]:
+    """The ``count`` frame sizes following the count in a prelude, and their joined flags."""
+    words = struct.unpack(f"<{count}Q", data)
+    sizes = [w & ~JOINED for w in words]
+    joined = [bool(w & JOINED) for w in words]
     for s in sizes:
         if s > _MAX_FRAME:
             raise FramingError(f"prelude announces a frame of {s} bytes")
-    return sizes
+    return sizes, joined
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,16 +85,21 @@ class Segment:
     large: bool
 
 
-def plan_segments(sizes: Sequence[int], threshold: int) -> list[Segment]:
+def plan_segments(sizes: Sequence[int], threshold: int,
+                  joined: Sequence[bool] | None = None) -> list[Segment]:
     """Group frames: each frame of ``threshold`` bytes or more alone, the others in runs.
 
-    The same plan serves the sender (one send per segment, zero-copy candidates are the large
-    ones) and the receiver (one buffer per segment).
+    A frame marked ``joined`` that follows a large segment extends it, whatever its size (the
+    last shard of a buffer is usually short). The same plan serves the sender (one send per
+    segment, zero-copy candidates are the large ones) and the receiver (one buffer per segment).
     """
     plan: list[Segment] = []
     run_start: int | None = None
     for i, size in enumerate(sizes):
-        if size >= threshold:
+        if joined is not None and joined[i] and run_start is None and plan and plan[-1].large \
+                and plan[-1].stop == i:
+            plan[-1] = Segment(plan[-1].start, i + 1, True)
+        elif size >= threshold:
             if run_start is not None:
                 plan.append(Segment(run_start, i, False))
                 run_start = None

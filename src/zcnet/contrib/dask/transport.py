@@ -110,13 +110,13 @@ _COUNTERS = ("bytes_sent", "bytes_received", "bytes_zerocopy", "bytes_zc_copied"
              "bytes_zc_uncopied", "zerocopy_calls", "completions", "enobufs",
              "bytes_in_flight")
 _LIVE: weakref.WeakSet[FrameTransport] = weakref.WeakSet()
-_FINISHED: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+_FINISHED: dict[str, int] = dict.fromkeys(("connections", *_COUNTERS), 0)
 
 
 def register_transport(t: FrameTransport) -> None:
     """Count ``t`` in :func:`process_stats` while it is open."""
     _LIVE.add(t)
-    _FINISHED["connections"] = _FINISHED.get("connections", 0) + 1
+    _FINISHED["connections"] += 1
 
 
 def retire_transport(t: FrameTransport, final: TransportStats) -> None:
@@ -133,7 +133,6 @@ def process_stats() -> dict[str, int]:
     Handy with ``Client.run(process_stats)`` to see what each worker moved and how.
     """
     total = dict(_FINISHED)
-    total["connections"] = total.pop("connections", 0)
     for t in list(_LIVE):
         st = t.stats()
         for name in _COUNTERS:
@@ -241,7 +240,8 @@ class _Watch:
         self._wake(True, exc)
         self.want_errors = False
         if self._in_loop:
-            self._loop.remove_reader(self._ep.fileno())
+            with contextlib.suppress(RuntimeError, ValueError):  # the loop is already closed
+                self._loop.remove_reader(self._ep.fileno())
             self._in_loop = False
         self._ep.close()
 
