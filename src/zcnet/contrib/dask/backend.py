@@ -169,9 +169,8 @@ class ZCComm(Comm):
             raise
         try:
             return await from_frames(  # type: ignore[no-untyped-call]
-                frames, deserialize=self.deserialize,
-                                     deserializers=deserializers,
-                                     allow_offload=self.allow_offload)
+                frames, deserialize=self.deserialize, deserializers=deserializers,
+                allow_offload=self.allow_offload)
         except EOFError as e:
             raise self._lost(e) from e
 

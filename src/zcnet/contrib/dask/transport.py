@@ -18,9 +18,9 @@ Theory of operation:
   reaped and that call is sent as a copy.
 * Pending completions make the socket report ``EPOLLERR`` until the error queue is drained, and
   some loops (libuv) give up on a watcher that reports an error. The socket is therefore watched
-  through a private epoll fd (:class:`_Watch`) whose only events reach the loop as "readable":
-  every wake-up first drains the error queue, and the loop watches the private fd only while a
-  read or write waits or completions are outstanding, so nothing spins.
+  by ``zcnet.aio.SocketWatcher``: a private, edge-triggered epoll fd that the loop sees as
+  readable once per kernel event; each ``EPOLLERR`` edge drains the error queue first and wakes
+  readers and writers only for a real socket error, so nothing spins.
 * Reads go through a 64 KiB buffer (a prelude and many small frames cost one ``recv``); the part
   of a large frame that is not already buffered is received straight into its final buffer.
 * Closing waits (with a deadline) for outstanding completions before the buffers are let go: on
@@ -35,15 +35,15 @@ import asyncio
 import contextlib
 import errno
 import logging
-import select
 import socket
 import struct
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from zcnet._core.tracker import CompletionTracker
+from zcnet.aio import READABLE, WRITABLE, SocketWatcher
 from zcnet.contrib.dask.config import ZCOptions
 from zcnet.errors import (
     ConnectionResetByPeer,
@@ -166,86 +166,6 @@ class FrameTransport(Protocol):
         """A snapshot of the counters."""
 
 
-class _Watch:
-    """Readiness of one socket, seen by the loop through a private epoll fd."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
-                 on_error: Callable[[], None]) -> None:
-        self._loop = loop
-        self._fd = fd
-        self._on_error = on_error
-        self._ep = select.epoll(1)
-        self._ep.register(fd, 0)
-        self._mask = 0
-        self._in_loop = False
-        self._reader: asyncio.Future[None] | None = None
-        self._writer: asyncio.Future[None] | None = None
-        self.want_errors = False
-
-    def wait(self, write: bool) -> asyncio.Future[None]:
-        fut = self._loop.create_future()
-        if write:
-            self._writer = fut
-        else:
-            self._reader = fut
-        self.sync()
-        return fut
-
-    def sync(self) -> None:
-        """Adjust the interest mask and the loop registration to the current waiters."""
-        if self._ep.closed:
-            return
-        mask = (select.EPOLLIN if self._reader else 0) | (select.EPOLLOUT if self._writer else 0)
-        if mask != self._mask:
-            self._ep.modify(self._fd, mask)
-            self._mask = mask
-        need = bool(mask) or self.want_errors
-        if need and not self._in_loop:
-            self._loop.add_reader(self._ep.fileno(), self._ready)
-            self._in_loop = True
-        elif not need and self._in_loop:
-            self._loop.remove_reader(self._ep.fileno())
-            self._in_loop = False
-
-    def _ready(self) -> None:
-        try:
-            events = self._ep.poll(0)
-        except OSError:
-            return
-        ev = 0
-        for _, e in events:
-            ev |= e
-        if ev & select.EPOLLERR:
-            self._on_error()
-        if ev & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
-            self._wake(False, None)
-        if ev & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
-            self._wake(True, None)
-        self.sync()
-
-    def _wake(self, write: bool, exc: BaseException | None) -> None:
-        fut = self._writer if write else self._reader
-        if write:
-            self._writer = None
-        else:
-            self._reader = None
-        if fut is not None and not fut.done():
-            if exc is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(exc)
-
-    def close(self, exc: BaseException) -> None:
-        self._wake(False, exc)
-        self._wake(True, exc)
-        self.want_errors = False
-        if self._in_loop:
-            with contextlib.suppress(RuntimeError, ValueError):  # the loop is already closed
-                self._loop.remove_reader(self._ep.fileno())
-            self._in_loop = False
-        self._ep.close()
-
-
 def _advance(views: list[memoryview], n: int) -> list[memoryview]:
     while n and views:
         first = views[0]
@@ -266,7 +186,7 @@ class SocketTransport:
         self._sock: socket.socket | None = sock
         self._opts = options or ZCOptions()
         sock.setblocking(False)
-        self._watch = _Watch(self._loop, sock.fileno(), self._on_socket_error)
+        self._watch = SocketWatcher(sock.fileno(), self._loop, on_error=self._on_socket_error)
         self._tracker: CompletionTracker[int] = CompletionTracker()
         self._held: dict[int, tuple[memoryview, ...]] = {}  # token -> buffers of one segment
         self._next_token = 0
@@ -333,7 +253,6 @@ class SocketTransport:
         for ev in events:
             if isinstance(ev, ZerocopyCompletion):
                 self._complete(ev)
-        self._watch.want_errors = self._tracker.outstanding > 0
         if (not self._tracker.outstanding and self._drain_waiter is not None
                 and not self._drain_waiter.done()):
             self._drain_waiter.set_result(None)
@@ -358,17 +277,21 @@ class SocketTransport:
         else:
             self._zc_uncopied += done.nbytes
 
-    def _on_socket_error(self) -> None:
+    def _on_socket_error(self) -> bool:
+        """``EPOLLERR``: reap completions; True (wake everyone) only for a real socket error."""
         sock = self._sock
         if sock is None or self._reap():
-            return
+            return False
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err and self._error is None:
+        if not err:
+            return False
+        if self._error is None:
             cause = OSError(err, f"socket error: {errno.errorcode.get(err, err)}")
             exc: ZcnetError = (ConnectionResetByPeer(str(cause)) if err in _RESET_ERRNOS
                                else SendError(str(cause)))
             exc.__cause__ = cause
             self._error = exc
+        return True
 
     def _translate(self, e: OSError, sending: bool) -> ZcnetError:
         if e.errno in _RESET_ERRNOS or isinstance(e, ConnectionError):
@@ -381,7 +304,15 @@ class SocketTransport:
         return exc
 
     async def _wait(self, write: bool) -> None:
-        await self._watch.wait(write)
+        """After ``EAGAIN``: forget the cached readiness and wait for the next edge."""
+        direction = WRITABLE if write else READABLE
+        self._watch.clear(direction)
+        try:
+            await self._watch.wait(direction)
+        except SocketClosedError:
+            if self._error is not None:
+                raise self._error from None
+            raise
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, buffers: Sequence[memoryview], large: bool) -> None:
@@ -432,8 +363,6 @@ class SocketTransport:
                 self._in_flight += n
                 self._zc_calls += 1
                 self._zc_bytes += n
-                self._watch.want_errors = True
-                self._watch.sync()
             self._sent += n
             views = _advance(views, n)
 
@@ -496,8 +425,6 @@ class SocketTransport:
         self._reap()
         if self._tracker.outstanding:
             self._drain_waiter = self._loop.create_future()
-            self._watch.want_errors = True
-            self._watch.sync()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drain_waiter),
                                        self._opts.drain_timeout)
@@ -518,7 +445,7 @@ class SocketTransport:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        self._watch.close(self._error or SocketClosedError("the zc:// transport was closed"))
+        self._watch.close()
         if self._tracker.outstanding:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
