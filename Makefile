@@ -16,8 +16,11 @@ venv: $(BIN)/python
 sysdeps:
 	bash scripts/ensure-system-deps.sh
 
+# The main job: the benchmark's short version of every experiment (about a minute on 2 cores),
+# with its table on the terminal and JSON + plot in bench-results/.
 demo: sysdeps venv
-	$(BIN)/zcnet demo
+	mkdir -p bench-results
+	$(BIN)/zcnet bench quick --json bench-results/quick.json --plot bench-results/quick.png
 
 lint: venv
 	$(BIN)/ruff check src tests
