@@ -37,6 +37,7 @@ TINY = ["--bytes", "2M", "--warmup", "256K", "--reps", "1", "--verify", "all", "
     (["bench", "stream", "--connect", "::1:80"], "put an IPv6 address in brackets"),
     (["bench", "stream", "--verify", "some"], "invalid choice: 'some'"),
     (["bench", "rx", "--recv-modes", "mmap"], "invalid choice(s) mmap"),
+    (["bench", "rx", "--rcvlowat", "-1"], "invalid size '-1'"),
     (["bench", "rpc", "--connections", "x"], "invalid integer 'x'"),
     (["bench", "memory", "--duration", "0"], "must be positive"),
     (["serve"], "the following arguments are required: --listen"),
@@ -191,7 +192,7 @@ def test_without_namespace_runs_on_loopback_and_says_why(tmp_path: Path) -> None
     assert {r["transport"] for r in exp["runs"]} == {"tcp"}
     assert any("ifb sink skipped" in n for n in exp["notes"])
     out = tmp_path / "plainrx.json"
-    assert main(["rx", "--no-netns", "--recv-modes", "recv_into,zcnet", *TINY,
+    assert main(["rx", "--no-netns", "--recv-modes", "recv_into,zcnet", "--rcvlowat", "0", *TINY,
                  "--json", str(out)]) == 0
     exp = json.loads(out.read_text())["experiments"][0]
     assert any("TCP_MAXSEG" in n for n in exp["notes"])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +34,10 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be positive")
     return value
+
+
+def _size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
 
 
 def _size_list(text: str) -> tuple[int, ...]:
@@ -131,6 +137,8 @@ def add_subparsers(subparsers: Any) -> None:
     _common(p)
     p.add_argument("--recv-modes", type=_choice_list(RECEIVE_MODES),
                    help=f"receive modes, comma-separated from {','.join(RECEIVE_MODES)}")
+    p.add_argument("--rcvlowat", type=_size_or_zero, metavar="SIZE",
+                   help="bytes each recv_into/zcnet call waits for (default 512K; 0: any)")
 
     p = exp.add_parser("rpc", help="100 connections, 4 KB request/response, zero-copy rx on/off")
     _common(p)
@@ -214,6 +222,8 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
         kw = dict(over)
         if args.recv_modes:
             kw["recv_modes"] = args.recv_modes
+        if args.rcvlowat is not None:
+            kw["rcvlowat"] = args.rcvlowat
         return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source))]
     if experiment in ("rpc", "memory") and args.source_bytes is not None:
         raise _ArgError("--source applies to stream and rx only")
@@ -297,6 +307,11 @@ def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         TimeElapsedColumn,
     )
 
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwind: stop the workers, delete the namespaces
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
     experiments: list[dict[str, Any]] = []
     total = sum(_plan_count(n, p) for n, p in plan)
     started = time.monotonic()

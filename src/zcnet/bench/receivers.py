@@ -4,10 +4,12 @@ Theory of operation: each mode reads the warm-up bytes (untimed, every byte veri
 the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
 
 - ``recv_into``: ``socket.recv_into`` into one preallocated buffer (netperf / tcp_mmap's copy
-  path);
+  path); with ``rcvlowat`` in the header, ``MSG_WAITALL`` (wait for the whole request, the
+  blocking equivalent of tcp_mmap's SO_RCVLOWAT hint);
 - ``asyncio-readexactly`` and ``asyncio-read``: asyncio streams on a dup of the socket;
 - ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
-  pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see DESIGN.md).
+  pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see DESIGN.md), with
+  ``RecvPolicy(rcvlowat=...)`` from the header.
 
 Dups let the session answer on the original socket after the mode's object closed its own.
 """
@@ -60,14 +62,14 @@ class Consumer:
 
 
 def _recv_into(sock: socket.socket, warmup: int, nbytes: int, size: int,
-               consume: Consumer) -> dict[str, Any]:
+               consume: Consumer, flags: int = 0) -> dict[str, Any]:
     buf = bytearray(size)
     view = memoryview(buf)
 
     def pump(total: int) -> None:
         left = total
         while left:
-            k = sock.recv_into(view, min(left, size))
+            k = sock.recv_into(view, min(left, size), flags)
             if k == 0:
                 raise ProtocolError(f"EOF with {left} bytes missing")
             consume(view[:k])
@@ -117,7 +119,7 @@ def _asyncio_read(sock: socket.socket, warmup: int, nbytes: int, size: int,
 
 
 def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
-           consume: Consumer) -> dict[str, Any]:
+           consume: Consumer, rcvlowat: int = 0) -> dict[str, Any]:
     try:
         from zcnet.receiver import Receiver, RecvPolicy
     except ImportError as e:
@@ -125,7 +127,7 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
     from zcnet.errors import UnsupportedSocketError, ZerocopyUnavailable
 
     try:
-        rx = Receiver(sock.dup(), RecvPolicy())
+        rx = Receiver(sock.dup(), RecvPolicy(rcvlowat=rcvlowat))
     except (UnsupportedSocketError, ZerocopyUnavailable) as e:
         raise ModeUnavailable(f"zcnet.Receiver not available here: {e}") from e
     try:
@@ -175,7 +177,13 @@ def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> 
     size = int(header.get("recv_size", 256 * 1024))
     window = CpuWindow()
     consume = Consumer(verifier, window, full=header.get("verify") == "full")
-    extra = _MODES[mode](sock, warmup, nbytes, size, consume)
+    rcvlowat = int(header.get("rcvlowat", 0))
+    if mode == "zcnet":
+        extra = _zcnet(sock, warmup, nbytes, size, consume, rcvlowat)
+    elif mode == "recv_into" and rcvlowat > 0:
+        extra = _recv_into(sock, warmup, nbytes, size, consume, socket.MSG_WAITALL)
+    else:
+        extra = _MODES[mode](sock, warmup, nbytes, size, consume)
     result: dict[str, Any] = {
         "ok": True,
         "mode": mode,

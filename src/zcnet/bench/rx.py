@@ -7,7 +7,10 @@ into a preallocated buffer, asyncio streams (``readexactly`` / ``read``) and zcn
 whole number of pages and the sender used MSG_ZEROCOPY (DESIGN.md): in our namespace the IPv6
 MSS is 61440 (lo MTU 61512); on plain loopback (no root) the listener sets ``TCP_MAXSEG`` 4108
 (MSS 4096). The sender is the same for every receive mode: zcnet's ``Sender`` forced to
-zero-copy (or ``sendall`` if it is missing, and then nothing is mapped). Modes alternate between
+zero-copy (or ``sendall`` if it is missing, and then nothing is mapped). Like tcp_mmap's
+SO_RCVLOWAT hint, receivers wait for ``rcvlowat`` bytes (512 KB) per call when they can:
+``RecvPolicy(rcvlowat=...)`` for zcnet, ``MSG_WAITALL`` for ``recv_into``; asyncio streams
+cannot (poll readiness would wait past the end of the stream). Modes alternate between
 repetitions; verification as in the stream experiment.
 """
 
@@ -48,6 +51,7 @@ class RxParams:
     msg_size: int = 256 * KiB
     recv_size: int = 512 * KiB
     source_bytes: int = 256 * 1024 * 1024
+    rcvlowat: int = 512 * KiB
     verify: str = "sample"
     use_netns: bool = True
 
@@ -115,7 +119,7 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
                     cmd = {"kind": "tcp", "addr": addr, "msg_size": p.msg_size,
                            "send_mode": send_mode, "recv_mode": mode,
                            "recv_size": p.recv_size, "warmup": p.warmup, "bytes": p.nbytes,
-                           "source_bytes": p.source_bytes,
+                           "source_bytes": p.source_bytes, "rcvlowat": p.rcvlowat,
                            "verify": "full" if p.verify == "all" or item["role"] == "verify"
                            else "spot"}
                     res = client.call(cmd)

@@ -186,7 +186,8 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     msg = int(cmd["msg_size"])
     warmup, nbytes = int(cmd["warmup"]), int(cmd["bytes"])
     header = {"op": "stream", "mode": cmd["recv_mode"], "warmup": warmup, "bytes": nbytes,
-              "verify": cmd["verify"], "recv_size": int(cmd.get("recv_size", 256 * 1024))}
+              "verify": cmd["verify"], "recv_size": int(cmd.get("recv_size", 256 * 1024)),
+              "rcvlowat": int(cmd.get("rcvlowat", 0))}
     source = _source(verifier, int(cmd.get("source_bytes", 0)))
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.connect((host, int(port)))
