@@ -70,11 +70,21 @@ def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> 
         for i in range(count):
             send(bufs[i % nbuf])
     else:
-        policy = SendPolicy(zerocopy_threshold=1 << 30) if variant == "udp-copy" else None
+        base, _, b = variant.partition("-b")
+        policy = SendPolicy(zerocopy_threshold=1 << 30) if base == "udp-copy" else None
         with Sender(sock, policy) as sender:
-            s = sender.send
-            for i in range(count):
-                s(bufs[i % nbuf])
+            if b:  # send_batch of `batch` datagrams per call
+                batch = int(b)
+                sb = sender.send_batch
+                groups = [bufs[k : k + batch] for k in range(0, nbuf - batch + 1, batch)]
+                ngroups = len(groups)
+                for i in range(count // batch):
+                    sb(groups[i % ngroups])
+                count = count // batch * batch
+            else:
+                s = sender.send
+                for i in range(count):
+                    s(bufs[i % nbuf])
             sender.flush(30)
             stats = sender.stats
             sock = None  # type: ignore[assignment]
@@ -82,9 +92,11 @@ def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> 
     wall = time.perf_counter() - w0
     if sock is not None:
         sock.close()
-    cpu = (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)
+    user = t1.ru_utime - t0.ru_utime
+    sys_ = t1.ru_stime - t0.ru_stime
     print(json.dumps({
-        "variant": variant, "bytes": count * send_size, "cpu": cpu,
+        "variant": variant, "bytes": count * send_size, "cpu": user + sys_, "user": user,
+        "sys": sys_,
         "wall": wall,
         "mode": stats.mode if stats else None,
         "bytes_zerocopy": stats.bytes_zerocopy if stats else 0,
@@ -174,8 +186,12 @@ def main() -> int:
 
     nbytes = int(a.gb * 1e9)
     results: dict[str, list[float]] = {}
+    user_gb: dict[str, list[float]] = {}
+    sys_gb: dict[str, list[float]] = {}
     with Netns(ifb_sink=True) as ns:
         runs = [("udp-plain", DGRAM), ("udp-copy", DGRAM), ("udp-zc", DGRAM), ("udp-rawzc", DGRAM),
+                ("udp-copy-b8", DGRAM), ("udp-zc-b8", DGRAM),
+                ("udp-copy-b32", DGRAM), ("udp-zc-b32", DGRAM),
                 ("tcp-sendall", a.tcp_send_size), ("tcp-sender", a.tcp_send_size)]
         if a.only:
             runs = [r for r in runs if r[0] in a.only.split(",")]
@@ -183,17 +199,27 @@ def main() -> int:
             for variant, size in runs if rep % 2 == 0 else runs[::-1]:
                 argv = ns.exec_argv([]) if variant.startswith("udp") else []
                 r = _run(argv, variant, nbytes, size, a.pool)
-                per_gb = float(r["cpu"]) / (int(r["bytes"]) / 1e9)  # type: ignore[call-overload]
+                gb = int(r["bytes"]) / 1e9  # type: ignore[call-overload]
+                per_gb = float(r["cpu"]) / gb  # type: ignore[arg-type]
                 results.setdefault(variant, []).append(per_gb)
-                print(f"  rep {rep} {variant}: {per_gb:.4f} CPU s/GB, "
+                user_gb.setdefault(variant, []).append(float(r["user"]) / gb)  # type: ignore[arg-type]
+                sys_gb.setdefault(variant, []).append(float(r["sys"]) / gb)  # type: ignore[arg-type]
+                print(f"  rep {rep} {variant}: {per_gb:.4f} CPU s/GB "
+                      f"(user {user_gb[variant][-1]:.4f}, sys {sys_gb[variant][-1]:.4f}), "
                       f"{int(r['bytes']) / float(r['wall']) / 1e9:.2f} GB/s, mode={r['mode']} "
                       f"bytes_zerocopy={r['bytes_zerocopy']}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"{'variant':<12} {'CPU s/GB median':>16} {'min':>8} {'max':>8}")
+    print(f"{'variant':<13} {'CPU s/GB median':>16} {'min':>8} {'max':>8} "
+          f"{'user med':>9} {'sys med':>8}")
     for k, v in results.items():
-        print(f"{k:<12} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f}")
+        print(f"{k:<13} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f} "
+              f"{statistics.median(user_gb[k]):>9.4f} {statistics.median(sys_gb[k]):>8.4f}")
     for label, num, den in (
         ("udp zero-copy / zcnet copy path", "udp-zc", "udp-copy"),
+        ("udp zc batch 8 / copy batch 8", "udp-zc-b8", "udp-copy-b8"),
+        ("udp zc batch 32 / copy batch 32", "udp-zc-b32", "udp-copy-b32"),
+        ("udp zc batch 32 / copy unbatched", "udp-zc-b32", "udp-copy"),
+        ("udp zc batch 32 / plain send", "udp-zc-b32", "udp-plain"),
         ("udp zero-copy / plain send", "udp-zc", "udp-plain"),
         ("udp bare MSG_ZEROCOPY / plain send", "udp-rawzc", "udp-plain"),
         ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),

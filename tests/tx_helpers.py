@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -13,6 +14,7 @@ from zcnet.lowlevel.constants import MSG_ZEROCOPY
 
 # A random period; byte i of every test stream is PATTERN[i % PERIOD]. Doubled so that any slice
 # of up to PERIOD bytes starting anywhere in the period is one contiguous slice of PATTERN2.
+SO_RCVBUFFORCE = 33  # include/uapi/asm-generic/socket.h
 PERIOD = 4 * 1024 * 1024 + 13
 PATTERN = os.urandom(PERIOD)
 PATTERN2 = PATTERN + PATTERN
@@ -98,3 +100,50 @@ def wait_pollerr(sock: socket.socket, timeout: float = 5.0) -> bool:
     p = select.poll()
     p.register(sock, select.POLLERR)
     return bool(p.poll(int(timeout * 1000)))
+
+
+class DatagramReceiver(threading.Thread):
+    """Reads datagrams from a bound UDP socket until told to stop; :meth:`finish` compares them,
+    in order, with the datagrams expected (every byte)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="tx-test-dgram-receiver", daemon=True)
+        self.sock = sock
+        try:  # root: beyond net.core.rmem_max, so nothing is dropped on a busy machine
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 256 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        sock.settimeout(0.05)
+        self.got: list[bytes] = []
+        self.expect: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while self.expect is None or len(self.got) < self.expect:
+                try:
+                    self.got.append(self.sock.recv(70_000))
+                except TimeoutError:
+                    continue
+        except BaseException as e:  # surfaced by finish()
+            self.error = e
+
+    def finish(self, expected: list[bytes], timeout: float = 30.0) -> None:
+        """Wait for ``len(expected)`` datagrams and assert they equal ``expected``, in order."""
+        self.expect = len(expected)
+        self.join(timeout)
+        try:
+            assert not self.is_alive(), f"only {len(self.got)} of {len(expected)} datagrams"
+            if self.error is not None:
+                raise self.error
+            assert len(self.got) == len(expected)
+            for k, (got, exp) in enumerate(zip(self.got, expected, strict=True)):
+                assert got == exp, f"datagram {k} differs ({len(got)} vs {len(exp)} bytes)"
+            self.sock.settimeout(0)
+            with contextlib.suppress(BlockingIOError):
+                extra = self.sock.recv(70_000)
+                raise AssertionError(f"an unexpected datagram of {len(extra)} bytes")
+        finally:
+            self.expect = 0
+            self.join(1)
+            self.sock.close()

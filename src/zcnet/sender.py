@@ -34,6 +34,7 @@ Not thread-safe: use one Sender from one thread at a time.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import math
@@ -41,7 +42,8 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from zcnet._core.tracker import CompletionTracker
@@ -56,8 +58,10 @@ from zcnet.errors import (
     UnsupportedSocketError,
     ZcnetError,
 )
+from zcnet.lowlevel.bufaddr import BufferAddresser
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
+from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -81,6 +85,14 @@ _RESET_ERRNOS: Final = frozenset(
 )
 _POLL_MASK: Final = select.POLLERR
 _new = object.__new__
+#: Datagrams per sendmmsg(2) call of :meth:`Sender.send_batch` (the preallocated array size).
+BATCH_MAX: Final = 64
+#: Copying-send attempts of one datagram that keeps failing with ENOBUFS (a full device queue).
+_PLAIN_ENOBUFS_ATTEMPTS: Final = 64
+_RETRY_ERRNOS: Final = frozenset({errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+_BATCH_UNAVAILABLE: Final = sendmmsg_available()
+_addressof = ctypes.addressof
+_from_buffer = ctypes.c_char.from_buffer
 
 
 def _translate(e: OSError) -> ZcnetError:
@@ -184,6 +196,12 @@ class _PlainTicket(Ticket):
     done = True
 
 
+class _BatchTicket(Ticket):
+    """The ticket of a zero-copy datagram sent by :meth:`Sender.send_batch`."""
+
+    zerocopy = True
+
+
 class Sender:
     """Sends buffers over a connected TCP or UDP socket with ``MSG_ZEROCOPY`` when it pays.
 
@@ -239,6 +257,9 @@ class Sender:
                 self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
         self._poller = select.poll()
         self._poller.register(self._fd, _POLL_MASK)
+        # send_batch on UDP: preallocated mmsghdr/iovec arrays and Py_buffer, made on first use
+        self._mmsg: MmsgBatch | None = None
+        self._addresser: BufferAddresser | None = None
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Sender:
@@ -343,6 +364,190 @@ class Sender:
         ticket = _new(_PlainTicket)
         ticket.nbytes = nbytes
         return ticket
+
+    def send_batch(self, bufs: Sequence[Buffer]) -> list[Ticket]:
+        """Send each buffer of ``bufs`` as :meth:`send` would; one :class:`Ticket` per buffer.
+
+        On UDP each buffer is one datagram (with ``UDP_SEGMENT``, a GSO super-datagram) and the
+        datagrams go out in order, up to :data:`BATCH_MAX` per ``sendmmsg(2)`` system call
+        (zero-copy ones with ``MSG_ZEROCOPY``, the others in copying calls), so Python's fixed
+        cost per system call is paid once per batch instead of once per datagram. On TCP (or
+        where ``sendmmsg`` is missing) it loops over :meth:`send`.
+
+        Every buffer is checked before anything is sent. A datagram the kernel refuses (e.g.
+        ``EMSGSIZE``, or an ICMP error reported by that call) does not stop the batch: its ticket
+        is done with :attr:`Ticket.error` set (a :class:`SendError`, the ``OSError`` as its
+        cause; :meth:`Ticket.wait` raises it) and the datagrams after it are still sent.
+        ``ENOBUFS`` is absorbed as in :meth:`send`; nothing is dropped silently.
+
+        Raises:
+            InvalidBufferError: an element is not a C-contiguous buffer (nothing was sent).
+            SocketClosedError: the Sender (or its socket) was closed.
+            ConnectionResetByPeer, SendError: TCP only, as :meth:`send`.
+        """
+        if self._unusable:
+            self._raise_unusable()
+        views: list[memoryview] = []
+        if self._stream or _BATCH_UNAVAILABLE is not None:
+            try:
+                for buf in bufs:
+                    views.append(self._view_of(buf))
+            except InvalidBufferError:
+                for mv in views:
+                    mv.release()
+                raise
+            return [self.send(mv) for mv in views]
+        ro = self._addresser
+        if ro is None:
+            ro = self._addresser = BufferAddresser()
+        sizes: list[int] = []
+        flat: list[int] = []  # iov_base, iov_len of each datagram
+        threshold = self._ctl.threshold
+        small = 0
+        try:
+            for buf in bufs:
+                mv = memoryview(buf)
+                views.append(mv)
+                if not mv.c_contiguous:
+                    raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
+                if mv.ndim != 1 or mv.itemsize != 1:
+                    mv = views[-1] = mv.cast("B")
+                nb = len(mv)
+                sizes.append(nb)
+                if nb < threshold or not nb:
+                    small += 1
+                    flat.append(ro.readonly(mv))
+                else:
+                    flat.append(ro.readonly(mv) if mv.readonly else _addressof(_from_buffer(mv)))
+                flat.append(nb)
+        except InvalidBufferError:
+            for mv in views:
+                mv.release()
+            raise
+        except (TypeError, ValueError, BufferError) as e:
+            for mv in views:
+                mv.release()
+            raise InvalidBufferError(
+                f"expected C-contiguous bytes-like buffers, got {type(buf).__name__}: {e}"
+            ) from e
+        tickets: list[Ticket] = []
+        n = len(views)
+        i = 0
+        ctl = self._ctl
+        while i < n:
+            j = min(n, i + BATCH_MAX)
+            zc = ctl.zerocopy
+            if zc and small:  # a run of datagrams on the same side of the threshold
+                zc = sizes[i] >= threshold and sizes[i] > 0
+                k = i + 1
+                while k < j and (sizes[k] >= threshold and sizes[k] > 0) == zc:
+                    k += 1
+                j = k
+            i = self._batch_run(views, sizes, flat, i, j, zc, tickets)
+        return tickets
+
+    def _batch_run(
+        self, views: list[memoryview], sizes: list[int], flat: list[int], i: int, j: int,
+        zc: bool, tickets: list[Ticket],
+    ) -> int:
+        """sendmmsg datagrams ``i .. j-1``, all zero-copy or all plain; returns where it stopped
+        (``j``, or earlier if the socket switched to copy mode meanwhile)."""
+        batch = self._mmsg
+        if batch is None:
+            batch = self._mmsg = MmsgBatch(BATCH_MAX)
+        batch.words[: 2 * (j - i)] = array("Q", flat[2 * i : 2 * j])
+        fd = self._fd
+        ctl = self._ctl
+        flags = MSG_ZEROCOPY if zc else 0
+        off = i
+        attempts = 0
+        append = tickets.append
+        while off < j:
+            try:
+                sent = batch.send(fd, off - i, j - off, flags)
+            except OSError as e:
+                if self._batch_error(e, views, sizes, off, zc, attempts, tickets):
+                    attempts += 1
+                    continue
+                attempts = 0
+                off += 1
+                if zc and not ctl.zerocopy:
+                    return off
+                continue
+            attempts = 0
+            stop = off + sent
+            done_sizes = sizes[off:stop]
+            if zc:
+                new: list[Ticket] = []
+                add = new.append
+                for mv, nb in zip(views[off:stop], done_sizes, strict=True):
+                    t = _new(_BatchTicket)
+                    t.nbytes = nb
+                    t._sender = self
+                    t._view = mv
+                    add(t)
+                self._tracker.record_batch(new, done_sizes)
+                tickets += new
+                ctl.on_zerocopy_batch(sent, sum(done_sizes))
+                off = stop
+                self._since_reap += sent
+                if self._since_reap >= REAP_EVERY:
+                    self._reap()
+                    if not ctl.zerocopy:
+                        return off
+            else:
+                for mv, nb in zip(views[off:stop], done_sizes, strict=True):
+                    pt = _new(_PlainTicket)
+                    pt.nbytes = nb
+                    append(pt)
+                    mv.release()
+                ctl.on_plain_sent(sum(done_sizes), sent)
+                off = stop
+        return off
+
+    def _batch_error(
+        self, e: OSError, views: list[memoryview], sizes: list[int], k: int, zc: bool,
+        attempts: int, tickets: list[Ticket],
+    ) -> bool:
+        """Handle the failure of datagram ``k`` in a batch: True to retry it, False when it was
+        dealt with (sent by a copy, or its ticket failed)."""
+        code = e.errno
+        ctl = self._ctl
+        if code == errno.EINTR:
+            return True
+        if code in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO on the socket
+            self._wait_writable()
+            return True
+        if code == errno.ENOBUFS:
+            if zc:
+                if ctl.on_enobufs(self._tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
+                    self._reap_wait(ctl.enobufs_wait())
+                    return True
+                error: OSError | None = None
+                try:
+                    self._send_plain(views[k])
+                except OSError as e2:
+                    error = e2
+                if error is None:
+                    ctl.on_plain_sent(sizes[k])
+                    t = _new(_PlainTicket)
+                    t.nbytes = sizes[k]
+                    tickets.append(t)
+                    views[k].release()
+                    return False
+                e = error
+            elif attempts < _PLAIN_ENOBUFS_ATTEMPTS:  # a full device queue: back-pressure
+                self._reap_wait(min(0.001 * (attempts + 1), 0.05))
+                return True
+        err = self._failed(e)
+        if isinstance(err, SocketClosedError):
+            raise err from e
+        t = _new(_PlainTicket)
+        t.nbytes = sizes[k]
+        t.error = err
+        tickets.append(t)
+        views[k].release()
+        return False
 
     def poll(self) -> int:
         """Read pending completions without blocking; returns the number of tickets completed."""

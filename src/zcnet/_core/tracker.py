@@ -20,14 +20,17 @@ nothing beyond the interval search, out-of-order completions split an interval.
 Each send call belongs to a *token* (the I/O layer's ticket). One token may span several calls
 (partial sends of one buffer); it is finished once :meth:`CompletionTracker.seal` said no more calls
 will follow and every call it made has completed. The common case, a token made of exactly one
-call, has a cheaper entry point, :meth:`CompletionTracker.record_single`.
+call, has a cheaper entry point, :meth:`CompletionTracker.record_single`, and a batch of such
+tokens (one ``sendmmsg(2)`` of zero-copy datagrams, each a full ``udp_sendmsg`` taking the next
+value) is recorded at once with :meth:`CompletionTracker.record_batch`.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Generic, TypeVar
 
 from zcnet._core.serial import HALF, MASK, distance, range_width
@@ -167,6 +170,32 @@ class CompletionTracker(Generic[T]):
         self._owner[seq] = (token, nbytes, None)
         self._singles += 1
         return (self._start + seq) & MASK
+
+    def record_batch(self, tokens: Sequence[T], sizes: Sequence[int]) -> int:
+        """Record ``len(tokens)`` successful calls, each the whole of its own new token.
+
+        The bookkeeping of one ``sendmmsg(2)`` that sent that many zero-copy datagrams (each one a
+        full ``udp_sendmsg`` that took the next counter value): equivalent to
+        ``record_single(tokens[i], sizes[i])`` for each ``i`` in order. Returns the counter value
+        of the first call (the next one if ``tokens`` is empty).
+        """
+        k = len(tokens)
+        if k != len(sizes):
+            raise ValueError(f"{k} tokens but {len(sizes)} sizes")
+        seq = self._n
+        first = (self._start + seq) & MASK
+        if not k:
+            return first
+        self._n = seq + k
+        ends = self._ends
+        if ends and ends[-1] == seq:
+            ends[-1] = seq + k
+        else:
+            self._starts.append(seq)
+            ends.append(seq + k)
+        self._owner.update(zip(range(seq, seq + k), zip(tokens, sizes, repeat(None)), strict=False))
+        self._singles += k
+        return first
 
     def seal(self, token: T) -> bool | None:
         """Declare that ``token`` makes no more send calls.

@@ -170,6 +170,13 @@ class TxController:
         self.enobufs_round = 0
         self.enobufs_copies = 0
 
+    def on_zerocopy_batch(self, calls: int, nbytes: int) -> None:
+        """``calls`` zero-copy datagrams (one ``sendmmsg``) succeeded, ``nbytes`` in total."""
+        self.sends_zerocopy += calls
+        self.bytes_pending += nbytes
+        self.enobufs_round = 0
+        self.enobufs_copies = 0
+
     def on_plain_sent(self, nbytes: int, calls: int = 1) -> None:
         """Plain (copying) send calls handed ``nbytes`` to the kernel."""
         self.sends_plain += calls
