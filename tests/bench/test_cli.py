@@ -19,6 +19,9 @@ from zcnet.bench.cli import build_parser, main
 from zcnet.bench.protocol import encode_header
 from zcnet.bench.server import make_listener, serve
 
+pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
+pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
+
 TINY = ["--bytes", "2M", "--warmup", "256K", "--reps", "1", "--verify", "all", "--source", "8M",
         "--no-progress", "--no-table"]
 
