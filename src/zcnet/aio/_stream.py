@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import select
 import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -46,6 +47,7 @@ from zcnet.errors import (
     ConnectionResetByPeer,
     InvalidBufferError,
     InvalidCompletionError,
+    ReceiveError,
     SendError,
     SocketClosedError,
     TimeoutExpired,
@@ -83,6 +85,46 @@ def _translate(e: OSError) -> ZcnetError:
     return err
 
 
+def _translate_rx(e: OSError) -> ZcnetError:
+    if e.errno in _RESET_ERRNOS:
+        err: ZcnetError = ConnectionResetByPeer(f"connection lost during receive: {e}")
+    elif e.errno == errno.EBADF:
+        err = SocketClosedError(f"socket closed underneath the stream: {e}")
+    else:
+        err = ReceiveError(f"receive failed: {e}")
+    err.__cause__ = e
+    return err
+
+
+class _PeekPoll:
+    """Stands in for the Receiver's ``select.poll`` object (its readiness check).
+
+    ``poll(2)`` always reports ``POLLERR`` while zero-copy completions wait on the error queue,
+    so on a socket that also sends with ``MSG_ZEROCOPY`` the Receiver's check would say
+    "readable" with nothing to read and its retry loop would spin. Here "ready" means that a
+    non-blocking ``MSG_PEEK`` of one byte finds data, EOF or a socket error; otherwise the
+    Receiver raises ``TimeoutExpired`` (``timeout=0``) and the stream awaits readability.
+    """
+
+    __slots__ = ("_fd", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        try:
+            self._sock.recv(1, _PEEK_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return []
+        # Any other OSError (a reset...) propagates: the peek consumed the socket error, so the
+        # Receiver's next call would only see EOF. ZcStream translates it.
+        return [(self._fd, select.POLLIN)]
+
+
+_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
 def _byte_view(buf: Buffer) -> memoryview:
     try:
         mv = memoryview(buf)
@@ -112,6 +154,8 @@ class ZcStream:
                  recv_policy: RecvPolicy | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._rx = Receiver(sock, recv_policy)  # validates the socket, makes it non-blocking
+        # The Receiver's readiness poll would see POLLERR from our own completions; see _PeekPoll.
+        self._rx._poll = _PeekPoll(sock)  # type: ignore[assignment]
         self._sock = sock
         self._fd = sock.fileno()
         self.send_policy = send_policy if send_policy is not None else SendPolicy()
@@ -247,9 +291,8 @@ class ZcStream:
                     if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
                         off = await self._send_plain(mv, off, nbytes)
                         break
-                    piece = mv if (off == 0 and end == nbytes) else mv[off:end]
                     try:
-                        sent = self._sock.send(piece, MSG_ZEROCOPY)
+                        sent = self._send_call(mv, off, end, MSG_ZEROCOPY)
                     except BlockingIOError:
                         await self._wait_writable()
                         continue
@@ -289,13 +332,21 @@ class ZcStream:
         if copied is not None and not ticket.done:
             ticket._finish(copied)
 
+    def _send_call(self, mv: memoryview, off: int, end: int, flags: int) -> int:
+        """One ``send(2)`` of ``mv[off:end]``; the slice is released before returning, so no
+        view of the caller's buffer (or lease) survives in a traceback or a cancelled frame."""
+        if off == 0 and end == mv.nbytes:
+            return self._sock.send(mv, flags)
+        with mv[off:end] as piece:
+            return self._sock.send(piece, flags)
+
     async def _send_plain(self, mv: memoryview, off: int, end: int) -> int:
         """Copying sends of ``mv[off:end]``; returns ``end``. Partial progress is in ``off``."""
         sent_total = 0
         try:
             while off < end:
                 try:
-                    n = self._sock.send(mv[off:end])
+                    n = self._send_call(mv, off, end, 0)
                 except BlockingIOError:
                     await self._wait_writable()
                     continue
@@ -420,6 +471,8 @@ class ZcStream:
                 return rx.recv(max_bytes, timeout=0)
             except TimeoutExpired:
                 watch.clear(READABLE)
+            except OSError as e:  # from _PeekPoll
+                raise _translate_rx(e) from e
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
@@ -444,6 +497,8 @@ class ZcStream:
                 return rx.recv_into(view, timeout=0)
             except TimeoutExpired:
                 watch.clear(READABLE)
+            except OSError as e:  # from _PeekPoll
+                raise _translate_rx(e) from e
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes (a copy), like ``asyncio.StreamReader.readexactly``.
