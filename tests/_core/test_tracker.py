@@ -148,6 +148,23 @@ def test_seal_unknown_token_and_record_after_seal() -> None:
         CompletionTracker(TOP)
 
 
+def test_record_batch_wraps_and_completes_like_singles() -> None:
+    t: CompletionTracker[str] = CompletionTracker(TOP - 2)
+    assert t.record_batch([], []) == TOP - 2 and t.sent == 0
+    assert t.record_batch(["a", "b", "c", "d"], [10, 20, 30, 40]) == TOP - 2
+    assert t.record_single("e", 50) == 2
+    assert (t.sent, t.outstanding, t.pending_tokens, t.next_value) == (5, 5, 5, 3)
+    res = t.complete(TOP - 1, 1, copied=False)  # b, c, d: across the wrap
+    assert (res.calls, res.nbytes, res.done, res.done_copied) == (
+        3, 90, ("b", "c", "d"), (False, False, False),
+    )
+    res = t.complete(TOP - 2, 2, copied=True)  # a and e; b..d repeated: nothing twice
+    assert (res.calls, res.done, res.done_copied) == (2, ("a", "e"), (True, True))
+    assert t.outstanding == 0 and t.pending_tokens == 0
+    with pytest.raises(ValueError, match="sizes"):
+        t.record_batch(["x"], [])
+
+
 # -- state machine against a naive model ---------------------------------------------------
 class TrackerMachine(RuleBasedStateMachine):
     """Model: the set of outstanding sequence numbers, their tokens, sealed tokens."""
@@ -201,6 +218,18 @@ class TrackerMachine(RuleBasedStateMachine):
         self.copied[tok] = False
         self.sealed.add(tok)
         self.n += 1
+
+    @rule(k=st.integers(0, 5))
+    def send_batch(self, k: int) -> None:
+        toks = list(range(self.next_token, self.next_token + k))
+        self.next_token += k
+        assert self.t.record_batch(toks, [7] * k) == self.value(self.n)
+        for tok in toks:
+            self.owner[self.n] = tok
+            self.calls[tok] = {self.n}
+            self.copied[tok] = False
+            self.sealed.add(tok)
+            self.n += 1
 
     @precondition(lambda self: self.open_token is not None)
     @rule()

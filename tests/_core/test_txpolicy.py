@@ -116,3 +116,15 @@ def test_disable_keeps_first_reason_and_counts() -> None:
         "copy", "first", 2, 10, 1,
     )
     assert not c.use_zerocopy(1 << 30)
+
+
+def test_zerocopy_batch_counts_calls_and_resets_enobufs_rounds() -> None:
+    ctl = TxController(SendPolicy())
+    ctl.on_enobufs(1)
+    assert ctl.enobufs_round == 1
+    ctl.on_zerocopy_batch(32, 32 * 65536)
+    st = ctl.stats()
+    assert (st.sends_zerocopy, st.bytes_pending, st.enobufs) == (32, 32 * 65536, 1)
+    assert ctl.enobufs_round == 0 and ctl.enobufs_copies == 0
+    ctl.on_completion(32, 32 * 65536, copied=False)
+    assert ctl.stats().bytes_zerocopy == 32 * 65536 and ctl.stats().bytes_pending == 0
