@@ -10,8 +10,10 @@ import time
 import pytest
 
 from zcnet._core.pattern import StreamPattern
+from zcnet._core.txpolicy import SenderStats
 from zcnet.aio import ZcStream, open_connection, start_server
 from zcnet.errors import ConnectionResetByPeer, SendError, SocketClosedError
+from zcnet.netns import Netns
 from zcnet.pool import BufferPool
 from zcnet.receiver import RecvPolicy
 from zcnet.sender import SendPolicy
@@ -341,3 +343,32 @@ def test_recv_policy_passthrough_and_stats(run: Runner) -> None:
             assert server.get_extra_info("peername") is not None
 
     run(main())
+
+
+@requires_zerocopy
+@pytest.mark.parametrize("forced", [True, False], ids=["forced-zc", "policy"])
+def test_enobufs_is_back_pressure_not_failure(run: Runner, netns: Netns, forced: bool) -> None:
+    """No notification budget (optmem_max 0, in a namespace of our own): every zero-copy send
+    call gets ENOBUFS; the shared policy copies instead, and every byte still arrives."""
+    netns.sysctl("net.core.optmem_max", 0)
+    nbytes = 6 * 1024 * 1024 + 3
+
+    async def main() -> tuple[SenderStats, int]:
+        client, server = await stream_pair(send_policy=FORCED if forced else SendPolicy())
+        async with client, server:
+            reader = asyncio.create_task(read_verified(server, P))
+            tickets = await send_pattern(client, P, 0, nbytes, (100_000, 1 << 20, 50_000))
+            await client.drain()
+            assert all(t.done for t in tickets)
+            client.close()
+            return client.send_stats, await reader
+
+    with netns.entered():
+        stats, got = run(main())
+    assert got == nbytes
+    assert stats.enobufs > 0
+    assert stats.bytes_plain == nbytes and stats.bytes_pending == 0
+    if forced:
+        assert stats.mode == "zerocopy"
+    else:
+        assert stats.mode == "copy" and "ENOBUFS" in (stats.fallback_reason or "")
