@@ -8,7 +8,10 @@ per GB, alternating the variants, several repetitions; prints medians and min-ma
   namespace created here (zcnet.netns), where transmit zero-copy really completes uncopied.
   ``udp-plain``: ``sock.send``; ``udp-copy``: zcnet Sender forced into copy mode (threshold above
   the send size); ``udp-zc``: zcnet Sender default policy; ``udp-rawzc``: bare
-  ``send(MSG_ZEROCOPY)`` calls reaping every 16 calls, the floor for any Python sender.
+  ``send(MSG_ZEROCOPY)`` calls reaping every 16 calls, the floor for a one-call-per-datagram
+  Python sender. ``udp-copy-bN`` / ``udp-zc-bN``: ``Sender.send_batch`` of N datagrams
+  (sendmmsg), copy mode / default policy. ``c-copy`` / ``c-zc``: scripts/tx_ref.c, the same
+  sends from C (compiled with ``cc`` into a temporary directory; skipped without a compiler).
 * ``tcp-*``: TCP over loopback, a receiver in the parent process reading with ``recv_into``.
   ``tcp-sendall``: plain ``sock.sendall``; ``tcp-sender``: zcnet Sender default policy (falls back
   to copy after the kernel reports copied completions).
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -108,6 +112,7 @@ def _overhead() -> None:
     socket's sendall is replaced by a no-op (so kernel cost and noise drop out)."""
     import timeit
 
+    from zcnet.lowlevel.sendmmsg import MmsgBatch
     from zcnet.sender import Sender, SendPolicy
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
@@ -121,6 +126,21 @@ def _overhead() -> None:
             base = min(timeit.repeat(lambda b=buf: noop(b), number=100_000, repeat=7))
             cost = min(timeit.repeat(lambda b=buf: sender.send(b), number=100_000, repeat=7))
             print(f"Sender.send copy-mode overhead ({label}): {(cost - base) * 1e4:.0f} ns/call")
+        sender.close()
+        # send_batch in zero-copy mode with sendmmsg(2) replaced by "all sent" (the tracker,
+        # tickets, buffer addresses and completion reaping of an empty error queue remain)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(r.getsockname())
+        sender = Sender(u, SendPolicy(force_zerocopy=True))
+        sender._mmsg = MmsgBatch(64)
+        sender._mmsg._fn = lambda fd, addr, count, flags: count
+        backing = memoryview(bytearray(32 * 65536))
+        bufs = [backing[k * 65536 : (k + 1) * 65536] for k in range(32)]
+        n = 2000
+        cost = min(timeit.repeat(lambda: sender.send_batch(bufs), number=n, repeat=5))
+        print(f"Sender.send_batch(32) zero-copy overhead: {cost / n / 32 * 1e9:.0f} ns/datagram "
+              "(no completions arrive: the tracker grows, a pessimistic figure)")
+        sender._tracker = type(sender._tracker)()  # forget the never-sent datagrams
         sender.close()
 
 
@@ -137,6 +157,25 @@ def _drain(ls: socket.socket, done: list[int]) -> None:
     done.append(n)
 
 
+_C_BINARY: list[str] = []
+
+
+def _c_reference() -> str:
+    """Compile scripts/tx_ref.c (once per run) into a temporary directory; its path."""
+    if not _C_BINARY:
+        import atexit
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="zcnet-txref-")
+        atexit.register(shutil.rmtree, tmp, True)
+        binary = os.path.join(tmp, "tx_ref")
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tx_ref.c")
+        subprocess.run(["cc", "-O2", "-o", binary, src], check=True)
+        _C_BINARY.append(binary)
+    return _C_BINARY[0]
+
+
 def _run(
     argv: list[str], variant: str, nbytes: int, send_size: int, pool: int
 ) -> dict[str, object]:
@@ -149,6 +188,19 @@ def _run(
         port = ls.getsockname()[1]
         th = threading.Thread(target=_drain, args=(ls, done))
         th.start()
+    if variant.startswith("c-"):
+        from zcnet.netns import IFB_SINK_ADDR
+
+        w0 = time.perf_counter()
+        out = subprocess.run(
+            [*argv, _c_reference(), variant[2:], str(nbytes), str(pool), str(send_size),
+             str(GSO), IFB_SINK_ADDR, "9000"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        c_result: dict[str, object] = json.loads(out)
+        c_result.update(variant=variant, cpu=float(c_result["user"]) + float(c_result["sys"]),
+                        wall=time.perf_counter() - w0, mode=None, bytes_zerocopy=0)
+        return c_result
     out = subprocess.run(
         [*argv, sys.executable, __file__, "--worker", variant, "--bytes", str(nbytes),
          "--port", str(port), "--send-size", str(send_size), "--pool", str(pool)],
@@ -192,12 +244,15 @@ def main() -> int:
         runs = [("udp-plain", DGRAM), ("udp-copy", DGRAM), ("udp-zc", DGRAM), ("udp-rawzc", DGRAM),
                 ("udp-copy-b8", DGRAM), ("udp-zc-b8", DGRAM),
                 ("udp-copy-b32", DGRAM), ("udp-zc-b32", DGRAM),
+                ("c-copy", DGRAM), ("c-zc", DGRAM),
                 ("tcp-sendall", a.tcp_send_size), ("tcp-sender", a.tcp_send_size)]
         if a.only:
             runs = [r for r in runs if r[0] in a.only.split(",")]
+        if shutil.which("cc") is None:
+            runs = [r for r in runs if not r[0].startswith("c-")]
         for rep in range(a.reps):
             for variant, size in runs if rep % 2 == 0 else runs[::-1]:
-                argv = ns.exec_argv([]) if variant.startswith("udp") else []
+                argv = ns.exec_argv([]) if variant.startswith(("udp", "c-")) else []
                 r = _run(argv, variant, nbytes, size, a.pool)
                 gb = int(r["bytes"]) / 1e9  # type: ignore[call-overload]
                 per_gb = float(r["cpu"]) / gb  # type: ignore[arg-type]
@@ -222,6 +277,8 @@ def main() -> int:
         ("udp zc batch 32 / plain send", "udp-zc-b32", "udp-plain"),
         ("udp zero-copy / plain send", "udp-zc", "udp-plain"),
         ("udp bare MSG_ZEROCOPY / plain send", "udp-rawzc", "udp-plain"),
+        ("C reference: zero-copy / copy", "c-zc", "c-copy"),
+        ("udp zc batch 32 / C copy", "udp-zc-b32", "c-copy"),
         ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),
     ):
         if num in med and den in med:

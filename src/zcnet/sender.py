@@ -13,6 +13,15 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md
   values to :class:`Ticket` s. Until its ticket is done the sender keeps a ``memoryview`` of the
   buffer (a ``bytearray`` cannot be resized meanwhile); writing into the buffer before then
   changes the bytes that go on the wire.
+* :meth:`Sender.send_batch` sends many UDP datagrams per system call with ``sendmmsg(2)``
+  (net/socket.c ``__sys_sendmmsg``; :mod:`zcnet.lowlevel.sendmmsg`): each message sent is a full
+  ``udp_sendmsg`` and takes one counter value, so a call that sent ``k`` zero-copy datagrams is
+  recorded as ``k`` single-call tickets (``CompletionTracker.record_batch``). The call stops at
+  the first message that fails and returns the count sent; the batch resumes there, so the
+  failed datagram's own error comes from the next call (``ENOBUFS``: reap and retry, or copy;
+  anything else fails that datagram's ticket only). Buffer addresses are read without copying
+  (:mod:`zcnet.lowlevel.bufaddr`) into preallocated ``mmsghdr``/``iovec`` arrays; the sender keeps
+  a ``memoryview`` of every buffer until its ticket is done, exactly as for :meth:`Sender.send`.
 * Completions are read opportunistically (every few zero-copy calls), in :meth:`Sender.poll`, and
   while waiting (:meth:`Ticket.wait`, :meth:`Sender.flush`), which sleeps in ``poll(2)``: a pending
   completion raises ``POLLERR`` on the socket, so there is no busy loop.
@@ -404,22 +413,24 @@ class Sender:
         flat: list[int] = []  # iov_base, iov_len of each datagram
         threshold = self._ctl.threshold
         small = 0
+        readonly = ro.readonly
+        add_view = views.append
+        add_size = sizes.append
+        add_word = flat.append
         try:
             for buf in bufs:
                 mv = memoryview(buf)
-                views.append(mv)
+                add_view(mv)
                 if not mv.c_contiguous:
                     raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
                 if mv.ndim != 1 or mv.itemsize != 1:
                     mv = views[-1] = mv.cast("B")
                 nb = len(mv)
-                sizes.append(nb)
+                add_size(nb)
                 if nb < threshold or not nb:
                     small += 1
-                    flat.append(ro.readonly(mv))
-                else:
-                    flat.append(ro.readonly(mv) if mv.readonly else _addressof(_from_buffer(mv)))
-                flat.append(nb)
+                add_word(readonly(mv) if mv.readonly or not nb else _addressof(_from_buffer(mv)))
+                add_word(nb)
         except InvalidBufferError:
             for mv in views:
                 mv.release()

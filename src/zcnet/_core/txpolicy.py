@@ -77,7 +77,8 @@ class SenderStats:
     Bytes are counted once each: ``bytes_zerocopy`` (completed, not copied by the kernel),
     ``bytes_copied`` (sent with ``MSG_ZEROCOPY`` but reported copied by the kernel),
     ``bytes_plain`` (sent with a plain copying send), ``bytes_pending`` (zero-copy, not yet
-    completed). ``sends_*`` count send system calls, ``completions`` the zero-copy calls completed,
+    completed). ``sends_*`` count send calls (one per datagram of a ``sendmmsg`` batch, which is
+    what the kernel's zero-copy counter counts), ``completions`` the zero-copy calls completed,
     ``notifications`` the completion messages read, ``enobufs`` the ``ENOBUFS`` errors absorbed,
     ``other_errors`` the non-zero-copy messages seen on the error queue (e.g. ICMP errors).
     """
