@@ -189,12 +189,14 @@ class Ticket:
     def _finish(self, copied: bool) -> None:
         self.done = True
         self.copied = copied if self.zerocopy else None
-        view, self._view = self._view, None
+        view = self._view
         if view is not None:
+            self._view = None
             view.release()
         self._sender = None
-        callbacks, self._callbacks = self._callbacks, None
-        if callbacks:
+        callbacks = self._callbacks
+        if callbacks is not None:
+            self._callbacks = None
             for fn in callbacks:
                 self._run(fn)
 

@@ -250,12 +250,15 @@ class CompletionTracker(Generic[T]):
         k1 = k0
         new_starts: list[int] = []
         new_ends: list[int] = []
-        owner = self._owner
+        pop = self._owner.pop
         tokens = self._tokens
         calls = 0
         nbytes = 0
+        singles = 0
         done: list[T] = []
         done_copied: list[bool] = []
+        add_done = done.append
+        add_copied = done_copied.append
         while k1 < len(starts) and starts[k1] <= seq_hi:
             s, e = starts[k1], ends[k1]
             a, b = max(s, seq_lo), min(e, seq_hi + 1)
@@ -265,23 +268,24 @@ class CompletionTracker(Generic[T]):
             if b < e:
                 new_starts.append(b)
                 new_ends.append(e)
+            calls += b - a
             for seq in range(a, b):
-                token, size, state = owner.pop(seq)
-                calls += 1
+                token, size, state = pop(seq)
                 nbytes += size
                 if state is None:
-                    self._singles -= 1
-                    done.append(token)
-                    done_copied.append(copied)
+                    singles += 1
+                    add_done(token)
+                    add_copied(copied)
                     continue
                 state.remaining -= 1
                 if copied:
                     state.copied = True
                 if not state.remaining and state.sealed:
                     del tokens[token]
-                    done.append(token)
-                    done_copied.append(state.copied)
+                    add_done(token)
+                    add_copied(state.copied)
             k1 += 1
+        self._singles -= singles
         if k1 > k0:
             starts[k0:k1] = new_starts
             ends[k0:k1] = new_ends
