@@ -83,6 +83,10 @@ def test_udp_loopback_default_policy_switches_to_copy_midway() -> None:
         assert st.mode == "copy" and st.fallback_reason is not None
         assert 0 < st.sends_zerocopy < len(payloads) and st.sends_plain > 0
         assert st.bytes_zerocopy == 0
+        # the tickets of datagrams sent after the switch say so
+        assert sum(t.zerocopy for t in tickets) == st.sends_zerocopy
+        assert all(t.copied is True for t in tickets if t.zerocopy)
+        assert all(t.copied is None for t in tickets if not t.zerocopy)
     rx.finish(payloads)
 
 

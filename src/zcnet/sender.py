@@ -213,6 +213,15 @@ class _BatchTicket(Ticket):
     zerocopy = True
 
 
+def _as_plain(ticket: Ticket) -> None:
+    """A batch ticket whose datagram went out with a copy (or not at all): done, not zero-copy.
+    The caller releases the view."""
+    ticket.zerocopy = False
+    ticket.done = True
+    ticket._view = None
+    ticket._sender = None
+
+
 class Sender:
     """Sends buffers over a connected TCP or UDP socket with ``MSG_ZEROCOPY`` when it pays.
 
@@ -411,75 +420,80 @@ class Sender:
         ro = self._addresser
         if ro is None:
             ro = self._addresser = BufferAddresser()
-        sizes: list[int] = []
-        flat: list[int] = []  # iov_base, iov_len of each datagram
-        threshold = self._ctl.threshold
-        small = 0
         readonly = ro.readonly
+        ctl = self._ctl
+        threshold = ctl.threshold
+        zerocopy = ctl.zerocopy
+        sizes: list[int] = []
+        addrs: list[int] = []
+        tickets: list[Ticket] = []
         add_view = views.append
         add_size = sizes.append
-        add_word = flat.append
+        add_addr = addrs.append
+        add_ticket = tickets.append
+        plain = 0
+        # One pass: own export of each buffer (held by its ticket), size, address (from_buffer
+        # and PyObject_GetBuffer refuse non-contiguous buffers), and the ticket itself.
         try:
             for buf in bufs:
                 mv = memoryview(buf)
                 add_view(mv)
-                if not mv.c_contiguous:
-                    raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
-                if mv.ndim != 1 or mv.itemsize != 1:
-                    mv = views[-1] = mv.cast("B")
-                nb = len(mv)
+                nb = mv.nbytes
                 add_size(nb)
-                if nb < threshold or not nb:
-                    small += 1
-                add_word(readonly(mv) if mv.readonly or not nb else _addressof(_from_buffer(mv)))
-                add_word(nb)
-        except InvalidBufferError:
-            for mv in views:
-                mv.release()
-            raise
+                add_addr(readonly(mv) if mv.readonly or not nb else _addressof(_from_buffer(mv)))
+                t: Ticket
+                if zerocopy and nb >= threshold and nb:
+                    t = _new(_BatchTicket)
+                    t.nbytes = nb
+                    t._sender = self
+                    t._view = mv
+                else:
+                    plain += 1
+                    t = _new(_PlainTicket)
+                    t.nbytes = nb
+                add_ticket(t)
         except (TypeError, ValueError, BufferError) as e:
             for mv in views:
                 mv.release()
             raise InvalidBufferError(
                 f"expected C-contiguous bytes-like buffers, got {type(buf).__name__}: {e}"
             ) from e
-        tickets: list[Ticket] = []
         n = len(views)
         i = 0
-        ctl = self._ctl
         while i < n:
             j = min(n, i + BATCH_MAX)
-            zc = ctl.zerocopy
-            if zc and small:  # a run of datagrams on the same side of the threshold
-                zc = sizes[i] >= threshold and sizes[i] > 0
+            zc = tickets[i].zerocopy
+            if plain:  # a run of datagrams of the same kind
                 k = i + 1
-                while k < j and (sizes[k] >= threshold and sizes[k] > 0) == zc:
+                while k < j and tickets[k].zerocopy is zc:
                     k += 1
                 j = k
-            i = self._batch_run(views, sizes, flat, i, j, zc, tickets)
+            i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
         return tickets
 
     def _batch_run(
-        self, views: list[memoryview], sizes: list[int], flat: list[int], i: int, j: int,
-        zc: bool, tickets: list[Ticket],
+        self, tickets: list[Ticket], views: list[memoryview], sizes: list[int], addrs: list[int],
+        i: int, j: int, zc: bool,
     ) -> int:
         """sendmmsg datagrams ``i .. j-1``, all zero-copy or all plain; returns where it stopped
         (``j``, or earlier if the socket switched to copy mode meanwhile)."""
         batch = self._mmsg
         if batch is None:
             batch = self._mmsg = MmsgBatch(BATCH_MAX)
-        batch.words[: 2 * (j - i)] = array("Q", flat[2 * i : 2 * j])
+        m = 2 * (j - i)
+        words = batch.words
+        words[0:m:2] = array("Q", addrs[i:j])
+        words[1:m:2] = array("Q", sizes[i:j])
         fd = self._fd
         ctl = self._ctl
         flags = MSG_ZEROCOPY if zc else 0
         off = i
         attempts = 0
-        append = tickets.append
         while off < j:
             try:
                 sent = batch.send(fd, off - i, j - off, flags)
             except OSError as e:
-                if self._batch_error(e, views, sizes, off, zc, attempts, tickets):
+                if self._batch_error(e, tickets[off], views[off], zc, attempts):
                     attempts += 1
                     continue
                 attempts = 0
@@ -491,16 +505,7 @@ class Sender:
             stop = off + sent
             done_sizes = sizes[off:stop]
             if zc:
-                new: list[Ticket] = []
-                add = new.append
-                for mv, nb in zip(views[off:stop], done_sizes, strict=True):
-                    t = _new(_BatchTicket)
-                    t.nbytes = nb
-                    t._sender = self
-                    t._view = mv
-                    add(t)
-                self._tracker.record_batch(new, done_sizes)
-                tickets += new
+                self._tracker.record_batch(tickets[off:stop], done_sizes)
                 ctl.on_zerocopy_batch(sent, sum(done_sizes))
                 off = stop
                 self._since_reap += sent
@@ -509,20 +514,19 @@ class Sender:
                     if not ctl.zerocopy:
                         return off
             else:
-                for mv, nb in zip(views[off:stop], done_sizes, strict=True):
-                    pt = _new(_PlainTicket)
-                    pt.nbytes = nb
-                    append(pt)
-                    mv.release()
+                for k in range(off, stop):
+                    t = tickets[k]
+                    if t.zerocopy:  # meant for zero-copy, sent after the switch to copy mode
+                        _as_plain(t)
+                    views[k].release()
                 ctl.on_plain_sent(sum(done_sizes), sent)
                 off = stop
         return off
 
     def _batch_error(
-        self, e: OSError, views: list[memoryview], sizes: list[int], k: int, zc: bool,
-        attempts: int, tickets: list[Ticket],
+        self, e: OSError, ticket: Ticket, view: memoryview, zc: bool, attempts: int
     ) -> bool:
-        """Handle the failure of datagram ``k`` in a batch: True to retry it, False when it was
+        """Handle the failure of one datagram of a batch: True to retry it, False when it was
         dealt with (sent by a copy, or its ticket failed)."""
         code = e.errno
         ctl = self._ctl
@@ -538,15 +542,13 @@ class Sender:
                     return True
                 error: OSError | None = None
                 try:
-                    self._send_plain(views[k])
+                    self._send_plain(view)
                 except OSError as e2:
                     error = e2
                 if error is None:
-                    ctl.on_plain_sent(sizes[k])
-                    t = _new(_PlainTicket)
-                    t.nbytes = sizes[k]
-                    tickets.append(t)
-                    views[k].release()
+                    ctl.on_plain_sent(ticket.nbytes)
+                    _as_plain(ticket)
+                    view.release()
                     return False
                 e = error
             elif attempts < _PLAIN_ENOBUFS_ATTEMPTS:  # a full device queue: back-pressure
@@ -555,11 +557,9 @@ class Sender:
         err = self._failed(e)
         if isinstance(err, SocketClosedError):
             raise err from e
-        t = _new(_PlainTicket)
-        t.nbytes = sizes[k]
-        t.error = err
-        tickets.append(t)
-        views[k].release()
+        _as_plain(ticket)
+        ticket.error = err
+        view.release()
         return False
 
     def poll(self) -> int:
