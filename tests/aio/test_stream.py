@@ -372,3 +372,27 @@ def test_enobufs_is_back_pressure_not_failure(run: Runner, netns: Netns, forced:
         assert stats.mode == "zerocopy"
     else:
         assert stats.mode == "copy" and "ENOBUFS" in (stats.fallback_reason or "")
+
+
+@requires_zerocopy
+def test_abort_during_close_and_blocked_send(run: Runner) -> None:
+    async def main() -> None:
+        client, server = await stream_pair(sndbuf=64 * 1024, rcvbuf=64 * 1024,
+                                           send_policy=FORCED)
+        task = asyncio.create_task(send_pattern(client, P, 0, 8 * 1024 * 1024))
+        await asyncio.sleep(0.05)
+        client.close()  # waits for the blocked send (the peer does not read)
+        waiter = asyncio.create_task(client.wait_closed())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        client.abort()
+        await waiter  # finishes, without a CancelledError
+        with pytest.raises(SocketClosedError):
+            await task
+        assert client.pending == 0 or all(t.error for t in client._tracker.tokens())
+        got = await read_verified(server, P)
+        assert got > 0  # a verified prefix of what was queued
+        await server.aclose()
+        await client.wait_closed()
+
+    run(main())

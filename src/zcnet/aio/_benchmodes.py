@@ -96,10 +96,11 @@ async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int) -> dict[str
     from zcnet.aio._stream import ZcStream
 
     stream = ZcStream(sock)
-    mapped = copied = 0
+    mapped = copied = chunks = 0
     try:
         while ph.left:
             with await stream.recv(min(size, ph.left)) as chunk:
+                chunks += 1
                 n = len(chunk)
                 if not n:
                     raise EOFError(f"EOF with {ph.left} bytes missing")
@@ -115,6 +116,7 @@ async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int) -> dict[str
             "bytes_copied": copied,
             "rx_mode": str(stats.mode),
             "fallback_reason": stats.fallback_reason,
+            "chunks": chunks,
             "loop_wakeups": stream.watcher.wakeups,
         }
     finally:

@@ -560,8 +560,10 @@ class ZcStream:
         self._close_task = self._loop.create_task(self._close())
 
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` finished."""
+        """Wait until :meth:`close` finished (at once after :meth:`abort`)."""
         if self._close_task is None:
+            if self._watch.closed:
+                return
             raise RuntimeError("wait_closed() before close()")
         await asyncio.shield(self._close_task)
 
@@ -571,10 +573,11 @@ class ZcStream:
         await self.wait_closed()
 
     def abort(self) -> None:
-        """Close now without draining completions (pending tickets fail)."""
+        """Close now without draining completions (pending tickets fail); idempotent.
+
+        A running :meth:`close` then finishes at once.
+        """
         self._closing = True
-        if self._close_task is not None and not self._close_task.done():
-            self._close_task.cancel()
         self._finish_close()
 
     async def _close(self) -> None:
