@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
@@ -108,15 +108,14 @@ class Netns:
     ifb_sink: bool = False
     name_prefix: str = "zcnet"
     name: str = ""
-    peers: list[str] | None = None
-    _created: bool = False
+    peers: list[str] = field(default_factory=list)
+    _created: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        with _counter_lock:
-            n = next(_counter)
         if not self.name:
+            with _counter_lock:
+                n = next(_counter)
             self.name = f"{self.name_prefix}-{os.getpid()}-{n}"
-        self.peers = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def create(self) -> Netns:
@@ -147,9 +146,9 @@ class Netns:
         route out). The peer is deleted together with this namespace.
         """
         peer = Netns(lo_mtu=None, name_prefix=f"{self.name_prefix}p").create()
-        assert self.peers is not None
         self.peers.append(peer.name)
-        a, b = f"zva{os.getpid() % 10000}", f"zvb{os.getpid() % 10000}"
+        # device names are per namespace: only this namespace's own pairs can clash
+        a, b = f"zveth{len(self.peers) - 1}", "zveth-peer"
         _ip("link", "add", a, "type", "veth", "peer", "name", b, "netns", peer.name,
             netns=self.name)
         for ns, dev, addr in ((self.name, a, VETH_ADDR_A), (peer.name, b, VETH_ADDR_B)):
@@ -160,7 +159,7 @@ class Netns:
 
     def delete(self) -> None:
         """Delete the namespace (and its veth peers); idempotent."""
-        for peer in self.peers or []:
+        for peer in self.peers:
             subprocess.run(["ip", "netns", "del", peer], capture_output=True, check=False)
         self.peers = []
         if self._created:
