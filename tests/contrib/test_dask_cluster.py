@@ -49,14 +49,16 @@ def combine(*arrays: np.ndarray) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-@pytest.fixture(params=[False, True], ids=["default", "forced-zerocopy"])
+@pytest.fixture(params=[("aio", False), ("aio", True), ("socket", True)],
+                ids=["aio", "aio-forced-zerocopy", "socket-forced-zerocopy"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
-    force = bool(request.param)
+    transport, force = request.param
     if force and ZEROCOPY_SKIP:
         pytest.skip(ZEROCOPY_SKIP)
     with dask.config.set({"zcnet.dask.force-zerocopy": force,
+                          "zcnet.dask.transport": transport,
                           "distributed.worker.memory.target": False,
                           "distributed.worker.memory.spill": False}), \
          LocalCluster(protocol="zc://", host="127.0.0.1", processes=True, n_workers=2,

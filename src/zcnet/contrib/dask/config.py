@@ -24,16 +24,15 @@ class ZCOptions:
             (loopback always copies; forcing only makes sense to exercise the path).
         zerocopy: use ``MSG_ZEROCOPY`` at all.
         drain_timeout: seconds a graceful close waits for outstanding completions.
-        transport: ``"socket"`` (the backend's own transport, the default) or ``"aio"`` (a
-            :class:`zcnet.aio.ZcStream` per connection; not the default yet: its receive path
-            spins while zero-copy completions are pending on the socket, see docs/dask.md).
+        transport: ``"aio"`` (a :class:`zcnet.aio.ZcStream` per connection, the default) or
+            ``"socket"`` (the backend's own minimal transport, kept as a fallback).
     """
 
     zerocopy_threshold: int = 64 * 1024
     force_zerocopy: bool = False
     zerocopy: bool = True
     drain_timeout: float = 5.0
-    transport: str = "socket"
+    transport: str = "aio"
 
 
 def _as_bool(value: object) -> bool:
