@@ -10,11 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from zcnet.lowlevel.constants import MSG_ZEROCOPY
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_RCVBUFFORCE
 
 # A random period; byte i of every test stream is PATTERN[i % PERIOD]. Doubled so that any slice
 # of up to PERIOD bytes starting anywhere in the period is one contiguous slice of PATTERN2.
-SO_RCVBUFFORCE = 33  # include/uapi/asm-generic/socket.h
+
 PERIOD = 4 * 1024 * 1024 + 13
 PATTERN = os.urandom(PERIOD)
 PATTERN2 = PATTERN + PATTERN

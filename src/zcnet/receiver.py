@@ -44,7 +44,7 @@ from zcnet.errors import (
     UnsupportedSocketError,
     ZerocopyUnavailable,
 )
-from zcnet.lowlevel.constants import SO_RCVLOWAT, TCP_MAXSEG
+from zcnet.lowlevel.constants import SO_RCVBUFFORCE, SO_RCVLOWAT, TCP_MAXSEG
 from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, Window, ZerocopyCall
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
 #: TCP_MAXSEG for a listener whose connections carry one page per segment: 4096 bytes of payload
 #: plus the 12-byte timestamp option (shared/DESIGN.md).
 MAPPABLE_MAXSEG: Final = PAGE_SIZE + 12
-SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 _RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _UNSUPPORTED_ERRNOS: Final = frozenset(
