@@ -396,3 +396,23 @@ def test_abort_during_close_and_blocked_send(run: Runner) -> None:
         await client.wait_closed()
 
     run(main())
+
+
+def test_cancel_mid_copying_send_breaks_stream(run: Runner) -> None:
+    async def main() -> None:
+        copy_only = SendPolicy(zerocopy_threshold=1 << 40)
+        client, server = await stream_pair(sndbuf=64 * 1024, rcvbuf=64 * 1024,
+                                           send_policy=copy_only)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await client.send(P.block(0, 4 * 1024 * 1024))
+        assert 0 < client.send_stats.bytes_plain < 4 * 1024 * 1024
+        with pytest.raises(SendError, match="cancelled after"):
+            await client.send(b"x")
+        client.close()
+        got = await read_verified(server, P)
+        await client.wait_closed()
+        assert got == client.send_stats.bytes_plain
+        await server.aclose()
+
+    run(main())

@@ -170,6 +170,7 @@ class ZcStream:
         self._completed = asyncio.Event()
         self._rbuf = bytearray()  # received bytes handed back by a cancelled readexactly
         self._failure: ZcnetError | None = None
+        self._off = 0  # progress of the send in progress (sends are serialized)
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._watch = SocketWatcher(self._fd, self._loop, on_error=self._on_epollerr)
@@ -282,14 +283,14 @@ class ZcStream:
         nbytes = mv.nbytes
         ctl = self._ctl
         tracker = self._tracker
-        off = 0
+        self._off = off = 0  # bytes of mv queued in the kernel (also advanced by _send_plain)
         try:
             if ctl.use_zerocopy(nbytes) and nbytes:
                 ticket._view = mv  # exported until the kernel releases it
                 while off < nbytes:
                     end = min(off + ZC_CHUNK, nbytes)
                     if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
-                        off = await self._send_plain(mv, off, nbytes)
+                        off = await self._send_plain(mv, nbytes)
                         break
                     try:
                         sent = self._send_call(mv, off, end, MSG_ZEROCOPY)
@@ -302,15 +303,16 @@ class ZcStream:
                         if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
                             await self._reap_wait(ctl.enobufs_wait())
                         else:
-                            off = await self._send_plain(mv, off, end)
+                            off = await self._send_plain(mv, end)
                         continue
                     ticket.zerocopy = True
                     tracker.record_send(ticket, sent)
                     ctl.on_zerocopy_sent(sent)
-                    off += sent
+                    self._off = off = off + sent
             else:
-                off = await self._send_plain(mv, 0, nbytes)
+                off = await self._send_plain(mv, nbytes)
         except BaseException as exc:
+            off = self._off
             self._seal(ticket)
             err: ZcnetError | None = None
             if isinstance(exc, OSError):
@@ -340,9 +342,10 @@ class ZcStream:
         with mv[off:end] as piece:
             return self._sock.send(piece, flags)
 
-    async def _send_plain(self, mv: memoryview, off: int, end: int) -> int:
-        """Copying sends of ``mv[off:end]``; returns ``end``. Partial progress is in ``off``."""
+    async def _send_plain(self, mv: memoryview, end: int) -> int:
+        """Copying sends of ``mv[self._off:end]``; returns ``end``, progress is in ``_off``."""
         sent_total = 0
+        off = self._off
         try:
             while off < end:
                 try:
@@ -355,7 +358,7 @@ class ZcStream:
                         raise
                     await self._reap_wait(0.001)
                     continue
-                off += n
+                self._off = off = off + n
                 sent_total += n
         finally:
             if sent_total:
