@@ -416,3 +416,25 @@ def test_cancel_mid_copying_send_breaks_stream(run: Runner) -> None:
         await server.aclose()
 
     run(main())
+
+
+def test_ipv6_server_and_refused_connection(run: Runner) -> None:
+    async def main() -> None:
+        async def echo(stream: ZcStream) -> None:
+            data = await stream.readexactly(70_000)
+            await (await stream.send(data))
+
+        try:
+            server = await start_server(echo, "::1", 0)
+        except OSError as e:
+            pytest.skip(f"no IPv6 loopback: {e}")
+        async with server:
+            stream = await open_connection("::1", server.port)
+            async with stream:
+                await stream.send(P.block(0, 70_000))
+                assert P.matches(0, await stream.readexactly(70_000))
+            port = server.port
+        with pytest.raises(OSError):
+            await open_connection("::1", port)  # the listener is closed now
+
+    run(main())
