@@ -263,7 +263,12 @@ def test_close_drains_pending_completions(run: Runner) -> None:
         for i in range(16):
             lease = pool.acquire(1 << 20)
             lease.view[:] = P.block(i << 20, 1 << 20)
-            tickets.append(await client.send(lease))
+            if i % 2:
+                tickets.append(await client.send(lease))  # the stream takes the lease
+            else:  # the blocking Sender's idiom works too
+                ticket = await client.send(lease.view)
+                lease.release_when_done(ticket)
+                tickets.append(ticket)
         client.close()  # at once: most completions are still to come
         await client.wait_closed()
         assert all(t.done and t.error is None for t in tickets)
