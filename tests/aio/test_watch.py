@@ -212,3 +212,31 @@ def test_on_error_reaper_drains_queue(run: Runner) -> None:
     with a, b:
         assert run(main()) >= 1
         assert not wait_pollerr(a, 0)
+
+
+@requires_zerocopy
+def test_failing_error_callback_still_wakes_waiters(run: Runner) -> None:
+    a, b = tcp_pair()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[object] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx.get("exception")))
+
+        def broken() -> bool:
+            raise RuntimeError("reaper bug")
+
+        w = SocketWatcher(a.fileno(), on_error=broken)
+        try:
+            w.clear(READABLE)
+            raw_zerocopy_send(a, b"q" * 32768)
+            await w.wait(READABLE)  # woken by the EPOLLERR although the callback failed
+            with pytest.raises(ValueError):
+                await w.wait(READABLE | WRITABLE)
+        finally:
+            w.close()
+        assert any(isinstance(e, RuntimeError) for e in reported)
+
+    with a, b:
+        run(main())
+        drain_errqueue(a)

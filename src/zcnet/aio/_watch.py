@@ -105,6 +105,8 @@ class SocketWatcher:
         Raises:
             SocketClosedError: the watcher is closed, before or during the wait.
         """
+        if direction not in (READABLE, WRITABLE):
+            raise ValueError(f"direction must be READABLE or WRITABLE, got {direction!r}")
         if self._closed:
             raise SocketClosedError("socket watcher is closed")
         if self._ready & direction:
@@ -148,7 +150,15 @@ class SocketWatcher:
             ready |= WRITABLE
         if mask & select.EPOLLERR:
             self.error_events += 1
-            real_error = True if self._on_error is None else self._on_error()
+            real_error = True
+            if self._on_error is not None:
+                try:
+                    real_error = self._on_error()
+                except Exception as e:  # wake everyone: their next operation reports the error
+                    self._loop.call_exception_handler({
+                        "message": "zcnet.aio.SocketWatcher on_error callback failed",
+                        "exception": e,
+                    })
             if real_error:
                 ready |= READABLE | WRITABLE
         if ready:
