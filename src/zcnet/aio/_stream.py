@@ -123,6 +123,7 @@ class _PeekPoll:
 
 
 _PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_POLL_TYPE: Final = type(select.poll())
 
 
 def _byte_view(buf: Buffer) -> memoryview:
@@ -155,6 +156,10 @@ class ZcStream:
         self._loop = asyncio.get_running_loop()
         self._rx = Receiver(sock, recv_policy)  # validates the socket, makes it non-blocking
         # The Receiver's readiness poll would see POLLERR from our own completions; see _PeekPoll.
+        # (Until zcnet.receiver offers a hook for this, fail loudly if its internals change.)
+        if not isinstance(getattr(self._rx, "_poll", None), _POLL_TYPE):
+            self._rx.close()
+            raise RuntimeError("zcnet.receiver.Receiver has no _poll object to replace")
         self._rx._poll = _PeekPoll(sock)  # type: ignore[assignment]
         self._sock = sock
         self._fd = sock.fileno()
