@@ -61,6 +61,7 @@ __all__ = [
 #: plus the 12-byte timestamp option (shared/DESIGN.md).
 MAPPABLE_MAXSEG: Final = PAGE_SIZE + 12
 
+_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _UNSUPPORTED_ERRNOS: Final = frozenset(
     {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENODEV, errno.EACCES, errno.EPERM}
@@ -253,8 +254,13 @@ class Receiver:
         self._sock = sock
         self._fd = sock.fileno()
         sock.setblocking(False)
-        self._poll = select.poll()
-        self._poll.register(self._fd, select.POLLIN)
+        self._poll = select.poll()  # the instant readiness check (see _ready_now)
+        self._poll.register(self._fd, select.POLLIN | select.POLLRDHUP)
+        # Sleeping happens in an edge-triggered epoll: it wakes once per state change, so
+        # completions of a MSG_ZEROCOPY sender on this socket (level-triggered POLLERR until
+        # that sender reads its error queue) cannot turn the wait into a busy loop.
+        self._sleep = select.epoll(1)
+        self._sleep.register(self._fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
         self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
         self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
                                   force_zerocopy=self.policy.force_zerocopy,
@@ -371,6 +377,7 @@ class Receiver:
             window.close()
         self._windows.clear()
         self._pending = None
+        self._sleep.close()
         self._sock.close()
 
     def __enter__(self) -> Receiver:
@@ -442,15 +449,35 @@ class Receiver:
     def _wait(self, nbytes: int, deadline: float | None) -> None:
         if self.policy.rcvlowat:
             self._set_lowat(nbytes)
-        if deadline is None:
-            ready = self._poll.poll()
-        else:
-            remaining = max(0.0, deadline - time.monotonic())
-            ready = self._poll.poll(int(remaining * 1000 + 0.999))
+        while not self._ready_now():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutExpired("no data before the timeout")
+            self._sleep.poll(-1 if remaining is None else remaining)
+
+    def _ready_now(self) -> bool:
+        """Whether a receive would find data, EOF or a socket error, without blocking.
+
+        ``POLLERR`` alone is ambiguous: a real socket error, or zero-copy completions queued for
+        a sender on this same socket (tcp_poll in net/ipv4/tcp.c reports a non-empty error queue
+        as ``POLLERR``). A one-byte ``MSG_PEEK`` tells them apart; a real error is raised here
+        because the peek consumed it.
+        """
+        ready = self._poll.poll(0)
         if not ready:
-            raise TimeoutExpired("no data before the timeout")
-        if ready[0][1] & select.POLLNVAL:
+            return False
+        events = ready[0][1]
+        if events & select.POLLNVAL:
             raise SocketClosedError("the socket was closed under the receiver")
+        if events & (select.POLLIN | select.POLLRDHUP | select.POLLHUP):
+            return True
+        try:
+            self._sock.recv(1, _PEEK_FLAGS)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            raise _translate(e, "recv") from e
+        return True
 
     def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
         try:
