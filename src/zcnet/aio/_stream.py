@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import select
 import socket
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -47,7 +46,6 @@ from zcnet.errors import (
     ConnectionResetByPeer,
     InvalidBufferError,
     InvalidCompletionError,
-    ReceiveError,
     SendError,
     SocketClosedError,
     TimeoutExpired,
@@ -85,47 +83,6 @@ def _translate(e: OSError) -> ZcnetError:
     return err
 
 
-def _translate_rx(e: OSError) -> ZcnetError:
-    if e.errno in _RESET_ERRNOS:
-        err: ZcnetError = ConnectionResetByPeer(f"connection lost during receive: {e}")
-    elif e.errno == errno.EBADF:
-        err = SocketClosedError(f"socket closed underneath the stream: {e}")
-    else:
-        err = ReceiveError(f"receive failed: {e}")
-    err.__cause__ = e
-    return err
-
-
-class _PeekPoll:
-    """Stands in for the Receiver's ``select.poll`` object (its readiness check).
-
-    ``poll(2)`` always reports ``POLLERR`` while zero-copy completions wait on the error queue,
-    so on a socket that also sends with ``MSG_ZEROCOPY`` the Receiver's check would say
-    "readable" with nothing to read and its retry loop would spin. Here "ready" means that a
-    non-blocking ``MSG_PEEK`` of one byte finds data, EOF or a socket error; otherwise the
-    Receiver raises ``TimeoutExpired`` (``timeout=0``) and the stream awaits readability.
-    """
-
-    __slots__ = ("_fd", "_sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._fd = sock.fileno()
-
-    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
-        try:
-            self._sock.recv(1, _PEEK_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            return []
-        # Any other OSError (a reset...) propagates: the peek consumed the socket error, so the
-        # Receiver's next call would only see EOF. ZcStream translates it.
-        return [(self._fd, select.POLLIN)]
-
-
-_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-_POLL_TYPE: Final = type(select.poll())
-
-
 def _byte_view(buf: Buffer) -> memoryview:
     try:
         mv = memoryview(buf)
@@ -154,13 +111,9 @@ class ZcStream:
     def __init__(self, sock: socket.socket, *, send_policy: SendPolicy | None = None,
                  recv_policy: RecvPolicy | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._rx = Receiver(sock, recv_policy)  # validates the socket, makes it non-blocking
-        # The Receiver's readiness poll would see POLLERR from our own completions; see _PeekPoll.
-        # (Until zcnet.receiver offers a hook for this, fail loudly if its internals change.)
-        if not isinstance(getattr(self._rx, "_poll", None), _POLL_TYPE):
-            self._rx.close()
-            raise RuntimeError("zcnet.receiver.Receiver has no _poll object to replace")
-        self._rx._poll = _PeekPoll(sock)  # type: ignore[assignment]
+        # Validates the socket and makes it non-blocking. Driven with timeout=0: its instant
+        # readiness check tells our own zero-copy completions (POLLERR) from data.
+        self._rx = Receiver(sock, recv_policy)
         self._sock = sock
         self._fd = sock.fileno()
         self.send_policy = send_policy if send_policy is not None else SendPolicy()
@@ -479,8 +432,6 @@ class ZcStream:
                 return rx.recv(max_bytes, timeout=0)
             except TimeoutExpired:
                 watch.clear(READABLE)
-            except OSError as e:  # from _PeekPoll
-                raise _translate_rx(e) from e
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
@@ -505,8 +456,6 @@ class ZcStream:
                 return rx.recv_into(view, timeout=0)
             except TimeoutExpired:
                 watch.clear(READABLE)
-            except OSError as e:  # from _PeekPoll
-                raise _translate_rx(e) from e
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes (a copy), like ``asyncio.StreamReader.readexactly``.
