@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 from typing import Final
 
-__all__ = ["BufferAddresser", "PyBuffer"]
+__all__ = ["BufferAddresser", "PyBuffer", "buffer_address"]
 
 
 class PyBuffer(ctypes.Structure):
@@ -78,3 +78,13 @@ class BufferAddresser:
             return ctypes.addressof(ctypes.c_char.from_buffer(obj))  # type: ignore[arg-type]
         except (TypeError, ValueError):  # read-only, or empty
             return self.readonly(obj)
+
+
+def buffer_address(obj: object) -> int:
+    """The start address of any object exporting a buffer, read-only ones included.
+
+    For occasional use (it allocates a ``Py_buffer``); hot paths keep a :class:`BufferAddresser`.
+    The export is released before returning: the address stays valid only as long as the object
+    keeps its memory (for an mmap, until it is closed).
+    """
+    return BufferAddresser().readonly(obj)

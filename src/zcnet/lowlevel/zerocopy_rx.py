@@ -29,6 +29,7 @@ import os
 import socket
 from typing import Final
 
+from zcnet.lowlevel.bufaddr import buffer_address
 from zcnet.lowlevel.constants import TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT, TCP_ZEROCOPY_RECEIVE
 
 __all__ = [
@@ -71,46 +72,6 @@ _EXPECTED_OFFSETS: Final = {
 assert ctypes.sizeof(TcpZerocopyReceive) == 64
 for _name, _off in _EXPECTED_OFFSETS.items():
     assert getattr(TcpZerocopyReceive, _name).offset == _off, _name
-
-
-class _PyBuffer(ctypes.Structure):
-    _fields_ = (
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.py_object),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    )
-
-
-_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
-_PyObject_GetBuffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
-_PyObject_GetBuffer.restype = ctypes.c_int
-_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
-_PyBuffer_Release.argtypes = (ctypes.POINTER(_PyBuffer),)
-_PyBuffer_Release.restype = None
-_PyBUF_SIMPLE: Final = 0
-
-
-def buffer_address(obj: object) -> int:
-    """The start address of any object exporting a buffer, read-only ones included.
-
-    The export is released before returning: the address stays valid only as long as the object
-    keeps its memory (for an mmap, until it is closed).
-    """
-    view = _PyBuffer()
-    if _PyObject_GetBuffer(obj, ctypes.byref(view), _PyBUF_SIMPLE) != 0:
-        raise TypeError(f"{type(obj).__name__} does not export a buffer")
-    try:
-        return int(view.buf or 0)
-    finally:
-        _PyBuffer_Release(ctypes.byref(view))
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
