@@ -82,6 +82,21 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _lo_mtu(text: str) -> int | None:
+    """``"default"`` → None (keep 65536); otherwise an MTU an IPv6 loopback accepts."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid MTU {text!r}: an integer from 1280 to 65536, or 'default'") from None
+    if not 1280 <= value <= 65536:
+        raise argparse.ArgumentTypeError(
+            f"invalid MTU {value}: IPv6 needs 1280 to 65536 (or 'default')")
+    return value
+
+
 def _hostport(text: str) -> tuple[str, int]:
     from zcnet.bench.server import parse_hostport
 
@@ -116,7 +131,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
-    from zcnet.bench.modes import RECEIVE_MODES, SEND_MODES
+    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES
 
     bench = subparsers.add_parser(
         "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",
@@ -139,6 +154,14 @@ def add_subparsers(subparsers: Any) -> None:
                    help=f"receive modes, comma-separated from {','.join(RECEIVE_MODES)}")
     p.add_argument("--rcvlowat", type=_size_or_zero, metavar="SIZE",
                    help="bytes each recv_into/zcnet call waits for (default 512K; 0: any)")
+    p.add_argument("--sender", choices=RX_SENDERS, default=None,
+                   help="the sending side: zcnet-forced (default; MSG_ZEROCOPY, so loopback "
+                   "pages are mappable), zcnet (default policy: copies once the kernel reports "
+                   "copies) or sendall (plain copies: nothing can be mapped)")
+    p.add_argument("--lo-mtu", type=_lo_mtu, metavar="MTU|default", default=argparse.SUPPRESS,
+                   help="the namespace's loopback MTU: 61512 (default; IPv6 MSS 61440, 15 "
+                   "pages) or 'default' to keep 65536 (MSS 65464: nothing can be mapped); "
+                   "without a namespace, 'default' drops the listener's TCP_MAXSEG")
 
     p = exp.add_parser("rpc", help="100 connections, 4 KB request/response, zero-copy rx on/off")
     _common(p)
@@ -224,6 +247,13 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             kw["recv_modes"] = args.recv_modes
         if args.rcvlowat is not None:
             kw["rcvlowat"] = args.rcvlowat
+        if args.sender is not None:
+            kw["send_mode"] = args.sender
+        if hasattr(args, "lo_mtu"):  # given (the default is suppressed)
+            if args.no_netns and args.lo_mtu is not None:
+                raise _ArgError("--lo-mtu MTU needs a namespace (drop --no-netns); "
+                                "--lo-mtu default works without one")
+            kw["lo_mtu"] = args.lo_mtu
         return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source))]
     if experiment in ("rpc", "memory") and args.source_bytes is not None:
         raise _ArgError("--source applies to stream and rx only")

@@ -17,7 +17,10 @@ from typing import Any
 
 from zcnet.netns import IFB_SINK_ADDR, LO_MTU_IPV6_MSS_61440, Netns, netns_unavailable_reason
 
-__all__ = ["Environment", "environment"]
+__all__ = ["DEFAULT_LO_MTU", "Environment", "environment"]
+
+#: The loopback MTU of a fresh namespace.
+DEFAULT_LO_MTU = 65536
 
 
 @dataclass
@@ -37,12 +40,20 @@ class Environment:
 
 
 @contextlib.contextmanager
-def environment(*, ifb: bool = False, use_netns: bool = True) -> Iterator[Environment]:
-    """A namespace with lo MTU 61512 (and an ifb sink if ``ifb``), or plain loopback."""
+def environment(*, ifb: bool = False, use_netns: bool = True,
+                lo_mtu: int | None = LO_MTU_IPV6_MSS_61440) -> Iterator[Environment]:
+    """A namespace with lo MTU ``lo_mtu`` (and an ifb sink if ``ifb``), or plain loopback.
+
+    ``lo_mtu=None`` keeps the namespace's default loopback MTU (65536: MSS 65464, not a page
+    multiple, so received pages cannot be mapped).
+    """
     reason = netns_unavailable_reason() if use_netns else "namespaces disabled (--no-netns)"
     if reason is not None:
         yield Environment(None, "127.0.0.1", None, None,
                           [f"plain loopback: {reason}; default lo MTU"])
         return
-    with Netns(lo_mtu=LO_MTU_IPV6_MSS_61440, ifb_sink=ifb, name_prefix="zcbench") as ns:
-        yield Environment(ns.name, "::1", LO_MTU_IPV6_MSS_61440, IFB_SINK_ADDR if ifb else None)
+    with Netns(lo_mtu=lo_mtu, ifb_sink=ifb, name_prefix="zcbench") as ns:
+        notes = [] if lo_mtu is not None else [
+            f"lo MTU {DEFAULT_LO_MTU} (the default): IPv6 MSS 65464 is not a page multiple"]
+        yield Environment(ns.name, "::1", DEFAULT_LO_MTU if lo_mtu is None else lo_mtu,
+                          IFB_SINK_ADDR if ifb else None, notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["RECEIVE_MODES", "SEND_MODES"]
+__all__ = ["RECEIVE_MODES", "RX_SENDERS", "SEND_MODES"]
 
 #: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
 #: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
@@ -13,3 +13,7 @@ SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy")
 
 #: See :mod:`zcnet.bench.receivers`.
 RECEIVE_MODES: Final = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcnet")
+
+#: Senders of the rx experiment: ``zcnet-forced`` (default: loopback pages mappable), ``zcnet``
+#: (default policy) and ``sendall`` (plain copies: the receiver must fall back).
+RX_SENDERS: Final = ("zcnet-forced", "zcnet", "sendall")

@@ -130,9 +130,11 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
         rx = Receiver(sock.dup(), RecvPolicy(rcvlowat=rcvlowat))
     except (UnsupportedSocketError, ZerocopyUnavailable) as e:
         raise ModeUnavailable(f"zcnet.Receiver not available here: {e}") from e
+    switched: list[int] = []  # recv() calls (from the first byte) until the copy switch
+
     try:
-        def pump(total: int) -> None:
-            left = total
+        def pump(total: int, watch: bool) -> int:
+            left, calls = total, 0
             while left:
                 with rx.recv(min(left, size)) as chunk:
                     n = len(chunk)
@@ -140,21 +142,29 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
                         raise ProtocolError(f"EOF with {left} bytes missing")
                     consume(chunk.view)
                 left -= n
+                calls += 1
+                if watch and not switched and rx.stats.mode != "zerocopy":
+                    switched.append(calls)
+            return calls
 
         try:
-            pump(warmup)
+            warm_calls = pump(warmup, watch=True)  # untimed: stats may be read every call
         except ZerocopyUnavailable as e:
             raise ModeUnavailable(f"zcnet.Receiver not available here: {e}") from e
         before = rx.stats
         consume.begin_timed()
-        pump(nbytes)
+        timed_calls = pump(nbytes, watch=False)
         consume.window.stop()
         after = rx.stats
+        if not switched and after.mode != "zerocopy":
+            switched.append(warm_calls + timed_calls)  # during the timed bytes: at most this
         return {
             "bytes_mapped": after.bytes_mapped - before.bytes_mapped,
             "bytes_copied": after.bytes_copied - before.bytes_copied,
             "rx_mode": str(after.mode),
             "fallback_reason": after.fallback_reason,
+            "switched_after_calls": switched[0] if switched else None,
+            "zerocopy_calls": after.calls,
         }
     finally:
         rx.close()

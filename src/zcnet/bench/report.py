@@ -140,9 +140,12 @@ def _rx_tables(exp: dict[str, Any]) -> list[Any]:
     summary = exp["summary"]
     base = _find(summary, recv_mode="recv_into")
     send_mode = next((r["send_mode"] for r in exp["runs"] if r.get("ok")), "?")
-    t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}",
+    env = exp.get("environment") or {}
+    where = f"lo MTU {env['lo_mtu']}" if env.get("lo_mtu") else "host loopback"
+    t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}, {where}",
               show_lines=True)
-    for col in ("receive mode", "rcv s/GB", "vs recv_into", "Gbit/s", "mapped", "snd s/GB"):
+    for col in ("receive mode", "rcv s/GB", "vs recv_into", "Gbit/s", "mapped", "rx mode",
+                "snd s/GB"):
         t.add_column(col, justify="right")
     for e in summary:
         t.add_row(e["recv_mode"], _cell(_summary(e, "receiver_cpu_s_per_gb")),
@@ -150,6 +153,7 @@ def _rx_tables(exp: dict[str, Any]) -> list[Any]:
                                      _summary(base, "receiver_cpu_s_per_gb"))),
                   _cell(_summary(e, "throughput_gbit_s"), "{:.1f}"),
                   _cell(_summary(e, "mapped_pct"), "{:.0f}%"),
+                  str(e.get("rx_mode") or "\N{EM DASH}"),
                   _cell(_summary(e, "sender_cpu_s_per_gb")))
     return [t]
 

@@ -12,6 +12,13 @@ SO_RCVLOWAT hint, receivers wait for ``rcvlowat`` bytes (512 KB) per call when t
 ``RecvPolicy(rcvlowat=...)`` for zcnet, ``MSG_WAITALL`` for ``recv_into``; asyncio streams
 cannot (poll readiness would wait past the end of the stream). Modes alternate between
 repetitions; verification as in the stream experiment.
+
+The fallback configurations (issue 3): ``send_mode="sendall"`` (a plain copying sender: the
+receiver gets compound page frags) or ``lo_mtu=None`` (the default MTU 65536, MSS 65464) make
+pages unmappable; zcnet's receiver must then notice within its probe calls, switch to
+``recv_into`` and say why (``rx_mode``/``fallback_reason``, and after how many calls it switched),
+and cost about what ``recv_into`` costs. The summary entry of ``zcnet`` carries that mode and
+reason, and the notes say it in words.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from zcnet.bench.env import environment
 from zcnet.bench.modes import RECEIVE_MODES
 from zcnet.bench.peers import client_worker, server_worker
 from zcnet.bench.workers import Worker, spawn
+from zcnet.netns import LO_MTU_IPV6_MSS_61440
 
 __all__ = ["RxParams", "plan_count", "run_rx"]
 
@@ -54,6 +62,12 @@ class RxParams:
     rcvlowat: int = 512 * KiB
     verify: str = "sample"
     use_netns: bool = True
+    lo_mtu: int | None = LO_MTU_IPV6_MSS_61440
+
+
+def _listener_mss(p: RxParams, in_netns: bool) -> int | None:
+    """TCP_MAXSEG for the listener: only outside a namespace, and not with ``lo_mtu=None``."""
+    return None if in_netns or p.lo_mtu is None else MSS_4K_LISTENER
 
 
 def _plan(p: RxParams) -> list[dict[str, Any]]:
@@ -99,11 +113,17 @@ def _record(item: dict[str, Any], p: RxParams, send_mode: str,
 def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
     """Run the rx experiment; the JSON-ready result (see docs/bench.md)."""
     runs: list[dict[str, Any]] = []
-    with environment(use_netns=p.use_netns) as env:
+    with environment(use_netns=p.use_netns, lo_mtu=p.lo_mtu) as env:
         notes = list(env.notes)
-        mss = None if env.ns_name is not None else MSS_4K_LISTENER
+        mss = _listener_mss(p, env.ns_name is not None)
         if mss is not None:
             notes.append(f"listener TCP_MAXSEG {mss} (MSS 4096) so loopback pages are mappable")
+        elif env.ns_name is None:
+            notes.append("listener keeps the loopback's default MSS (--lo-mtu default): "
+                         "pages are not mappable")
+        if p.send_mode == "sendall":
+            notes.append("sender sendall (plain copies): the receiver gets compound page "
+                         "frags, which cannot be mapped")
         send_mode = p.send_mode
         unavailable: dict[str, str] = {}
         server: Worker | None = None
@@ -142,7 +162,48 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
         for mode, why in unavailable.items():
             notes.append(f"receive mode {mode} unavailable: {why}")
         summary = group_summary(runs, ("recv_mode",), METRICS)
+        _relative_to_recv_into(summary)
+        _describe_zcnet(summary, runs, notes)
         failed = [r for r in runs if not r["ok"] and r["recv_mode"] not in unavailable]
         return experiment_result("rx", status="ok" if not failed else "partial",
                                  environment=env.describe(), parameters=asdict(p), runs=runs,
                                  summary=summary, notes=notes)
+
+
+def _relative_to_recv_into(summary: list[dict[str, Any]]) -> None:
+    """``receiver_cpu_vs_recv_into_pct``: 100 * median CPU/GB over recv_into's (None without)."""
+    def median(entry: dict[str, Any]) -> float | None:
+        m = entry["metrics"].get("receiver_cpu_s_per_gb")
+        return None if m is None else float(m["median"])
+
+    base = next((median(e) for e in summary if e["recv_mode"] == "recv_into"), None)
+    for entry in summary:
+        value = median(entry)
+        entry["receiver_cpu_vs_recv_into_pct"] = (
+            None if value is None or not base else round(100.0 * value / base, 1))
+
+
+def _describe_zcnet(summary: list[dict[str, Any]], runs: list[dict[str, Any]],
+                    notes: list[str]) -> None:
+    """Add the zcnet receiver's mode and fallback reason to its summary entry and the notes."""
+    for entry in summary:
+        mode = entry["recv_mode"]
+        members = [r for r in runs if r["recv_mode"] == mode and r["role"] == "timed"
+                   and r["ok"] and r["receiver"] and "rx_mode" in r["receiver"]]
+        if not members:
+            continue
+        rx_modes = sorted({str(r["receiver"]["rx_mode"]) for r in members})
+        reasons = sorted({str(r["receiver"]["fallback_reason"]) for r in members
+                          if r["receiver"].get("fallback_reason")})
+        calls = sorted({int(r["receiver"]["switched_after_calls"]) for r in members
+                        if r["receiver"].get("switched_after_calls") is not None})
+        entry["rx_mode"] = rx_modes[0] if len(rx_modes) == 1 else "/".join(rx_modes)
+        entry["fallback_reason"] = "; ".join(reasons) or None
+        entry["switched_after_calls"] = calls[-1] if calls else None
+        if reasons:
+            when = (f" after {calls[0]}" + (f"-{calls[-1]}" if len(calls) > 1 else "")
+                    + " recv calls") if calls else ""
+            notes.append(f"{mode} receiver switched to {entry['rx_mode']}{when}: "
+                         f"{entry['fallback_reason']}")
+        else:
+            notes.append(f"{mode} receiver stayed in mode {entry['rx_mode']}")
