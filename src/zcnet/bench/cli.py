@@ -145,6 +145,9 @@ def add_subparsers(subparsers: Any) -> None:
                    help=f"send modes, comma-separated from {','.join(SEND_MODES)}")
     p.add_argument("--transports", type=_choice_list(("tcp", "udp")),
                    help="tcp (loopback), udp (GSO toward the ifb sink); default both")
+    p.add_argument("--batch", type=_positive_int, metavar="N",
+                   help="zcnet-batch: datagrams per Sender.send_batch call (default 32, at "
+                   "most 1024)")
     p.add_argument("--connect", type=_hostport, metavar="HOST:PORT",
                    help="two-host mode: stream TCP to a `zcnet serve` there")
 
@@ -238,6 +241,12 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
                 raise _ArgError("--connect runs TCP only; drop udp from --transports")
             kw["connect"] = args.connect
             kw["transports"] = ("tcp",)
+        if args.batch is not None:
+            if args.batch > 1024:
+                raise _ArgError("--batch: at most 1024 datagrams per call")
+            if args.modes and "zcnet-batch" not in args.modes:
+                raise _ArgError("--batch applies to the zcnet-batch send mode only")
+            kw["batch"] = args.batch
         if args.sizes and max(args.sizes) > 4 << 20:
             raise _ArgError("--sizes: the largest message size is 4M")
         return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw, **source))]

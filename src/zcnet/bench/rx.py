@@ -198,12 +198,14 @@ def _describe_zcnet(summary: list[dict[str, Any]], runs: list[dict[str, Any]],
         calls = sorted({int(r["receiver"]["switched_after_calls"]) for r in members
                         if r["receiver"].get("switched_after_calls") is not None})
         entry["rx_mode"] = rx_modes[0] if len(rx_modes) == 1 else "/".join(rx_modes)
-        entry["fallback_reason"] = "; ".join(reasons) or None
+        # reasons quote byte counts, so they differ between runs: keep the first one
+        entry["fallback_reason"] = reasons[0] if reasons else None
         entry["switched_after_calls"] = calls[-1] if calls else None
         if reasons:
             when = (f" after {calls[0]}" + (f"-{calls[-1]}" if len(calls) > 1 else "")
                     + " recv calls") if calls else ""
-            notes.append(f"{mode} receiver switched to {entry['rx_mode']}{when}: "
-                         f"{entry['fallback_reason']}")
+            switched = sum(1 for r in members if r["receiver"].get("fallback_reason"))
+            notes.append(f"{mode} receiver switched to {entry['rx_mode']}{when} in "
+                         f"{switched} of {len(members)} timed runs: {reasons[0]}")
         else:
             notes.append(f"{mode} receiver stayed in mode {entry['rx_mode']}")

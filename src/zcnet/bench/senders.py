@@ -15,6 +15,10 @@ copying send pays for cache misses as it does with real data. Modes:
   every send whatever the size or the kernel's copied reports (what a zero-copy receiver over
   loopback needs, and the raw cost of pinning, as in the classic tables).
 
+- ``zcnet-batch`` (UDP): ``Sender`` with the default policy, datagrams handed over in groups
+  of ``batch`` with ``Sender.send_batch`` (``sendmmsg(2)``, one system call per group: Python's
+  fixed cost per call is amortised; docs/transmit.md). On TCP it is ``zcnet``.
+
 - ``raw-zerocopy``: the reference for zcnet's own overhead: ``send(MSG_ZEROCOPY)`` in a bare
   loop that only counts completions (the buffers are immutable, so no per-send bookkeeping), as
   tools/testing/selftests/net/msg_zerocopy.c does in C.
@@ -119,7 +123,7 @@ class _Engine:
                 raise ModeUnavailable(f"SO_ZEROCOPY not available: {e}") from e
             self.send = self.raw.send
             return
-        if mode not in ("zcnet", "zcnet-forced"):
+        if mode not in ("zcnet", "zcnet-forced", "zcnet-batch"):
             raise ModeUnavailable(f"unknown send mode {mode!r}")
         try:
             from zcnet.sender import Sender, SendPolicy
@@ -235,11 +239,19 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
         if engine.sender is None and engine.raw is None:
             engine.send = _udp_send(sock)
+        batch = int(cmd.get("batch", 32)) if cmd["send_mode"] == "zcnet-batch" else 0
         try:
             window = CpuWindow()
 
             def pump(start: int, total: int) -> None:
                 off, end = start, start + total
+                if batch:
+                    send_batch = engine.sender.send_batch
+                    while off < end:
+                        k = min(batch, (end - off + msg - 1) // msg)
+                        send_batch([source.window(off + i * msg, msg) for i in range(k)])
+                        off += k * msg
+                    return
                 while off < end:
                     engine.send(source.window(off, msg))
                     off += msg
@@ -253,7 +265,8 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             window.stop()
             sent = ((nbytes + msg - 1) // msg) * msg
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": sent,
-                      "gso_size": gso, "source_bytes": source.size if source.cold else 0,
+                      "gso_size": gso, "batch": batch or None,
+                      "source_bytes": source.size if source.cold else 0,
                       "cpu": window.cpu, "user": window.user,
                       "sys": window.sys, "wall": window.wall}
             sender.update(_delta(engine.stats(), before))

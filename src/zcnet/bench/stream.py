@@ -6,7 +6,9 @@ receiver's CPU seconds per GB and the throughput, with plain ``sendall`` against
 ``Sender``, and the zc/std ratio. TCP runs over the namespace's loopback (IPv6, MSS 15 pages),
 where the kernel always copies zero-copy frags (so it measures what the fallback costs); UDP
 with ``UDP_SEGMENT`` toward the ``ifb`` sink measures the true transmit cost, since nothing is
-delivered there (sender only). ``--connect HOST:PORT`` runs the TCP part against a remote
+delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender.send_batch``
+(``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
+``--connect HOST:PORT`` runs the TCP part against a remote
 ``zcnet serve``. Repetitions alternate the order of the modes; with ``verify="sample"`` one extra
 untimed repetition per configuration checks every byte and the timed ones spot-check each chunk.
 """
@@ -25,6 +27,7 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import Environment, environment
+from zcnet.bench.modes import UDP_ONLY_SEND_MODES
 from zcnet.bench.peers import client_worker, server_worker
 from zcnet.bench.workers import Worker, spawn
 
@@ -48,7 +51,7 @@ class StreamParams:
     nbytes: int = 512 * 1024 * 1024
     warmup: int = 32 * 1024 * 1024
     reps: int = 3
-    send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced")
+    send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced", "zcnet-batch")
     transports: tuple[str, ...] = ("tcp", "udp")
     recv_mode: str = "recv_into"
     recv_size: int = 256 * KiB
@@ -57,6 +60,13 @@ class StreamParams:
     connect: tuple[str, int] | None = None
     use_netns: bool = True
     udp_sizes: tuple[int, ...] = field(default=())
+    batch: int = 32
+
+    def modes_for(self, transport: str) -> tuple[str, ...]:
+        """The send modes that run on ``transport`` (UDP-only modes are left out of TCP)."""
+        if transport == "udp":
+            return self.send_modes
+        return tuple(m for m in self.send_modes if m not in UDP_ONLY_SEND_MODES)
 
     def udp_message_sizes(self) -> list[int]:
         """UDP send sizes: the TCP sizes that fit one GSO send, the largest as 64768 bytes."""
@@ -71,14 +81,15 @@ def _plan(p: StreamParams, transports: list[str]) -> list[dict[str, Any]]:
     plan: list[dict[str, Any]] = []
     for t in transports:
         sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
+        modes = p.modes_for(t)
         if p.verify == "sample":
             for size in sizes:
-                for mode in p.send_modes:
+                for mode in modes:
                     plan.append({"transport": t, "msg_size": size, "send_mode": mode,
                                  "rep": -1, "role": "verify"})
         for rep in range(p.reps):
             for i, size in enumerate(sizes):
-                for mode in rotated(p.send_modes, rep + i):
+                for mode in rotated(modes, rep + i):
                     plan.append({"transport": t, "msg_size": size, "send_mode": mode,
                                  "rep": rep, "role": "timed"})
     return plan
@@ -161,6 +172,7 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                     "kind": item["transport"], "msg_size": item["msg_size"],
                     "send_mode": mode, "recv_mode": p.recv_mode, "recv_size": p.recv_size,
                     "warmup": p.warmup, "bytes": p.nbytes, "source_bytes": p.source_bytes,
+                    "batch": p.batch,
                     "verify": "full" if p.verify == "all" or item["role"] == "verify"
                     else "spot",
                 }
@@ -180,6 +192,12 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                 server.stop(0.2, graceful=False)
     for mode, why in unavailable.items():
         notes.append(f"send mode {mode} unavailable: {why}")
+    batched = [m for m in UDP_ONLY_SEND_MODES if m in p.send_modes]
+    if batched and "udp" in transports and "zcnet-batch" not in unavailable:
+        notes.append(f"zcnet-batch: Sender.send_batch of {p.batch} datagrams per call "
+                     "(sendmmsg), default SendPolicy; UDP only (on TCP it is zcnet)")
+    elif batched and "udp" not in transports:
+        notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
     summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
     failed = [r for r in runs if not r["ok"] and r["send_mode"] not in unavailable]
     status = "ok" if not failed else "partial"
