@@ -6,7 +6,13 @@ the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
 - ``recv_into``: ``socket.recv_into`` into one preallocated buffer (netperf / tcp_mmap's copy
   path); with ``rcvlowat`` in the header, ``MSG_WAITALL`` (wait for the whole request, the
   blocking equivalent of tcp_mmap's SO_RCVLOWAT hint);
-- ``asyncio-readexactly`` and ``asyncio-read``: asyncio streams on a dup of the socket;
+- ``asyncio-readexactly``: ``asyncio.StreamReader.readexactly`` on a dup of the socket;
+- ``asyncio-read`` (``StreamReader.read``), ``asyncio-buffered`` (an ``asyncio.BufferedProtocol``
+  receiving into one preallocated buffer, the cheapest asyncio can do) and ``zcnet-aio``
+  (``zcnet.aio.ZcStream.recv``, mapped pages where possible; no SO_RCVLOWAT hint): the AIO
+  engineer's benchmark modes, :func:`zcnet.aio._benchmodes.receive`, reused as they are;
+- every asyncio mode also runs on uvloop as ``NAME-uvloop`` (``ModeUnavailable`` when uvloop
+  is not installed: the ``[uvloop]`` extra);
 - ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
   pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see DESIGN.md), with
   ``RecvPolicy(rcvlowat=...)`` from the header.
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
-from zcnet.bench.modes import RECEIVE_MODES
+from zcnet.bench.modes import RECEIVE_MODES, split_loop
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import ProtocolError
 
@@ -82,8 +88,25 @@ def _recv_into(sock: socket.socket, warmup: int, nbytes: int, size: int,
     return {}
 
 
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """New event loops of kind ``loop`` (``"asyncio"``: the default selector loop; ``"uvloop"``)."""
+    try:
+        from zcnet.aio._benchmodes import ModeUnavailable as AioModeUnavailable
+        from zcnet.aio._benchmodes import loop_factory
+    except ImportError:
+        if loop == "asyncio":
+            return asyncio.SelectorEventLoop
+        raise ModeUnavailable("zcnet.aio is not available (its loop factory)") from None
+    try:
+        return loop_factory(loop)
+    except AioModeUnavailable as e:
+        raise ModeUnavailable(f"{e} (pip install 'zcnet[uvloop]')") from e
+
+
 def _asyncio(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
-             exactly: bool) -> dict[str, Any]:
+             exactly: bool, loop: str = "asyncio") -> dict[str, Any]:
+    factory = _loop_factory(loop)
+
     async def main() -> None:
         reader, writer = await asyncio.open_connection(sock=sock.dup(), limit=2 * size)
         try:
@@ -104,18 +127,49 @@ def _asyncio(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: 
         finally:
             writer.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
     return {}
 
 
-def _asyncio_readexactly(sock: socket.socket, warmup: int, nbytes: int, size: int,
-                         consume: Consumer) -> dict[str, Any]:
-    return _asyncio(sock, warmup, nbytes, size, consume, exactly=True)
+#: bench mode -> the AIO engineer's mode name in :mod:`zcnet.aio._benchmodes`
+_AIO_MODES = {"asyncio-read": "asyncio streams", "asyncio-buffered": "BufferedProtocol",
+              "zcnet-aio": "zcnet-aio stream"}
+#: fields of the AIO modes' result that the bench's own result replaces (timed phase only)
+_AIO_DROP = ("mode", "bytes", "chunks")
 
 
-def _asyncio_read(sock: socket.socket, warmup: int, nbytes: int, size: int,
-                  consume: Consumer) -> dict[str, Any]:
-    return _asyncio(sock, warmup, nbytes, size, consume, exactly=False)
+def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
+              mode: str, loop: str) -> dict[str, Any]:
+    try:
+        from zcnet.aio._benchmodes import ModeUnavailable as AioModeUnavailable
+        from zcnet.aio._benchmodes import receive as aio_receive
+    except ImportError as e:
+        raise ModeUnavailable(f"zcnet.aio is not available: {e}") from e
+    _loop_factory(loop)  # uvloop missing: ModeUnavailable with the install hint
+    try:
+        res = aio_receive(_AIO_MODES[mode], loop, sock.dup(), warmup=warmup, nbytes=nbytes,
+                          size=size, consume=consume, begin_timed=consume.begin_timed,
+                          end_timed=consume.window.stop)
+    except AioModeUnavailable as e:
+        raise ModeUnavailable(str(e)) from e
+    except EOFError as e:
+        raise ProtocolError(str(e)) from e
+    if res["bytes"] != warmup + nbytes:
+        raise ProtocolError(f"{mode}: received {res['bytes']} of {warmup + nbytes} bytes")
+    return {k: v for k, v in res.items() if k not in _AIO_DROP}
+
+
+def _asyncio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int,
+                  consume: Consumer, mode: str) -> dict[str, Any]:
+    base, loop = split_loop(mode)
+    assert loop is not None
+    if base == "asyncio-readexactly":
+        extra = _asyncio(sock, warmup, nbytes, size, consume, exactly=True, loop=loop)
+    else:
+        extra = _aio_mode(sock, warmup, nbytes, size, consume, base, loop)
+    extra["loop"] = loop
+    return extra
 
 
 def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
@@ -170,18 +224,12 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
         rx.close()
 
 
-_MODES: dict[str, Callable[..., dict[str, Any]]] = {
-    "recv_into": _recv_into,
-    "asyncio-readexactly": _asyncio_readexactly,
-    "asyncio-read": _asyncio_read,
-    "zcnet": _zcnet,
-}
 
 
 def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     """Run one receive session described by ``header``; return the result fields."""
     mode = str(header.get("mode", "recv_into"))
-    if mode not in _MODES:
+    if mode not in RECEIVE_MODES:
         raise ModeUnavailable(f"unknown receive mode {mode!r}")
     warmup, nbytes = int(header["warmup"]), int(header["bytes"])
     size = int(header.get("recv_size", 256 * 1024))
@@ -190,10 +238,11 @@ def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> 
     rcvlowat = int(header.get("rcvlowat", 0))
     if mode == "zcnet":
         extra = _zcnet(sock, warmup, nbytes, size, consume, rcvlowat)
-    elif mode == "recv_into" and rcvlowat > 0:
-        extra = _recv_into(sock, warmup, nbytes, size, consume, socket.MSG_WAITALL)
+    elif mode == "recv_into":
+        flags = socket.MSG_WAITALL if rcvlowat > 0 else 0
+        extra = _recv_into(sock, warmup, nbytes, size, consume, flags)
     else:
-        extra = _MODES[mode](sock, warmup, nbytes, size, consume)
+        extra = _asyncio_mode(sock, warmup, nbytes, size, consume, mode)
     result: dict[str, Any] = {
         "ok": True,
         "mode": mode,

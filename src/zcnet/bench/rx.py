@@ -35,7 +35,7 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import environment
-from zcnet.bench.modes import RECEIVE_MODES
+from zcnet.bench.modes import RECEIVE_MODES, split_loop
 from zcnet.bench.peers import client_worker, server_worker
 from zcnet.bench.workers import Worker, spawn
 from zcnet.netns import LO_MTU_IPV6_MSS_61440
@@ -89,6 +89,7 @@ def _record(item: dict[str, Any], p: RxParams, send_mode: str,
             res: dict[str, Any]) -> dict[str, Any]:
     run = dict(item)
     run["send_mode"] = send_mode
+    run["loop"] = split_loop(item["recv_mode"])[1]
     run["msg_size"] = p.msg_size
     run["verified"] = "full" if p.verify == "all" or item["role"] == "verify" else "spot"
     sender, receiver = res.get("sender"), res.get("receiver")
