@@ -131,6 +131,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
+    from zcnet.bench.dask import DASK_VARIANTS
     from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES
 
     bench = subparsers.add_parser(
@@ -178,6 +179,15 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--duration", type=_positive_float, help="seconds of sampling per mode")
     p.add_argument("--interval", type=_positive_float, default=0.05, help="sampling period, s")
 
+    p = exp.add_parser("dask", help="Dask: large arrays between two workers, tcp:// vs zc://")
+    _common(p)
+    p.add_argument("--array-size", type=parse_size, metavar="SIZE",
+                   help="bytes per array (default 32M)")
+    p.add_argument("--arrays", type=_positive_int, help="arrays per transfer (default 4)")
+    p.add_argument("--variants", type=_choice_list(tuple(DASK_VARIANTS)),
+                   help="comma-separated from " + ",".join(DASK_VARIANTS)
+                   + " (default tcp,zc,zc-forced)")
+
     p = exp.add_parser("quick", help="a short version of every experiment (about 2 minutes)")
     _common(p)
 
@@ -201,6 +211,7 @@ class _ArgError(Exception):
 
 def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     """The experiments to run, with their parameter objects."""
+    from zcnet.bench.dask import DaskParams
     from zcnet.bench.memory import MemoryParams
     from zcnet.bench.modes import SEND_MODES
     from zcnet.bench.rpc import RpcParams
@@ -227,6 +238,8 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
             ("memory", MemoryParams(use_netns=use_netns, duration=1.0, reps=2)),
+            ("dask", DaskParams(use_netns=use_netns, array_bytes=16 << 20, arrays=2,
+                                reps=q["reps"])),
         ]
     if experiment == "stream":
         kw: dict[str, Any] = dict(over)
@@ -264,8 +277,23 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
                                 "--lo-mtu default works without one")
             kw["lo_mtu"] = args.lo_mtu
         return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source))]
-    if experiment in ("rpc", "memory") and args.source_bytes is not None:
+    if experiment in ("rpc", "memory", "dask") and args.source_bytes is not None:
         raise _ArgError("--source applies to stream and rx only")
+    if experiment == "dask":
+        if args.nbytes is not None or args.warmup is not None:
+            raise _ArgError("dask takes --array-size and --arrays, not --bytes or --warmup")
+        if args.array_size is not None and args.array_size > 1 << 30:
+            raise _ArgError("--array-size: at most 1G")
+        kw = {}
+        if args.array_size is not None:
+            kw["array_bytes"] = args.array_size
+        if args.arrays is not None:
+            kw["arrays"] = args.arrays
+        if args.variants:
+            kw["variants"] = args.variants
+        if args.reps:
+            kw["reps"] = args.reps
+        return [("dask", DaskParams(use_netns=use_netns, **kw))]
     if experiment == "rpc":
         if args.nbytes is not None or args.warmup is not None:
             raise _ArgError("rpc takes --requests and --size, not --bytes or --warmup")
@@ -292,20 +320,20 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
 
 
 def _run_one(name: str, params: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    from zcnet.bench import memory, rpc, rx, stream
+    from zcnet.bench import dask, memory, rpc, rx, stream
 
     runners: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
         "stream": stream.run_stream, "rx": rx.run_rx, "rpc": rpc.run_rpc,
-        "memory": memory.run_memory}
+        "memory": memory.run_memory, "dask": dask.run_dask}
     return runners[name](params, progress)
 
 
 def _plan_count(name: str, params: Any) -> int:
-    from zcnet.bench import memory, rpc, rx, stream
+    from zcnet.bench import dask, memory, rpc, rx, stream
 
     counts: dict[str, Callable[[Any], int]] = {
         "stream": stream.plan_count, "rx": rx.plan_count, "rpc": rpc.plan_count,
-        "memory": memory.plan_count}
+        "memory": memory.plan_count, "dask": dask.plan_count}
     return counts[name](params)
 
 

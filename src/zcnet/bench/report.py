@@ -201,8 +201,28 @@ def _memory_tables(exp: dict[str, Any]) -> list[Any]:
     return [t]
 
 
+def _dask_tables(exp: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    summary = exp["summary"]
+    base = _find(summary, variant="tcp")
+    p = exp["parameters"]
+    t = Table(title=f"dask: {p.get('arrays')} arrays x {_size(int(p.get('array_bytes', 0)))} "
+              "from worker A to worker B; CPU s/GB of each worker process", show_lines=True)
+    for col in ("variant", "Gbit/s", "snd s/GB", "snd vs tcp", "rcv s/GB", "rcv vs tcp"):
+        t.add_column(col, justify="right")
+    for e in summary:
+        row = [e["variant"], _cell(_summary(e, "throughput_gbit_s"), "{:.2f}")]
+        for side in ("sender", "receiver"):
+            metric = f"{side}_cpu_s_per_gb"
+            row += [_cell(_summary(e, metric)),
+                    _pct(ratio_percent(_summary(e, metric), _summary(base, metric)))]
+        t.add_row(*row)
+    return [t]
+
+
 _TABLES = {"stream": _stream_tables, "rx": _rx_tables, "rpc": _rpc_tables,
-           "memory": _memory_tables}
+           "memory": _memory_tables, "dask": _dask_tables}
 
 
 def print_tables(report: dict[str, Any], console: Any = None) -> None:

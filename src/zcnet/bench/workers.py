@@ -57,10 +57,10 @@ class Worker:
     """A spawned process running ``func(pipe, *args)`` inside ``ns_name``."""
 
     def __init__(self, func: Callable[..., None], ns_name: str | None, *args: Any,
-                 name: str = "zcnet-bench-worker") -> None:
+                 name: str = "zcnet-bench-worker", daemon: bool = True) -> None:
         self.pipe, child = _CTX.Pipe()
         self.process = _CTX.Process(target=_entry, args=(ns_name, func, child, args),
-                                    name=name, daemon=True)
+                                    name=name, daemon=daemon)
         self.process.start()
         child.close()
 
@@ -103,6 +103,11 @@ class Worker:
         self.stop()
 
 
-def spawn(func: Callable[..., None], ns_name: str | None, *args: Any) -> Worker:
-    """Start ``func(pipe, *args)`` in a new process inside ``ns_name``."""
-    return Worker(func, ns_name, *args, name=f"zcnet-bench-{func.__name__}")
+def spawn(func: Callable[..., None], ns_name: str | None, *args: Any,
+          daemon: bool = True) -> Worker:
+    """Start ``func(pipe, *args)`` in a new process inside ``ns_name``.
+
+    ``daemon=False`` for a worker that starts processes of its own (multiprocessing forbids
+    children of daemonic processes); :meth:`Worker.stop` still ends it.
+    """
+    return Worker(func, ns_name, *args, name=f"zcnet-bench-{func.__name__}", daemon=daemon)
