@@ -16,8 +16,9 @@ that receive copies instead. Windows are created on demand (``stats.windows_mapp
 ``mmap`` calls) and kept until :meth:`Receiver.close`; a window whose views are still alive at
 close is unmapped by the GC after the last view dies, never under it.
 
-Fallback: when the first ``probe_calls`` zero-copy calls map (almost) nothing (a copying sender,
-an MSS that is not a page multiple), the connection switches to plain ``recv`` and says why in
+Fallback: when a run of ``probe_calls`` zero-copy calls maps (almost) nothing (a copying sender,
+an MSS that is not a page multiple), or maps only short runs cut by unmappable tails (the default
+loopback MTU), the connection switches to plain ``recv`` for good and says why in
 ``stats.fallback_reason``, unless ``RecvPolicy.force_zerocopy``.
 """
 
@@ -77,11 +78,15 @@ class RecvPolicy:
         max_windows: windows per connection; with all busy, receives copy.
         copybuf_len: copy buffer for unmappable tails; must stay below one page.
         force_zerocopy: never switch to copy mode.
-        probe_calls: zero-copy calls to judge whether pages are mappable.
+        probe_calls: zero-copy calls per judgement of whether mapping pays (every such run of
+            calls is judged, for the connection's whole life).
         rcvlowat: if > 0, wait until ``min(rcvlowat, max_bytes)`` bytes are queued (or EOF)
             before receiving (``SO_RCVLOWAT``), so one call maps many pages. Only for streams
             where the peer keeps sending: a peer that sends less and waits for an answer stalls.
-        min_mapped_fraction: fraction of bytes mapped during the probe below which to switch.
+        min_mapped_fraction: fraction of bytes mapped in a run of calls below which to switch.
+        min_cut_run: when at least half the calls of a run had their mapping cut short by
+            unmappable bytes (an MSS that is not a page multiple), switch unless they mapped at
+            least this many bytes per call (mapping short runs costs more than copying).
     """
 
     window_bytes: int = 2 * 1024 * 1024
@@ -91,6 +96,7 @@ class RecvPolicy:
     probe_calls: int = 8
     rcvlowat: int = 0
     min_mapped_fraction: float = 0.1
+    min_cut_run: int = 256 * 1024
 
     def __post_init__(self) -> None:
         if self.window_bytes <= 0 or self.window_bytes % PAGE_SIZE:
@@ -264,7 +270,8 @@ class Receiver:
         self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
         self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
                                   force_zerocopy=self.policy.force_zerocopy,
-                                  min_mapped_fraction=self.policy.min_mapped_fraction)
+                                  min_mapped_fraction=self.policy.min_mapped_fraction,
+                                  min_cut_run=self.policy.min_cut_run)
         self._ledger = RxLedger()
         self._windows: list[Window] = []
         self._next = 0

@@ -36,13 +36,17 @@ def test_request_rejects_nonpositive() -> None:
         ([(0, 4095)] * 7, False, "zerocopy"),  # still probing
         ([(0, 4095)] * 8, True, "zerocopy"),  # forced
         ([(61440, 0)] * 8, False, "zerocopy"),
-        ([(61440, 4096)] * 8, False, "zerocopy"),  # 93.75 % mapped is fine
+        ([(61440, 4024)] * 8, False, "copy"),  # default lo MTU: 94 % mapped in short cut runs
+        ([(61440, 4024)] * 8, True, "zerocopy"),  # ... unless forced
+        ([(1 << 20, 4024)] * 8, False, "zerocopy"),  # long runs, cut now and then: worth it
+        ([(61440, 4024), (61440, 0)] * 4, False, "copy"),  # half the calls cut short
+        ([(61440, 4024)] + [(61440, 0)] * 7, False, "zerocopy"),  # a message end, not the MSS
         ([(4096, 100_000)] * 8, False, "copy"),  # under 10 %
         ([(0, 0)] * 20 + [(61440, 0)] * 8, False, "zerocopy"),  # empty calls are ignored
     ],
 )
 def test_detector(calls: list[tuple[int, int]], force: bool, mode: str) -> None:
-    d = RxDecider(probe_calls=8, force_zerocopy=force)
+    d = RxDecider(probe_calls=8, force_zerocopy=force, cut_warmup=0)
     for mapped, copied in calls:
         d.observe(mapped, copied)
     assert d.mode == mode
@@ -61,12 +65,33 @@ def test_detector_reports_switch_once_and_stops_probing() -> None:
     assert d.fallback_reason and "0 of 20 bytes" in d.fallback_reason
 
 
-def test_after_probe_mapping_loss_is_not_judged() -> None:
-    d = RxDecider(probe_calls=1)
-    d.observe(4096, 0)
-    for _ in range(100):
-        d.observe(0, 4096)
+def test_mapping_lost_later_is_detected() -> None:
+    """A sender that stops using MSG_ZEROCOPY after its first copied completion."""
+    d = RxDecider(probe_calls=4)
+    for _ in range(40):
+        d.observe(1 << 20, 0)
     assert d.mode == "zerocopy"
+    switched = [d.observe(0, 65536) for _ in range(4)]
+    assert switched == [False, False, False, True]
+    assert d.mode == "copy" and d.fallback_reason and "not mappable" in d.fallback_reason
+
+
+def test_connection_start_is_not_judged_by_run_length() -> None:
+    """Measured start of a page-MSS stream: 8 calls of 7 pages + a 2 KB tail, then long runs."""
+    d = RxDecider(probe_calls=8)
+    for m, c in [(28672, 2048)] * 8 + [(524288, 0)] * 64:
+        d.observe(m, c)
+    assert d.mode == "zerocopy"
+    for _ in range(24):  # but a steady state of short cut runs (default lo MTU) is
+        d.observe(61440, 4024)
+    assert d.mode == "copy"
+
+
+def test_cut_runs_reason_names_the_cause() -> None:
+    d = RxDecider(probe_calls=2, cut_warmup=0)
+    d.observe(61440, 4024)
+    assert d.observe(61440, 4024) is True
+    assert d.fallback_reason and "cut by unmappable bytes" in d.fallback_reason
 
 
 def test_fall_back_first_reason_wins() -> None:
@@ -77,7 +102,8 @@ def test_fall_back_first_reason_wins() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"page_size": 1000}, {"probe_calls": 0},
-                                {"min_mapped_fraction": 1.5}])
+                                {"min_mapped_fraction": 1.5}, {"min_cut_run": -1},
+                                {"cut_warmup": -1}])
 def test_decider_validation(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RxDecider(**kw)  # type: ignore[arg-type]
@@ -107,16 +133,28 @@ def test_ledger_totals(ops: list[tuple[int, str, int]]) -> None:
     assert led.bytes_copied == sum(led.copy_reasons.values()) == sum(c for _, _, c in ops)
 
 
+def _model_switches(probe: int, calls: list[tuple[int, int]], cut_run: int, warmup: int) -> bool:
+    """The detector's rule, written out plainly: judge each full run of ``probe`` data calls."""
+    data = [(m, c) for m, c in calls if m + c]
+    for start in range(0, len(data) - probe + 1, probe):
+        run = data[start : start + probe]
+        before = sum(m + c for m, c in data[:start])
+        mapped = sum(m for m, _ in run)
+        total = sum(m + c for m, c in run)
+        cut = sum(1 for m, c in run if m and c)
+        if mapped < 0.1 * total:
+            return True
+        if before >= warmup and 2 * cut >= probe and mapped < cut_run * probe:
+            return True
+    return False
+
+
 @given(st.integers(1, 16), st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 1 << 16)),
-                                    max_size=40))
-def test_detector_property(probe: int, calls: list[tuple[int, int]]) -> None:
-    d = RxDecider(probe_calls=probe)
-    data_calls = [(m, c) for m, c in calls if m + c][:probe]
+                                    max_size=60), st.sampled_from([0, 4096, 256 * 1024]),
+       st.sampled_from([0, 100_000, 1 << 20]))
+def test_detector_property(probe: int, calls: list[tuple[int, int]], cut_run: int,
+                           warmup: int) -> None:
+    d = RxDecider(probe_calls=probe, min_cut_run=cut_run, cut_warmup=warmup)
     for m, c in calls:
         d.observe(m, c)
-    if len(data_calls) < probe:
-        assert d.mode == "zerocopy"
-    else:
-        mapped = sum(m for m, _ in data_calls)
-        total = sum(m + c for m, c in data_calls)
-        assert (d.mode == "copy") == (mapped < 0.1 * total)
+    assert (d.mode == "copy") == _model_switches(probe, calls, cut_run, warmup)
