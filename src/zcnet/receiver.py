@@ -281,6 +281,7 @@ class Receiver:
         self._pending_error: Exception | None = None
         self._eof = False
         self._lowat = 1
+        self._copybuf_ok = True  # offer the copy buffer on the next zero-copy call
         self._closed = False
 
     # -- public API ------------------------------------------------------------------------
@@ -501,7 +502,7 @@ class Receiver:
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
         try:
-            zc = self._call(window.address, map_len)
+            zc = self._call(window.address, map_len, copybuf=self._copybuf_ok)
         except OSError as e:
             if e.errno == errno.EIO:  # nothing queued and the peer closed
                 self._eof = True
@@ -523,6 +524,13 @@ class Receiver:
             self._pending = memoryview(memoryview(self._call.copybuf)[:copied].tobytes())
             led.copied(copied, "copybuf_tail")
         self._pending_skip = skip
+        # The kernel fills the copy buffer with the bytes after the mapped ones even when the
+        # call stopped because ``length`` was reached (tcp_zc_handle_leftover copies up to
+        # copybuf_len of recv_skip_hint): mid-segment, that moves the stream off its page
+        # alignment and the next segment's remainder can only be copied (measured: a 256 KiB
+        # request every other call mapped nothing). So the copy buffer is offered only when the
+        # previous call left nothing queued, i.e. when a short, unmappable tail is likely.
+        self._copybuf_ok = zc.inq == 0
         self._decider.observe(mapped, copied + skip)
         if mapped:
             led.mapped(mapped)

@@ -19,9 +19,10 @@ from zcnet.bench.server import make_listener, serve
 __all__ = ["client_worker", "server_worker"]
 
 
-def server_worker(pipe: Connection, host: str, mss: int | None) -> None:
+def server_worker(pipe: Connection, host: str, mss: int | None,
+                  rcvbuf: int | None = None) -> None:
     """Listen on ``host`` (any port), report the address, serve until terminated."""
-    listener = make_listener(host, 0, mss=mss)
+    listener = make_listener(host, 0, mss=mss, rcvbuf=rcvbuf)
     pipe.send(listener.getsockname()[:2])
     serve(listener)
 

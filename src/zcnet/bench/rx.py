@@ -44,6 +44,10 @@ __all__ = ["RxParams", "plan_count", "run_rx"]
 
 KiB = 1024
 MSS_4K_LISTENER = 4096 + 12   # MSS 4096 with the 12-byte timestamp option (DESIGN.md)
+# The listener's SO_RCVBUF (inherited by accepted sockets), as tcp_mmap's -r: with the default,
+# autotuned buffer the sender sizes its segments to half the receive window (52736 bytes here,
+# tcp_bound_to_half_wnd), which is not a page multiple, and zcnet's receiver then rightly copies.
+RX_RCVBUF = 4 * 1024 * 1024
 METRICS = ("receiver_cpu_s_per_gb", "throughput_gbit_s", "mapped_pct", "sender_cpu_s_per_gb")
 
 
@@ -130,7 +134,7 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
         server: Worker | None = None
         with spawn(client_worker, env.ns_name) as client:
             try:
-                server = spawn(server_worker, env.ns_name, env.host, mss)
+                server = spawn(server_worker, env.ns_name, env.host, mss, RX_RCVBUF)
                 addr = tuple(server.recv(60))
                 for item in _plan(p):
                     mode = item["recv_mode"]

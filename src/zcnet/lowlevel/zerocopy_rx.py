@@ -104,9 +104,11 @@ class ZerocopyCall:
         self._len_addr = ctypes.addressof(self._len)
         self.zc.copybuf_address = ctypes.addressof(ctypes.c_char.from_buffer(self.copybuf))
 
-    def __call__(self, address: int, length: int, flags: int = 0) -> TcpZerocopyReceive:
+    def __call__(self, address: int, length: int, flags: int = 0,
+                 copybuf: bool = True) -> TcpZerocopyReceive:
         """Run one ``TCP_ZEROCOPY_RECEIVE``: map up to ``length`` bytes at ``address``.
 
+        ``copybuf=False`` offers no copy buffer for this call (see the Receiver for why).
         Returns the (reused) struct with the kernel's answer; raises ``OSError`` on failure.
         """
         zc = self.zc
@@ -115,7 +117,7 @@ class ZerocopyCall:
         zc.recv_skip_hint = 0
         zc.inq = 0
         zc.err = 0
-        zc.copybuf_len = self._copybuf_len
+        zc.copybuf_len = self._copybuf_len if copybuf else 0
         zc.flags = flags
         self._len.value = 64
         if _getsockopt(self._fd, socket.IPPROTO_TCP, TCP_ZEROCOPY_RECEIVE,
