@@ -104,12 +104,15 @@ _addressof = ctypes.addressof
 _from_buffer = ctypes.c_char.from_buffer
 
 
-def _translate(e: OSError) -> ZcnetError:
-    """Map a kernel error of a send to zcnet's hierarchy (the OSError becomes ``__cause__``)."""
+def translate_send_error(e: OSError) -> ZcnetError:
+    """Map a kernel error of a send to zcnet's hierarchy (the OSError becomes ``__cause__``).
+
+    Shared by the blocking :class:`Sender` and :class:`zcnet.aio.ZcStream`.
+    """
     if e.errno in _RESET_ERRNOS:
         err: ZcnetError = ConnectionResetByPeer(f"connection lost during send: {e}")
     elif e.errno == errno.EBADF:
-        err = SocketClosedError(f"socket closed underneath the Sender: {e}")
+        err = SocketClosedError(f"socket closed underneath the sender: {e}")
     else:
         err = SendError(f"send failed: {e}")
     err.__cause__ = e
@@ -643,7 +646,7 @@ class Sender:
         On TCP every send error means the connection is gone (``ECONNRESET``, ``ETIMEDOUT``,
         ...); on UDP only a closed socket is final (an ICMP error fails one send).
         """
-        err = _translate(e)
+        err = translate_send_error(e)
         if self._stream or isinstance(err, SocketClosedError):
             self._fail_pending(err)
         return err

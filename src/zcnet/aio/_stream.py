@@ -36,7 +36,7 @@ import errno
 import logging
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from zcnet._core.tracker import CompletionTracker
 from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
@@ -55,6 +55,7 @@ from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
 from zcnet.pool import Lease
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
+from zcnet.sender import ZC_CHUNK, translate_send_error
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -65,22 +66,8 @@ __all__ = ["ZC_CHUNK", "ZcStream"]
 
 _log = logging.getLogger(__name__)
 
-#: Largest piece of a buffer per zero-copy send call (as zcnet.sender.ZC_CHUNK).
-ZC_CHUNK: Final = 1 << 20
-_RESET_ERRNOS: Final = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
-)
-
-
-def _translate(e: OSError) -> ZcnetError:
-    if e.errno in _RESET_ERRNOS:
-        err: ZcnetError = ConnectionResetByPeer(f"connection lost during send: {e}")
-    elif e.errno == errno.EBADF:
-        err = SocketClosedError(f"socket closed underneath the stream: {e}")
-    else:
-        err = SendError(f"send failed: {e}")
-    err.__cause__ = e
-    return err
+# One translation of send errors for both APIs (the blocking Sender's), one piece size.
+_translate = translate_send_error
 
 
 def _byte_view(buf: Buffer) -> memoryview:
