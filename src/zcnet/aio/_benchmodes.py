@@ -92,10 +92,12 @@ class _Phases:
             self.end_timed()
 
 
-async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int) -> dict[str, Any]:
+async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int,
+                        rcvlowat: int = 0) -> dict[str, Any]:
     from zcnet.aio._stream import ZcStream
+    from zcnet.receiver import RecvPolicy
 
-    stream = ZcStream(sock)
+    stream = ZcStream(sock, recv_policy=RecvPolicy(rcvlowat=rcvlowat))
     mapped = copied = chunks = 0
     try:
         while ph.left:
@@ -186,7 +188,7 @@ _MODES: Final[dict[str, Callable[[socket.socket, _Phases, int],
 def receive(
     mode: str, loop: str, sock: socket.socket, *, warmup: int, nbytes: int, size: int,
     consume: Consume, begin_timed: Callable[[], None] = _noop,
-    end_timed: Callable[[], None] = _noop,
+    end_timed: Callable[[], None] = _noop, rcvlowat: int = 0,
 ) -> dict[str, Any]:
     """Receive ``warmup + nbytes`` bytes from ``sock`` with ``mode`` on a new ``loop``.
 
@@ -194,6 +196,8 @@ def receive(
     should verify it (raise on a mismatch). Returns ``{"mode", "loop", "bytes", ...}`` where
     ``bytes`` counts every byte received and handed to ``consume``, plus mode-specific fields
     (for ``"zcnet-aio stream"``: ``bytes_mapped``/``bytes_copied`` of the timed phase).
+    ``rcvlowat`` is the zcnet stream's ``RecvPolicy.rcvlowat`` (tcp_mmap's SO_RCVLOWAT hint:
+    readiness, hence each receive, waits for that many bytes); the other modes ignore it.
 
     Raises:
         ModeUnavailable: unknown mode or loop, or uvloop missing.
@@ -212,7 +216,10 @@ def receive(
         raise
     ph = _Phases(warmup, nbytes, consume, begin_timed, end_timed)
     with asyncio.Runner(loop_factory=factory) as runner:
-        extra = runner.run(_MODES[mode](sock, ph, size))
+        if mode == "zcnet-aio stream":
+            extra = runner.run(_zcnet_stream(sock, ph, size, rcvlowat))
+        else:
+            extra = runner.run(_MODES[mode](sock, ph, size))
     if ph.total == 0:
         end_timed()
     result: dict[str, Any] = {"mode": mode, "loop": loop, "bytes": ph.got}

@@ -140,7 +140,7 @@ _AIO_DROP = ("mode", "bytes", "chunks")
 
 
 def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
-              mode: str, loop: str) -> dict[str, Any]:
+              mode: str, loop: str, rcvlowat: int = 0) -> dict[str, Any]:
     try:
         from zcnet.aio._benchmodes import ModeUnavailable as AioModeUnavailable
         from zcnet.aio._benchmodes import receive as aio_receive
@@ -150,7 +150,7 @@ def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume:
     try:
         res = aio_receive(_AIO_MODES[mode], loop, sock.dup(), warmup=warmup, nbytes=nbytes,
                           size=size, consume=consume, begin_timed=consume.begin_timed,
-                          end_timed=consume.window.stop)
+                          end_timed=consume.window.stop, rcvlowat=rcvlowat)
     except AioModeUnavailable as e:
         raise ModeUnavailable(str(e)) from e
     except EOFError as e:
@@ -161,13 +161,13 @@ def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume:
 
 
 def _asyncio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int,
-                  consume: Consumer, mode: str) -> dict[str, Any]:
+                  consume: Consumer, mode: str, rcvlowat: int = 0) -> dict[str, Any]:
     base, loop = split_loop(mode)
     assert loop is not None
     if base == "asyncio-readexactly":
         extra = _asyncio(sock, warmup, nbytes, size, consume, exactly=True, loop=loop)
     else:
-        extra = _aio_mode(sock, warmup, nbytes, size, consume, base, loop)
+        extra = _aio_mode(sock, warmup, nbytes, size, consume, base, loop, rcvlowat)
     extra["loop"] = loop
     return extra
 
@@ -242,7 +242,7 @@ def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> 
         flags = socket.MSG_WAITALL if rcvlowat > 0 else 0
         extra = _recv_into(sock, warmup, nbytes, size, consume, flags)
     else:
-        extra = _asyncio_mode(sock, warmup, nbytes, size, consume, mode)
+        extra = _asyncio_mode(sock, warmup, nbytes, size, consume, mode, rcvlowat)
     result: dict[str, Any] = {
         "ok": True,
         "mode": mode,
