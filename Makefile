@@ -23,7 +23,7 @@ demo: sysdeps venv
 	$(BIN)/zcnet bench quick --json bench-results/quick.json --plot bench-results/quick.png
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy
 
 test: sysdeps venv lint
