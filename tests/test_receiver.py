@@ -248,3 +248,14 @@ def test_pages_that_stop_being_mappable_switch_to_copy(netns: Netns) -> None:
     assert st.bytes_mapped >= 0.9 * first  # the zero-copy phase was mapped...
     assert st.mode == "copy" and st.fallback_reason and "not mappable" in st.fallback_reason
     assert st.copy_reasons.get("copy_mode", 0) >= 0.9 * rest  # ...the rest copied by recv
+
+
+def test_requests_below_min_map_bytes_are_copied_in_order() -> None:
+    """4 KB receives copy by default (a zero-copy call costs more than copying one page)."""
+    total = 4 * MIB
+    client, server = tcp_pair(None, host="::1")
+    with Receiver(server) as rx, sending(client, total):
+        read_verified(rx, total, max_bytes=4096)
+        st = rx.stats
+    assert st.bytes_mapped == 0 and st.windows_mapped == 0
+    assert st.copy_reasons == {"small_request": total}

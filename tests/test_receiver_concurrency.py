@@ -12,7 +12,7 @@ from tests.conftest import requires_netns, requires_zerocopy
 from tests.rx_helpers import PATTERN, drain_errqueue, open_fds, send_stream, socket_maps
 from zcnet.errors import TimeoutExpired
 from zcnet.netns import Netns
-from zcnet.receiver import Receiver
+from zcnet.receiver import Receiver, RecvPolicy
 
 pytestmark = [requires_netns, requires_zerocopy]
 
@@ -92,7 +92,9 @@ def test_hundred_connections_rpc_and_bulk(netns: Netns) -> None:
     poller = select.poll()
     for i in range(CONNS):
         s, _ = ls.accept()
-        rx = Receiver(s)
+        # min_map_bytes=4096: map even the 4 KB messages (the default copies them), so that
+        # every connection exercises its window ring
+        rx = Receiver(s, RecvPolicy(min_map_bytes=4096))
         conns[rx.fileno()] = _Conn(i, s, rx)
         poller.register(rx.fileno(), select.POLLIN)
     ls.close()

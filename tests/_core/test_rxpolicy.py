@@ -103,7 +103,7 @@ def test_fall_back_first_reason_wins() -> None:
 
 @pytest.mark.parametrize("kw", [{"page_size": 1000}, {"probe_calls": 0},
                                 {"min_mapped_fraction": 1.5}, {"min_cut_run": -1},
-                                {"cut_warmup": -1}])
+                                {"cut_warmup": -1}, {"min_map_bytes": -1}])
 def test_decider_validation(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RxDecider(**kw)  # type: ignore[arg-type]
@@ -158,3 +158,15 @@ def test_detector_property(probe: int, calls: list[tuple[int, int]], cut_run: in
     for m, c in calls:
         d.observe(m, c)
     assert (d.mode == "copy") == _model_switches(probe, calls, cut_run, warmup)
+
+
+@pytest.mark.parametrize(("max_bytes", "threshold", "mapped"),
+                         [(4096, 16384, False), (16384, 16384, True), (20000, 16384, True),
+                          (4096, 0, True), (4095, 0, False)])
+def test_small_requests_below_the_map_threshold_copy(max_bytes: int, threshold: int,
+                                                     mapped: bool) -> None:
+    d = RxDecider(min_map_bytes=threshold)
+    req = d.request(max_bytes, 2 << 20)
+    assert (req is not None) == mapped
+    if req is None:
+        assert d.copy_reason(max_bytes) == "small_request"

@@ -89,7 +89,10 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
         from zcnet.receiver import Receiver, RecvPolicy
 
         pages = max(1, -(-size // 4096))
-        policy = RecvPolicy(window_bytes=4 * pages * 4096, max_windows=4)
+        # min_map_bytes: map the requests even when smaller than the default threshold (16 KiB),
+        # which is what this mode measures
+        policy = RecvPolicy(window_bytes=4 * pages * 4096, max_windows=4,
+                            min_map_bytes=min(4096, pages * 4096))
 
         def make_rx(sock: socket.socket) -> Any:
             return Receiver(sock, policy)
