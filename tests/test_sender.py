@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.tx_helpers import PATTERN, VerifyingReceiver, pattern_slices, tcp_pair
+from zcnet.lowlevel.constants import IP_RECVERR, IPV6_RECVERR, SOL_IP, SOL_IPV6
 from zcnet.sender import ZC_CHUNK, Sender, SendPolicy, Ticket
 
 GiB = 1 << 30
@@ -172,3 +173,28 @@ def test_partial_sends_and_eagain_keep_the_counter_in_step() -> None:
         assert sender.stats.sends_zerocopy > pieces, "expected partial sends"
         c.shutdown(socket.SHUT_WR)
     rx.finish(total)
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "level", "name"),
+    [(socket.AF_INET, "127.0.0.1", SOL_IP, IP_RECVERR),
+     (socket.AF_INET6, "::1", SOL_IPV6, IPV6_RECVERR)],
+    ids=["ipv4", "ipv6"],
+)
+def test_udp_with_recverr_copies_and_says_why(family: int, host: str, level: int,
+                                              name: int) -> None:
+    """With IP_RECVERR a dropped datagram's ENOBUFS would be ambiguous for the counter."""
+    with socket.socket(family, socket.SOCK_DGRAM) as r:
+        r.bind((host, 0))
+        u = socket.socket(family, socket.SOCK_DGRAM)
+        u.setsockopt(level, name, 1)
+        u.connect(r.getsockname()[:2])
+        with Sender(u) as sender:
+            payloads = [PATTERN[i : i + 20_000] for i in range(0, 200_000, 20_000)]
+            for p in payloads:
+                sender.send(p)
+                assert r.recv(70_000) == p
+            st = sender.stats
+    assert st.mode == "copy" and st.sends_zerocopy == 0
+    assert st.fallback_reason is not None and "IP_RECVERR" in st.fallback_reason
+    assert st.bytes_plain == sum(map(len, payloads))

@@ -68,7 +68,14 @@ from zcnet.errors import (
     ZcnetError,
 )
 from zcnet.lowlevel.bufaddr import BufferAddresser
-from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+from zcnet.lowlevel.constants import (
+    IP_RECVERR,
+    IPV6_RECVERR,
+    MSG_ZEROCOPY,
+    SO_ZEROCOPY,
+    SOL_IP,
+    SOL_IPV6,
+)
 from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 
@@ -117,6 +124,16 @@ def translate_send_error(e: OSError) -> ZcnetError:
         err = SendError(f"send failed: {e}")
     err.__cause__ = e
     return err
+
+
+def _recverr_enabled(sock: socket.socket) -> bool:
+    """Whether ``IP_RECVERR`` (or ``IPV6_RECVERR``) is set on ``sock``."""
+    level, name = ((SOL_IPV6, IPV6_RECVERR) if sock.family == socket.AF_INET6
+                   else (SOL_IP, IP_RECVERR))
+    try:
+        return bool(sock.getsockopt(level, name))
+    except OSError:
+        return False
 
 
 class Ticket:
@@ -273,6 +290,13 @@ class Sender:
         self._sendall = sock.sendall if self._stream else sock.send
         if not sys.platform.startswith("linux"):
             self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
+        elif not self._stream and _recverr_enabled(sock):
+            # With IP_RECVERR a UDP send that the device queue drops fails with ENOBUFS *after*
+            # it took a zero-copy counter value (udp_send_skb reports the error only with
+            # recverr); an ENOBUFS from the notification budget takes none. The two cannot be
+            # told apart, and one misread value would release the wrong buffers: copy instead.
+            self._ctl.disable("IP_RECVERR is set on this UDP socket: a dropped datagram's "
+                              "ENOBUFS would be ambiguous for completion tracking")
         else:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
