@@ -40,7 +40,8 @@ __all__ = ["MemoryParams", "memory_receiver", "memory_sender", "plan_count", "ru
 MB = 1e6
 MODES = ("copy", "zerocopy")
 METRICS = ("sockstat_tcp_mem_mb", "cgroup_sock_mb", "wmem_queued_mb", "fwd_alloc_mb",
-           "optmem_mb", "receiver_rmem_alloc_mb", "drain_sockstat_tcp_mem_mb", "samples")
+           "optmem_mb", "receiver_rmem_alloc_mb", "drain_sockstat_tcp_mem_mb",
+           "zcnet_pinned_mb", "zcnet_mapped_mb", "samples")
 
 
 @dataclass
@@ -57,8 +58,12 @@ class MemoryParams:
 
 
 def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int,
-                    interval: float) -> None:
-    """Worker body: accept one connection, stall (sampling its queue), read and verify."""
+                    interval: float, zerocopy: bool = False) -> None:
+    """Worker body: accept one connection, stall (sampling its queue), read and verify.
+
+    With ``zerocopy`` the drain uses a zcnet ``Receiver`` whose mapped chunks are charged to a
+    zcnet account (``recv_accounted``); the account's peak "mapped" bytes are reported.
+    """
     from zcnet.lowlevel.meminfo import so_meminfo
 
     verifier = Verifier()
@@ -73,17 +78,48 @@ def memory_receiver(pipe: Connection, host: str, stall: float, nbytes: int,
                     rmem = so_meminfo(conn).rmem_alloc
                     rmem_peak = rmem if rmem_peak is None else max(rmem_peak, rmem)
                 time.sleep(min(interval, max(0.0, end - time.monotonic())))
-            buf = bytearray(1 << 20)
-            view = memoryview(buf)
-            off = 0
-            while off < nbytes:
-                n = conn.recv_into(view, min(len(buf), nbytes - off))
+            if zerocopy:
+                off, mapped_peak = _drain_accounted(conn.dup(), nbytes, verifier)
+            else:
+                off, mapped_peak = _drain_copy(conn, nbytes, verifier), 0
+            pipe.send({"ok": True, "bytes": off, "verified": "full", "rmem_alloc_peak": rmem_peak,
+                       "zcnet_mapped_peak": mapped_peak})
+    pipe.recv()
+
+
+def _drain_copy(conn: socket.socket, nbytes: int, verifier: Verifier) -> int:
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    off = 0
+    while off < nbytes:
+        n = conn.recv_into(view, min(len(buf), nbytes - off))
+        if n == 0:
+            raise ConnectionError(f"EOF after {off} of {nbytes} bytes")
+        verifier.verify(off, view[:n])
+        off += n
+    return off
+
+
+def _drain_accounted(conn: socket.socket, nbytes: int, verifier: Verifier) -> tuple[int, int]:
+    """Read with a zcnet Receiver, mapped chunks charged to an account; (bytes, peak mapped)."""
+    from zcnet.accounting import MAPPED, Account, recv_accounted
+    from zcnet.receiver import Receiver
+
+    account = Account("bench-receiver")
+    peak = off = 0
+    with Receiver(conn) as rx:
+        while off < nbytes:
+            got = recv_accounted(rx, account, min(1 << 20, nbytes - off), timeout=60)
+            with got:
+                n = len(got)
                 if n == 0:
                     raise ConnectionError(f"EOF after {off} of {nbytes} bytes")
-                verifier.verify(off, view[:n])
-                off += n
-            pipe.send({"ok": True, "bytes": off, "verified": "full", "rmem_alloc_peak": rmem_peak})
-    pipe.recv()
+                peak = max(peak, account.usage(MAPPED))
+                verifier.verify(off, got.view)
+            off += n
+    if account.usage():
+        raise AssertionError(f"receiver account not back to zero: {account.snapshot()}")
+    return off, peak
 
 
 def _sample(sock: socket.socket, t0: float) -> dict[str, Any]:
@@ -112,6 +148,9 @@ def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
     t0 = time.monotonic()
+    from zcnet.accounting import PINNED, Account
+
+    account = Account("bench-sender")  # zcnet's own ledger, sampled beside the kernel's
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(cmd["sndbuf"]))
         baseline = _sample(sock, t0)
@@ -122,6 +161,7 @@ def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         def sampler() -> None:
             while not stop.is_set():
                 s = _sample(sock, t0)
+                s["zcnet_pinned"] = account.usage(PINNED)
                 s["phase"] = "stall" if s["t"] < stall_end else "drain"
                 samples.append(s)
                 stop.wait(interval)
@@ -129,6 +169,7 @@ def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         thread = threading.Thread(target=sampler, name="zcnet-bench-sampler", daemon=True)
         sender: Any = None
         if cmd["mode"] == "zerocopy":
+            from zcnet.accounting import send_accounted
             from zcnet.sender import Sender, SendPolicy
 
             sender = Sender(sock.dup(), SendPolicy(force_zerocopy=True, zerocopy_threshold=0))
@@ -137,8 +178,8 @@ def memory_sender(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             off = 0
             while off < nbytes:
                 n = min(msg, nbytes - off)
-                if sender is not None:
-                    sender.send(verifier.window(off, n))
+                if sender is not None:  # pinned bytes charged until their completion
+                    send_accounted(sender, verifier.window(off, n), account)
                 else:
                     sock.sendall(verifier.window(off, n))
                 off += n
@@ -196,6 +237,8 @@ def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> d
         m["wmem_queued_mb"] = _peak(stall, "wmem_queued", None)
         m["fwd_alloc_mb"] = _peak(stall, "fwd_alloc", None)
         m["optmem_mb"] = _peak(stall, "optmem", None)
+        m["zcnet_pinned_mb"] = _peak(samples, "zcnet_pinned", None)
+        m["zcnet_mapped_mb"] = float(rcv.get("zcnet_mapped_peak") or 0) / MB
         m["samples"] = float(len(samples))
         peak = rcv.get("rmem_alloc_peak")
         m["receiver_rmem_alloc_mb"] = None if peak is None else peak / MB
@@ -216,7 +259,8 @@ def run_memory(p: MemoryParams, progress: Progress) -> dict[str, Any]:
         with spawn(client_worker, env.ns_name) as client:
             for item in _plan(p):
                 receiver: Worker = spawn(memory_receiver, env.ns_name, env.host, p.duration,
-                                         p.nbytes, p.interval)
+                                         p.nbytes, p.interval,
+                                         item["send_mode"] == "zerocopy")
                 try:
                     addr = tuple(receiver.recv(60))
                     snd = client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],

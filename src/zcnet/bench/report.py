@@ -188,7 +188,8 @@ def _memory_tables(exp: dict[str, Any]) -> list[Any]:
     t = Table(title="memory: kernel socket memory while the receiver stalls (peak MB; "
               "sockstat TCP mem and cgroup above their baseline)", show_lines=True)
     for col in ("send mode", "TCP mem (stall)", "cgroup sock", "wmem_queued", "fwd_alloc",
-                "optmem", "rcv rmem_alloc", "TCP mem (drain)", "samples"):
+                "optmem", "rcv rmem_alloc", "TCP mem (drain)", "zcnet pinned",
+                "zcnet mapped", "samples"):
         t.add_column(col, justify="right")
     for e in exp["summary"]:
         def mb(metric: str, entry: dict[str, Any] = e) -> str:
@@ -197,7 +198,8 @@ def _memory_tables(exp: dict[str, Any]) -> list[Any]:
         t.add_row(e["send_mode"], mb("sockstat_tcp_mem_mb"),
                   mb("cgroup_sock_mb"), mb("wmem_queued_mb"), mb("fwd_alloc_mb"),
                   mb("optmem_mb"), mb("receiver_rmem_alloc_mb"),
-                  mb("drain_sockstat_tcp_mem_mb"), _cell(_summary(e, "samples"), "{:.0f}"))
+                  mb("drain_sockstat_tcp_mem_mb"), mb("zcnet_pinned_mb"),
+                  mb("zcnet_mapped_mb"), _cell(_summary(e, "samples"), "{:.0f}"))
     return [t]
 
 
