@@ -159,6 +159,11 @@ def test_rx_rpc_memory_json(tmp_path: Path) -> None:
     _check_report(report, ["memory"])
     for run in report["experiments"][0]["runs"]:
         assert run["samples"], "the sampler read nothing"
+        m = run["metrics"]
+        if run["send_mode"] == "zerocopy":  # zcnet's own ledger saw the pinned and mapped bytes
+            assert m["zcnet_pinned_mb"] > 0 and all("zcnet_pinned" in s for s in run["samples"])
+        else:
+            assert m["zcnet_pinned_mb"] == 0 and m["zcnet_mapped_mb"] == 0
 
 
 def test_two_host_mode_over_loopback(tmp_path: Path) -> None:
