@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -44,7 +43,6 @@ from typing import Any
 import numpy as np
 
 MB = 1024 * 1024
-BLOCK = 8 * MB
 VARIANTS = {
     "tcp": ("tcp://", {}),
     "zc": ("zc://", {"zcnet.dask.force-zerocopy": False}),
@@ -53,48 +51,9 @@ VARIANTS = {
 }
 
 
-# -- functions run on the workers -------------------------------------------------------------
+# -- functions run on the workers: the benchmark's own (importable by Dask's worker processes)
 
-
-def make_array(offset: int, nbytes: int) -> np.ndarray:
-    """The verification pattern's bytes at ``offset`` as a writeable uint8 array."""
-    from zcnet._core.pattern import StreamPattern
-
-    pattern = StreamPattern(max_block=BLOCK)
-    out = np.empty(nbytes, dtype="u1")
-    for pos in range(0, nbytes, BLOCK):
-        n = min(BLOCK, nbytes - pos)
-        out[pos : pos + n] = np.frombuffer(pattern.block(offset + pos, n), dtype="u1")
-    return out
-
-
-def take(*arrays: np.ndarray) -> int:
-    """The task on worker B: trivially touches its (transferred) inputs."""
-    return sum(a.nbytes for a in arrays)
-
-
-def verify(offsets: Sequence[int], *arrays: np.ndarray) -> bool:
-    """Every byte of every array matches the pattern."""
-    from zcnet._core.pattern import StreamPattern
-
-    pattern = StreamPattern(max_block=BLOCK)
-    return all(pattern.matches(off, memoryview(a)) for off, a in zip(offsets, arrays, strict=True))
-
-
-def cpu_seconds() -> float:
-    """User + system CPU of this (worker) process, all threads."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def zc_stats() -> dict[str, int]:
-    """This worker's zc:// transport counters (empty without the backend)."""
-    try:
-        from zcnet.contrib.dask import process_stats
-    except ImportError:
-        return {}
-    return process_stats()
-
+from zcnet.bench.dask import cpu_seconds, make_array, take, verify, zc_stats  # noqa: E402
 
 # -- transfer section ---------------------------------------------------------------------------
 
