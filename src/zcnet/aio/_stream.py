@@ -35,8 +35,9 @@ import contextlib
 import errno
 import logging
 import socket
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zcnet._core.tracker import CompletionTracker
 from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
@@ -63,6 +64,8 @@ else:
     Buffer = Any
 
 __all__ = ["ZC_CHUNK", "ZcStream"]
+
+_T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
 
@@ -410,13 +413,21 @@ class ZcStream:
             return await self._recv_raw(max_bytes)
 
     async def _recv_raw(self, max_bytes: int) -> Chunk:
-        rx, watch = self._rx, self._watch
+        return await self._when_readable(lambda: self._rx.recv(max_bytes, timeout=0))
+
+    async def _when_readable(self, attempt: Callable[[], _T]) -> _T:
+        """Run the Receiver's non-blocking ``attempt`` once the socket is readable.
+
+        ``TimeoutExpired`` means nothing was there after all (e.g. only our own completions
+        raised the wake-up): forget the readiness and wait again.
+        """
+        watch = self._watch
         while True:
             if self._closing and watch.closed:
                 raise SocketClosedError("the stream is closed")
             await watch.wait(READABLE)
             try:
-                return rx.recv(max_bytes, timeout=0)
+                return attempt()
             except TimeoutExpired:
                 watch.clear(READABLE)
 
@@ -434,15 +445,7 @@ class ZcStream:
             return await self._recv_into_raw(view)
 
     async def _recv_into_raw(self, view: memoryview) -> int:
-        rx, watch = self._rx, self._watch
-        while True:
-            if self._closing and watch.closed:
-                raise SocketClosedError("the stream is closed")
-            await watch.wait(READABLE)
-            try:
-                return rx.recv_into(view, timeout=0)
-            except TimeoutExpired:
-                watch.clear(READABLE)
+        return await self._when_readable(lambda: self._rx.recv_into(view, timeout=0))
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes (a copy), like ``asyncio.StreamReader.readexactly``.
