@@ -179,6 +179,21 @@ def _source(verifier: Verifier, size: int) -> Source:
     return _SOURCES[size]
 
 
+def _timed(engine: _Engine, pump: Callable[[int, int], None], warmup: int,
+           nbytes: int) -> tuple[CpuWindow, dict[str, Any]]:
+    """Send ``warmup`` untimed bytes, then ``nbytes`` inside a CPU window (final flush
+    included); returns the window and the engine's counters over the timed bytes only."""
+    pump(0, warmup)
+    engine.finish()
+    before = engine.stats()
+    window = CpuWindow()
+    window.start()
+    pump(warmup, nbytes)
+    engine.finish()
+    window.stop()
+    return window, _delta(engine.stats(), before)
+
+
 def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
@@ -198,8 +213,6 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         sock.sendall(encode_header(header))
         engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
         try:
-            window = CpuWindow()
-
             def pump(start: int, total: int) -> None:
                 off, end = start, start + total
                 while off < end:
@@ -207,18 +220,12 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
                     engine.send(source.window(off, n))
                     off += n
 
-            pump(0, warmup)
-            engine.finish()
-            before = engine.stats()
-            window.start()
-            pump(warmup, nbytes)
-            engine.finish()
-            window.stop()
+            window, delta = _timed(engine, pump, warmup, nbytes)
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": nbytes,
                       "source_bytes": source.size if source.cold else 0, "cpu": window.cpu,
                       "user": window.user, "sys": window.sys,
                       "wall": window.wall}
-            sender.update(_delta(engine.stats(), before))
+            sender.update(delta)
             sender.update(engine.describe())
             receiver = read_result(sock)
         finally:
@@ -241,8 +248,6 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             engine.send = _udp_send(sock)
         batch = int(cmd.get("batch", 32)) if cmd["send_mode"] == "zcnet-batch" else 0
         try:
-            window = CpuWindow()
-
             def pump(start: int, total: int) -> None:
                 off, end = start, start + total
                 if batch:
@@ -256,20 +261,14 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
                     engine.send(source.window(off, msg))
                     off += msg
 
-            pump(0, warmup)
-            engine.finish()
-            before = engine.stats()
-            window.start()
-            pump(warmup, nbytes)
-            engine.finish()
-            window.stop()
+            window, delta = _timed(engine, pump, warmup, nbytes)
             sent = ((nbytes + msg - 1) // msg) * msg
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": sent,
                       "gso_size": gso, "batch": batch or None,
                       "source_bytes": source.size if source.cold else 0,
                       "cpu": window.cpu, "user": window.user,
                       "sys": window.sys, "wall": window.wall}
-            sender.update(_delta(engine.stats(), before))
+            sender.update(delta)
             sender.update(engine.describe())
         finally:
             engine.close()
