@@ -4,8 +4,9 @@
 The receiver (this process) runs each mode of ``zcnet.aio._benchmodes`` on asyncio's default
 loop and on uvloop; the sender is a child process (a blocking ``zcnet.Sender`` with
 ``force_zerocopy`` so that loopback pages are mappable, to a ``TCP_MAXSEG`` 4108 listener; see
-shared/DESIGN.md). Every byte is verified against ``StreamPattern``; the verification's own CPU
-time is measured and subtracted. Configurations alternate within each repetition; medians and
+docs/ARCHITECTURE.md, 'Receive: loopback'). Every byte is verified against ``StreamPattern``; the
+verification's own CPU time is measured and subtracted. Configurations alternate within each
+repetition; medians and
 min-max are reported. Traffic stays on 127.0.0.1.
 
     .venv/bin/python scripts/aio_cpu.py --bytes 512M --reps 5

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Move large numpy arrays between two Dask worker processes over ``tcp://`` and ``zc://``.
 
-What it measures, side by side in one run (shared/DESIGN.md "Measuring"):
+What it measures, side by side in one run (docs/ARCHITECTURE.md, 'Measuring'):
 
 * ``transfer``: for each variant a LocalCluster (2 worker processes, 1 thread each, 127.0.0.1) is
   started once; repetitions alternate between the variants. In each repetition worker A makes

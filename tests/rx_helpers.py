@@ -1,7 +1,8 @@
 """Helpers for the receive tests: a MSG_ZEROCOPY pattern sender and a verifying reader.
 
 Receive pages are mappable over loopback only while the sender uses MSG_ZEROCOPY (its orphaned
-frags are re-copied into order-0 pages; see shared/DESIGN.md). Until zcnet.sender lands, this
+frags are re-copied into order-0 pages; see docs/ARCHITECTURE.md, 'Receive: mappable pages'). Until
+zcnet.sender lands, this
 small sender does it directly: SO_ZEROCOPY on, MSG_ZEROCOPY sends of immutable pattern bytes,
 error queue drained as it goes (completions are only reaped, their content is TX's business).
 """

@@ -5,8 +5,9 @@ pattern; each sends with a :class:`~zcnet.sender.Sender` and receives with a
 :class:`~zcnet.receiver.Receiver`, and every received byte is checked. Inside a private network
 namespace whose loopback MTU makes the MSS a whole number of pages (root only), with the sender
 forced to ``MSG_ZEROCOPY``, received pages are mappable; without the namespace the listener's
-``TCP_MAXSEG`` is lowered instead (see shared/DESIGN.md). Over loopback the kernel always copies
-transmitted data (frags are orphaned), so the sender reports those bytes as copied by the kernel.
+``TCP_MAXSEG`` is lowered instead (see docs/ARCHITECTURE.md, 'Receive: loopback'). Over loopback the
+kernel always copies transmitted data (frags are orphaned), so the sender reports those bytes as
+copied by the kernel.
 """
 
 from __future__ import annotations

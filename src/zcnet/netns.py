@@ -2,8 +2,9 @@
 
 Theory of operation: a :class:`Netns` is created with iproute2 (``ip netns add``), gets its own
 loopback (whose MTU can be set so the TCP MSS is a whole number of pages, the recipe that makes
-loopback receive pages mappable, see shared/DESIGN.md), optionally an ``ifb`` sink (a device that
-drops whatever is routed to it without copying, so transmit zero-copy completes uncopied) and a
+loopback receive pages mappable, see docs/ARCHITECTURE.md, 'Receive: loopback'), optionally an
+``ifb`` sink (a device that drops whatever is routed to it without copying, so transmit zero-copy
+completes uncopied) and a
 veth pair to a second namespace. Code runs inside it either as a subprocess (``ip netns exec``) or
 in-process: :meth:`Netns.entered` switches the *calling thread* into the namespace with
 ``setns(2)`` (network namespaces are per task), so sockets created there live in the namespace for

@@ -1,6 +1,6 @@
 """Blocking zero-copy sender: ``MSG_ZEROCOPY`` sends with safe buffer lifetimes.
 
-Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md):
+Theory of operation (Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTURE.md, 'Transmit'):
 
 * :class:`Sender` enables ``SO_ZEROCOPY`` on a connected TCP or UDP socket (if the kernel refuses,
   it works in copy mode and says why in ``stats.fallback_reason``) and sends each buffer with

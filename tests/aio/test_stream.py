@@ -68,7 +68,8 @@ def test_bulk_transfer_every_byte(run: Runner, forced: bool) -> None:
             assert rx.bytes_mapped + rx.bytes_copied == nbytes
             if forced:
                 assert tx.mode == "zerocopy" and tx.sends_zerocopy > 0
-                # a MSG_ZEROCOPY sender and MSS 4096: loopback pages are mappable (DESIGN.md)
+                # a MSG_ZEROCOPY sender and MSS 4096: loopback pages are mappable
+                # (docs/ARCHITECTURE.md, 'Receive: loopback')
                 assert rx.bytes_mapped > nbytes // 2, rx
             else:
                 # loopback copies zero-copy sends: the shared policy falls back to copying

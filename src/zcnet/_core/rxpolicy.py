@@ -1,14 +1,15 @@
 """Receive decisions for TCP_ZEROCOPY_RECEIVE, without I/O (sans-I/O; reused by zcnet.aio).
 
-Theory of operation (net/ipv4/tcp.c ``tcp_zerocopy_receive``; shared/DESIGN.md "Receive"): one
-zero-copy call maps whole pages into a window, copies a short unmappable tail into the copy buffer
-and hints how many following bytes must be read with ``recv`` (``recv_skip_hint``). Pages are
-mappable only if the sender's segments are page-aligned order-0 frags; otherwise every call
-degenerates into a tiny copy that costs more than a plain ``recv_into``. :class:`RxLedger` counts
-mapped and copied bytes, each copy with its reason. :class:`RxDecider` sizes each request and
-judges every run of ``probe_calls`` zero-copy calls that returned data, for the connection's whole
-life (a sender may stop using MSG_ZEROCOPY after its first copied completion, making the pages
-unmappable later), switching to copy mode for good, unless zero-copy is forced, when:
+Theory of operation (net/ipv4/tcp.c ``tcp_zerocopy_receive``; docs/ARCHITECTURE.md, 'Receive:
+mappable pages'): one zero-copy call maps whole pages into a window, copies a short unmappable tail
+into the copy buffer and hints how many following bytes must be read with ``recv``
+(``recv_skip_hint``). Pages are mappable only if the sender's segments are page-aligned order-0
+frags; otherwise every call degenerates into a tiny copy that costs more than a plain ``recv_into``.
+:class:`RxLedger` counts mapped and copied bytes, each copy with its reason. :class:`RxDecider`
+sizes each request and judges every run of ``probe_calls`` zero-copy calls that returned data, for
+the connection's whole life (a sender may stop using MSG_ZEROCOPY after its first copied completion,
+making the pages unmappable later), switching to copy mode for good, unless zero-copy is forced,
+when:
 
 * (almost) nothing was mapped (a copying sender, an MSS that is not a page multiple); or
 * the mapped runs are short and cut by unmappable bytes: at the default loopback MTU each

@@ -1,6 +1,6 @@
 """The zero-copy send policy, sans-I/O: when to use ``MSG_ZEROCOPY``, when to stop, what to count.
 
-Theory of operation (Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md):
+Theory of operation (Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTURE.md, 'Transmit'):
 
 * zero-copy pays only for large sends (pinning pages and reading notifications cost more than a
   copy below roughly 10 KB), so sends under ``zerocopy_threshold`` are plain copies;

@@ -6,7 +6,7 @@ it; the caller decides how, and may exclude that cost from its CPU window). Mode
 
 * ``"zcnet-aio stream"``: :class:`zcnet.aio.ZcStream.recv` (pages mapped by
   ``TCP_ZEROCOPY_RECEIVE`` when the MSS is a page multiple and the sender used ``MSG_ZEROCOPY``;
-  shared/DESIGN.md), each chunk released after ``consume``;
+  docs/ARCHITECTURE.md, 'Receive: mappable pages'), each chunk released after ``consume``;
 * ``"asyncio streams"``: ``asyncio.StreamReader.read`` (one copy into the reader's buffer and
   one into the returned ``bytes``);
 * ``"BufferedProtocol"``: :class:`asyncio.BufferedProtocol` receiving straight into one

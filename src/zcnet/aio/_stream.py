@@ -1,8 +1,8 @@
 """The asyncio zero-copy stream: ``MSG_ZEROCOPY`` sends and mapped receives on one TCP socket.
 
 Theory of operation (Documentation/networking/msg_zerocopy.rst, net/ipv4/tcp.c
-``tcp_zerocopy_receive``; shared/DESIGN.md). :class:`ZcStream` is a thin I/O edge over the cores
-the blocking API uses, so policy lives in one place:
+``tcp_zerocopy_receive``; docs/ARCHITECTURE.md, 'Transmit: EPOLLERR'). :class:`ZcStream` is a thin
+I/O edge over the cores the blocking API uses, so policy lives in one place:
 
 * send: :class:`zcnet._core.txpolicy.TxController` (threshold, copied -> copy fallback, ENOBUFS
   reap-and-retry), :class:`zcnet._core.tracker.CompletionTracker` (the kernel's u32 completion

@@ -1,9 +1,10 @@
 """Where a benchmark runs: a fresh namespace of its own, or plain loopback when it cannot.
 
 Theory of operation: with root, each experiment gets a :class:`zcnet.netns.Netns` whose ``lo``
-has MTU 61512 (IPv6 MSS 61440 = 15 pages, so received pages are mappable,
-DESIGN.md/tcp_mmap.c) and, when asked, an ``ifb`` sink that drops datagrams without copying
-them (the only place on a host without a NIC where transmit zero-copy completes uncopied). The
+has MTU 61512 (IPv6 MSS 61440 = 15 pages, so received pages are mappable, docs/ARCHITECTURE.md,
+'Receive: loopback'; tcp_mmap.c) and, when asked, an ``ifb`` sink that drops datagrams without
+copying them (the only place on a host without a NIC where transmit zero-copy completes uncopied).
+The
 namespace is deleted when the experiment ends, even on error. Without root the experiment runs
 on the host's loopback (IPv4), and the environment says what that changes.
 """

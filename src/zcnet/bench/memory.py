@@ -10,8 +10,9 @@ traffic on the host shows up too) and the memory cgroup's socket charge where ex
 (cgroup v2 ``memory.stat`` ``sock``; v1 ``memory.kmem.tcp.usage_in_bytes``, charged only once
 a TCP limit is set). Copy sends are compared with MSG_ZEROCOPY sends (zcnet ``Sender`` forced):
 since Linux 5.17 the pinned user pages of a pure zero-copy skb are not charged to the socket
-again, so the protocol charge rises far less (DESIGN.md "Memory"). Peaks are taken over the
-stall (samples tagged ``"phase": "stall"``), sockstat and cgroup relative to a baseline read
+again, so the protocol charge rises far less (docs/ARCHITECTURE.md, 'Memory: what the kernel
+charges'). Peaks are taken over the stall (samples tagged ``"phase": "stall"``), sockstat and cgroup
+relative to a baseline read
 before the connection was opened; the sockstat peak while the receiver drains is reported
 apart (over loopback the receiver copies zero-copy frags then, and that charge is its own).
 The receiver samples its own ``SO_MEMINFO`` rmem_alloc (the receive queue's charge) while it

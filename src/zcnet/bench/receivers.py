@@ -14,8 +14,8 @@ the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
 - every asyncio mode also runs on uvloop as ``NAME-uvloop`` (``ModeUnavailable`` when uvloop
   is not installed: the ``[uvloop]`` extra);
 - ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
-  pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see DESIGN.md), with
-  ``RecvPolicy(rcvlowat=...)`` from the header.
+  pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see docs/ARCHITECTURE.md,
+  'Receive: mappable pages'), with ``RecvPolicy(rcvlowat=...)`` from the header.
 
 Dups let the session answer on the original socket after the mode's object closed its own.
 """

@@ -5,8 +5,9 @@ answers each ``size``-byte request (default 4 KB) with a ``size``-byte response,
 level-triggered epoll loop; a client process keeps one request outstanding per connection
 (closed loop) and measures latency per request. The server receives either with
 ``recv_into`` (off) or with one zcnet ``Receiver`` per connection (on). The listener sets
-``TCP_MAXSEG`` 4108 (MSS 4096, DESIGN.md) so a 4 KB request is one page-aligned segment, and
-the client sends with zcnet's ``Sender`` forced to MSG_ZEROCOPY in *both* modes (loopback
+``TCP_MAXSEG`` 4108 (MSS 4096, docs/ARCHITECTURE.md, 'Receive: loopback') so a 4 KB request is one
+page-aligned segment, and the client sends with zcnet's ``Sender`` forced to MSG_ZEROCOPY in *both*
+modes (loopback
 pages are mappable only then), or ``sendall`` if that module is missing. A client sender with
 completions pending makes its socket report EPOLLERR, so the client reaps them on that event
 (msg_zerocopy.rst). Phases: every connection makes ``warmup`` requests, then (a barrier) the

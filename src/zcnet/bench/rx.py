@@ -4,8 +4,9 @@ Theory of operation: reproduces tools/testing/selftests/net/tcp_mmap.c: one bulk
 the receiver's CPU seconds per GB, throughput and fraction of bytes mapped, for ``recv_into``
 into a preallocated buffer, asyncio streams (``readexactly`` / ``read``) and zcnet's
 ``Receiver`` (TCP_ZEROCOPY_RECEIVE). Pages are mappable only when each segment's payload is a
-whole number of pages and the sender used MSG_ZEROCOPY (DESIGN.md): in our namespace the IPv6
-MSS is 61440 (lo MTU 61512); on plain loopback (no root) the listener sets ``TCP_MAXSEG`` 4108
+whole number of pages and the sender used MSG_ZEROCOPY (docs/ARCHITECTURE.md, 'Receive: mappable
+pages'): in our namespace the IPv6 MSS is 61440 (lo MTU 61512); on plain loopback (no root) the
+listener sets ``TCP_MAXSEG`` 4108
 (MSS 4096). The sender is the same for every receive mode: zcnet's ``Sender`` forced to
 zero-copy (or ``sendall`` if it is missing, and then nothing is mapped). Like tcp_mmap's
 SO_RCVLOWAT hint, receivers wait for ``rcvlowat`` bytes (512 KB) per call when they can:
@@ -43,7 +44,8 @@ from zcnet.netns import LO_MTU_IPV6_MSS_61440
 __all__ = ["RxParams", "plan_count", "run_rx"]
 
 KiB = 1024
-MSS_4K_LISTENER = 4096 + 12   # MSS 4096 with the 12-byte timestamp option (DESIGN.md)
+# MSS 4096 with the 12-byte timestamp option (docs/ARCHITECTURE.md, 'Receive: loopback')
+MSS_4K_LISTENER = 4096 + 12
 # The listener's SO_RCVBUF (inherited by accepted sockets), as tcp_mmap's -r: with the default,
 # autotuned buffer the sender sizes its segments to half the receive window (52736 bytes here,
 # tcp_bound_to_half_wnd), which is not a page multiple, and zcnet's receiver then rightly copies.

@@ -5,7 +5,7 @@ process's own ``getrusage`` is the CPU of exactly one transfer). Each connection
 header (see :mod:`zcnet.bench.protocol`) choosing the receive mode; the result line goes back on
 the same connection. A header with ``"op": "quit"`` stops the server. For the rx experiment
 outside a namespace, ``mss=4108`` on the listener (before ``listen()``) gives a 4096-byte MSS so
-loopback pages become mappable (measured, see DESIGN.md).
+loopback pages become mappable (measured, see docs/ARCHITECTURE.md, 'Receive: loopback').
 """
 
 from __future__ import annotations

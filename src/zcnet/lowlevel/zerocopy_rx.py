@@ -87,7 +87,8 @@ class ZerocopyCall:
     Args:
         fd: the TCP socket's file descriptor (not owned).
         copybuf_len: size of the copy buffer for the unmappable tail; must stay below one page,
-            or the kernel turns every call into a plain copy (see shared/DESIGN.md).
+            or the kernel turns every call into a plain copy (see docs/ARCHITECTURE.md,
+            'Receive: copybuf').
     """
 
     __slots__ = ("_copybuf_len", "_fd", "_len", "_len_addr", "_zc_addr", "copybuf", "zc")

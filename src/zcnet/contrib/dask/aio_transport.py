@@ -4,8 +4,8 @@ Theory of operation: ``zcnet.aio`` already owns everything zero-copy about one a
 connection — ``MSG_ZEROCOPY`` sends whose buffer stays exported until the kernel reports the
 completion (``zcnet._core.tracker``), the copied -> copy fallback and ``ENOBUFS`` policy
 (``zcnet._core.txpolicy``), a private epoll watcher so pending completions never spin the loop
-(Documentation/networking/msg_zerocopy.rst; shared/DESIGN.md) — so this adapter only maps the
-comm's needs onto it:
+(Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTURE.md, 'Transmit: EPOLLERR') — so this
+adapter only maps the comm's needs onto it:
 
 * a large frame is one ``stream.send`` (zero-copy above the threshold, its buffer held by the
   stream's ticket until completion); a run of small frames is joined into one buffer (bounded, so

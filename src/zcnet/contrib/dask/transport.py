@@ -13,7 +13,8 @@ Theory of operation:
   counter to segments); a send returns once the kernel has all the bytes, so Dask may drop its
   own references.
   As soon as a completion says the kernel copied (always on loopback), the socket goes back to
-  plain sends (Folly's policy, see shared/DESIGN.md) unless ``force_zerocopy`` is set.
+  plain sends (Folly's policy, see docs/ARCHITECTURE.md, 'Transmit: copy fallback') unless
+  ``force_zerocopy`` is set.
   ``ENOBUFS`` (notification or locked-memory budget exhausted) is back-pressure: completions are
   reaped and that call is sent as a copy.
 * Pending completions make the socket report ``EPOLLERR`` until the error queue is drained, and
