@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import mmap
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -251,6 +252,14 @@ class Lease:
 
     def __len__(self) -> int:
         return self._size
+
+    if sys.version_info >= (3, 12):
+        # PEP 688 (Python 3.12+): the lease is a buffer itself (memoryview(lease), f.readinto,
+        # sock.recv_into, numpy); on 3.11 use lease.view. The export is taken from the lease's
+        # view, so release() is refused while any consumer still holds it.
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """The lease's writable view (PEP 688); :class:`BufferLifetimeError` after release."""
+            return self.view
 
     def __repr__(self) -> str:
         state = ("leased", "in flight", "released")[self._state]

@@ -1,11 +1,11 @@
 """Zero-copy TCP receive: :class:`Receiver` hands out received pages as read-only chunks.
 
 Theory of operation (net/ipv4/tcp.c ``tcp_zerocopy_receive``; tools/testing/selftests/net/
-tcp_mmap.c; shared/DESIGN.md "Receive"): each connection owns a small ring of long-lived windows,
-read-only shared mappings of the socket (see :mod:`zcnet.lowlevel.zerocopy_rx`). A receive waits
-for readability with ``poll`` (the zero-copy call never blocks), picks a window that no live
-chunk or user view refers to, and asks the kernel to map up to ``max_bytes`` of whole pages
-there: those pages are the chunk, a memoryview slice of the window. Bytes the kernel could not
+tcp_mmap.c; docs/ARCHITECTURE.md, 'Receive'): each connection owns a small ring of long-lived
+windows, read-only shared mappings of the socket (see :mod:`zcnet.lowlevel.zerocopy_rx`). A receive
+waits for readability with ``poll`` (the zero-copy call never blocks), picks a window that no live
+chunk or user view refers to, and asks the kernel to map up to ``max_bytes`` of whole pages there:
+those pages are the chunk, a memoryview slice of the window. Bytes the kernel could not
 map come back in the copy buffer or as a ``recv_skip_hint`` (read with ``recv``); they are
 delivered as separate, copied chunks, in stream order.
 
@@ -29,6 +29,7 @@ import errno
 import os
 import select
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 #: TCP_MAXSEG for a listener whose connections carry one page per segment: 4096 bytes of payload
-#: plus the 12-byte timestamp option (shared/DESIGN.md).
+#: plus the 12-byte timestamp option (docs/ARCHITECTURE.md, 'Receive: loopback').
 MAPPABLE_MAXSEG: Final = PAGE_SIZE + 12
 
 _PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -108,7 +109,8 @@ class RecvPolicy:
         if self.max_windows < 1:
             raise ValueError("max_windows must be >= 1")
         if not 0 <= self.copybuf_len < PAGE_SIZE:
-            raise ValueError(f"copybuf_len must be in [0, {PAGE_SIZE}) (see shared/DESIGN.md)")
+            raise ValueError(f"copybuf_len must be in [0, {PAGE_SIZE}) "
+                             "(see docs/ARCHITECTURE.md, 'Receive: copybuf')")
         if self.rcvlowat < 0:
             raise ValueError("rcvlowat must be >= 0")
         if self.min_map_bytes < 0 or self.min_cut_run < 0:
@@ -171,6 +173,15 @@ class Chunk:
     def tobytes(self) -> bytes:
         """A copy of the bytes."""
         return self.view.tobytes()
+
+    if sys.version_info >= (3, 12):
+        # PEP 688 (Python 3.12+): a Python class can export a buffer, so bytes(chunk),
+        # memoryview(chunk), hashlib, numpy and sock.sendall take the chunk itself (on 3.11 use
+        # chunk.view). The export is taken from the chunk's own view, so its window counts as
+        # busy (never reused) until the consumer releases it, even past release().
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """The chunk's read-only view (PEP 688); :class:`BufferLifetimeError` after release."""
+            return self.view
 
     def release(self) -> None:
         """Drop this chunk's view (idempotent); slices the caller made stay valid."""
