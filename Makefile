@@ -3,6 +3,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The supported CPython versions, from pyproject.toml's classifiers (also read by
+# scripts/test-every-python.sh); mypy checks the code as each of them would run it.
+PY_VERSIONS := $(shell sed -n 's/.*"Programming Language :: Python :: \(3\.[0-9]*\)".*/\1/p' pyproject.toml)
 
 .PHONY: demo test lint venv sysdeps clean
 
@@ -23,11 +26,13 @@ demo: sysdeps venv
 	$(BIN)/zcnet bench quick --json bench-results/quick.json --plot bench-results/quick.png
 
 lint: venv
-	$(BIN)/ruff check src tests examples
-	$(BIN)/mypy
+	$(BIN)/ruff check src tests examples scripts
+	for v in $(PY_VERSIONS); do $(BIN)/mypy --python-version $$v || exit 1; done
 
+# The whole suite on every supported CPython the machine has (the default one, $(PY), must be
+# there; others missing are reported as skipped), with the time each took.
 test: sysdeps venv lint
-	$(BIN)/python -m pytest
+	DEFAULT_PY=$(PY) bash scripts/test-every-python.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VENV)-3.* build *.egg-info src/*.egg-info

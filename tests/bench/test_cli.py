@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
-import threading
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import pytest
 
 from zcnet.bench.cli import build_parser, main
 from zcnet.bench.protocol import encode_header
-from zcnet.bench.server import make_listener, serve
 
 pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
 pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
@@ -167,13 +167,20 @@ def test_rx_rpc_memory_json(tmp_path: Path) -> None:
 
 
 def test_two_host_mode_over_loopback(tmp_path: Path) -> None:
-    """``zcnet serve`` on one side, ``bench stream --connect`` on the other (loopback only)."""
-    listener = make_listener("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    served: list[int] = []
-    thread = threading.Thread(target=lambda: served.append(serve(listener, max_connections=4)))
-    thread.start()
+    """``zcnet serve`` in a process of its own, ``bench stream --connect`` here (loopback only).
+
+    The server is a separate process, as on another host; run as a thread of this process, the
+    benchmark's forked workers would fork a multi-threaded process (which Python 3.12+ warns
+    about, rightly: a lock held by that thread stays locked in the child).
+    """
+    server = subprocess.Popen(
+        [sys.executable, "-m", "zcnet.bench", "serve", "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True)
     try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert "listening on 127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1])
         out = tmp_path / "two.json"
         rc = main(["stream", "--connect", f"127.0.0.1:{port}", "--sizes", "16K",
                    "--modes", "sendall,zcnet", "--bytes", "1M", "--warmup", "64K",
@@ -181,14 +188,15 @@ def test_two_host_mode_over_loopback(tmp_path: Path) -> None:
                    "--no-table",
                    "--json", str(out)])
         assert rc == 0
+        with socket.create_connection(("127.0.0.1", port)) as s:  # tell the server to quit
+            s.sendall(encode_header({"op": "quit"}))
+        assert server.wait(30) == 0
     finally:
-        thread.join(30)
-        if thread.is_alive():  # tell the server to quit so the test never hangs
-            with socket.create_connection(("127.0.0.1", port)) as s:
-                s.sendall(encode_header({"op": "quit"}))
-            thread.join(30)
-        listener.close()
-    assert served == [4]
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stderr is not None:
+            server.stderr.close()
     report = json.loads(out.read_text())
     _check_report(report, ["stream"])
     exp = report["experiments"][0]

@@ -102,7 +102,12 @@ def test_local_cluster_moves_arrays_between_workers(cluster: Any) -> None:
         assert stats[w]["bytes_sent"] > sum(sizes)  # each array left its worker once at least
         assert stats[w]["bytes_zerocopy"] > 0  # the first large frames went out with MSG_ZEROCOPY
         if client.zc_forced:
-            assert stats[w]["zerocopy_calls"] > 10
+            # Forced zero-copy never falls back, so both large arrays left each worker with
+            # MSG_ZEROCOPY (the default policy stops after the first copied completion, a few MB
+            # in). The number of send calls is no measure of that: a non-blocking send queues
+            # what the socket buffer takes, so the count follows how fast the peer reads (11 to
+            # 93 per worker in repeated runs on one interpreter).
+            assert stats[w]["bytes_zerocopy"] >= sizes[0] + sizes[1], stats[w]
 
 
 def test_dask_array_shuffle_over_zc(cluster: Any) -> None:
