@@ -105,8 +105,9 @@ def test_local_cluster_moves_arrays_between_workers(cluster: Any) -> None:
             # Forced zero-copy never falls back, so both large arrays left each worker with
             # MSG_ZEROCOPY (the default policy stops after the first copied completion, a few MB
             # in). The number of send calls is no measure of that: a non-blocking send queues
-            # what the socket buffer takes, so the count follows how fast the peer reads (11 to
-            # 93 per worker in repeated runs on one interpreter).
+            # what the socket buffer takes, so the count follows how fast the peer reads (the
+            # socket transport made 11 to 21 calls per worker in repeated runs on 3.11, 6 once
+            # on 3.13, for the same bytes).
             assert stats[w]["bytes_zerocopy"] >= sizes[0] + sizes[1], stats[w]
 
 
