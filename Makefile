@@ -3,9 +3,9 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The supported CPython versions, from pyproject.toml's classifiers (also read by
-# scripts/test-every-python.sh); mypy checks the code as each of them would run it.
-PY_VERSIONS := $(shell sed -n 's/.*"Programming Language :: Python :: \(3\.[0-9]*\)".*/\1/p' pyproject.toml)
+# The supported CPython versions, from pyproject.toml's classifiers (scripts/supported_pythons.py,
+# also used by scripts/test-every-python.sh); mypy checks the code as each of them would run it.
+PY_VERSIONS = $(shell $(PY) scripts/supported_pythons.py)
 
 .PHONY: demo test lint venv sysdeps clean
 

@@ -42,15 +42,7 @@ if [[ -z "$default_minor" ]]; then
     exit 1
 fi
 
-supported=$("$default_path" - <<'EOF'
-import re, tomllib
-with open("pyproject.toml", "rb") as f:
-    classifiers = tomllib.load(f)["project"]["classifiers"]
-found = {tuple(map(int, m.groups())) for c in classifiers
-         if (m := re.fullmatch(r"Programming Language :: Python :: (\d+)\.(\d+)", c))}
-print(" ".join("%d.%d" % v for v in sorted(found)))
-EOF
-)
+supported=$("$default_path" scripts/supported_pythons.py)
 if [[ " $supported " != *" $default_minor "* ]]; then
     echo "test-every-python: the default interpreter is $default_minor, not a supported version" \
          "($supported)" >&2

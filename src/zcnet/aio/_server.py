@@ -224,18 +224,16 @@ class ZcServer:
         if running:
             _log.info("ZcServer: cancelling %d handler(s) still running after %s s",
                       len(running), self._shutdown_timeout)
-            streams = {t: self._handlers.get(t) for t in running}
+            # a task leaves self._handlers only once done, so every running one is still there
+            streams = {t: self._handlers[t] for t in running}
             for task in running:
                 task.cancel()
-            drain = max((s.send_policy.drain_timeout for s in streams.values() if s is not None),
-                        default=0.0)
+            drain = max(s.send_policy.drain_timeout for s in streams.values())
             _, running = await asyncio.wait(running, timeout=drain + 1.0)
             for task in running:
-                stream = streams[task]
                 _log.warning("ZcServer: handler %r ignored its cancellation; its stream is "
                              "aborted and the handler is left running", task)
-                if stream is not None:
-                    stream.abort()
+                streams[task].abort()
 
     async def __aenter__(self) -> ZcServer:
         return self
