@@ -7,9 +7,14 @@ Kernel failures are translated once, at the I/O boundary, into these types; the 
 
 from __future__ import annotations
 
+import errno
+from typing import Final, Literal
+
 __all__ = [
+    "CONNECTION_LOST_ERRNOS",
     "AccountingError",
     "BufferLifetimeError",
+    "ConcurrentUseError",
     "ConnectionResetByPeer",
     "InvalidBufferError",
     "InvalidCompletionError",
@@ -23,7 +28,16 @@ __all__ = [
     "UnsupportedSocketError",
     "ZcnetError",
     "ZerocopyUnavailable",
+    "translate_os_error",
 ]
+
+#: Errors that mean a TCP connection is gone, whichever call reports them. On a datagram socket
+#: these fail one call only (an ICMP error for one datagram), so the translator makes them a
+#: :class:`SendError` / :class:`ReceiveError` there.
+CONNECTION_LOST_ERRNOS: Final = frozenset({
+    errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN,
+    errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
+})
 
 
 class ZcnetError(Exception):
@@ -96,3 +110,43 @@ class AccountingError(ZcnetError, ValueError):
 
 class PoolError(ZcnetError):
     """Misuse of a buffer pool: double release, foreign buffer, pool closed."""
+
+
+class ConcurrentUseError(ZcnetError, RuntimeError):
+    """An object that must be used by one thread at a time was entered twice at once.
+
+    Raised, for example, when two threads call one :class:`~zcnet.sender.Sender` together, or
+    when a ticket's done callback sends on the Sender that is reaping it.
+    """
+
+
+Operation = Literal["send", "receive", "close", "setup"]
+
+
+def translate_os_error(e: OSError, op: Operation, *, stream: bool = True) -> ZcnetError:
+    """The one map from a kernel error to zcnet's hierarchy; ``e`` becomes ``__cause__``.
+
+    Args:
+        e: what the system call raised.
+        op: what was being done; names the error and picks :class:`SendError` or
+            :class:`ReceiveError` for errors that are not a lost connection.
+        stream: ``False`` for a datagram socket, where a "connection lost" errno is the failure
+            of one datagram, not of the socket.
+
+    ``EBADF`` is :class:`SocketClosedError`; :data:`CONNECTION_LOST_ERRNOS` on a stream socket
+    are :class:`ConnectionResetByPeer`; anything else is :class:`SendError` (send, close, setup)
+    or :class:`ReceiveError` (receive).
+    """
+    code = e.errno
+    detail = e.strerror or str(e)
+    err: ZcnetError
+    if code == errno.EBADF:
+        err = SocketClosedError(f"{op}: the socket was closed underneath ({detail})")
+    elif stream and (code in CONNECTION_LOST_ERRNOS or isinstance(e, ConnectionError)):
+        err = ConnectionResetByPeer(f"{op}: connection lost ({detail})")
+    elif op == "receive":
+        err = ReceiveError(f"receive failed: {detail}")
+    else:
+        err = SendError(f"{op} failed: {detail}")
+    err.__cause__ = e
+    return err
