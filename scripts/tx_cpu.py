@@ -121,7 +121,7 @@ def _overhead() -> None:
         u.connect(r.getsockname())
         sender = Sender(u, SendPolicy(zerocopy_threshold=1 << 30))
         noop = lambda b: None  # noqa: E731
-        sender._sendall = noop
+        sender._send = noop
         for label, buf in (("bytes", bytes(65536)), ("memoryview", memoryview(bytes(65536)))):
             base = min(timeit.repeat(lambda b=buf: noop(b), number=100_000, repeat=7))
             cost = min(timeit.repeat(lambda b=buf: sender.send(b), number=100_000, repeat=7))

@@ -7,46 +7,49 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTUR
   ``send(..., MSG_ZEROCOPY)``, sendall-style for TCP (a large buffer is sent in pieces, and partial
   sends continue where they stopped), one datagram per call for UDP (with ``UDP_SEGMENT`` set by
   the caller, a GSO super-datagram of up to 64 KB).
+* What to send, when to copy, how ``ENOBUFS`` is absorbed and how completions finish tickets is
+  decided by the sans-I/O engine, :mod:`zcnet._core.sendop` (shared with :mod:`zcnet.aio`); this
+  module only performs its steps with blocking calls. The common case (the whole buffer accepted
+  by one call) is the engine's first step done inline, without creating an operation object.
 * The kernel pins the pages instead of copying them and tells, later, on the socket error queue,
-  which send calls it no longer references. Each successful zero-copy call consumes one value of
-  the socket's u32 counter; :class:`zcnet._core.tracker.CompletionTracker` mirrors it and maps
-  values to :class:`Ticket` s. Until its ticket is done the sender keeps a ``memoryview`` of the
-  buffer (a ``bytearray`` cannot be resized meanwhile); writing into the buffer before then
-  changes the bytes that go on the wire.
+  which send calls it no longer references. Until its ticket is done the sender keeps a
+  ``memoryview`` of the buffer (a ``bytearray`` cannot be resized meanwhile); writing into the
+  buffer before then changes the bytes that go on the wire.
 * :meth:`Sender.send_batch` sends many UDP datagrams per system call with ``sendmmsg(2)``
   (net/socket.c ``__sys_sendmmsg``; :mod:`zcnet.lowlevel.sendmmsg`): each message sent is a full
   ``udp_sendmsg`` and takes one counter value, so a call that sent ``k`` zero-copy datagrams is
-  recorded as ``k`` single-call tickets (``CompletionTracker.record_batch``). The call stops at
-  the first message that fails and returns the count sent; the batch resumes there, so the
-  failed datagram's own error comes from the next call (``ENOBUFS``: reap and retry, or copy;
-  anything else fails that datagram's ticket only). Buffer addresses are read without copying
-  (:mod:`zcnet.lowlevel.bufaddr`) into preallocated ``mmsghdr``/``iovec`` arrays; the sender keeps
-  a ``memoryview`` of every buffer until its ticket is done, exactly as for :meth:`Sender.send`.
-* Completions are read opportunistically (every few zero-copy calls), in :meth:`Sender.poll`, and
+  recorded as ``k`` single-call tickets. The call stops at the first message that fails; that
+  datagram is then sent on its own by the engine (``ENOBUFS``: reap and retry, or copy; anything
+  else fails that datagram's ticket only) and the batch resumes after it.
+* Completions are read opportunistically (the engine's reap cadence), in :meth:`Sender.poll`, and
   while waiting (:meth:`Ticket.wait`, :meth:`Sender.flush`), which sleeps in ``poll(2)``: a pending
   completion raises ``POLLERR`` on the socket, so there is no busy loop.
-* :class:`zcnet._core.txpolicy.TxController` decides: small sends copy; once the kernel reports
-  copied completions (loopback, veth) the socket switches to plain copying sends; ``ENOBUFS`` (the
-  ``optmem_max`` notification budget or ``RLIMIT_MEMLOCK``) is absorbed by reaping and retrying,
-  then a copying send.
-* A broken TCP connection (peer reset, or any other send error) fails every pending ticket
-  (``wait()`` raises, e.g. :class:`ConnectionResetByPeer`) instead of leaving it pending forever;
-  a ticket still becomes ``done`` if the kernel reports its completion later. On UDP a failed
-  datagram (``SendError``) does not end the Sender. ``close()`` drains
-  completions (up to ``drain_timeout``) before closing the socket, because notifications not read
-  before ``close`` are lost; tickets still pending then stay not-done forever (their buffers stay
-  exported, never handed back while the kernel might read them).
+* A broken TCP connection fails every pending ticket (``wait()`` raises, e.g.
+  :class:`ConnectionResetByPeer`) instead of leaving it pending forever; a ticket still becomes
+  ``done`` if the kernel reports its completion later. On UDP a failed datagram (``SendError``)
+  does not end the Sender.
+* An exception that interrupts a send (``KeyboardInterrupt``, a signal handler's) after some of
+  its bytes reached the kernel breaks the Sender: every later send raises :class:`SendError`
+  (nothing is ever sent after the gap), and if the peer does not take the queued rest within
+  ``drain_timeout``, :meth:`close` resets the connection so those buffers come back
+  (docs/ARCHITECTURE.md, 'Transmit: interrupted sends'). If the exception struck between the
+  system call and its bookkeeping, the bytes it queued are counted from the kernel's own figures
+  (:func:`zcnet.lowlevel.tcpstate.queued_bytes`), so the completion counter stays in step.
+* ``close()`` drains completions (up to ``drain_timeout``) before closing the socket, because
+  notifications not read before ``close`` are lost; tickets still pending then stay not-done
+  forever (their buffers stay exported, never handed back while the kernel might read them).
 
-Not thread-safe: use one Sender from one thread at a time.
+One thread at a time: a second thread entering a Sender that is in use (or a ticket callback that
+sends on the Sender reaping it) gets :class:`ConcurrentUseError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import math
+import os
 import select
 import socket
 import sys
@@ -55,12 +58,11 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from zcnet._core.tracker import CompletionTracker
-from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
+from zcnet._core.sendop import SendEngine, SendOp, Step
+from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, SendPolicy
 from zcnet.errors import (
-    ConnectionResetByPeer,
+    ConcurrentUseError,
     InvalidBufferError,
-    InvalidCompletionError,
     SendError,
     SocketClosedError,
     TimeoutExpired,
@@ -76,54 +78,31 @@ from zcnet.lowlevel.constants import (
     SOL_IP,
     SOL_IPV6,
 )
-from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
+from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
+from zcnet.lowlevel.tcpstate import abort, queued_bytes
+from zcnet.pool import Lease
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 else:
     Buffer = Any
 
-__all__ = ["SendPolicy", "Sender", "SenderStats", "Ticket"]
+__all__ = ["BATCH_MAX", "ZC_CHUNK", "SendPolicy", "Sender", "SenderStats", "Ticket"]
 
 _log = logging.getLogger(__name__)
 
-#: Largest piece of a TCP buffer sent by one zero-copy call: keeps the pinned (RLIMIT_MEMLOCK
-#: charged) amount per call moderate; every call costs one counter value, completions coalesce.
-ZC_CHUNK: Final = 1 << 20
-#: Read the error queue once this many "reap units" were sent with zero-copy: one unit per call
-#: plus one per 128 KiB (64 KiB datagrams: every 64 calls; 1 MiB pieces: every 7 calls). The
-#: kernel coalesces completions meanwhile, and a copied-completion fallback is noticed early.
-REAP_EVERY: Final = 64
-_REAP_SHIFT: Final = 17
-_RESET_ERRNOS: Final = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN}
-)
 _POLL_MASK: Final = select.POLLERR
 _new = object.__new__
 #: Datagrams per sendmmsg(2) call of :meth:`Sender.send_batch` (the preallocated array size).
 BATCH_MAX: Final = 64
-#: Copying-send attempts of one datagram that keeps failing with ENOBUFS (a full device queue).
-_PLAIN_ENOBUFS_ATTEMPTS: Final = 64
-_RETRY_ERRNOS: Final = frozenset({errno.EINTR, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 _BATCH_UNAVAILABLE: Final = sendmmsg_available()
 _addressof = ctypes.addressof
 _from_buffer = ctypes.c_char.from_buffer
-
-
-def translate_send_error(e: OSError) -> ZcnetError:
-    """Map a kernel error of a send to zcnet's hierarchy (the OSError becomes ``__cause__``).
-
-    Shared by the blocking :class:`Sender` and :class:`zcnet.aio.ZcStream`.
-    """
-    if e.errno in _RESET_ERRNOS:
-        err: ZcnetError = ConnectionResetByPeer(f"connection lost during send: {e}")
-    elif e.errno == errno.EBADF:
-        err = SocketClosedError(f"socket closed underneath the sender: {e}")
-    else:
-        err = SendError(f"send failed: {e}")
-    err.__cause__ = e
-    return err
+_SEND: Final = Step.SEND
+_REAP: Final = Step.REAP
+_WAIT_COMPLETIONS: Final = Step.WAIT_COMPLETIONS
+_WAIT_WRITABLE: Final = Step.WAIT_WRITABLE
 
 
 def _recverr_enabled(sock: socket.socket) -> bool:
@@ -183,7 +162,11 @@ class Ticket:
         sender = self._sender
         if sender is None:  # pragma: no cover - a pending ticket always has a sender
             raise SocketClosedError("ticket has no sender")
-        sender._wait(lambda: self.done or self.error is not None, timeout, what="ticket")
+        sender._enter("wait")
+        try:
+            sender._wait(lambda: self.done or self.error is not None, timeout, what="ticket")
+        finally:
+            sender._active = False
         if self.error is not None:
             raise self.error
 
@@ -219,6 +202,11 @@ class Ticket:
             self._callbacks = None
             for fn in callbacks:
                 self._run(fn)
+
+
+    def _fail(self, error: ZcnetError) -> None:
+        if self.error is None:
+            self.error = error
 
 
 class _PlainTicket(Ticket):
@@ -274,20 +262,25 @@ class Sender:
         except OSError as e:
             raise UnsupportedSocketError(f"the socket is not connected: {e}") from e
         self.policy = policy if policy is not None else SendPolicy()
-        self._ctl = TxController(self.policy)
-        self._tracker: CompletionTracker[Ticket] = CompletionTracker()
+        engine: SendEngine[Ticket] = SendEngine(self.policy, stream=self._stream)
+        self._engine = engine
+        self._ctl = engine.ctl
+        self._tracker = engine.tracker
         self._sock = sock
         self._fd = sock.fileno()
         self._closed = False
-        self._failure: ZcnetError | None = None
-        self._unusable = False  # closed or failed: checked once per send
-        self._since_reap = 0
+        self._shut = False
+        self._active = False  # a thread is inside a public method (ConcurrentUseError)
+        self._unusable = False  # closed, failed or shut down: checked once per send
+        # bytes queued on the socket before this Sender took it (TCP: see _kernel_took)
+        self._queued_base: int | None = None
+        if self._stream:
+            with contextlib.suppress(OSError):
+                self._queued_base = queued_bytes(sock)
         # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
         self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
         self._send = sock.send
-        # plain sends: sendall for TCP; one send() is one whole datagram (or an error) for UDP
-        self._sendall = sock.sendall if self._stream else sock.send
         if not sys.platform.startswith("linux"):
             self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
         elif not self._stream and _recverr_enabled(sock):
@@ -330,89 +323,253 @@ class Sender:
         """Tickets not yet done."""
         return self._tracker.pending_tokens
 
+    @property
+    def failure(self) -> ZcnetError | None:
+        """Why the Sender refuses to send (a lost connection, a send cut short), or ``None``."""
+        return self._engine.failure
+
     def fileno(self) -> int:
         """The socket's file descriptor (-1 once closed)."""
         return -1 if self._closed else self._fd
 
-    def send(self, buf: Buffer) -> Ticket:
+    def send(self, buf: Buffer | Lease) -> Ticket:
         """Send all of ``buf`` (one datagram on UDP) and return its :class:`Ticket`.
 
         ``buf`` must be a C-contiguous buffer (``bytes``, ``bytearray``, ``memoryview``, ``mmap``,
-        ``array``, a NumPy array...); it is sent as its raw bytes. Returns when every byte was
-        handed to the kernel; with zero-copy the buffer must not be modified until
-        ``ticket.done`` (modifying it changes what is sent).
+        ``array``, a NumPy array...) or a :class:`zcnet.pool.Lease`; it is sent as its raw bytes.
+        Returns when every byte was handed to the kernel; with zero-copy the buffer must not be
+        modified until ``ticket.done`` (modifying it changes what is sent). A lease passed here
+        belongs to the Sender: it goes back to its pool once the kernel released it (at once for
+        a copying send), also when the send fails.
 
         Raises:
             InvalidBufferError: not a buffer, or not contiguous.
-            SocketClosedError: the Sender was closed.
+            SocketClosedError: the Sender was closed (or shut down for writing).
             ConnectionResetByPeer: the peer reset the connection (pending tickets fail too).
-            SendError: any other send failure (the OSError is the ``__cause__``).
+            SendError: any other send failure (the OSError is the ``__cause__``), or an earlier
+                send was cut short, so the byte stream is no longer whole.
+            ConcurrentUseError: another thread is using this Sender.
         """
         if self._unusable:
             self._raise_unusable()
-        tb = type(buf)
-        if tb is bytes or tb is bytearray:
-            nbytes = len(buf)  # type: ignore[arg-type]
-            mv = None
-        elif tb is memoryview:
+        if self._active:
+            raise ConcurrentUseError("Sender.send while this Sender is in use by another call")
+        self._active = True
+        try:
+            tb = type(buf)
+            if tb is bytes or tb is bytearray:
+                nbytes = len(buf)  # type: ignore[arg-type]
+                mv = None
+            elif tb is memoryview:
+                try:
+                    if not buf.c_contiguous:  # type: ignore[union-attr]
+                        raise InvalidBufferError("the memoryview is not C-contiguous")
+                    nbytes = buf.nbytes  # type: ignore[union-attr]
+                except ValueError as e:  # released
+                    raise InvalidBufferError(f"unusable memoryview: {e}") from e
+                mv = None
+            elif tb is Lease:
+                return self._send_lease(buf)  # type: ignore[arg-type]
+            else:
+                mv = _view_of(buf)  # type: ignore[arg-type]
+                nbytes = mv.nbytes
+            ctl = self._ctl
+            if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
+                if mv is None:
+                    mv = memoryview(buf)  # type: ignore[arg-type]  # our export, held by the ticket
+                if mv.ndim != 1 or mv.itemsize != 1:
+                    mv = mv.cast("B")
+                ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
+                ticket.nbytes = nbytes
+                ticket.zerocopy = True
+                ticket._sender = self
+                ticket._view = mv
+                if nbytes > self._single_max:
+                    return self._drive(ticket, mv, None)
+                # The engine's first step, inline: the whole buffer in one zero-copy call.
+                # Between the call and record_single an exception can only strike at a call
+                # boundary (see SendOp.interrupted); record_single itself changes state only
+                # after its entry, so either the call is recorded or it is not at all.
+                try:
+                    sent = self._send(mv, MSG_ZEROCOPY)
+                    if sent == nbytes:
+                        self._tracker.record_single(ticket, nbytes)
+                except OSError as e:
+                    return self._drive(ticket, mv, e)
+                except BaseException as exc:
+                    self._first_call_interrupted(ticket, nbytes, exc)
+                    raise
+                if sent != nbytes:  # partial TCP send: the engine continues
+                    return self._drive(ticket, mv, None, first=sent)
+                engine = self._engine
+                engine.handed += nbytes
+                ctl.sends_zerocopy += 1  # ctl.on_zerocopy_sent(nbytes), inlined
+                ctl.bytes_pending += nbytes
+                if ctl.enobufs_round or ctl.enobufs_copies:
+                    ctl.enobufs_round = ctl.enobufs_copies = 0
+                units = ctl.reap_units + 1 + (nbytes >> REAP_SHIFT)  # ctl.reap_due, inlined
+                ctl.reap_units = units
+                if units >= REAP_EVERY:
+                    self._reap()
+                return ticket
+            # a copying send: the engine's first step, inline
             try:
-                if not buf.c_contiguous:  # type: ignore[attr-defined]
-                    raise InvalidBufferError("the memoryview is not C-contiguous")
-                nbytes = buf.nbytes  # type: ignore[attr-defined]
-            except ValueError as e:  # released
-                raise InvalidBufferError(f"unusable memoryview: {e}") from e
-            mv = None
-        else:
-            mv = self._view_of(buf)
-            nbytes = mv.nbytes
-        ctl = self._ctl
-        if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
-            if mv is None:
-                mv = memoryview(buf)  # our own export, held until the ticket is done
-            if mv.ndim != 1 or mv.itemsize != 1:
-                mv = mv.cast("B")
-            ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
+                sent = self._send(buf)  # type: ignore[arg-type]
+            except OSError as e:
+                ticket = _new(_PlainTicket)
+                ticket.nbytes = nbytes
+                return self._drive(ticket, mv if mv is not None else _view_of(buf), e)  # type: ignore[arg-type]
+            except BaseException as exc:
+                ticket = _new(_PlainTicket)
+                ticket.nbytes = nbytes
+                self._first_call_interrupted(ticket, nbytes, exc)
+                raise
+            if sent != nbytes:
+                ticket = _new(_PlainTicket)
+                ticket.nbytes = nbytes
+                return self._drive(ticket, mv if mv is not None else _view_of(buf), None,  # type: ignore[arg-type]
+                                   first=sent)
+            self._engine.handed += nbytes
+            ctl.sends_plain += 1
+            ctl.bytes_plain += nbytes
+            ticket = _new(_PlainTicket)
             ticket.nbytes = nbytes
+            return ticket
+        finally:
+            self._active = False
+
+    def _send_lease(self, lease: Lease) -> Ticket:
+        """:meth:`send` of a pool lease, through the engine (the caller holds the flag)."""
+        mv = _view_of(lease.view)  # our own export, held by the ticket while the kernel reads
+        nbytes = mv.nbytes
+        ctl = self._ctl
+        ticket: Ticket
+        if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
+            ticket = Ticket(nbytes)
             ticket.zerocopy = True
             ticket._sender = self
             ticket._view = mv
-            if nbytes > self._single_max:
-                return self._send_zerocopy(ticket, mv, nbytes, 0, None)
-            # fast path: the whole buffer in one call
-            try:
-                sent = self._send(mv, MSG_ZEROCOPY)
-            except OSError as e:
-                return self._send_zerocopy(ticket, mv, nbytes, 0, e)
-            if sent != nbytes:  # partial TCP send: continue in the general path
-                self._tracker.record_send(ticket, sent)
-                ctl.on_zerocopy_sent(sent)
-                return self._send_zerocopy(ticket, mv, nbytes, sent, None)
-            self._tracker.record_single(ticket, nbytes)
-            ctl.sends_zerocopy += 1  # ctl.on_zerocopy_sent(nbytes), inlined
-            ctl.bytes_pending += nbytes
-            if ctl.enobufs_round or ctl.enobufs_copies:
-                ctl.enobufs_round = ctl.enobufs_copies = 0
-            n = self._since_reap + 1 + (nbytes >> _REAP_SHIFT)
-            self._since_reap = n
-            if n >= REAP_EVERY:
-                self._reap()
-            return ticket
+        else:
+            ticket = _new(_PlainTicket)
+            ticket.nbytes = nbytes
         try:
-            self._sendall(buf)
-        except OSError as e:
-            if e.errno != errno.ENOBUFS or self._stream:
-                raise self._failed(e) from e
-            try:  # a full device queue (UDP with IP_RECVERR): back-pressure, retry
-                self._send_plain(mv if mv is not None else memoryview(buf))
-            except OSError as e2:
-                raise self._failed(e2) from e2
-        ctl.sends_plain += 1
-        ctl.bytes_plain += nbytes
-        ticket = _new(_PlainTicket)
-        ticket.nbytes = nbytes
+            self._drive(ticket, mv, None)
+        finally:
+            # a ticket that is done (or never went zero-copy) holds no kernel reference
+            if ticket.done or not ticket.zerocopy:
+                mv.release()
+                lease.release()
+            else:
+                lease.release_when_done(ticket)
         return ticket
 
-    def send_batch(self, bufs: Sequence[Buffer]) -> list[Ticket]:
+    def shutdown(self) -> None:
+        """Half-close a TCP connection: the peer reads end-of-file after every byte sent.
+
+        Every byte of every :meth:`send` that returned is already in the kernel, which sends it
+        before the FIN. Completions are still read afterwards (:meth:`flush`, :meth:`close`);
+        later sends raise :class:`SocketClosedError`. Idempotent.
+
+        Raises:
+            UnsupportedSocketError: a UDP Sender (datagrams have no end-of-file).
+            SocketClosedError: the Sender is closed.
+            ConnectionResetByPeer, SendError: the connection is already broken.
+        """
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        if not self._stream:
+            raise UnsupportedSocketError("shutdown() needs a TCP Sender: UDP has no end-of-file")
+        if self._shut:
+            return
+        if self._engine.failure is not None:
+            raise self._engine.failure
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            raise self._engine.translate(e) from e
+        self._shut = True
+        self._unusable = True
+
+    # -- the engine's steps, blocking --------------------------------------------------------
+    def _drive(
+        self, ticket: Ticket, mv: memoryview, error: OSError | None, first: int = 0,
+    ) -> Ticket:
+        """Run the engine's send of ``mv`` for ``ticket`` to its end, waiting by blocking.
+
+        ``error`` or ``first`` is the outcome of a first call the fast path already made (a
+        failure, or a partial send of ``first`` bytes), fed to the operation as its first step.
+        """
+        engine = self._engine
+        op = engine.begin(ticket, mv.nbytes, zerocopy=ticket.zerocopy)
+        send = self._send
+        try:
+            if error is not None or first:
+                op.next()
+                if error is not None:
+                    err = op.failed(error)
+                    if err is not None:
+                        raise err from error
+                else:
+                    op.sent(first)
+            while True:
+                step = op.next()
+                if step is _SEND:
+                    start, end = op.start, op.end
+                    try:
+                        if start == 0 and end == mv.nbytes:
+                            n = send(mv, MSG_ZEROCOPY if op.zerocopy else 0)
+                        else:
+                            with mv[start:end] as piece:
+                                n = send(piece, MSG_ZEROCOPY if op.zerocopy else 0)
+                    except OSError as e:
+                        err = op.failed(e)
+                        if err is not None:
+                            raise err from e
+                        continue
+                    op.sent(n)
+                elif step is _REAP:
+                    self._reap()
+                elif step is _WAIT_COMPLETIONS:
+                    self._reap_wait(op.wait_seconds)
+                elif step is _WAIT_WRITABLE:
+                    self._wait_writable()
+                else:
+                    break
+        except BaseException as exc:
+            if not op.ended:  # not a failure the operation reported itself (e.g. a signal)
+                self._interrupted(op, exc)
+            raise
+        engine.finish(op)
+        self._sync_unusable()
+        return ticket
+
+    def _first_call_interrupted(self, ticket: Ticket, nbytes: int, exc: BaseException) -> None:
+        """An exception left the fast path's first call before it was recorded."""
+        op = self._engine.begin(ticket, nbytes, zerocopy=ticket.zerocopy)
+        op.next()  # the first call's piece, now in flight
+        self._interrupted(op, exc)
+
+    def _interrupted(self, op: SendOp[Ticket], exc: BaseException) -> None:
+        """Settle ``op`` after an exception that is not a send error (see SendOp.interrupted)."""
+        took = self._kernel_took() if op.in_call else None
+        op.interrupted(exc, took)
+        self._sync_unusable()
+
+    def _kernel_took(self) -> int | None:
+        """Bytes the kernel queued that the engine has not recorded (TCP), or None if unknown."""
+        base = self._queued_base
+        if base is None:
+            return None
+        try:
+            return queued_bytes(self._sock) - base - self._engine.handed
+        except OSError:
+            return None
+
+    def _sync_unusable(self) -> None:
+        if self._engine.failure is not None:
+            self._unusable = True
+
+    def send_batch(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
         """Send each buffer of ``bufs`` as :meth:`send` would; one :class:`Ticket` per buffer.
 
         On UDP each buffer is one datagram (with ``UDP_SEGMENT``, a GSO super-datagram) and the
@@ -421,8 +578,10 @@ class Sender:
         cost per system call is paid once per batch instead of once per datagram. On TCP (or
         where ``sendmmsg`` is missing) it loops over :meth:`send`.
 
-        Every buffer is checked before anything is sent. A datagram the kernel refuses (e.g.
-        ``EMSGSIZE``, or an ICMP error reported by that call) does not stop the batch: its ticket
+        Elements may be :class:`zcnet.pool.Lease` s, which go back to their pool as with
+        :meth:`send`. Every buffer is checked before anything is sent. A datagram the kernel
+        refuses (e.g. ``EMSGSIZE``, or an ICMP error reported by that call) does not stop the
+        batch: its ticket
         is done with :attr:`Ticket.error` set (a :class:`SendError`, the ``OSError`` as its
         cause; :meth:`Ticket.wait` raises it) and the datagrams after it are still sent.
         ``ENOBUFS`` is absorbed as in :meth:`send`; nothing is dropped silently.
@@ -431,19 +590,38 @@ class Sender:
             InvalidBufferError: an element is not a C-contiguous buffer (nothing was sent).
             SocketClosedError: the Sender (or its socket) was closed.
             ConnectionResetByPeer, SendError: TCP only, as :meth:`send`.
+            ConcurrentUseError: another thread is using this Sender.
         """
         if self._unusable:
             self._raise_unusable()
-        views: list[memoryview] = []
+        if self._active:
+            raise ConcurrentUseError("Sender.send_batch while this Sender is in use")
         if self._stream or _BATCH_UNAVAILABLE is not None:
+            checked: list[Buffer | Lease] = []
+            views: list[memoryview] = []
             try:
                 for buf in bufs:
-                    views.append(self._view_of(buf))
+                    if type(buf) is Lease:
+                        _view_of(buf.view).release()
+                        checked.append(buf)
+                    else:
+                        views.append(_view_of(buf))  # type: ignore[arg-type]
+                        checked.append(views[-1])
             except InvalidBufferError:
                 for mv in views:
                     mv.release()
                 raise
-            return [self.send(mv) for mv in views]
+            return [self.send(b) for b in checked]
+        self._active = True
+        try:
+            return self._send_batch_udp(bufs)
+        finally:
+            self._active = False
+
+    def _send_batch_udp(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
+        """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
+        views: list[memoryview] = []
+        leases: list[tuple[int, Lease]] = []
         ro = self._addresser
         if ro is None:
             ro = self._addresser = BufferAddresser()
@@ -463,7 +641,10 @@ class Sender:
         # and PyObject_GetBuffer refuse non-contiguous buffers), and the ticket itself.
         try:
             for buf in bufs:
-                mv = memoryview(buf)
+                if type(buf) is Lease:
+                    leases.append((len(views), buf))
+                    buf = buf.view
+                mv = memoryview(buf)  # type: ignore[arg-type]
                 add_view(mv)
                 nb = mv.nbytes
                 add_size(nb)
@@ -486,16 +667,35 @@ class Sender:
                 f"expected C-contiguous bytes-like buffers, got {type(buf).__name__}: {e}"
             ) from e
         n = len(views)
-        i = 0
-        while i < n:
-            j = min(n, i + BATCH_MAX)
-            zc = tickets[i].zerocopy
-            if plain:  # a run of datagrams of the same kind
-                k = i + 1
-                while k < j and tickets[k].zerocopy is zc:
-                    k += 1
-                j = k
-            i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
+        self._batch_pos = i = 0
+        try:
+            while i < n:
+                j = min(n, i + BATCH_MAX)
+                zc = tickets[i].zerocopy
+                if plain:  # a run of datagrams of the same kind
+                    k = i + 1
+                    while k < j and tickets[k].zerocopy is zc:
+                        k += 1
+                    j = k
+                i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
+        except BaseException as exc:
+            # datagrams never handed to the kernel: done, not sent (their error says so)
+            unsent = SendError(f"not sent: the batch stopped at datagram {self._batch_pos} "
+                               f"({type(exc).__name__})")
+            for k in range(self._batch_pos, n):
+                t = tickets[k]
+                if not t.done and t.error is None:
+                    _as_plain(t)
+                    t.error = unsent
+                    views[k].release()
+            raise
+        finally:
+            for k, lease in leases:
+                t = tickets[k]
+                if t.done or not t.zerocopy:
+                    lease.release()
+                else:
+                    lease.release_when_done(t)
         return tickets
 
     def _batch_run(
@@ -503,7 +703,8 @@ class Sender:
         i: int, j: int, zc: bool,
     ) -> int:
         """sendmmsg datagrams ``i .. j-1``, all zero-copy or all plain; returns where it stopped
-        (``j``, or earlier if the socket switched to copy mode meanwhile)."""
+        (``j``, or earlier if the socket switched to copy mode meanwhile). Progress is kept in
+        ``self._batch_pos``. A datagram the kernel refuses is sent on its own by the engine."""
         batch = self._mmsg
         if batch is None:
             batch = self._mmsg = MmsgBatch(BATCH_MAX)
@@ -513,30 +714,48 @@ class Sender:
         words[1:m:2] = array("Q", sizes[i:j])
         fd = self._fd
         ctl = self._ctl
+        engine = self._engine
         flags = MSG_ZEROCOPY if zc else 0
         off = i
-        attempts = 0
         while off < j:
             try:
                 sent = batch.send(fd, off - i, j - off, flags)
+                if zc:
+                    self._tracker.record_batch(tickets[off:off + sent], sizes[off:off + sent])
             except OSError as e:
-                if self._batch_error(e, tickets[off], views[off], zc, attempts):
-                    attempts += 1
-                    continue
-                attempts = 0
-                off += 1
+                # the datagram at `off` failed: the engine sends it alone (ENOBUFS: reap and
+                # retry, or copy; another error fails this datagram's ticket only)
+                t = tickets[off]
+                try:
+                    self._drive(t, views[off], e)
+                except SocketClosedError:
+                    raise
+                except ZcnetError:
+                    pass  # t.error says why; the batch goes on
+                if not t.zerocopy and not t.done:
+                    _as_plain(t)
+                if not t.zerocopy:
+                    views[off].release()
+                self._batch_pos = off = off + 1
                 if zc and not ctl.zerocopy:
                     return off
                 continue
-            attempts = 0
+            except BaseException:
+                if zc:  # up to j - off datagrams may have taken counter values, in order
+                    self._tracker.record_batch(tickets[off:j], sizes[off:j])
+                    self._tracker.uncertain_tail = True
+                    ctl.disable("a sendmmsg of zero-copy datagrams was interrupted before its "
+                                "result was recorded")
+                    self._batch_pos = j
+                raise
             stop = off + sent
-            done_sizes = sizes[off:stop]
+            done_bytes = sum(sizes[off:stop])
+            engine.handed += done_bytes
+            self._batch_pos = stop
             if zc:
-                self._tracker.record_batch(tickets[off:stop], done_sizes)
-                ctl.on_zerocopy_batch(sent, sum(done_sizes))
+                ctl.on_zerocopy_batch(sent, done_bytes)
                 off = stop
-                self._since_reap += sent
-                if self._since_reap >= REAP_EVERY:
+                if ctl.reap_due(done_bytes, sent):
                     self._reap()
                     if not ctl.zerocopy:
                         return off
@@ -546,54 +765,20 @@ class Sender:
                     if t.zerocopy:  # meant for zero-copy, sent after the switch to copy mode
                         _as_plain(t)
                     views[k].release()
-                ctl.on_plain_sent(sum(done_sizes), sent)
+                ctl.on_plain_sent(done_bytes, sent)
                 off = stop
         return off
 
-    def _batch_error(
-        self, e: OSError, ticket: Ticket, view: memoryview, zc: bool, attempts: int
-    ) -> bool:
-        """Handle the failure of one datagram of a batch: True to retry it, False when it was
-        dealt with (sent by a copy, or its ticket failed)."""
-        code = e.errno
-        ctl = self._ctl
-        if code == errno.EINTR:
-            return True
-        if code in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO on the socket
-            self._wait_writable()
-            return True
-        if code == errno.ENOBUFS:
-            if zc:
-                if ctl.on_enobufs(self._tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
-                    self._reap_wait(ctl.enobufs_wait())
-                    return True
-                error: OSError | None = None
-                try:
-                    self._send_plain(view)
-                except OSError as e2:
-                    error = e2
-                if error is None:
-                    ctl.on_plain_sent(ticket.nbytes)
-                    _as_plain(ticket)
-                    view.release()
-                    return False
-                e = error
-            elif attempts < _PLAIN_ENOBUFS_ATTEMPTS:  # a full device queue: back-pressure
-                self._reap_wait(min(0.001 * (attempts + 1), 0.05))
-                return True
-        err = self._failed(e)
-        if isinstance(err, SocketClosedError):
-            raise err from e
-        _as_plain(ticket)
-        ticket.error = err
-        view.release()
-        return False
-
+    # -- completions and waiting -------------------------------------------------------------
     def poll(self) -> int:
         """Read pending completions without blocking; returns the number of tickets completed."""
         if self._closed:
             raise SocketClosedError("the Sender is closed")
-        return self._reap()[1]
+        self._enter("poll")
+        try:
+            return self._reap()
+        finally:
+            self._active = False
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every ticket is done.
@@ -607,158 +792,75 @@ class Sender:
         if self._closed:
             raise SocketClosedError("the Sender is closed")
         tracker = self._tracker
-        self._wait(lambda: not tracker.pending_tokens, timeout, what="flush")
-        if self._failure is not None:
-            raise self._failure
+        self._enter("flush")
+        try:
+            self._wait(lambda: not tracker.pending_tokens, timeout, what="flush")
+        finally:
+            self._active = False
+        failure = self._engine.failure
+        if failure is not None and not self._engine.broken_stream:
+            raise failure
 
     def close(self) -> None:
         """Drain completions (at most ``policy.drain_timeout`` seconds), then close the socket.
 
-        Tickets still pending afterwards never become done (the kernel may still read their
-        buffers) and get a :class:`SocketClosedError` as :attr:`Ticket.error`. Idempotent.
+        If an earlier send was cut short (the byte stream is broken) and completions are still
+        pending after the drain, the connection is reset: the kernel drops the queued bytes of
+        the truncated stream and reports their completions at once. Tickets still
+        pending afterwards never become done (the kernel may still read their buffers) and get
+        a :class:`SocketClosedError` as :attr:`Ticket.error`. Idempotent.
+
+        Raises:
+            ConcurrentUseError: another thread is using this Sender.
         """
         if self._closed:
             return
+        self._enter("close")
+        engine = self._engine
         tracker = self._tracker
         try:
             if tracker.pending_tokens:
-                self._wait(
-                    lambda: not tracker.pending_tokens, self.policy.drain_timeout,
-                    what="close", tolerate_failure=True,
-                )
-        except ZcnetError as e:
+                try:
+                    self._wait(
+                        lambda: not tracker.pending_tokens, self.policy.drain_timeout,
+                        what="close", tolerate_failure=True,
+                    )
+                except TimeoutExpired:
+                    if not engine.broken_stream:
+                        raise
+                    # The stream was cut short and the peer does not take the rest: reset.
+                    # The kernel drops the queue and reports its completions at once.
+                    abort(self._sock)
+                    self._wait(lambda: not tracker.pending_tokens, 1.0, what="close",
+                               tolerate_failure=True)
+        except (ZcnetError, OSError) as e:
             _log.warning("Sender.close: %s", e)
         finally:
-            left = 0
-            for ticket in tracker.tokens():
-                left += 1
-                if ticket.error is None:
-                    ticket.error = SocketClosedError(
-                        "the Sender was closed before the kernel released this buffer"
-                    )
+            left = engine.fail_remaining(SocketClosedError(
+                "the Sender was closed before the kernel released this buffer"))
             if left:
                 _log.warning("Sender.close: %d ticket(s) never completed", left)
             self._closed = True
             self._unusable = True
+            self._active = False
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poller.unregister(self._fd)
             self._sock.close()
 
     # -- internals -------------------------------------------------------------------------
-    @staticmethod
-    def _view_of(buf: Buffer) -> memoryview:
-        try:
-            mv = memoryview(buf)
-        except TypeError as e:
-            raise InvalidBufferError(
-                f"expected a bytes-like buffer, got {type(buf).__name__}"
-            ) from e
-        if not mv.c_contiguous:
-            mv.release()
-            raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
-        return mv
+    def _enter(self, what: str) -> None:
+        if self._active:
+            raise ConcurrentUseError(f"Sender.{what} while this Sender is in use by another call")
+        self._active = True
 
     def _raise_unusable(self) -> None:
         if self._closed:
             raise SocketClosedError("the Sender is closed")
-        if self._failure is not None:
-            raise self._failure
-
-    def _failed(self, e: OSError) -> ZcnetError:
-        """Translate ``e``; a connection failure fails every pending ticket.
-
-        On TCP every send error means the connection is gone (``ECONNRESET``, ``ETIMEDOUT``,
-        ...); on UDP only a closed socket is final (an ICMP error fails one send).
-        """
-        err = translate_send_error(e)
-        if self._stream or isinstance(err, SocketClosedError):
-            self._fail_pending(err)
-        return err
-
-    def _fail_pending(self, err: ZcnetError) -> None:
-        if self._failure is None:
-            self._failure = err
-            self._unusable = True
-        for ticket in self._tracker.tokens():
-            if ticket.error is None:
-                ticket.error = err
-
-    def _send_zerocopy(
-        self, ticket: Ticket, mv: memoryview, nbytes: int, off: int, error: OSError | None
-    ) -> Ticket:
-        """The general zero-copy path: pieces, partial sends, ENOBUFS, a mode switch midway.
-
-        ``off`` bytes were already sent (and recorded); ``error`` is the failure of the call
-        that was just attempted for the piece at ``off``, if any.
-        """
-        ctl = self._ctl
-        tracker = self._tracker
-        send = self._send
-        chunk = ZC_CHUNK if self._stream else nbytes
-        used_zc = off > 0
-        try:
-            while off < nbytes:
-                end = min(off + chunk, nbytes)
-                piece = mv if (off == 0 and end == nbytes) else mv[off:end]
-                if error is None:
-                    if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
-                        self._send_plain(mv[off:] if off else mv)
-                        ctl.on_plain_sent(nbytes - off)
-                        break
-                    try:
-                        sent = send(piece, MSG_ZEROCOPY)
-                    except OSError as exc:
-                        error = exc
-                if error is not None:
-                    failed, error = error, None
-                    if failed.errno == errno.ENOBUFS:
-                        if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
-                            self._reap_wait(ctl.enobufs_wait())
-                        else:
-                            self._send_plain(piece)
-                            ctl.on_plain_sent(end - off)
-                            off = end
-                        continue
-                    if failed.errno in (errno.EAGAIN, errno.EWOULDBLOCK):  # SO_SNDTIMEO set
-                        self._wait_writable()
-                        continue
-                    raise failed
-                used_zc = True
-                tracker.record_send(ticket, sent)
-                ctl.on_zerocopy_sent(sent)
-                off += sent
-                self._since_reap += 1 + (sent >> _REAP_SHIFT)
-                if self._since_reap >= REAP_EVERY:
-                    self._reap()
-        except OSError as e:
-            tracker.seal(ticket)
-            err = self._failed(e)
-            ticket.error = err
-            raise err from e
-        except BaseException:
-            tracker.seal(ticket)
-            raise
-        if not used_zc:
-            ticket.zerocopy = False
-        copied = tracker.seal(ticket)
-        if copied is not None:
-            ticket._finish(copied)
-        return ticket
-
-    def _send_plain(self, piece: memoryview) -> None:
-        """A copying send of ``piece``; on UDP ``ENOBUFS`` (full device queue) is retried."""
-        if self._stream:  # a partial sendall cannot be retried without duplicating bytes
-            self._sendall(piece)
-            return
-        for attempt in range(64):
-            try:
-                self._sendall(piece)
-                return
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    raise
-                self._reap_wait(min(0.001 * (attempt + 1), 0.05))
-        self._sendall(piece)
+        failure = self._engine.failure
+        if failure is not None:
+            raise failure
+        if self._shut:
+            raise SocketClosedError("the Sender was shut down for writing")
 
     def _wait_writable(self) -> None:
         p = select.poll()
@@ -768,51 +870,42 @@ class Sender:
 
     def _reap_wait(self, seconds: float) -> None:
         """Reap completions; if there were none, wait up to ``seconds`` (POLLERR) and reap."""
-        if not self._reap()[0]:
+        if not self._reap_messages():
             self._poller.poll(max(1, math.ceil(seconds * 1000)))
             self._reap()
 
-    def _reap(self) -> tuple[int, int]:
-        """Read the error queue; returns (messages, tickets completed)."""
-        self._since_reap = 0
+    def _reap(self) -> int:
+        """Read the error queue and apply it; returns the number of tickets completed."""
+        self._ctl.reap_units = 0
         try:
             events = drain_errqueue(self._sock)
         except OSError as e:
-            raise self._failed(e) from e
+            raise self._engine.translate(e) from e
         if not events:
-            return 0, 0
-        tracker = self._tracker
-        ctl = self._ctl
-        finished = 0
-        invalid: InvalidCompletionError | None = None
-        for ev in events:
-            if type(ev) is ZerocopyCompletion:
-                try:
-                    res = tracker.complete(ev.lo, ev.hi, ev.copied)
-                except InvalidCompletionError as e:
-                    invalid = invalid or e
-                    continue
-                ctl.on_completion(res.calls, res.nbytes, ev.copied)
-                for ticket, copied in zip(res.done, res.done_copied, strict=True):
-                    ticket._finish(copied)
-                finished += len(res.done)
-            else:
-                assert isinstance(ev, QueuedError)
-                ctl.on_other_error()
-                _log.debug("non-zerocopy error-queue message: %r", ev)
-        if invalid is not None:
-            raise invalid
-        return len(events), finished
+            return 0
+        return self._engine.apply(events)
+
+    def _reap_messages(self) -> int:
+        """Like :meth:`_reap`, but returns the number of messages read."""
+        self._ctl.reap_units = 0
+        try:
+            events = drain_errqueue(self._sock)
+        except OSError as e:
+            raise self._engine.translate(e) from e
+        if events:
+            self._engine.apply(events)
+        return len(events)
 
     def _check_socket_error(self) -> bool:
         """Consume a pending socket error (``SO_ERROR``); True if there was one."""
         try:
             code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError as e:  # pragma: no cover
-            code = e.errno or errno.EIO
+            code = e.errno or 5  # EIO
         if not code:
             return False
-        self._failed(OSError(code, f"{errno.errorcode.get(code, code)}: socket error"))
+        self._engine.translate(OSError(code, os.strerror(code)))
+        self._sync_unusable()
         return True
 
     def _wait(
@@ -822,15 +915,17 @@ class Sender:
         """Reap completions until ``ready()``, sleeping in poll(2) on POLLERR."""
         if self._closed:
             raise SocketClosedError("the Sender is closed")
+        engine = self._engine
         deadline = None if timeout is None else time.monotonic() + timeout
         idle = 0
         woke = False
         while True:
-            messages, _ = self._reap()
+            messages = self._reap_messages()
             if ready():
                 return
-            if self._failure is not None and not tolerate_failure:
-                raise self._failure
+            failure = engine.failure
+            if failure is not None and not tolerate_failure and not engine.broken_stream:
+                raise failure
             if woke and not messages:
                 # POLLERR/POLLHUP without queued completions: a socket error, or a hung-up socket
                 if self._check_socket_error():
@@ -853,3 +948,19 @@ class Sender:
                 woke = True
                 continue
             woke = bool(self._poller.poll(ms))
+
+
+def _view_of(buf: Buffer) -> memoryview:
+    """A byte view of ``buf`` (our own export), or :class:`InvalidBufferError`."""
+    try:
+        mv = memoryview(buf)
+    except (TypeError, ValueError) as e:
+        raise InvalidBufferError(
+            f"expected a bytes-like buffer, got {type(buf).__name__}: {e}"
+        ) from e
+    if not mv.c_contiguous:
+        mv.release()
+        raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv

@@ -36,9 +36,21 @@ from typing import Generic, TypeVar
 from zcnet._core.serial import HALF, MASK, distance, range_width
 from zcnet.errors import InvalidCompletionError
 
-__all__ = ["Completion", "CompletionTracker"]
+__all__ = ["Completion", "CompletionTracker", "ZerocopyCompletion"]
 
 T = TypeVar("T", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class ZerocopyCompletion:
+    """The kernel released the zero-copy send calls ``lo .. hi`` (inclusive, u32, may wrap).
+
+    What one error-queue notification says (``zcnet.lowlevel.errqueue`` parses it).
+    """
+
+    lo: int
+    hi: int
+    copied: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +89,9 @@ class CompletionTracker(Generic[T]):
             fresh socket; tests start near ``2**32`` to exercise wraparound).
     """
 
-    __slots__ = ("_ends", "_n", "_owner", "_singles", "_start", "_starts", "_tokens")
+    __slots__ = (
+        "_ends", "_n", "_owner", "_singles", "_start", "_starts", "_tokens", "uncertain_tail",
+    )
 
     def __init__(self, start: int = 0) -> None:
         if not 0 <= start <= MASK:
@@ -90,6 +104,8 @@ class CompletionTracker(Generic[T]):
         self._owner: dict[int, tuple[T, int, _TokenState | None]] = {}
         self._tokens: dict[T, _TokenState] = {}  # multi-call tokens not finished
         self._singles = 0  # single-call tokens outstanding
+        #: the last value may or may not have been taken (see :meth:`record_uncertain`)
+        self.uncertain_tail = False
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -136,6 +152,8 @@ class CompletionTracker(Generic[T]):
 
         Returns the counter value the kernel gave that call.
         """
+        if self.uncertain_tail:
+            self._check_certain()
         seq = self._n
         self._n = seq + 1
         ends = self._ends
@@ -153,12 +171,37 @@ class CompletionTracker(Generic[T]):
         self._owner[seq] = (token, nbytes, state)
         return (self._start + seq) & MASK
 
+    def record_uncertain(self, token: T) -> int:
+        """Record a call of ``token`` that may or may not have taken a counter value.
+
+        An exception (a signal handler's, say) that interrupts the I/O layer between the
+        system call and its bookkeeping loses the call's result: if the call succeeded, the
+        kernel's counter moved and the tracker's did not. Recording the value as *maybe taken*
+        keeps both in step as long as no other call follows, so the tracker refuses later
+        ``record_*`` calls (the I/O layer stops zero-copy sends first). A notification that
+        covers the value proves the call happened; if none ever does, ``token`` stays
+        unfinished. Returns the value.
+        """
+        value = self.record_send(token, 0)
+        self.uncertain_tail = True
+        return value
+
+    def _check_certain(self) -> None:
+        if self.uncertain_tail:
+            raise ValueError("no send call may be recorded after an uncertain one")
+
     def record_single(self, token: T, nbytes: int) -> int:
         """Record a successful call that is the whole of ``token`` (recorded and sealed at once).
 
         Equivalent to ``record_send(token, nbytes)`` then ``seal(token)``, only cheaper; ``token``
         must not have been used before. Returns the counter value the kernel gave that call.
+
+        Its common case (the call extends the last interval) makes no call of its own, so an
+        asynchronous exception (a signal handler's) can only strike at its entry, before any
+        change; the I/O layer relies on that (docs/ARCHITECTURE.md, 'Transmit: interrupted sends').
         """
+        if self.uncertain_tail:
+            self._check_certain()
         seq = self._n
         self._n = seq + 1
         ends = self._ends
@@ -179,6 +222,8 @@ class CompletionTracker(Generic[T]):
         ``record_single(tokens[i], sizes[i])`` for each ``i`` in order. Returns the counter value
         of the first call (the next one if ``tokens`` is empty).
         """
+        if self.uncertain_tail:
+            self._check_certain()
         k = len(tokens)
         if k != len(sizes):
             raise ValueError(f"{k} tokens but {len(sizes)} sizes")

@@ -29,6 +29,9 @@ from typing import Final, Literal
 
 __all__ = [
     "ENOBUFS_COPIES_BEFORE_FALLBACK",
+    "PLAIN_ENOBUFS_ATTEMPTS",
+    "REAP_EVERY",
+    "ZC_CHUNK",
     "EnobufsAction",
     "SendPolicy",
     "SenderStats",
@@ -37,6 +40,17 @@ __all__ = [
 
 #: Consecutive ENOBUFS-forced copies after which a non-forced socket stops trying zero-copy.
 ENOBUFS_COPIES_BEFORE_FALLBACK: Final = 16
+#: Largest piece of a TCP buffer sent by one zero-copy call: keeps the pinned (RLIMIT_MEMLOCK
+#: charged) amount per call moderate; every call costs one counter value, completions coalesce.
+ZC_CHUNK: Final = 1 << 20
+#: Read the error queue once this many "reap units" were sent with zero-copy: one unit per call
+#: plus one per 128 KiB (64 KiB datagrams: every 64 calls; 1 MiB pieces: every 7 calls). The
+#: kernel coalesces completions meanwhile, and a copied-completion fallback is noticed early.
+REAP_EVERY: Final = 64
+REAP_SHIFT: Final = 17
+#: Copying-send attempts of one piece that keeps failing with ENOBUFS (a full device queue on
+#: UDP, or memory pressure), each after a short wait, before the send fails.
+PLAIN_ENOBUFS_ATTEMPTS: Final = 64
 
 Mode = Literal["zerocopy", "copy"]
 
@@ -124,6 +138,7 @@ class TxController:
         "notifications",
         "other_errors",
         "policy",
+        "reap_units",
         "sends_plain",
         "sends_zerocopy",
         "threshold",
@@ -148,6 +163,7 @@ class TxController:
         self.enobufs_copies = 0
         self.other_errors = 0
         self.copied_calls = 0
+        self.reap_units = 0  # zero-copy work since the error queue was last read (REAP_EVERY)
 
     @property
     def mode(self) -> Mode:
@@ -178,6 +194,17 @@ class TxController:
         self.enobufs_round = 0
         self.enobufs_copies = 0
 
+    def reap_due(self, nbytes: int, calls: int = 1) -> bool:
+        """Count ``calls`` zero-copy calls of ``nbytes`` in all; True once the error queue should
+        be read (see :data:`REAP_EVERY`). The I/O layer calls :meth:`reaped` when it read it."""
+        units = self.reap_units + calls + (nbytes >> REAP_SHIFT)
+        self.reap_units = units
+        return units >= REAP_EVERY
+
+    def reaped(self) -> None:
+        """The error queue was just read."""
+        self.reap_units = 0
+
     def on_plain_sent(self, nbytes: int, calls: int = 1) -> None:
         """Plain (copying) send calls handed ``nbytes`` to the kernel."""
         self.sends_plain += calls
@@ -203,6 +230,12 @@ class TxController:
                 "(net.core.optmem_max or RLIMIT_MEMLOCK too small)"
             )
         return EnobufsAction.COPY
+
+    @staticmethod
+    def plain_enobufs_wait(attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` (0-based) of a copying send that got
+        ``ENOBUFS`` (a full device queue): 1 ms more per attempt, at most 50 ms."""
+        return min(0.001 * (attempt + 1), 0.05)
 
     def enobufs_wait(self) -> float:
         """Seconds to wait for completions before the current ``ENOBUFS`` retry (backs off)."""

@@ -4,11 +4,10 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst, net/ipv4/tcp.c
 ``tcp_zerocopy_receive``; docs/ARCHITECTURE.md, 'Transmit: EPOLLERR'). :class:`ZcStream` is a thin
 I/O edge over the cores the blocking API uses, so policy lives in one place:
 
-* send: :class:`zcnet._core.txpolicy.TxController` (threshold, copied -> copy fallback, ENOBUFS
-  reap-and-retry), :class:`zcnet._core.tracker.CompletionTracker` (the kernel's u32 completion
-  counter mapped to :class:`~zcnet.aio._ticket.AioTicket` s) and
-  :func:`zcnet.lowlevel.errqueue.drain_errqueue`; the loop below mirrors
-  ``zcnet.sender.Sender._send_zerocopy`` with ``await`` where the blocking one sleeps;
+* send: the sans-I/O engine of :mod:`zcnet._core.sendop` (pieces, partial sends, ``ENOBUFS``,
+  the copy fallback, completions finishing :class:`~zcnet.aio._ticket.AioTicket` s), the same one
+  the blocking :class:`zcnet.sender.Sender` drives; this module only performs its steps, with
+  ``await`` where the Sender blocks;
 * receive: a :class:`zcnet.receiver.Receiver` driven with ``timeout=0`` (its zero-copy call never
   blocks; the timeout only bounds its readiness ``poll``); when it reports no data the stream
   awaits readability and tries again. Mapped chunks obey the same lifetime rules as there.
@@ -22,9 +21,10 @@ Cancellation: a send that is cancelled (or fails) after some of its bytes were h
 kernel leaves a partial message on the wire, so the stream refuses further sends
 (:class:`SendError`); its ticket still tracks the bytes in flight and a pool lease passed to it
 still goes back to the pool on completion. A cancelled send that had sent nothing leaves the
-stream usable. Receives consume data only after their last ``await``, so a cancelled ``recv``
-loses nothing; ``readexactly`` keeps partial data in a push-back buffer. ``close()`` drains
-completions up to ``SendPolicy.drain_timeout`` before closing the socket (completions not read
+stream usable. If the peer of a stream cut short does not take the queued rest within the
+drain timeout, ``close()`` resets the connection so those buffers come back. Receives consume
+data only after their last ``await``, so a cancelled ``recv`` loses nothing; ``readexactly``
+keeps partial data in a push-back buffer. ``close()`` drains completions up to ``SendPolicy.drain_timeout`` before closing the socket (completions not read
 before ``close`` are lost, and their buffers are then never reported free).
 """
 
@@ -32,31 +32,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from zcnet._core.tracker import CompletionTracker
-from zcnet._core.txpolicy import EnobufsAction, SenderStats, SendPolicy, TxController
+from zcnet._core.sendop import SendEngine, Step
+from zcnet._core.txpolicy import ZC_CHUNK, SenderStats, SendPolicy
 from zcnet.aio._ticket import AioTicket
 from zcnet.aio._watch import READABLE, WRITABLE, SocketWatcher
 from zcnet.errors import (
-    ConnectionResetByPeer,
     InvalidBufferError,
     InvalidCompletionError,
-    SendError,
     SocketClosedError,
     TimeoutExpired,
     ZcnetError,
 )
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
-from zcnet.lowlevel.errqueue import QueuedError, ZerocopyCompletion, drain_errqueue
+from zcnet.lowlevel.errqueue import drain_errqueue
+from zcnet.lowlevel.tcpstate import abort, queued_bytes
 from zcnet.pool import Lease
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
-from zcnet.sender import ZC_CHUNK, translate_send_error
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -68,9 +65,6 @@ __all__ = ["ZC_CHUNK", "ZcStream"]
 _T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
-
-# One translation of send errors for both APIs (the blocking Sender's), one piece size.
-_translate = translate_send_error
 
 
 def _byte_view(buf: Buffer) -> memoryview:
@@ -107,8 +101,12 @@ class ZcStream:
         self._sock = sock
         self._fd = sock.fileno()
         self.send_policy = send_policy if send_policy is not None else SendPolicy()
-        self._ctl = TxController(self.send_policy)
-        self._tracker: CompletionTracker[AioTicket] = CompletionTracker()
+        self._engine: SendEngine[AioTicket] = SendEngine(self.send_policy, stream=True)
+        self._ctl = self._engine.ctl
+        self._tracker = self._engine.tracker
+        self._queued_base: int | None = None  # see Sender._kernel_took
+        with contextlib.suppress(OSError):
+            self._queued_base = queued_bytes(sock)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
         except OSError as e:
@@ -117,8 +115,7 @@ class ZcStream:
         self._recv_lock = asyncio.Lock()
         self._completed = asyncio.Event()
         self._rbuf = bytearray()  # received bytes handed back by a cancelled readexactly
-        self._failure: ZcnetError | None = None
-        self._off = 0  # progress of the send in progress (sends are serialized)
+        self._eof = False  # write_eof() was called
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._watch = SocketWatcher(self._fd, self._loop, on_error=self._on_epollerr)
@@ -224,63 +221,80 @@ class ZcStream:
     def _check_sendable(self) -> None:
         if self._closing:
             raise SocketClosedError("the stream is closed")
-        if self._failure is not None:
-            raise self._failure
+        if self._engine.failure is not None:
+            raise self._engine.failure
+        if self._eof:
+            raise SocketClosedError("the stream was shut down for writing (write_eof)")
+
+    def can_write_eof(self) -> bool:
+        """Always ``True``: TCP can half-close (see :meth:`write_eof`)."""
+        return True
+
+    async def write_eof(self) -> None:
+        """Half-close: the peer reads end-of-file after every byte of every earlier send.
+
+        Sends already waiting for their turn go first (sends are serialized); their bytes are
+        in the kernel, which sends them before the FIN. Receiving and completions go on; later
+        sends raise :class:`SocketClosedError`. Idempotent.
+
+        Raises:
+            SocketClosedError: the stream is closing.
+            ConnectionResetByPeer, SendError: the connection is already broken.
+        """
+        if self._eof:
+            return
+        self._check_sendable()
+        async with self._send_lock:
+            if self._eof:
+                return
+            self._check_sendable()
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                raise self._engine.translate(e) from e
+            self._eof = True
 
     async def _send_locked(self, ticket: AioTicket, mv: memoryview) -> None:
-        nbytes = mv.nbytes
-        ctl = self._ctl
-        tracker = self._tracker
-        self._off = off = 0  # bytes of mv queued in the kernel (also advanced by _send_plain)
+        """Perform the engine's steps for one send (the send lock is held)."""
+        engine = self._engine
+        op = engine.begin(ticket, mv.nbytes)
+        if op.ticket.zerocopy:
+            ticket._view = mv  # exported until the kernel releases it
         try:
-            if ctl.use_zerocopy(nbytes) and nbytes:
-                ticket._view = mv  # exported until the kernel releases it
-                while off < nbytes:
-                    end = min(off + ZC_CHUNK, nbytes)
-                    if not ctl.zerocopy:  # switched to copy mode meanwhile: copy the rest
-                        off = await self._send_plain(mv, nbytes)
-                        break
+            while True:
+                step = op.next()
+                if step is Step.SEND:
                     try:
-                        sent = self._send_call(mv, off, end, MSG_ZEROCOPY)
-                    except BlockingIOError:
-                        await self._wait_writable()
+                        n = self._send_call(mv, op.start, op.end,
+                                            MSG_ZEROCOPY if op.zerocopy else 0)
+                    except OSError as e:  # EAGAIN included: the engine says to wait
+                        err = op.failed(e)
+                        if err is not None:
+                            raise err from e
                         continue
-                    except OSError as e:
-                        if e.errno != errno.ENOBUFS:
-                            raise
-                        if ctl.on_enobufs(tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:
-                            await self._reap_wait(ctl.enobufs_wait())
-                        else:
-                            off = await self._send_plain(mv, end)
-                        continue
-                    ticket.zerocopy = True
-                    tracker.record_send(ticket, sent)
-                    ctl.on_zerocopy_sent(sent)
-                    self._off = off = off + sent
-            else:
-                off = await self._send_plain(mv, nbytes)
+                    op.sent(n)
+                elif step is Step.REAP:
+                    self._reap()
+                elif step is Step.WAIT_COMPLETIONS:
+                    await self._reap_wait(op.wait_seconds)
+                elif step is Step.WAIT_WRITABLE:
+                    await self._wait_writable()
+                else:
+                    break
         except BaseException as exc:
-            off = self._off
-            self._seal(ticket)
-            err: ZcnetError | None = None
-            if isinstance(exc, OSError):
-                err = self._connection_failed(exc)
-                ticket._fail(err)
-            if 0 < off < nbytes and self._failure is None:
-                what = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
-                self._failure = SendError(
-                    f"a send was {what} after {off} of {nbytes} bytes: the stream is broken")
-                self._failure.__cause__ = err or exc
-            if err is not None:
-                raise err from exc
+            if not op.ended:  # cancelled, or an exception raised on the loop meanwhile
+                op.interrupted(exc, self._kernel_took() if op.in_call else None)
             raise
-        self._seal(ticket)
+        engine.finish(op)
 
-    def _seal(self, ticket: AioTicket) -> None:
-        """No more send calls for ``ticket``: finish it now if none is outstanding."""
-        copied = self._tracker.seal(ticket)
-        if copied is not None and not ticket.done:
-            ticket._finish(copied)
+    def _kernel_took(self) -> int | None:
+        """Bytes the kernel queued that the engine has not recorded, or None if unknown."""
+        if self._queued_base is None:
+            return None
+        try:
+            return queued_bytes(self._sock) - self._queued_base - self._engine.handed
+        except OSError:
+            return None
 
     def _send_call(self, mv: memoryview, off: int, end: int, flags: int) -> int:
         """One ``send(2)`` of ``mv[off:end]``; the slice is released before returning, so no
@@ -289,29 +303,6 @@ class ZcStream:
             return self._sock.send(mv, flags)
         with mv[off:end] as piece:
             return self._sock.send(piece, flags)
-
-    async def _send_plain(self, mv: memoryview, end: int) -> int:
-        """Copying sends of ``mv[self._off:end]``; returns ``end``, progress is in ``_off``."""
-        sent_total = 0
-        off = self._off
-        try:
-            while off < end:
-                try:
-                    n = self._send_call(mv, off, end, 0)
-                except BlockingIOError:
-                    await self._wait_writable()
-                    continue
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        raise
-                    await self._reap_wait(0.001)
-                    continue
-                self._off = off = off + n
-                sent_total += n
-        finally:
-            if sent_total:
-                self._ctl.on_plain_sent(sent_total)
-        return off
 
     async def _wait_writable(self) -> None:
         self._watch.clear(WRITABLE)
@@ -338,8 +329,9 @@ class ZcStream:
             self._reap()
             if not tracker.pending_tokens:
                 return
-            if self._failure is not None and not isinstance(self._failure, SendError):
-                raise self._failure
+            failure = self._engine.failure
+            if failure is not None and not self._engine.broken_stream:
+                raise failure
             if self._closing and self._watch.closed:
                 raise SocketClosedError("the stream closed with tickets pending")
             self._completed.clear()
@@ -357,41 +349,21 @@ class ZcStream:
         """Read the error queue and finish tickets; returns the messages read."""
         if self._watch.closed:
             return 0
+        self._ctl.reaped()
         try:
             events = drain_errqueue(self._sock)
         except OSError as e:
-            self._connection_failed(e)
+            self._engine.translate(e)
+            self._completed.set()
             return 0
         if not events:
             return 0
-        tracker, ctl = self._tracker, self._ctl
-        for ev in events:
-            if type(ev) is ZerocopyCompletion:
-                try:
-                    res = tracker.complete(ev.lo, ev.hi, ev.copied)
-                except InvalidCompletionError as e:
-                    _log.error("ZcStream: %s", e)
-                    if self._failure is None:
-                        self._failure = e
-                    continue
-                ctl.on_completion(res.calls, res.nbytes, ev.copied)
-                for ticket, copied in zip(res.done, res.done_copied, strict=True):
-                    ticket._finish(copied)
-            else:
-                assert isinstance(ev, QueuedError)
-                ctl.on_other_error()
+        try:
+            self._engine.apply(events)
+        except InvalidCompletionError as e:
+            _log.error("ZcStream: %s", e)
         self._completed.set()
         return len(events)
-
-    def _connection_failed(self, e: OSError) -> ZcnetError:
-        err = _translate(e)
-        if isinstance(err, ConnectionResetByPeer | SocketClosedError):
-            if self._failure is None or isinstance(self._failure, SendError):
-                self._failure = err
-            for ticket in self._tracker.tokens():
-                ticket._fail(err)
-            self._completed.set()
-        return err
 
     # -- receive ---------------------------------------------------------------------------
     async def recv(self, max_bytes: int) -> Chunk:
@@ -533,6 +505,12 @@ class ZcStream:
                 async with self._send_lock:
                     await self.drain()
         except TimeoutError:
+            if self._engine.broken_stream and not self._watch.closed:
+                # cut short, and the peer does not take the rest: reset; the kernel drops the
+                # queue and reports its completions at once (zcnet.lowlevel.tcpstate.abort)
+                with contextlib.suppress(OSError):
+                    abort(self._sock)
+                    self._reap()
             _log.warning("ZcStream.close: %d ticket(s) still pending after %s s",
                          self._tracker.pending_tokens, self.send_policy.drain_timeout)
         except ZcnetError as e:
@@ -545,9 +523,8 @@ class ZcStream:
             return
         with contextlib.suppress(ZcnetError):
             self._reap()
-        err = SocketClosedError("the stream was closed before the kernel released this buffer")
-        for ticket in self._tracker.tokens():
-            ticket._fail(err)
+        self._engine.fail_remaining(
+            SocketClosedError("the stream was closed before the kernel released this buffer"))
         self._watch.close()
         self._rx.close()
         self._completed.set()

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from zcnet._core.tracker import ZerocopyCompletion
 from zcnet.lowlevel.constants import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -72,15 +73,6 @@ ERRQUEUE_CMSGS: Final = frozenset({(SOL_IP, IP_RECVERR), (SOL_IPV6, IPV6_RECVERR
 # sock_extended_err + sockaddr_in6 offender (44 bytes) fits in CMSG_SPACE(44) = 64; leave room.
 _ANCBUFSIZE: Final = 256
 _FLAGS: Final = MSG_ERRQUEUE | socket.MSG_DONTWAIT
-
-
-@dataclass(frozen=True, slots=True)
-class ZerocopyCompletion:
-    """The kernel released the zero-copy send calls ``lo .. hi`` (inclusive, u32, may wrap)."""
-
-    lo: int
-    hi: int
-    copied: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,81 @@
+"""What a TCP socket's sender side holds, and how to abort it without closing the descriptor.
+
+Theory of operation (include/uapi/linux/tcp.h ``struct tcp_info``; net/ipv4/tcp.c ``tcp_ioctl``,
+``tcp_disconnect``):
+
+* :func:`queued_bytes` is the number of bytes ever handed to the socket's send side:
+  ``tcpi_bytes_acked`` (bytes the peer acknowledged, plus one for the SYN) plus ``SIOCOUTQ``
+  (``write_seq - snd_una``: queued, not yet acknowledged). The two are read until the
+  acknowledged count is the same before and after, so an ACK arriving in between cannot skew
+  the sum. The difference between two readings is exactly what send calls queued in between,
+  which tells how much an interrupted ``send(2)`` queued when its result was lost
+  (docs/ARCHITECTURE.md, 'Transmit: interrupted sends').
+* :func:`abort` resets the connection but keeps the descriptor: ``connect(AF_UNSPEC)`` runs
+  ``tcp_disconnect``, which sends a RST and purges the write queue. Purging frees the pinned
+  pages, so the zero-copy completions of everything still queued land on the error queue,
+  where they can still be read (measured on Linux 6.18: one notification covering every
+  outstanding call, reported copied).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+from typing import Final
+
+__all__ = ["abort", "queued_bytes"]
+
+#: ``SIOCOUTQ`` (== ``TIOCOUTQ``): bytes in the send queue not yet acknowledged.
+SIOCOUTQ: Final = termios.TIOCOUTQ
+#: Offset of ``__u64 tcpi_bytes_acked`` in ``struct tcp_info`` (Linux 4.1+), and the size read.
+_BYTES_ACKED_OFFSET: Final = 120
+_TCP_INFO_LEN: Final = 128
+_U64: Final = struct.Struct("=Q")
+_INT: Final = struct.Struct("=i")
+# struct sockaddr with sa_family = AF_UNSPEC
+_UNSPEC: Final = struct.pack("=H14x", socket.AF_UNSPEC)
+
+
+def _bytes_acked(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    if len(info) < _BYTES_ACKED_OFFSET + 8:
+        raise OSError(errno.ENOPROTOOPT, "struct tcp_info has no tcpi_bytes_acked")
+    return int(_U64.unpack_from(info, _BYTES_ACKED_OFFSET)[0])
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes ever queued on ``sock``'s send side (plus one for the SYN): see the module docs.
+
+    Raises:
+        OSError: not a connected TCP socket, or the kernel lacks ``tcpi_bytes_acked``.
+    """
+    fd = sock.fileno()
+    buf = bytearray(_INT.size)
+    for _ in range(100):
+        before = _bytes_acked(sock)
+        fcntl.ioctl(fd, SIOCOUTQ, buf)
+        if _bytes_acked(sock) == before:
+            return before + int(_INT.unpack(buf)[0])
+    raise OSError(errno.EAGAIN, "the acknowledged byte count kept moving")
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def abort(sock: socket.socket) -> None:
+    """Reset ``sock``'s connection (RST, send queue purged) and keep its descriptor open.
+
+    Raises:
+        OSError: the kernel refused (the socket is left as it was).
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.connect(sock.fileno(), _UNSPEC, len(_UNSPEC)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"connect(AF_UNSPEC): {os.strerror(code)}")
