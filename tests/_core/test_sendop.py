@@ -293,7 +293,6 @@ def test_interrupt_after_the_kernel_took_a_call(took_known: bool, at: int) -> No
 
 def test_interrupt_before_any_byte_leaves_the_engine_usable() -> None:
     engine: SendEngine[FakeTicket] = SendEngine(FORCED, stream=True)
-    kernel = Kernel(True, ["eagain"])
     ticket = FakeTicket(100_000)
     op = engine.begin(ticket, ticket.nbytes)
     assert op.next() is Step.SEND

@@ -21,11 +21,12 @@ Cancellation: a send that is cancelled (or fails) after some of its bytes were h
 kernel leaves a partial message on the wire, so the stream refuses further sends
 (:class:`SendError`); its ticket still tracks the bytes in flight and a pool lease passed to it
 still goes back to the pool on completion. A cancelled send that had sent nothing leaves the
-stream usable. If the peer of a stream cut short does not take the queued rest within the
-drain timeout, ``close()`` resets the connection so those buffers come back. Receives consume
-data only after their last ``await``, so a cancelled ``recv`` loses nothing; ``readexactly``
-keeps partial data in a push-back buffer. ``close()`` drains completions up to ``SendPolicy.drain_timeout`` before closing the socket (completions not read
-before ``close`` are lost, and their buffers are then never reported free).
+stream usable. Receives consume data only after their last ``await``, so a cancelled ``recv``
+loses nothing; ``readexactly`` keeps partial data in a push-back buffer. ``close()`` drains
+completions up to ``SendPolicy.drain_timeout`` before closing the socket (completions not read
+before ``close`` are lost, and their buffers are then never reported free); if the stream was
+cut short and the peer does not take the rest in that time, it resets the connection so those
+buffers come back.
 """
 
 from __future__ import annotations
