@@ -9,8 +9,7 @@ What it measures, side by side in one run (docs/ARCHITECTURE.md, 'Measuring'):
   them A -> B. Wall time of the transfer and CPU seconds (user + sys, ``getrusage`` of each
   worker process, all threads) of both workers are recorded around it; every byte is checked on
   B afterwards (outside the timed window). Variants: ``tcp`` (Dask's own), ``zc`` (zero-copy
-  sends with the kernel's copied -> copy fallback), ``zc-forced`` (``MSG_ZEROCOPY`` kept);
-  ``zc-socket`` (the backend's own transport instead of ``zcnet.aio``) on request.
+  sends with the kernel's copied -> copy fallback), ``zc-forced`` (``MSG_ZEROCOPY`` kept).
 * ``policy`` (the read-only frames decision, docs/dask.md): in this process, a forced
   ``MSG_ZEROCOPY`` sender thread streams to (a) ``recv_into`` a writeable buffer, which is what
   zc:// does, and (b) ``zcnet.receiver.Receiver`` mapping pages, followed by the copy Dask makes
@@ -47,7 +46,6 @@ VARIANTS = {
     "tcp": ("tcp://", {}),
     "zc": ("zc://", {"zcnet.dask.force-zerocopy": False}),
     "zc-forced": ("zc://", {"zcnet.dask.force-zerocopy": True}),
-    "zc-socket": ("zc://", {"zcnet.dask.transport": "socket"}),
 }
 
 

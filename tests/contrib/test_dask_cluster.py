@@ -49,16 +49,14 @@ def combine(*arrays: np.ndarray) -> np.ndarray:
     return np.concatenate(arrays)
 
 
-@pytest.fixture(params=[("aio", False), ("aio", True), ("socket", True)],
-                ids=["aio", "aio-forced-zerocopy", "socket-forced-zerocopy"])
+@pytest.fixture(params=[False, True], ids=["default", "forced-zerocopy"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
-    transport, force = request.param
+    force = request.param
     if force and ZEROCOPY_SKIP:
         pytest.skip(ZEROCOPY_SKIP)
     with dask.config.set({"zcnet.dask.force-zerocopy": force,
-                          "zcnet.dask.transport": transport,
                           "distributed.worker.memory.target": False,
                           "distributed.worker.memory.spill": False}), \
          LocalCluster(protocol="zc://", host="127.0.0.1", processes=True, n_workers=2,
@@ -105,9 +103,8 @@ def test_local_cluster_moves_arrays_between_workers(cluster: Any) -> None:
             # Forced zero-copy never falls back, so both large arrays left each worker with
             # MSG_ZEROCOPY (the default policy stops after the first copied completion, a few MB
             # in). The number of send calls is no measure of that: a non-blocking send queues
-            # what the socket buffer takes, so the count follows how fast the peer reads (the
-            # socket transport made 11 to 21 calls per worker in repeated runs on 3.11, 6 once
-            # on 3.13, for the same bytes).
+            # what the socket buffer takes, so the count follows how fast the peer reads and
+            # varies threefold between runs moving the same bytes.
             assert stats[w]["bytes_zerocopy"] >= sizes[0] + sizes[1], stats[w]
 
 

@@ -7,8 +7,10 @@ every byte against :class:`zcnet._core.pattern.StreamPattern`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
-from collections.abc import Iterator
+import time
+import warnings
 from typing import Any
 
 import dask
@@ -30,16 +32,9 @@ from distributed.protocol import Serialized, deserialize, serialize, to_serializ
 from tests.conftest import ZEROCOPY_SKIP, requires_zerocopy
 from tests.contrib.conftest import run
 from zcnet._core.pattern import StreamPattern
-from zcnet.contrib.dask import ZCBackend, ZCComm
+from zcnet.contrib.dask import ZCBackend, ZCComm, options_from_config
 
 PATTERN = StreamPattern(max_block=8 * 1024 * 1024)
-
-
-@pytest.fixture(autouse=True, params=["aio", "socket"])
-def zc_transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every comm test runs on both transports (zcnet.aio streams and the minimal one)."""
-    with dask.config.set({"zcnet.dask.transport": request.param}):
-        yield str(request.param)
 
 
 def pattern_array(offset: int, nbytes: int) -> np.ndarray:
@@ -58,6 +53,16 @@ def has_ipv6() -> bool:
     except OSError:
         return False
     return True
+
+
+def was_reset(exc: BaseException) -> bool:
+    """Whether ``exc``'s chain of causes holds the kernel's ``ECONNRESET`` (not an orderly EOF)."""
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ECONNRESET:
+            return True
+        e = e.__cause__
+    return False
 
 
 async def comm_pair(addr: str = "zc://127.0.0.1", **kwargs: Any) -> tuple[Any, Any]:
@@ -91,6 +96,37 @@ def test_addresses() -> None:
     assert backend.get_address_host_port("[::1]:7") == ("::1", 7)
     if has_ipv6():
         assert resolve_address("zc://[::1]:123") == "zc://[::1]:123"
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_removed_socket_transport_setting_means_aio() -> None:
+    """``zcnet.dask.transport: socket`` (a removed transport) still connects, over zcnet.aio."""
+
+    async def main() -> None:
+        client, server = await comm_pair()
+        try:
+            arr = pattern_array(11, 300_000)
+            _, got = await asyncio.gather(client.write({"a": to_serialize(arr)}), server.read())
+            assert PATTERN.matches(11, got["a"].data)
+            assert type(client.transport).__name__ == "AioTransport"
+        finally:
+            await client.close()
+            await server.close()
+
+    with dask.config.set({"zcnet.dask.transport": "socket"}):
+        with pytest.warns(DeprecationWarning, match="'socket' was removed"):
+            options_from_config()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run(main())
+
+
+def test_unknown_transport_setting_is_refused() -> None:
+    with dask.config.set({"zcnet.dask.transport": "uring"}), \
+            pytest.raises(ValueError, match="must be 'aio'"):
+        options_from_config()
 
 
 # -- client/server ------------------------------------------------------------------------------
@@ -266,6 +302,34 @@ def test_zerocopy_can_be_disabled() -> None:
     assert stats.bytes_zerocopy == 0 and stats.mode == "copy"
 
 
+def test_many_small_frames_leave_in_few_sends() -> None:
+    """A message of thousands of small frames (2.4 MB in all) is gathered into a few sends."""
+    n, size = 3000, 800
+
+    async def main() -> tuple[int, int]:
+        client, server = await comm_pair()
+        try:
+            arrays = [pattern_array(i * size, size) for i in range(n)]
+            before = client.transport_stats()
+            _, got = await asyncio.gather(
+                client.write({"a": [to_serialize(a) for a in arrays]}), server.read())
+            after = client.transport_stats()
+            assert len(got["a"]) == n
+            for i, arr in enumerate(got["a"]):
+                assert arr.nbytes == size and PATTERN.matches(i * size, arr.data)
+            return (after.send_calls - before.send_calls,
+                    after.bytes_sent - before.bytes_sent)
+        finally:
+            await client.close()
+            await server.close()
+
+    calls, sent = run(main())
+    assert sent > n * size
+    # frame by frame would be more than n calls; 1 MiB joins make a handful (a few more when
+    # the socket buffer takes a join in parts, or a join goes out in zero-copy pieces)
+    assert calls < 100, calls
+
+
 @requires_zerocopy
 def test_send_holds_buffers_until_completion() -> None:
     """A zero-copy frame stays referenced until its completion, then is let go."""
@@ -368,11 +432,36 @@ def test_abort_with_zerocopy_sends_in_flight() -> None:
         a.abort()
         with pytest.raises((CommClosedError, asyncio.CancelledError)):
             await task
-        with pytest.raises(CommClosedError):
+        with pytest.raises(CommClosedError) as lost:
             await b.read()  # truncated message: the reader sees the connection end
+        # a reset (SO_LINGER 0: the kernel purged the send queue), not an orderly FIN
+        assert was_reset(lost.value), repr(lost.value.__cause__)
         assert a.closed() and b.closed()
 
     with dask.config.set({"zcnet.dask.force-zerocopy": True}):
+        run(main())
+
+
+@requires_zerocopy
+def test_close_resets_when_sends_outlive_drain_timeout() -> None:
+    """A graceful close whose zero-copy sends are still pinned at the deadline resets."""
+
+    async def main() -> None:
+        a, b = await comm_pair()
+        arr = pattern_array(0, 32 << 20)
+        task = asyncio.ensure_future(a.write({"x": to_serialize(arr)}))
+        await asyncio.sleep(0.05)  # the peer does not read: sends stay queued (and pinned)
+        t0 = time.monotonic()
+        await a.close()
+        assert time.monotonic() - t0 < 3.0  # the 0.2 s deadline, not the peer, ended it
+        with pytest.raises((CommClosedError, asyncio.CancelledError)):
+            await task
+        with pytest.raises(CommClosedError) as lost:
+            await b.read()
+        assert was_reset(lost.value), repr(lost.value.__cause__)
+        assert a.closed() and b.closed()
+
+    with dask.config.set({"zcnet.dask.force-zerocopy": True, "zcnet.dask.drain-timeout": 0.2}):
         run(main())
 
 

@@ -4,8 +4,7 @@ Theory of operation: the measurement of the DASK engineer's ``scripts/dask_bench
 ("transfer" section; docs/dask.md), run by the bench. For each variant a ``LocalCluster`` of two
 worker processes (one thread each, 127.0.0.1) is started once: ``tcp`` (Dask's own comm),
 ``zc`` (zcnet's ``zc://`` backend, zero-copy sends with the kernel's copied -> copy fallback),
-``zc-forced`` (``MSG_ZEROCOPY`` kept), and on request ``zc-socket`` (the backend's blocking
-socket transport instead of ``zcnet.aio``). In each repetition worker A makes ``arrays`` numpy
+and ``zc-forced`` (``MSG_ZEROCOPY`` kept). In each repetition worker A makes ``arrays`` numpy
 arrays of ``array_bytes`` holding the stream pattern, then a task on worker B takes them all, so
 Dask moves them A -> B; the wall time of that task and the CPU seconds (user + system,
 ``getrusage(RUSAGE_SELF)`` of each worker process, all threads, read with ``Client.run``) of
@@ -48,7 +47,6 @@ DASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcp": ("tcp://", {}),
     "zc": ("zc://", {"zcnet.dask.force-zerocopy": False}),
     "zc-forced": ("zc://", {"zcnet.dask.force-zerocopy": True}),
-    "zc-socket": ("zc://", {"zcnet.dask.transport": "socket"}),
 }
 
 

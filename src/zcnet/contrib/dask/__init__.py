@@ -9,19 +9,16 @@ Install with ``pip install zcnet[dask]``; the ``distributed.comm.backends`` entr
 
 from __future__ import annotations
 
+from zcnet.contrib.dask.aio_transport import AioTransport
 from zcnet.contrib.dask.backend import PREFIX, ZCBackend, ZCComm, ZCConnector, ZCListener
 from zcnet.contrib.dask.config import ZCOptions, options_from_config
-from zcnet.contrib.dask.transport import (
-    FrameTransport,
-    SocketTransport,
-    TransportStats,
-    process_stats,
-)
+from zcnet.contrib.dask.stats import process_stats
+from zcnet.contrib.dask.transport import FrameTransport, TransportStats
 
 __all__ = [
     "PREFIX",
+    "AioTransport",
     "FrameTransport",
-    "SocketTransport",
     "TransportStats",
     "ZCBackend",
     "ZCComm",

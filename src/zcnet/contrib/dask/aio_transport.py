@@ -1,45 +1,74 @@
-"""A :class:`~zcnet.contrib.dask.transport.FrameTransport` on a :class:`zcnet.aio.ZcStream`.
+"""The ``zc://`` comm's transport: a :class:`~zcnet.contrib.dask.transport.FrameTransport` on a
+:class:`zcnet.aio.ZcStream`.
 
 Theory of operation: ``zcnet.aio`` already owns everything zero-copy about one asyncio TCP
 connection — ``MSG_ZEROCOPY`` sends whose buffer stays exported until the kernel reports the
 completion (``zcnet._core.tracker``), the copied -> copy fallback and ``ENOBUFS`` policy
-(``zcnet._core.txpolicy``), a private epoll watcher so pending completions never spin the loop
-(Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTURE.md, 'Transmit: EPOLLERR') — so this
-adapter only maps the comm's needs onto it:
+(``zcnet._core.txpolicy``), the translation of kernel errors (``zcnet.errors``), a private epoll
+watcher so pending completions never spin the loop (Documentation/networking/msg_zerocopy.rst;
+docs/ARCHITECTURE.md, 'Transmit: EPOLLERR') — so this adapter has no send or completion loop of
+its own and only maps the comm's needs onto the stream:
 
-* a large frame is one ``stream.send`` (zero-copy above the threshold, its buffer held by the
-  stream's ticket until completion); a run of small frames is joined into one buffer (bounded, so
-  the join copy stays small) or sent frame by frame;
+* a large frame is one ``stream.send`` (zero-copy per the stream's policy, its buffer held by the
+  stream's ticket until completion); runs of small frames are joined into buffers of at most
+  1 MiB (so a message of many small frames costs a few sends, and the join copy stays small);
 * reads go through a 64 KiB buffer filled by ``stream.recv_into`` (a prelude and small frames
   cost one system call); the rest of a large frame is read straight into its final, writeable
   buffer (see docs/dask.md for why frames are not handed over as mapped, read-only pages);
-* ``close`` is the stream's draining close; ``abort`` resets the connection first when tickets
-  are still pending, so that the kernel purges the send queue before the buffers can be freed.
+* ``close`` waits up to the drain timeout for the stream's tickets, then closes the stream;
+  ``abort``, and ``close`` when the deadline passes with tickets still pending, resets the
+  connection first (``SO_LINGER`` 0), so that the kernel purges the send queue before the
+  buffers can be freed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from zcnet._core.txpolicy import SendPolicy
 from zcnet.aio import ZcStream
 from zcnet.contrib.dask.config import ZCOptions
-from zcnet.contrib.dask.transport import (
-    TransportStats,
-    host_buffer,
-    register_transport,
-    retire_transport,
-)
-from zcnet.errors import ConnectionResetByPeer, SocketClosedError
+from zcnet.contrib.dask.stats import register_transport, retire_transport
+from zcnet.contrib.dask.transport import TransportStats
+from zcnet.errors import ConnectionResetByPeer, SocketClosedError, ZcnetError
 
-__all__ = ["AioTransport"]
+__all__ = ["AioTransport", "host_buffer"]
+
+logger = logging.getLogger(__name__)
 
 _RBUF_SIZE = 64 * 1024
 _JOIN_LIMIT = 1024 * 1024  # small-frame runs up to this size are joined into one send
 _NO_ZEROCOPY = 1 << 62
+
+
+def host_buffer(nbytes: int) -> memoryview:
+    """A fresh writeable byte buffer (numpy's ``empty`` skips zero-filling when available)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is part of the dask extra
+        return memoryview(bytearray(nbytes))
+    view: memoryview = np.empty((nbytes,), dtype="u1").data
+    return view
+
+
+def _gathered(views: Sequence[memoryview], limit: int) -> Iterator[memoryview]:
+    """``views`` in order, consecutive ones joined into buffers of at most ``limit`` bytes (a
+    view that is larger on its own comes alone, unjoined)."""
+    run: list[memoryview] = []
+    size = 0
+    for v in views:
+        if run and size + v.nbytes > limit:
+            yield run[0] if len(run) == 1 else memoryview(b"".join(run))
+            run, size = [], 0
+        run.append(v)
+        size += v.nbytes
+    if run:
+        yield run[0] if len(run) == 1 else memoryview(b"".join(run))
 
 
 class AioTransport:
@@ -87,18 +116,18 @@ class AioTransport:
             bytes_sent=zc_total + s.bytes_plain, bytes_received=self._received,
             bytes_zerocopy=zc_total, bytes_zc_copied=s.bytes_copied,
             bytes_zc_uncopied=s.bytes_zerocopy, zerocopy_calls=s.sends_zerocopy,
+            send_calls=s.sends_zerocopy + s.sends_plain,
             completions=s.completions, enobufs=s.enobufs, bytes_in_flight=s.bytes_pending,
             mode=s.mode if self._opts.zerocopy else "copy",
             fallback_reason=s.fallback_reason if self._opts.zerocopy
             else "disabled by configuration")
 
     async def send(self, buffers: Sequence[memoryview], large: bool) -> None:
-        """Send the buffers back to back; each large one is a (zero-copy) stream send."""
+        """Send the buffers back to back: each large one is a stream send of its own (zero-copy
+        per the stream's policy), small ones are joined up to 1 MiB per send."""
         stream = self._check()
         views = [v for v in buffers if v.nbytes]
-        if not large and len(views) > 1 and sum(v.nbytes for v in views) <= _JOIN_LIMIT:
-            views = [memoryview(b"".join(views))]
-        for v in views:
+        for v in (views if large else _gathered(views, _JOIN_LIMIT)):
             await stream.send(v)
 
     async def recv_into(self, view: memoryview) -> None:
@@ -131,12 +160,24 @@ class AioTransport:
         return buf
 
     async def close(self) -> None:
-        """Drain completions (bounded by the drain timeout), then close the stream."""
+        """Wait up to the drain timeout for the stream's tickets, then close it; if some are
+        still pending after that (or the connection failed with them), reset instead."""
         stream = self._stream
         if stream is None:
             return
         try:
+            with contextlib.suppress(TimeoutError, ZcnetError):
+                async with asyncio.timeout(self._opts.drain_timeout):
+                    await stream.drain()
+            if stream.pending:
+                logger.warning("zc:// close: %d send(s) still pinned after %.1f s; resetting",
+                               stream.pending, self._opts.drain_timeout)
+                self.abort()
+                return
             await stream.aclose()
+        except BaseException:
+            self.abort()
+            raise
         finally:
             self._finish()
 

@@ -17,10 +17,10 @@ Theory of operation (distributed/comm/core.py, registry.py and tcp.py describe t
   wrap without copying. Received frames are writeable: Dask copies a read-only frame whose
   array was writeable at the sender, so handing it mapped, read-only pages would only move the
   copy (the policy and its measured cost are in docs/dask.md).
-* ``close`` drains outstanding zero-copy completions (bounded) and shuts the socket down;
-  ``abort`` closes at once. Any failure in the middle of a message leaves the stream in an
-  unknown state, so the comm is aborted, as Dask's TCP comm does. Failures surface as
-  ``CommClosedError``. TLS is not offered: ``require_encryption`` is refused.
+* ``close`` drains outstanding zero-copy completions (bounded by ``drain-timeout``, then a
+  reset) and closes; ``abort`` closes at once. Any failure in the middle of a message leaves
+  the stream in an unknown state, so the comm is aborted, as Dask's TCP comm does. Failures
+  surface as ``CommClosedError``. TLS is not offered: ``require_encryption`` is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from distributed.comm.registry import Backend
 from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
 from distributed.utils import ensure_ip, ensure_memoryview, get_ip
 
+from zcnet.contrib.dask.aio_transport import AioTransport
 from zcnet.contrib.dask.config import ZCOptions, options_from_config
 from zcnet.contrib.dask.framing import (
     COUNT_SIZE,
@@ -53,7 +54,7 @@ from zcnet.contrib.dask.framing import (
     encode_prelude,
     plan_segments,
 )
-from zcnet.contrib.dask.transport import FrameTransport, SocketTransport, TransportStats
+from zcnet.contrib.dask.transport import FrameTransport, TransportStats
 from zcnet.errors import ZcnetError
 
 __all__ = ["PREFIX", "ZCBackend", "ZCComm", "ZCConnector", "ZCListener"]
@@ -82,15 +83,6 @@ def _configure_socket(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout * 1000)
     except OSError:
         logger.exception("could not set TCP keep-alive on a zc:// socket")
-
-
-def make_transport(sock: socket.socket, options: ZCOptions) -> FrameTransport:
-    """The transport ``options.transport`` names, owning the connected socket ``sock``."""
-    if options.transport == "aio":
-        from zcnet.contrib.dask.aio_transport import AioTransport
-
-        return AioTransport(sock, options)
-    return SocketTransport(sock, options)
 
 
 def _sockname(sock: socket.socket) -> str:
@@ -308,7 +300,7 @@ class ZCConnector(Connector):
             try:
                 opts = options_from_config()
                 local = _sockname(sock)
-                transport = make_transport(sock, opts)
+                transport = AioTransport(sock, opts)
             except BaseException:
                 sock.close()
                 raise
@@ -389,12 +381,15 @@ class ZCListener(BaseListener):
             conn.setblocking(False)
             _configure_socket(conn)
             opts = options_from_config()
-            comm = ZCComm(make_transport(conn, opts), _sockname(conn), peer,
+            comm = ZCComm(AioTransport(conn, opts), _sockname(conn), peer,
                           self.deserialize, opts)
         except (OSError, ZcnetError) as e:
             logger.info("zc:// connection from %s failed before the handshake: %s", peer, e)
             conn.close()
             return
+        except BaseException:
+            conn.close()  # e.g. a ValueError from the configuration: do not leak the socket
+            raise
         comm.allow_offload = self.allow_offload
         try:
             await self.on_connection(comm)
