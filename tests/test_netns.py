@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+import zcnet.errors
+import zcnet.netns
 from zcnet.netns import IFB_LOCAL_ADDR, VETH_ADDR_B, Netns, NetnsUnavailable
 
 from .conftest import requires_netns
@@ -15,6 +17,17 @@ from .conftest import requires_netns
 def _namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def test_unavailable_is_a_zcnet_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one class, defined in zcnet.errors; RuntimeError kept for code written before the hierarchy
+    assert NetnsUnavailable is zcnet.errors.NetnsUnavailable
+    assert issubclass(NetnsUnavailable, zcnet.errors.ZcnetError)
+    assert issubclass(NetnsUnavailable, RuntimeError)
+    monkeypatch.setattr(zcnet.netns, "netns_unavailable_reason", lambda: "no namespaces here")
+    with pytest.raises(zcnet.errors.ZcnetError, match="no namespaces here") as info:
+        Netns().create()
+    assert type(info.value) is NetnsUnavailable
 
 
 @requires_netns

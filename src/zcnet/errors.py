@@ -3,6 +3,12 @@
 Kernel failures are translated once, at the I/O boundary, into these types; the original
 ``OSError`` is kept as ``__cause__``. Everything zcnet raises on purpose derives from
 :class:`ZcnetError`, so ``except zcnet.ZcnetError`` catches all of it.
+
+This module is the bottom layer of the package: every other module may import it, and it imports
+nothing of zcnet (docs/ARCHITECTURE.md, 'Layers and modules'; enforced by tests/test_layers.py).
+The benchmark harness's own failures (``zcnet.bench``: ``ProtocolError`` between its processes,
+``WorkerError`` for a worker process that died, ``PatternMismatch`` for a wrong byte) report on
+the harness or on a test, not on the library, and stay outside this hierarchy.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ __all__ = [
     "InvalidCompletionError",
     "LimitExceeded",
     "LimitWaitTimeout",
+    "ModeUnavailable",
+    "NetnsUnavailable",
     "PoolError",
     "ReceiveError",
     "SendError",
@@ -85,6 +93,25 @@ class BufferLifetimeError(ZcnetError):
 
 class ZerocopyUnavailable(ZcnetError):
     """Zero-copy was explicitly required but the kernel or platform does not offer it."""
+
+
+class NetnsUnavailable(ZcnetError, RuntimeError):
+    """A private network namespace cannot be created or configured here.
+
+    Not root, no iproute2, a kernel without namespaces, or an ``ip``/``sysctl`` step that failed
+    (:mod:`zcnet.netns`). ``RuntimeError`` stays a base for code written before the hierarchy.
+    """
+
+
+class ModeUnavailable(ZcnetError, RuntimeError):
+    """A benchmark mode cannot run here: an optional dependency (uvloop) or a zcnet part is
+    missing, the kernel lacks a feature, or the mode or loop name is unknown.
+
+    Not a :class:`ZerocopyUnavailable`: most reasons have nothing to do with zero-copy, and code
+    that catches ``ZerocopyUnavailable`` to fall back to copies must not catch "uvloop is not
+    installed". Where zero-copy itself is what is missing, the ``ZerocopyUnavailable`` is the
+    ``__cause__``. ``RuntimeError`` stays a base for code written before the hierarchy.
+    """
 
 
 class LimitExceeded(ZcnetError):

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from zcnet.errors import NetnsUnavailable
+
 __all__ = [
     "IFB_LOCAL_ADDR",
     "VETH_ADDR_A",
@@ -54,10 +56,6 @@ VETH_ADDR_B: Final = "198.19.0.2"
 _CLONE_NEWNET: Final = 0x40000000
 _counter = itertools.count()
 _counter_lock = threading.Lock()
-
-
-class NetnsUnavailable(RuntimeError):
-    """Network namespaces cannot be created here (not root, no iproute2, no kernel support)."""
 
 
 def netns_unavailable_reason() -> str | None:

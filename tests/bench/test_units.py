@@ -114,3 +114,27 @@ def test_small_source_is_the_hot_pattern_buffer() -> None:
     src = Source(v, 1 << 20, max_msg=4096)
     assert not src.cold
     assert bytes(src.window(123, 4096)) == bytes(v.window(123, 4096))
+
+
+def test_mode_unavailable_is_one_zcnet_error() -> None:
+    import zcnet.aio._benchmodes as aio_modes
+    import zcnet.bench.receivers as receivers
+    import zcnet.bench.senders as senders
+    from zcnet.errors import ModeUnavailable, ZcnetError, ZerocopyUnavailable
+
+    assert receivers.ModeUnavailable is aio_modes.ModeUnavailable is ModeUnavailable
+    assert senders.ModeUnavailable is ModeUnavailable
+    assert issubclass(ModeUnavailable, ZcnetError) and issubclass(ModeUnavailable, RuntimeError)
+    assert not issubclass(ModeUnavailable, ZerocopyUnavailable)  # "uvloop missing" is not that
+    with pytest.raises(ModeUnavailable, match="unknown loop"):
+        receivers._loop_factory("no-such-loop")
+
+
+def test_harness_errors_stay_outside_the_library_hierarchy() -> None:
+    from zcnet.bench.workers import WorkerError
+    from zcnet.errors import ZcnetError
+
+    # failures of the benchmark's own processes and byte checks, not of the library
+    for cls in (ProtocolError, WorkerError, PatternMismatch):
+        assert not issubclass(cls, ZcnetError)
+    assert issubclass(PatternMismatch, AssertionError)

@@ -24,16 +24,14 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+from zcnet.errors import ModeUnavailable  # defined once for aio and bench; re-exported here
+
 __all__ = ["AIO_LOOPS", "AIO_RECEIVE_MODES", "ModeUnavailable", "loop_factory", "receive"]
 
 AIO_RECEIVE_MODES: Final = ("zcnet-aio stream", "asyncio streams", "BufferedProtocol")
 AIO_LOOPS: Final = ("asyncio", "uvloop")
 
 Consume = Callable[[Any], None]
-
-
-class ModeUnavailable(RuntimeError):
-    """The mode or loop cannot run here (e.g. uvloop is not installed)."""
 
 
 def _noop() -> None:

@@ -31,13 +31,9 @@ from zcnet.bench.meter import CpuWindow
 from zcnet.bench.modes import RECEIVE_MODES, split_loop
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import ProtocolError
+from zcnet.errors import ModeUnavailable  # one class for bench and zcnet.aio; re-exported here
 
 __all__ = ["RECEIVE_MODES", "Consumer", "ModeUnavailable", "receive"]
-
-
-
-class ModeUnavailable(RuntimeError):
-    """This mode cannot run here (a zcnet module is missing or the kernel lacks a feature)."""
 
 
 class Consumer:
@@ -91,7 +87,6 @@ def _recv_into(sock: socket.socket, warmup: int, nbytes: int, size: int,
 def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """New event loops of kind ``loop`` (``"asyncio"``: the default selector loop; ``"uvloop"``)."""
     try:
-        from zcnet.aio._benchmodes import ModeUnavailable as AioModeUnavailable
         from zcnet.aio._benchmodes import loop_factory
     except ImportError:
         if loop == "asyncio":
@@ -99,7 +94,7 @@ def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
         raise ModeUnavailable("zcnet.aio is not available (its loop factory)") from None
     try:
         return loop_factory(loop)
-    except AioModeUnavailable as e:
+    except ModeUnavailable as e:
         raise ModeUnavailable(f"{e} (pip install 'zcnet[uvloop]')") from e
 
 
@@ -142,7 +137,6 @@ _AIO_DROP = ("mode", "bytes", "chunks")
 def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
               mode: str, loop: str, rcvlowat: int = 0) -> dict[str, Any]:
     try:
-        from zcnet.aio._benchmodes import ModeUnavailable as AioModeUnavailable
         from zcnet.aio._benchmodes import receive as aio_receive
     except ImportError as e:
         raise ModeUnavailable(f"zcnet.aio is not available: {e}") from e
@@ -151,8 +145,6 @@ def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume:
         res = aio_receive(_AIO_MODES[mode], loop, sock.dup(), warmup=warmup, nbytes=nbytes,
                           size=size, consume=consume, begin_timed=consume.begin_timed,
                           end_timed=consume.window.stop, rcvlowat=rcvlowat)
-    except AioModeUnavailable as e:
-        raise ModeUnavailable(str(e)) from e
     except EOFError as e:
         raise ProtocolError(str(e)) from e
     if res["bytes"] != warmup + nbytes:

@@ -40,7 +40,7 @@ from zcnet.bench.meter import CpuWindow
 from zcnet.bench.modes import SEND_MODES
 from zcnet.bench.pattern import Source, Verifier
 from zcnet.bench.protocol import encode_header, read_result
-from zcnet.bench.receivers import ModeUnavailable
+from zcnet.errors import ModeUnavailable
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY, SOL_UDP, UDP_SEGMENT
 from zcnet.lowlevel.errqueue import ZerocopyCompletion, drain_errqueue
 
