@@ -19,13 +19,25 @@ close is unmapped by the GC after the last view dies, never under it.
 Fallback: when a run of ``probe_calls`` zero-copy calls maps (almost) nothing (a copying sender,
 an MSS that is not a page multiple), or maps only short runs cut by unmappable tails (the default
 loopback MTU), the connection switches to plain ``recv`` for good and says why in
-``stats.fallback_reason``, unless ``RecvPolicy.force_zerocopy``.
+``stats.fallback_reason``, unless ``RecvPolicy.force_zerocopy``. So does a kernel that refuses the
+socket ``mmap`` or the zero-copy call. A *transient* failure to map (``ENOMEM``, ``EAGAIN``,
+``EMFILE``, ``ENFILE``) copies that one receive and retries after a bounded backoff
+(:meth:`zcnet._core.rxpolicy.RxDecider.map_failed`), counted in ``stats.transient_map_errors``.
+
+File descriptors: a Receiver holds none besides the socket it owns. Windows hold no fd (see
+:mod:`zcnet.lowlevel.zerocopy_rx`); the instant readiness check is a ``select.poll`` object (no fd).
+An ``epoll`` fd is created only if the receiver must sleep while the socket reports ``POLLERR``
+with nothing to read: zero-copy completions of a ``MSG_ZEROCOPY`` sender on the same socket,
+which would make a level-triggered ``poll`` return at once, again and again (see :meth:`_wait`).
+Such a bidirectional receiver holds 1 extra fd from then on, until :meth:`Receiver.close`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
+import operator
 import os
 import select
 import socket
@@ -34,20 +46,26 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode
+from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode, map_error_kind
 from zcnet.errors import (
     BufferLifetimeError,
-    ConnectionResetByPeer,
-    ReceiveError,
+    InvalidBufferError,
     SocketClosedError,
     TimeoutExpired,
     UnsupportedSocketError,
+    ZcnetError,
     ZerocopyUnavailable,
+    translate_os_error,
 )
 from zcnet.lowlevel.constants import SO_RCVBUFFORCE, SO_RCVLOWAT, TCP_MAXSEG
 from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, Window, ZerocopyCall
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+else:
+    Buffer = Any
 
 __all__ = [
     "COPY_REASONS",
@@ -64,10 +82,6 @@ __all__ = [
 MAPPABLE_MAXSEG: Final = PAGE_SIZE + 12
 
 _PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-_RESET_ERRNOS: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
-_UNSUPPORTED_ERRNOS: Final = frozenset(
-    {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENODEV, errno.EACCES, errno.EPERM}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,9 @@ class RecvPolicy:
         min_cut_run: when at least half the calls of a run had their mapping cut short by
             unmappable bytes (an MSS that is not a page multiple), switch unless they mapped at
             least this many bytes per call (mapping short runs costs more than copying).
+        map_backoff_max: after a transient failure to map (``ENOMEM``, ``EAGAIN``, ``EMFILE``,
+            ``ENFILE``) the receiver copies that receive and the next 1, 2, 4, ... receives,
+            doubling per failure in a row up to this many, then tries mapping again.
     """
 
     window_bytes: int = 2 * 1024 * 1024
@@ -102,6 +119,7 @@ class RecvPolicy:
     min_mapped_fraction: float = 0.1
     min_cut_run: int = 256 * 1024
     min_map_bytes: int = 16 * 1024
+    map_backoff_max: int = 64
 
     def __post_init__(self) -> None:
         if self.window_bytes <= 0 or self.window_bytes % PAGE_SIZE:
@@ -115,6 +133,12 @@ class RecvPolicy:
             raise ValueError("rcvlowat must be >= 0")
         if self.min_map_bytes < 0 or self.min_cut_run < 0:
             raise ValueError("min_map_bytes and min_cut_run must be >= 0")
+        if not 0.0 <= self.min_mapped_fraction <= 1.0:
+            raise ValueError("min_mapped_fraction must be in [0, 1]")
+        if self.probe_calls < 1:
+            raise ValueError("probe_calls must be >= 1")
+        if self.map_backoff_max < 1:
+            raise ValueError("map_backoff_max must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +146,10 @@ class ReceiverStats:
     """A snapshot of one connection's receive counters.
 
     ``calls`` counts ``TCP_ZEROCOPY_RECEIVE`` calls; ``copy_reasons`` maps each reason in
-    :data:`COPY_REASONS` to the bytes copied for it.
+    :data:`COPY_REASONS` to the bytes copied for it. ``transient_map_errors`` counts failures to
+    map for want of a resource (``ENOMEM``, ``EAGAIN``, ``EMFILE``, ``ENFILE``), each of which
+    copied one receive and started a backoff (``copy_reasons["map_backoff"]``);
+    ``map_retries`` counts the mapping attempts made after such a backoff.
     """
 
     bytes_mapped: int
@@ -133,6 +160,8 @@ class ReceiverStats:
     windows_mapped: int
     mode: RxMode
     fallback_reason: str | None
+    transient_map_errors: int = 0
+    map_retries: int = 0
 
     @property
     def mapped_fraction(self) -> float:
@@ -237,16 +266,57 @@ def make_mappable_listener(
     return sock
 
 
-def _translate(e: OSError, what: str) -> Exception:
-    if e.errno in _RESET_ERRNOS:
-        exc: Exception = ConnectionResetByPeer(f"{what}: {e.strerror}")
-    else:
-        exc = ReceiveError(f"{what}: {e.strerror or e}")
-    exc.__cause__ = e
-    return exc
+def _translate(e: OSError, what: str) -> ZcnetError:
+    """``e`` through zcnet's one translator, the failed call named in front of the message."""
+    err = translate_os_error(e, "receive", stream=True)
+    err.args = (f"{what}: {err}",)
+    return err
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+    return timeout
+
+
+def _check_max_bytes(max_bytes: int) -> int:
+    if isinstance(max_bytes, bool):
+        raise TypeError("max_bytes must be an int, got bool")
+    try:
+        n = operator.index(max_bytes)
+    except TypeError:
+        raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}") from None
+    if n <= 0:
+        raise ValueError(f"max_bytes must be a positive number of bytes, got {n}")
+    return n
+
+
+def _writable_bytes(buffer: Buffer) -> memoryview:
+    """A flat, writable byte view of ``buffer``, or :class:`InvalidBufferError`."""
+    try:
+        view = memoryview(buffer)
+    except TypeError as e:
+        raise InvalidBufferError(
+            f"recv_into needs a writable bytes-like buffer, got {type(buffer).__name__}") from e
+    if view.readonly:
+        view.release()
+        raise InvalidBufferError(f"recv_into needs a writable buffer; the "
+                                 f"{type(buffer).__name__} is read-only")
+    if not view.c_contiguous:
+        view.release()
+        raise InvalidBufferError(f"recv_into needs a C-contiguous buffer; the "
+                                 f"{type(buffer).__name__} is not")
+    return view if view.ndim == 1 and view.itemsize == 1 and view.format == "B" else view.cast("B")
 
 
 def _check_socket(sock: socket.socket) -> None:
+    if not isinstance(sock, socket.socket):
+        raise UnsupportedSocketError(f"Receiver needs a socket.socket, got {type(sock).__name__}")
     if sock.fileno() < 0:
         raise SocketClosedError("the socket is closed")
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
@@ -266,30 +336,41 @@ class Receiver:
     The receiver owns the socket (it is made non-blocking and closed by :meth:`close`); one
     thread at a time may receive. Sending on the socket (e.g. replies) stays allowed.
 
+    File descriptors: the receiver holds the socket's fd and nothing else (windows are mappings
+    without an fd; readiness is checked with a ``select.poll`` object, which holds none). One
+    ``epoll`` fd is added, once, the first time it must sleep while a ``MSG_ZEROCOPY`` sender on
+    the same socket has completions queued; :meth:`close` releases everything.
+
     Args:
         sock: a connected TCP (IPv4 or IPv6) socket.
         policy: see :class:`RecvPolicy`.
+
+    Raises:
+        UnsupportedSocketError: ``sock`` is not a connected IPv4/IPv6 TCP ``socket.socket``.
+        SocketClosedError: ``sock`` is closed.
+        TypeError: ``policy`` is not a :class:`RecvPolicy`.
     """
 
     def __init__(self, sock: socket.socket, policy: RecvPolicy | None = None) -> None:
+        if policy is not None and not isinstance(policy, RecvPolicy):
+            raise TypeError(f"policy must be a RecvPolicy, got {type(policy).__name__}")
         _check_socket(sock)
         self.policy = policy or RecvPolicy()
         self._sock = sock
         self._fd = sock.fileno()
         sock.setblocking(False)
-        self._poll = select.poll()  # the instant readiness check (see _ready_now)
+        # The readiness check, and the sleep until POLLERR turns up with nothing to read (see
+        # _wait): a poll object is a Python-side fd list, not a kernel object, so it holds no fd.
+        self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN | select.POLLRDHUP)
-        # Sleeping happens in an edge-triggered epoll: it wakes once per state change, so
-        # completions of a MSG_ZEROCOPY sender on this socket (level-triggered POLLERR until
-        # that sender reads its error queue) cannot turn the wait into a busy loop.
-        self._sleep = select.epoll(1)
-        self._sleep.register(self._fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        self._sleep: select.epoll | None = None  # created by _wait only if it has to
         self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
         self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
                                   force_zerocopy=self.policy.force_zerocopy,
                                   min_mapped_fraction=self.policy.min_mapped_fraction,
                                   min_cut_run=self.policy.min_cut_run,
-                                  min_map_bytes=self.policy.min_map_bytes)
+                                  min_map_bytes=self.policy.min_map_bytes,
+                                  max_backoff=self.policy.map_backoff_max)
         self._ledger = RxLedger()
         self._windows: list[Window] = []
         self._next = 0
@@ -304,25 +385,38 @@ class Receiver:
 
     # -- public API ------------------------------------------------------------------------
     def recv(self, max_bytes: int, timeout: float | None = None) -> Chunk:
-        """Receive up to ``max_bytes``: an empty chunk at EOF.
+        """Receive up to ``max_bytes``: an empty chunk at EOF (and at every call after).
 
-        Waits up to ``timeout`` seconds (``None``: forever) for data; raises
-        :class:`TimeoutExpired`, :class:`ConnectionResetByPeer` or :class:`ReceiveError`.
+        Args:
+            max_bytes: the most bytes to return (> 0); a zero-copy chunk is also capped at
+                ``policy.window_bytes``.
+            timeout: seconds to wait for data (``None``: forever; 0: only what is there).
+
+        Raises:
+            ValueError: ``max_bytes`` <= 0, or ``timeout`` negative or NaN.
+            TypeError: ``max_bytes`` is not an int, or ``timeout`` not a number.
+            TimeoutExpired: no data before the timeout.
+            ConnectionResetByPeer: the connection was reset or lost.
+            ReceiveError: another kernel error (the ``OSError`` is the ``__cause__``).
+            SocketClosedError: the receiver (or its socket) is closed.
+            ZerocopyUnavailable: ``force_zerocopy`` and the kernel cannot map received pages.
         """
+        max_bytes = _check_max_bytes(max_bytes)
+        timeout = _check_timeout(timeout)
         if self._closed:
             raise SocketClosedError("receiver is closed")
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = self._deliver_pending(max_bytes)
             if chunk is not None:
                 return chunk
             request = self._decider.request(max_bytes, self.policy.window_bytes)
-            window = self._free_window() if request is not None else None
+            if request is None:
+                reason = self._decider.copy_reason(max_bytes)
+                window: Window | None = None
+            else:
+                window, reason = self._free_window()
             if request is None or window is None:
-                reason = "windows_busy" if request is not None else self._decider.copy_reason(
-                    max_bytes)
                 self._wait(max_bytes, deadline)
                 chunk = self._recv_copy(max_bytes, reason)
                 if chunk is not None:
@@ -333,11 +427,25 @@ class Receiver:
             if chunk is not None:
                 return chunk
 
-    def recv_into(self, buffer: memoryview | bytearray, timeout: float | None = None) -> int:
-        """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
+    def recv_into(self, buffer: Buffer, timeout: float | None = None) -> int:
+        """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF.
+
+        Args:
+            buffer: a writable, C-contiguous bytes-like object (``bytearray``, writable
+                ``memoryview``, ``array``, ``mmap``, numpy array, ...); an empty one returns 0.
+            timeout: as for :meth:`recv`.
+
+        Raises:
+            InvalidBufferError: ``buffer`` is not a buffer, read-only or not C-contiguous
+                (checked first: nothing is received or waited for).
+            ValueError, TypeError: a bad ``timeout``.
+            TimeoutExpired, ConnectionResetByPeer, ReceiveError, SocketClosedError: as for
+                :meth:`recv`.
+        """
+        view = _writable_bytes(buffer)
+        timeout = _check_timeout(timeout)
         if self._closed:
             raise SocketClosedError("receiver is closed")
-        view = memoryview(buffer).cast("B")
         if not len(view):
             return 0
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -384,6 +492,8 @@ class Receiver:
             windows_mapped=self._windows_mapped,
             mode=self._decider.mode,
             fallback_reason=self._decider.fallback_reason,
+            transient_map_errors=self._decider.transient_failures,
+            map_retries=self._decider.retries,
         )
 
     def fileno(self) -> int:
@@ -393,8 +503,9 @@ class Receiver:
     def close(self) -> None:
         """Unmap the windows and close the socket (idempotent).
 
-        A window whose views are still alive is left to the GC, which unmaps it (and closes its
-        fd) once the last view is gone.
+        A window whose views are still alive is left to the GC, which unmaps it once the last
+        view is gone. Every fd the receiver holds (the socket, the epoll if one was made) is
+        closed here.
         """
         if self._closed:
             return
@@ -403,7 +514,9 @@ class Receiver:
             window.close()
         self._windows.clear()
         self._pending = None
-        self._sleep.close()
+        if self._sleep is not None:
+            self._sleep.close()
+            self._sleep = None
         self._sock.close()
 
     def __enter__(self) -> Receiver:
@@ -440,7 +553,8 @@ class Receiver:
         if err is not None:
             raise err
 
-    def _free_window(self) -> Window | None:
+    def _free_window(self) -> tuple[Window | None, str]:
+        """A window no live view refers to, or ``None`` and the copy reason for this receive."""
         windows = self._windows
         n = len(windows)
         for i in range(n):
@@ -448,18 +562,22 @@ class Receiver:
             window = windows[idx]
             if not window.busy():
                 self._next = (idx + 1) % n
-                return window
+                return window, ""
         if n >= self.policy.max_windows:
-            return None
+            return None, "windows_busy"
         try:
             window = Window(self._fd, self.policy.window_bytes)
         except OSError as e:
+            # Whatever the errno, mapping a window is never a reason to fail the receive: the
+            # bytes can be copied. Transient shortages retry later, the rest copy for good.
+            if self._decider.map_failed(e.errno):
+                return None, "map_backoff"
             self._unsupported(e, "mmap of the socket")
-            return None
+            return None, "copy_mode"
         self._windows_mapped += 1
         windows.append(window)
         self._next = 0
-        return window
+        return window, ""
 
     def _unsupported(self, e: OSError, what: str) -> None:
         if self.policy.force_zerocopy:
@@ -473,13 +591,37 @@ class Receiver:
             self._lowat = want
 
     def _wait(self, nbytes: int, deadline: float | None) -> None:
+        """Sleep until :meth:`_ready_now` (or raise :class:`TimeoutExpired` at ``deadline``).
+
+        ``poll(2)`` reports ``POLLERR`` whatever was asked, for as long as a ``MSG_ZEROCOPY``
+        sender on this socket leaves completions in the error queue (tcp_poll in
+        net/ipv4/tcp.c), so a ``poll`` sleep would return at once, again and again. The first
+        time that happens the receiver switches to an edge-triggered ``epoll`` (one fd, kept
+        until close), which wakes once per state change. A receiver that never shares its
+        socket with such a sender never creates it.
+        """
         if self.policy.rcvlowat:
             self._set_lowat(nbytes)
         while not self._ready_now():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutExpired("no data before the timeout")
-            self._sleep.poll(-1 if remaining is None else remaining)
+            sleep = self._sleep
+            if sleep is not None:
+                sleep.poll(-1 if remaining is None else remaining)
+                continue
+            ms = -1 if remaining is None else max(1, math.ceil(remaining * 1000))
+            ready = self._poll.poll(ms)
+            if ready and not ready[0][1] & (select.POLLIN | select.POLLRDHUP | select.POLLHUP
+                                            | select.POLLNVAL):
+                # POLLERR alone: if _ready_now finds nothing either, these are completions.
+                if not self._ready_now():
+                    self._sleep = sleep = select.epoll(1)
+                    # Registration reports the current state once; after that only changes.
+                    sleep.register(self._fd,
+                                   select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+                else:
+                    return
 
     def _ready_now(self) -> bool:
         """Whether a receive would find data, EOF or a socket error, without blocking.
@@ -525,7 +667,14 @@ class Receiver:
             if e.errno == errno.EIO:  # nothing queued and the peer closed
                 self._eof = True
                 return Chunk(memoryview(b""), False)
-            if e.errno in _UNSUPPORTED_ERRNOS:
+            kind = map_error_kind(e.errno)
+            if kind == "transient":
+                # ENOMEM from vm_insert_pages and the like: a failed call consumed nothing
+                # (tcp_zerocopy_receive returns an error only when it mapped and copied
+                # nothing), so this receive copies and mapping is retried after a backoff.
+                self._decider.map_failed(e.errno)
+                return self._recv_copy(map_len, "map_backoff")
+            if kind == "unsupported":
                 self._unsupported(e, "TCP_ZEROCOPY_RECEIVE")
                 return None
             raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e

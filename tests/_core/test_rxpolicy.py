@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zcnet._core.rxpolicy import COPY_REASONS, Request, RxDecider, RxLedger
+from zcnet._core.rxpolicy import (
+    COPY_REASONS,
+    TRANSIENT_MAP_ERRNOS,
+    UNSUPPORTED_MAP_ERRNOS,
+    Request,
+    RxDecider,
+    RxLedger,
+    map_error_kind,
+)
 
 
 @pytest.mark.parametrize(
@@ -103,7 +113,8 @@ def test_fall_back_first_reason_wins() -> None:
 
 @pytest.mark.parametrize("kw", [{"page_size": 1000}, {"probe_calls": 0},
                                 {"min_mapped_fraction": 1.5}, {"min_cut_run": -1},
-                                {"cut_warmup": -1}, {"min_map_bytes": -1}])
+                                {"cut_warmup": -1}, {"min_map_bytes": -1},
+                                {"max_backoff": 0}])
 def test_decider_validation(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RxDecider(**kw)  # type: ignore[arg-type]
@@ -170,3 +181,65 @@ def test_small_requests_below_the_map_threshold_copy(max_bytes: int, threshold: 
     assert (req is not None) == mapped
     if req is None:
         assert d.copy_reason(max_bytes) == "small_request"
+
+
+def test_map_error_kinds() -> None:
+    assert {errno.ENOMEM, errno.EAGAIN, errno.EMFILE, errno.ENFILE} == TRANSIENT_MAP_ERRNOS
+    assert not TRANSIENT_MAP_ERRNOS & UNSUPPORTED_MAP_ERRNOS
+    for code in TRANSIENT_MAP_ERRNOS:
+        assert map_error_kind(code) == "transient"
+    for code in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENODEV, errno.ENOPROTOOPT):
+        assert map_error_kind(code) == "unsupported"
+    for code in (errno.ECONNRESET, errno.EFAULT, None):
+        assert map_error_kind(code) == "other"
+
+
+def _skipped(d: RxDecider, n: int) -> int:
+    """Requests (of 1 MiB) answered ``None`` for the backoff before mapping is tried again."""
+    skipped = 0
+    while d.request(1 << 20, 2 << 20) is None:
+        assert d.copy_reason(1 << 20) == "map_backoff"
+        skipped += 1
+        assert skipped <= n, "the backoff is not bounded"
+    return skipped
+
+
+def test_transient_failure_backs_off_doubling_and_bounded() -> None:
+    d = RxDecider(max_backoff=8)
+    assert d.map_failed(errno.EMFILE)
+    assert d.mode == "zerocopy" and d.backing_off and d.transient_failures == 1
+    seen = [_skipped(d, 100)]
+    for _ in range(5):  # failures in a row: 1, 2, 4, 8, 8, 8
+        assert d.map_failed(errno.ENOMEM)
+        seen.append(_skipped(d, 100))
+    assert seen == [1, 2, 4, 8, 8, 8]
+    assert d.retries == 6 and d.transient_failures == 6 and d.mode == "zerocopy"
+    d.observe(1 << 20, 0)  # a successful call: the next backoff starts at 1 again
+    assert d.map_failed(errno.EAGAIN)
+    assert _skipped(d, 100) == 1
+
+
+def test_backoff_skips_only_requests_that_would_map() -> None:
+    d = RxDecider(min_map_bytes=16384)
+    d.map_failed(errno.ENOMEM)
+    assert d.request(4096, 2 << 20) is None and d.copy_reason(4096) == "small_request"
+    assert d.backing_off  # a small request did not use up the backoff
+    assert d.request(1 << 20, 2 << 20) is None and d.copy_reason(1 << 20) == "map_backoff"
+    assert d.request(1 << 20, 2 << 20) == Request(1 << 20) and d.retries == 1
+
+
+def test_permanent_failure_is_left_to_the_caller() -> None:
+    d = RxDecider()
+    assert not d.map_failed(errno.EOPNOTSUPP)
+    assert not d.backing_off and d.transient_failures == 0 and d.mode == "zerocopy"
+    d.fall_back("mmap of the socket failed: Operation not supported")
+    assert d.request(1 << 20, 2 << 20) is None and d.copy_reason(1 << 20) == "copy_mode"
+    assert d.map_failed(errno.ENOMEM)  # counted, but copy mode stays copy mode
+    assert d.copy_reason(1 << 20) == "copy_mode"
+
+
+def test_map_backoff_is_a_copy_reason() -> None:
+    assert "map_backoff" in COPY_REASONS
+    led = RxLedger()
+    led.copied(10, "map_backoff")
+    assert led.copy_reasons == {"map_backoff": 10}

@@ -19,10 +19,11 @@ of 64-bit Linux (LP64) and are checked at import.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 from typing import Any, Final
+
+from zcnet.lowlevel._libc import libc_function
 
 __all__ = ["UIO_MAXIOV", "Iovec", "MmsgBatch", "Mmsghdr", "Msghdr", "sendmmsg_available"]
 
@@ -73,13 +74,11 @@ def _load() -> tuple[Any, str | None]:
         return None, f"sendmmsg needs Linux (platform is {sys.platform})"
     if not _LP64:
         return None, "the sendmmsg layouts here are for 64-bit platforms"
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     try:
-        fn = libc.sendmmsg
+        fn = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int),
+                           ctypes.c_int)
     except AttributeError:  # pragma: no cover - glibc >= 2.14 and musl have it
         return None, "libc has no sendmmsg"
-    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-    fn.restype = ctypes.c_int
     return fn, None
 
 

@@ -17,18 +17,29 @@ Windows are Python :class:`mmap.mmap` objects: memoryviews exported from them ar
 CPython, and ``resize`` on a read-only map raises ``BufferError`` while exports exist and
 ``TypeError`` otherwise, which gives a side-effect-free "is any view of this window alive" probe
 (:meth:`Window.busy`). The window's address is read once through ``PyObject_GetBuffer``.
-Python's mmap ``dup()``s the fd: windows must be closed with the socket.
+
+A window holds no file descriptor. ``mmap.mmap(sockfd, ...)`` would ``dup()`` the socket's fd
+for every window (CPython's mmapmodule.c; only 3.13 can opt out, with ``trackfd=False``), up to
+``max_windows`` extra fds per connection. Instead the window is created as an *anonymous*
+read-only shared ``mmap.mmap(-1, size)`` (no fd), and libc's ``mmap`` then replaces those pages
+with the socket mapping in place (``MAP_FIXED`` at the same address and length, mm/mmap.c
+``mmap_region``: the old pages are unmapped as part of the new mapping). The Python object keeps
+counting exports and unmaps the range at ``close()`` (or when collected), which now unmaps the
+socket pages. ``tcp_mmap`` (net/ipv4/tcp.c) accepts the mapping because it is shared and neither
+writable nor executable; ``find_tcp_vma`` then finds it by its ``vm_ops``, as for any window.
+Replacing our own mapping with ``MAP_FIXED`` cannot clobber anyone else's: the range is ours
+until it is unmapped.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import os
 import socket
 from typing import Final
 
+from zcnet.lowlevel._libc import errno_error, libc_function
 from zcnet.lowlevel.bufaddr import buffer_address
 from zcnet.lowlevel.constants import TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT, TCP_ZEROCOPY_RECEIVE
 
@@ -74,10 +85,14 @@ for _name, _off in _EXPECTED_OFFSETS.items():
     assert getattr(TcpZerocopyReceive, _name).offset == _off, _name
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_getsockopt = _libc.getsockopt
-_getsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-_getsockopt.restype = ctypes.c_int
+_getsockopt = libc_function(
+    "getsockopt", (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p),
+    ctypes.c_int)
+_mmap = libc_function(
+    "mmap", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+             ctypes.c_long), ctypes.c_void_p)
+_MAP_FAILED: Final = ctypes.c_void_p(-1).value
+_MAP_FIXED: Final = 0x10  # include/uapi/asm-generic/mman-common.h (every Linux architecture)
 _get_errno = ctypes.get_errno
 
 
@@ -131,9 +146,16 @@ class ZerocopyCall:
 class Window:
     """A read-only shared mapping of a TCP socket into which pages are received.
 
+    The window holds no file descriptor (see the module docstring): the mapping keeps the
+    socket's file alive by itself, and it is unmapped by :meth:`close` or by the GC.
+
     Args:
-        fd: the socket's file descriptor (Python's mmap keeps its own ``dup`` of it).
+        fd: the socket's file descriptor (not owned, not duplicated).
         size: window size in bytes, a multiple of the page size.
+
+    Raises:
+        OSError: reserving the range (``ENOMEM``: address-space limit or ``vm.max_map_count``)
+            or mapping the socket there (``ENODEV``, ``EPERM``, ...) failed.
     """
 
     __slots__ = ("address", "mm", "size")
@@ -142,8 +164,23 @@ class Window:
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"window size must be a positive multiple of {PAGE_SIZE}, got {size}")
         self.size = size
-        self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        self.address = buffer_address(self.mm)
+        # An anonymous, read-only, shared reservation: no fd, and its readonly-ness makes
+        # resize() raise TypeError (not resize) when no export is alive (see busy()).
+        mm = mmap.mmap(-1, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        address = buffer_address(mm)
+        got = _mmap(address, size, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
+        if got != address:
+            err = errno_error("mmap of the socket") if got == _MAP_FAILED else OSError(
+                f"mmap of the socket: MAP_FIXED returned {got:#x}, not {address:#x}")
+            # do_mmap (mm/mmap.c) rejects a socket without mmap (ENODEV), bad flags and limits
+            # before the range is touched, so the reservation is still ours and close() unmaps
+            # only it. (A failure past that point, e.g. tcp_mmap's EPERM, which our flags never
+            # trigger, leaves the range empty on kernels before 6.12; munmap of an empty range
+            # is harmless.)
+            mm.close()
+            raise err
+        self.mm = mm
+        self.address = address
 
     def busy(self) -> bool:
         """Whether any memoryview of this window (or a slice of one) is still alive."""
@@ -164,7 +201,7 @@ class Window:
         self.mm.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> bool:
-        """Unmap the window and close its fd; ``False`` if views are alive (left to the GC)."""
+        """Unmap the window; ``False`` if views are alive (then the GC unmaps it after them)."""
         try:
             self.mm.close()
         except BufferError:
