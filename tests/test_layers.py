@@ -6,8 +6,8 @@ import that points upward still makes a lower layer know an upper layer's shape;
 layer a ``Protocol`` instead, as ``zcnet.pool.TicketLike`` does). Dynamic imports
 (``importlib.import_module`` with a computed name) are not seen.
 
-A module may import modules of its own layer and of layers of lower rank; ``_core`` and
-``lowlevel`` share a rank and may not import each other.
+A module may import modules of its own layer and of layers of lower rank (``lowlevel`` sits on
+``_core``: it parses kernel messages into the core's value types).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "zcnet"
 
-#: (layer, rank), bottom first. Same rank, different layer: no imports either way.
+#: (layer, rank), bottom first.
 RANKS: dict[str, int] = {
     "errors": 0,      # zcnet.errors
     "core": 1,        # zcnet._core.*: sans-I/O decisions and bookkeeping
-    "lowlevel": 1,    # zcnet.lowlevel.*: the kernel ABI
-    "blocking": 2,    # zcnet.sender, receiver, pool, accounting, netns
-    "api": 3,         # zcnet (the package's __init__: the flat re-exports)
-    "aio": 4,         # zcnet.aio.*
-    "contrib": 5,     # zcnet.contrib.*
-    "bench": 6,       # zcnet.bench.*
-    "app": 7,         # zcnet.cli, zcnet.demo, zcnet.__main__
+    "lowlevel": 2,    # zcnet.lowlevel.*: the kernel ABI
+    "blocking": 3,    # zcnet.sender, receiver, pool, accounting, netns
+    "api": 4,         # zcnet (the package's __init__: the flat re-exports)
+    "aio": 5,         # zcnet.aio.*
+    "contrib": 6,     # zcnet.contrib.*
+    "bench": 7,       # zcnet.bench.*
+    "app": 8,         # zcnet.cli, zcnet.demo, zcnet.__main__
 }
 
 _BLOCKING = {"zcnet.sender", "zcnet.receiver", "zcnet.pool", "zcnet.accounting", "zcnet.netns"}

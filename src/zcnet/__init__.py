@@ -19,6 +19,7 @@ from zcnet.accounting import (
 from zcnet.errors import (
     AccountingError,
     BufferLifetimeError,
+    ConcurrentUseError,
     ConnectionResetByPeer,
     InvalidBufferError,
     InvalidCompletionError,
@@ -44,6 +45,7 @@ __all__ = [
     "AccountStats",
     "AccountingError",
     "BufferLifetimeError",
+    "ConcurrentUseError",
     "BufferPool",
     "Charge",
     "Chunk",

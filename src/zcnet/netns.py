@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import itertools
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from zcnet.errors import NetnsUnavailable
+from zcnet.lowlevel._libc import errno_error, libc_function
 
 __all__ = [
     "IFB_LOCAL_ADDR",
@@ -77,10 +77,9 @@ def _ip(*args: str, netns: str | None = None) -> None:
 
 
 def _libc_setns(fd: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
+    setns = libc_function("setns", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    if setns(fd, _CLONE_NEWNET) != 0:
+        raise errno_error("setns")
 
 
 def _setns(fd: int) -> None:

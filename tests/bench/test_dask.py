@@ -48,10 +48,10 @@ def test_parsed_values() -> None:
     from zcnet.bench.cli import _params
 
     args = build_parser().parse_args(["bench", "dask", "--array-size", "8M", "--arrays", "3",
-                                      "--variants", "tcp,zc-socket", "--reps", "2"])
+                                      "--variants", "tcp,zc-forced", "--reps", "2"])
     [(name, p)] = _params(args, "dask")
     assert name == "dask"
-    assert (p.array_bytes, p.arrays, p.variants, p.reps) == (8 << 20, 3, ("tcp", "zc-socket"), 2)
+    assert (p.array_bytes, p.arrays, p.variants, p.reps) == (8 << 20, 3, ("tcp", "zc-forced"), 2)
     assert DaskParams().variants == ("tcp", "zc", "zc-forced")
 
 

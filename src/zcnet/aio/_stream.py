@@ -68,13 +68,19 @@ _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 
-def _byte_view(buf: Buffer) -> memoryview:
+def _byte_view(buf: Buffer, *, writable: bool = False) -> memoryview:
+    """A flat byte view of ``buf``; :class:`InvalidBufferError` (before any I/O) if it is not a
+    contiguous buffer, or not writable when ``writable`` (a receive target)."""
     try:
         mv = memoryview(buf)
     except TypeError as e:
         raise InvalidBufferError(f"expected a bytes-like buffer, got {type(buf).__name__}") from e
     if not mv.c_contiguous:
+        mv.release()
         raise InvalidBufferError("the buffer is not C-contiguous")
+    if writable and mv.readonly:
+        mv.release()
+        raise InvalidBufferError(f"cannot receive into a read-only {type(buf).__name__}")
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
     return mv
@@ -406,7 +412,7 @@ class ZcStream:
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
-        view = _byte_view(buffer)
+        view = _byte_view(buffer, writable=True)
         if not len(view):
             return 0
         async with self._recv_lock:
@@ -447,7 +453,7 @@ class ZcStream:
 
         If cancelled or failing half-way, the bytes already received are kept for the next read.
         """
-        view = _byte_view(buffer)
+        view = _byte_view(buffer, writable=True)
         total = len(view)
         async with self._recv_lock:
             got = min(total, len(self._rbuf))

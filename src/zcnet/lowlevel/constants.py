@@ -28,6 +28,7 @@ TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT: Final = 0x1
 TCP_MAXSEG: Final = getattr(socket, "TCP_MAXSEG", 2)
 SO_RCVLOWAT: Final = getattr(socket, "SO_RCVLOWAT", 18)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)  # beyond rmem_max; CAP_NET_ADMIN
+SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)  # beyond wmem_max; CAP_NET_ADMIN
 TCP_INQ: Final = 36
 
 # Memory: SO_MEMINFO returns u32[SK_MEMINFO_VARS]

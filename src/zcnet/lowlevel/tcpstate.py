@@ -22,11 +22,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import os
 import socket
 import struct
 import termios
 from typing import Final
+
+from zcnet.lowlevel._libc import errno_error, libc_function
 
 __all__ = ["abort", "queued_bytes"]
 
@@ -64,7 +65,7 @@ def queued_bytes(sock: socket.socket) -> int:
     raise OSError(errno.EAGAIN, "the acknowledged byte count kept moving")
 
 
-_libc: ctypes.CDLL | None = None
+_connect = libc_function("connect", (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint), ctypes.c_int)
 
 
 def abort(sock: socket.socket) -> None:
@@ -73,9 +74,5 @@ def abort(sock: socket.socket) -> None:
     Raises:
         OSError: the kernel refused (the socket is left as it was).
     """
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.connect(sock.fileno(), _UNSPEC, len(_UNSPEC)) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"connect(AF_UNSPEC): {os.strerror(code)}")
+    if _connect(sock.fileno(), _UNSPEC, len(_UNSPEC)) != 0:
+        raise errno_error("connect(AF_UNSPEC)")
