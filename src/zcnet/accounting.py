@@ -14,14 +14,25 @@ re-exported here so that both views live behind one import.
 (until the ticket's completion, Documentation/networking/msg_zerocopy.rst) and what a
 ``zcnet.receiver.Receiver`` maps (until the chunk is released; no kernel charges these pages
 to a memory cgroup).
+
+Waiting for room is done in one place, :class:`Waiter`, which both :func:`send_accounted` and
+:meth:`zcnet.pool.BufferPool.acquire` use. A Sender reads its completions only when called, in
+the thread that uses it, so whoever waits for the room those completions free must reap them
+itself: the waiter calls ``poll()`` on the Senders it is given and sleeps in ``poll(2)`` on their
+sockets (a queued completion raises ``POLLERR``, net/ipv4/tcp.c ``tcp_poll``) and on an
+``eventfd`` that other threads signal (an uncharge or a limit change in a watched account tree,
+a buffer returned to a pool). No periodic re-check, no busy loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from zcnet._core import accounting as _core
@@ -33,7 +44,12 @@ from zcnet._core.accounting import (
     AccountStats,
     Charge,
 )
-from zcnet.errors import AccountingError, LimitWaitTimeout
+from zcnet.errors import (
+    AccountingError,
+    ConcurrentUseError,
+    LimitWaitTimeout,
+    SocketClosedError,
+)
 from zcnet.lowlevel.meminfo import (
     CgroupSockMemory,
     KernelMemorySnapshot,
@@ -57,20 +73,130 @@ __all__ = [
     "LimitWaitTimeout",
     "MemInfo",
     "SockStat",
+    "Waiter",
     "kernel_memory_snapshot",
     "recv_accounted",
     "send_accounted",
 ]
 
 
-_REAP_STEP = 0.02  # seconds between re-checks while a sender waits for room
+_BACKOFF_MAX = 0.05  # seconds: the longest sleep while a socket keeps reporting nothing to reap
+
+
+class _Reapable(Protocol):
+    """What :class:`Waiter` needs of a ``zcnet.sender.Sender``."""
+
+    def poll(self) -> int: ...
+    def fileno(self) -> int: ...
+
+
+class Waiter:
+    """Sleeps until something that may make room happens; zcnet's one way of waiting for room.
+
+    It wakes when :meth:`set` is called (from any thread), when an account tree it watches
+    (:meth:`Account.waking`) uncharges bytes or changes a limit, and when a completion arrives
+    on one of the Senders it reaps (see :meth:`wait`). Use it as a context manager (it owns an
+    ``eventfd``); one thread waits on it at a time.
+    """
+
+    __slots__ = ("_fd", "_lock")
+
+    def __init__(self) -> None:
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()  # set() never writes to a closed (maybe reused) fd
+
+    def set(self) -> None:
+        """Wake the waiting thread (or make its next sleep return at once)."""
+        with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(BlockingIOError):  # the counter is full: set anyway
+                    os.eventfd_write(self._fd, 1)
+
+    def close(self) -> None:
+        """Close the eventfd (idempotent)."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+
+    def wait(
+        self, ready: Callable[[], bool], deadline: float | None,
+        senders: Callable[[], Iterable[_Reapable]] = tuple,
+    ) -> bool:
+        """Reap, test ``ready()``, sleep; repeat until ``ready()`` is true or ``deadline`` passes.
+
+        Each round calls ``poll()`` on every Sender that ``senders()`` returns (it must be called
+        only from the thread that uses those Senders: a Sender is not thread-safe), then
+        ``ready()``; then it sleeps in ``poll(2)`` on this waiter's eventfd and the Senders'
+        sockets. A Sender that is closed (:class:`SocketClosedError`) or busy in another thread
+        (:class:`ConcurrentUseError`) is skipped; other errors of ``poll()`` and of ``ready()``
+        propagate. A socket that keeps waking the sleep without completing anything (a hang-up
+        or a pending socket error: ``POLLHUP``/``POLLERR`` cannot be masked) is not slept on;
+        the waiter then re-reaps at growing intervals, up to 50 ms, instead of spinning.
+
+        Args:
+            ready: true when the wait is over; called at least once, even past ``deadline``.
+            deadline: a ``time.monotonic()`` value, or ``None`` to wait without bound.
+            senders: the Senders to reap, asked again each round.
+
+        Returns:
+            True when ``ready()`` returned true, False when ``deadline`` passed first.
+        """
+        idle = 0  # rounds in a row woken by a socket that then had nothing to reap
+        woke_by_socket = False
+        while True:
+            live: list[_Reapable] = []
+            completed = 0
+            for sender in senders():
+                try:
+                    completed += sender.poll()
+                except (SocketClosedError, ConcurrentUseError):
+                    continue  # closed: nothing more completes; busy: its own thread reaps it
+                live.append(sender)
+            if ready():
+                return True
+            idle = idle + 1 if (woke_by_socket and not completed) else 0
+            ms = -1
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                ms = max(1, math.ceil(remaining * 1000))
+            p = select.poll()
+            p.register(self._fd, select.POLLIN)
+            if idle:
+                back = math.ceil(min(0.0005 * (1 << min(idle, 7)), _BACKOFF_MAX) * 1000)
+                ms = back if ms < 0 else min(ms, back)
+            else:
+                for sender in live:
+                    p.register(sender.fileno(), 0)  # POLLERR: a completion is queued
+            events = p.poll(ms)
+            woke_by_socket = any(fd != self._fd for fd, _ in events)
+            self._clear()
 
 
 class _Tree:
-    __slots__ = ("cond",)
+    __slots__ = ("cond", "waiters")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.RLock())
+        self.waiters: set[Waiter] = set()
+
+    def notify(self) -> None:
+        """Wake every waiter; call with ``cond`` held."""
+        self.cond.notify_all()
+        for w in self.waiters:
+            w.set()
 
 
 class Account(_core.Account):
@@ -99,7 +225,7 @@ class Account(_core.Account):
         """Change the limit and wake waiters (a higher limit may make room)."""
         with self._tree.cond:
             super().set_limit(limit)
-            self._tree.cond.notify_all()
+            self._tree.notify()
 
     def usage(self, kind: str | None = None) -> int:
         """Hierarchical bytes of ``kind`` (or of all kinds) charged here and below."""
@@ -160,6 +286,18 @@ class Account(_core.Account):
                 if super().try_charge(nbytes, kind):
                     return Charge(self, nbytes, kind)
 
+    @contextlib.contextmanager
+    def waking(self, waiter: Waiter) -> Iterator[Waiter]:
+        """While inside, every uncharge or limit change in this account's tree sets ``waiter``."""
+        tree = self._tree
+        with tree.cond:
+            tree.waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            with tree.cond:
+                tree.waiters.discard(waiter)
+
     def _never_fits(self, nbytes: int) -> bool:
         return any(a.limit is not None and nbytes > a.limit for a in self._lineage())
 
@@ -167,7 +305,7 @@ class Account(_core.Account):
         """Give back bytes charged here and wake waiters; see the pure version."""
         with self._tree.cond:
             super().uncharge(nbytes, kind)
-            self._tree.cond.notify_all()
+            self._tree.notify()
 
     def move(self, nbytes: int, from_kind: str, to_kind: str) -> None:
         """Re-label bytes charged here from one kind to another; totals are unchanged."""
@@ -242,32 +380,25 @@ def send_accounted(
 def _charge_reaping(
     sender: _SenderLike, account: Account, nbytes: int, block: bool, timeout: float | None
 ) -> Charge:
-    if not block or account.try_charge(nbytes, PINNED):
-        return account.charge(nbytes, PINNED) if not block else Charge(account, nbytes, PINNED)
-    poll = getattr(sender, "poll", None)
-    fileno = getattr(sender, "fileno", None)
-    poller = None
-    if fileno is not None:
-        poller = select.poll()
-        poller.register(fileno(), 0)  # POLLERR is always reported: completions are pending
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
+    if not block:
+        return account.charge(nbytes, PINNED)
+    if account.try_charge(nbytes, PINNED):
+        return Charge(account, nbytes, PINNED)
+    reap: tuple[Any, ...] = (sender,) if hasattr(sender, "poll") and hasattr(sender, "fileno") \
+        else ()
+
+    def ready() -> bool:
         if account._never_fits(nbytes):
             raise account._limit_error(nbytes, PINNED)
-        if poll is not None and poll() and account.try_charge(nbytes, PINNED):
+        return account.try_charge(nbytes, PINNED)
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with Waiter() as waiter, account.waking(waiter):
+        if waiter.wait(ready, deadline, lambda: reap):
             return Charge(account, nbytes, PINNED)
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            base = account._limit_error(nbytes, PINNED)
-            raise LimitWaitTimeout(f"timed out after {timeout} s waiting: {base}",
-                                   account=base.account, limit=base.limit)
-        step = _REAP_STEP if remaining is None else min(_REAP_STEP, remaining)
-        if poller is not None:
-            poller.poll(step * 1000)
-        else:
-            time.sleep(step)
-        if account.try_charge(nbytes, PINNED):
-            return Charge(account, nbytes, PINNED)
+    base = account._limit_error(nbytes, PINNED)
+    raise LimitWaitTimeout(f"timed out after {timeout} s waiting: {base}",
+                           account=base.account, limit=base.limit)
 
 
 class AccountedChunk:

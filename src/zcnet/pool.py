@@ -16,10 +16,30 @@ Theory of operation:
   zero-copy wants (pages are pinned whole). A slab serves one class, carved lazily.
 - **Leases.** ``acquire(size)`` returns a :class:`Lease` whose ``view`` is a writable memoryview of
   exactly ``size`` bytes. ``release()`` calls ``memoryview.release()`` on that view, so a view kept
-  by mistake raises ``ValueError`` instead of scribbling on a buffer now owned by someone else; if
-  the view is still exported (e.g. a send in progress) the release is refused. A lease handed to
-  ``Sender.send`` returns to the pool only when its ticket completes
+  by mistake raises ``ValueError`` instead of scribbling on a buffer now owned by someone else. A
+  lease handed to ``Sender.send`` returns to the pool only when its ticket completes
   (:meth:`Lease.release_when_done`).
+- **Exports.** ``release()`` is refused while anything else still uses the lease's memory. That
+  takes more than ``memoryview.release()``: it fails only for exports taken *from the view
+  object* (``PickleBuffer(view)``, ``memoryview(lease)`` through PEP 688), whereas
+  ``memoryview(view)``, slices, ``ctypes.c_char.from_buffer(view)`` and ``numpy.frombuffer(view)``
+  register on the view's *managed buffer* (Objects/memoryobject.c ``mbuf_add_view``), shared by
+  every view derived from one exporter. So each block gets a managed buffer of its own (a
+  memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
+  a release first reads that managed buffer's count of live views, which must be exactly the
+  block's own view plus the lease's view. The count (the ``exports`` field of CPython's
+  ``_PyManagedBufferObject``) is read through ctypes at an offset found by experiment when the
+  module is imported; if the experiment fails, the managed buffer's reference count is used
+  instead, which also counts released views that are still referenced (safe, but it refuses a
+  release while such a dead view is around). A completion that arrives while an export is alive
+  holds its lease back (out of the pool, logged) until a later acquire finds the export gone.
+- **Waiting for a buffer.** When no buffer of the class is free and the account has no room for
+  a slab, ``acquire(size, timeout)`` first takes idle buffers back from other threads' lists,
+  then waits, with :class:`zcnet.accounting.Waiter` (the mechanism of
+  :func:`zcnet.accounting.send_accounted`): it reaps the completions of the Senders whose tickets
+  this thread passed to :meth:`Lease.release_when_done` (a Sender is read only by the thread that
+  uses it) and sleeps in ``poll(2)`` until one completes, another thread returns a buffer (while
+  anyone waits, returns go to the shared list and wake the waiters) or the account gets room.
 - **Per-thread free lists and deferred return** (after net/core/skbuff.c
   ``skb_attempt_defer_free``: an skb freed on a CPU other than the one that allocated it is queued
   to the owner CPU's defer list and freed there in bulk). :class:`BufferPool` keeps a free list
@@ -29,7 +49,10 @@ Theory of operation:
   If the owner thread is gone (a weak reference to a sentinel kept only in the owner's
   ``threading.local`` is dead), or its deferred queue is over a bound, blocks go to a shared list
   under the pool lock instead. The hot path (acquire and owner release with a non-empty list)
-  takes no shared lock. :class:`LockedFreeListPool` is the baseline: one list per class, one lock.
+  takes no shared lock. A thread that finds the account full may take idle blocks from other
+  threads' lists and deferred queues, under the pool lock (``list.pop``/``deque.popleft`` are
+  atomic; owners spill under the lock). :class:`LockedFreeListPool` is the baseline: one list per
+  class, one lock.
 - **Accounting.** With ``account=``, each slab is charged as ``"pool"`` bytes when mapped and
   uncharged when the pool closes. A lease in flight moves its bytes ``"pool"`` -> ``"pinned"``
   and back on completion: each byte is charged once (see :mod:`zcnet._core.accounting`).
@@ -38,17 +61,24 @@ Theory of operation:
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import gc
+import logging
+import math
 import mmap
+import pickle
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, Self
 
 from zcnet._core.accounting import PINNED, POOL
-from zcnet.errors import BufferLifetimeError, PoolError
+from zcnet.accounting import Account, Waiter
+from zcnet.errors import BufferLifetimeError, LimitExceeded, LimitWaitTimeout, PoolError
 
 __all__ = [
     "BufferPool",
@@ -65,6 +95,9 @@ MIN_CLASS: Final = 4096
 _LEASED: Final = 0
 _IN_FLIGHT: Final = 1
 _RELEASED: Final = 2
+_HELD: Final = 3  # its ticket completed while an export was alive: out of the pool until it dies
+
+_log = logging.getLogger(__name__)
 
 
 class TicketLike(Protocol):
@@ -78,6 +111,23 @@ class _AccountLike(Protocol):
     def move(self, nbytes: int, from_kind: str, to_kind: str) -> None: ...
 
 
+def _reaper_of(ticket: object) -> Any:
+    """The Sender whose completions finish ``ticket``, if a waiting acquire may reap it.
+
+    ``zcnet.sender.Ticket`` keeps its Sender in ``_sender`` while pending (there is no public
+    accessor); asyncio tickets complete on their event loop and have none.
+    """
+    sender = getattr(ticket, "_sender", None)
+    if sender is None or not (hasattr(sender, "poll") and hasattr(sender, "fileno")):
+        return None
+    return sender
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout >= 0:  # also NaN
+        raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+
+
 def _thp_mode() -> str:
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -88,8 +138,37 @@ def _thp_mode() -> str:
     return text[start + 1:end] if 0 <= start < end else "unavailable"
 
 
+def _probe_exports_offset() -> int | None:
+    """Where CPython keeps a managed buffer's count of live views, or None if not found.
+
+    ``_PyManagedBufferObject`` is ``PyObject_HEAD; int flags; Py_ssize_t exports; ...``
+    (Objects/memoryobject.c); the header's size differs between builds, so the offset is found
+    by watching which word follows the number of live (not released) views.
+    """
+    base = memoryview(pickle.PickleBuffer(bytearray(64)))
+    refs = gc.get_referents(base)
+    if len(refs) != 1 or type(refs[0]).__name__ != "managedbuffer":
+        return None
+    mbuf = refs[0]
+    for off in range(ctypes.sizeof(ctypes.c_void_p), 64, ctypes.sizeof(ctypes.c_ssize_t)):
+        cell = ctypes.c_ssize_t.from_address(id(mbuf) + off)
+        if cell.value != 1:
+            continue
+        views = [base[:] for _ in range(3)]
+        ok = cell.value == 4
+        views[0].release()  # released but still referenced: no longer counted
+        ok = ok and cell.value == 3
+        del views
+        if ok and cell.value == 1:
+            return off
+    return None
+
+
+_EXPORTS_AT: Final = _probe_exports_offset()
+
+
 class _Slab:
-    __slots__ = ("address", "class_size", "huge", "mm", "next_off", "size", "view")
+    __slots__ = ("address", "blocks", "class_size", "huge", "mm", "next_off", "size", "view")
 
     def __init__(self, size: int, class_size: int, hugepages: bool) -> None:
         aligned = hugepages and size >= HUGE
@@ -111,9 +190,12 @@ class _Slab:
         self.size = size
         self.class_size = class_size
         self.next_off = 0
+        self.blocks: list[_Block] = []
 
     def close(self) -> bool:
         """Unmap; False if some view into the slab is still exported."""
+        for block in self.blocks:
+            block.close()
         self.view.release()
         try:
             self.mm.close()
@@ -123,12 +205,39 @@ class _Slab:
 
 
 class _Block:
-    __slots__ = ("cls", "offset", "slab")
+    """One buffer of a slab, with a managed buffer of its own that counts who uses it."""
 
-    def __init__(self, slab: _Slab, offset: int, cls: int) -> None:
+    __slots__ = ("cell", "cls", "full", "idle_refs", "mbuf", "offset", "slab")
+
+    def __init__(self, slab: _Slab, offset: int, cls: int, size: int) -> None:
         self.slab = slab
         self.offset = offset
         self.cls = cls
+        # memoryview(PickleBuffer(x)) makes a new managed buffer whose master is an export of
+        # x: every view derived from ``full`` (leases' views and whatever is made from them)
+        # registers there, and only there.
+        self.full = memoryview(pickle.PickleBuffer(slab.view[offset:offset + size]))
+        refs = gc.get_referents(self.full)
+        self.mbuf: object = refs[0] if len(refs) == 1 else None
+        del refs  # the baseline below must count only ``full`` and ``self.mbuf``
+        self.cell: ctypes.c_ssize_t | None = None
+        if _EXPORTS_AT is not None and self.mbuf is not None:
+            self.cell = ctypes.c_ssize_t.from_address(id(self.mbuf) + _EXPORTS_AT)
+        self.idle_refs = sys.getrefcount(self.mbuf)  # ``full`` and our own reference
+
+    def shared(self) -> bool:
+        """True if views other than ``full`` and one lease's view use this block."""
+        cell = self.cell
+        if cell is not None:
+            return cell.value > 2
+        if self.mbuf is None:  # pragma: no cover - not CPython's memoryview
+            return False
+        return sys.getrefcount(self.mbuf) > self.idle_refs + 1
+
+    def close(self) -> None:
+        self.cell = None
+        self.mbuf = None
+        self.full.release()
 
 
 class _Token:
@@ -172,12 +281,14 @@ class PoolStats:
     deferred_drained: int
     reclaimed_from_dead_threads: int
     threads: int
+    held_back: int = 0
 
 
 class Lease:
     """A buffer borrowed from a pool; release it exactly once (or use ``with``)."""
 
-    __slots__ = ("__weakref__", "_block", "_claim", "_owner", "_pool", "_size", "_state", "_view")
+    __slots__ = ("__weakref__", "_block", "_claim", "_owner", "_pool", "_reaper", "_size",
+                 "_state", "_view")
 
     def __init__(self, pool: _PoolBase, block: _Block, size: int,
                  owner: _ThreadCache | None) -> None:
@@ -187,8 +298,8 @@ class Lease:
         self._owner = owner
         self._state = _LEASED
         self._claim = [True]  # list.pop is atomic: exactly one releaser wins
-        off = block.offset
-        self._view = block.slab.view[off:off + size]
+        self._reaper: tuple[int, int] | None = None  # (thread, Sender) to reap while in flight
+        self._view = block.full[:size]
 
     @property
     def view(self) -> memoryview:
@@ -222,12 +333,28 @@ class Lease:
         """True once the buffer is back in the pool."""
         return self._state == _RELEASED
 
+    @property
+    def held_back(self) -> bool:
+        """True when its ticket completed while an export of its memory was still alive.
+
+        The pool takes it back by itself once that export is gone (on a later acquire that
+        finds no free buffer, or at ``close``).
+        """
+        return self._state == _HELD
+
     def release(self) -> None:
         """Give the buffer back.
 
+        Refused, with nothing changed, while anything else still uses the buffer's memory:
+        another memoryview made from :attr:`view` (``memoryview(view)``, a slice, a cast), an
+        object built on it through the buffer protocol (``numpy.frombuffer``,
+        ``ctypes.c_char.from_buffer``, ``pickle.PickleBuffer``) or, on Python 3.12+, an export
+        of the lease itself (``memoryview(lease)``). Release or drop that object, then release
+        again. Copies (``bytes(view)``, ``view.tobytes()``) do not count.
+
         Raises:
-            BufferLifetimeError: released twice, in flight (its ticket releases it), or the
-                view is still exported (e.g. a ``memoryview`` or array built on it is alive).
+            BufferLifetimeError: released twice, in flight (its ticket releases it), held back
+                (see :attr:`held_back`), or its memory is still exported as above.
         """
         self._pool.release(self)
 
@@ -235,9 +362,12 @@ class Lease:
         """Return the buffer to the pool when ``ticket`` (from ``Sender.send``) is done.
 
         Until then the lease is in flight: its bytes are accounted as ``"pinned"`` and it cannot
-        be released by hand. The callback may run on any thread (deferred return).
+        be released by hand. The callback may run on any thread (deferred return). Call it from
+        the thread that uses the Sender: a waiting :meth:`BufferPool.acquire` in this thread then
+        reaps that Sender's completions. If the ticket completes while an export of the buffer is
+        still alive, the lease is held back (:attr:`held_back`) instead of returning to the pool.
         """
-        self._pool._begin_flight(self)
+        self._pool._begin_flight(self, ticket)
         ticket.add_done_callback(self._on_done)
 
     def _on_done(self, _ticket: object) -> None:
@@ -261,8 +391,15 @@ class Lease:
             """The lease's writable view (PEP 688); :class:`BufferLifetimeError` after release."""
             return self.view
 
+        # Defined so that the type has a releasebuffer slot: a consumer such as
+        # numpy.frombuffer(lease) then keeps a buffer export (a memoryview) instead of a bare
+        # pointer and a reference to the lease, so release() sees it. Nothing to do here: the
+        # interpreter drops its export of the view after this call.
+        def __release_buffer__(self, view: memoryview, /) -> None:
+            """PEP 688: an export of the lease ended (the view stays the lease's)."""
+
     def __repr__(self) -> str:
-        state = ("leased", "in flight", "released")[self._state]
+        state = ("leased", "in flight", "released", "held back")[self._state]
         return f"<Lease {self._size}/{self.capacity} bytes at {self.address:#x} ({state})>"
 
 
@@ -299,6 +436,10 @@ class _PoolBase:
         self._charges: list[Any] = []
         self._in_flight = 0
         self._closed = False
+        self._waiters: set[Waiter] = set()  # threads in a waiting acquire; returns wake them
+        self._held: list[Lease] = []  # completed while exported (see Lease.held_back)
+        # (thread, id(Sender)) -> [Sender, leases in flight]: what a waiting thread may reap
+        self._reapers: dict[tuple[int, int], list[Any]] = {}
 
     @property
     def size_classes(self) -> tuple[int, ...]:
@@ -331,7 +472,9 @@ class _PoolBase:
                 if out:
                     break
                 slab = self._new_slab(cls)
-            out.append(_Block(slab, slab.next_off, cls))
+            block = _Block(slab, slab.next_off, cls, size)
+            slab.blocks.append(block)
+            out.append(block)
             slab.next_off += size
         return out
 
@@ -359,57 +502,65 @@ class _PoolBase:
                             "handed it out")
 
     def _take_back(self, lease: Lease) -> None:
-        """Check ownership, then claim ``lease`` (the release hot path: one call)."""
-        try:
-            mine = lease._pool is self and lease._state == _LEASED
-        except AttributeError:
-            mine = False
-        if not mine:
+        """Check ownership, then claim ``lease``."""
+        if type(lease) is not Lease or lease._pool is not self:
             self._check_mine(lease)
-            self._claim(lease)
-            return
+        self._claim(lease)
+
+    def _claim(self, lease: Lease, *, from_flight: bool = False) -> None:
+        """Take the right to return ``lease`` (exactly once) and kill its view.
+
+        Raises :class:`BufferLifetimeError`, with nothing changed, if the lease is not simply
+        leased (unless ``from_flight``) or its memory is still exported.
+        """
+        state = lease._state
+        if state != _LEASED and not from_flight:
+            if state == _IN_FLIGHT:
+                raise BufferLifetimeError(
+                    f"{lease!r} is in flight; it returns to the pool when its ticket is done")
+            if state == _HELD:
+                raise BufferLifetimeError(
+                    f"{lease!r} was handed to release_when_done; it returns to the pool by "
+                    "itself once the export of its memory is gone")
         claim = lease._claim
         try:
             claim.pop()
         except IndexError:
             raise BufferLifetimeError(f"{lease!r} was released twice") from None
+        # Two checks: views derived from the lease's view (registered on the block's managed
+        # buffer), then exports taken from the view object itself (release() refuses those).
+        if lease._block.shared():
+            claim.append(True)
+            raise BufferLifetimeError(
+                f"{lease!r} is still in use: a memoryview, array or other object made from its "
+                "view is alive; release or drop it first")
         try:
             lease._view.release()
         except BufferError as e:
             claim.append(True)
             raise BufferLifetimeError(
-                f"{lease!r} is still in use: a view or buffer exported from it is alive") from e
-        lease._state = _RELEASED
-
-    def _claim(self, lease: Lease, *, from_flight: bool = False) -> None:
-        """Take the right to return ``lease`` (exactly once) and kill its view."""
-        if lease._state == _IN_FLIGHT and not from_flight:
-            raise BufferLifetimeError(
-                f"{lease!r} is in flight; it returns to the pool when its ticket is done")
-        try:
-            lease._claim.pop()
-        except IndexError:
-            raise BufferLifetimeError(f"{lease!r} was released twice") from None
-        try:
-            lease._view.release()
-        except BufferError as e:
-            lease._claim.append(True)
-            raise BufferLifetimeError(
-                f"{lease!r} is still in use: a view or buffer exported from it is alive") from e
+                f"{lease!r} is still in use: a buffer exported from its view (or from the lease) "
+                "is alive; release or drop it first") from e
         lease._state = _RELEASED
 
     def release(self, lease: Lease) -> None:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
         raise NotImplementedError
 
-    def _begin_flight(self, lease: Lease) -> None:
+    def _begin_flight(self, lease: Lease, ticket: object) -> None:
         self._check_mine(lease)
         if lease._state != _LEASED:
             raise BufferLifetimeError(f"{lease!r} cannot go in flight: it is not simply leased")
         if self._account is not None:
             self._account.move(lease.capacity, POOL, PINNED)
+        sender = _reaper_of(ticket)
         with self._lock:
             self._in_flight += 1
+            if sender is not None:
+                key = (threading.get_ident(), id(sender))
+                entry = self._reapers.setdefault(key, [sender, 0])
+                entry[1] += 1
+                lease._reaper = key
         lease._state = _IN_FLIGHT
 
     def _end_flight(self, lease: Lease) -> None:
@@ -419,11 +570,110 @@ class _PoolBase:
             self._account.move(lease.capacity, PINNED, POOL)
         with self._lock:
             self._in_flight -= 1
-        self._claim(lease, from_flight=True)
+            key, lease._reaper = lease._reaper, None
+            if key is not None:
+                entry = self._reapers[key]
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._reapers[key]
+        try:
+            self._claim(lease, from_flight=True)
+        except BufferLifetimeError:
+            # The kernel is done but the program still holds a view of the buffer: handing it
+            # out again would let that view write into the next lease.
+            lease._state = _HELD
+            with self._lock:
+                self._held.append(lease)
+            _log.warning("%r completed while a view of its memory is alive; it stays out of the "
+                         "pool until that view is released", lease)
+            return
         self._return(lease)
+
+    def _reclaim_held(self) -> None:
+        """Return the held-back leases whose exports are gone (call without the lock)."""
+        with self._lock:
+            held, self._held = self._held, []
+        kept: list[Lease] = []
+        for lease in held:
+            try:
+                self._claim(lease, from_flight=True)
+            except BufferLifetimeError:
+                kept.append(lease)
+                continue
+            self._return(lease)
+        if kept:
+            with self._lock:
+                self._held.extend(kept)
 
     def _return(self, lease: Lease) -> None:
         raise NotImplementedError
+
+    # -- waiting for a buffer ---------------------------------------------------------------
+    def _take_free(self, cls: int) -> _Block | None:
+        """A free block of class ``cls`` from anywhere in the pool, or a new one if the account
+        has room; None if neither. Raises :class:`PoolError` once the pool is closed."""
+        raise NotImplementedError
+
+    def _wait_for_block(self, cls: int, timeout: float | None, err: LimitExceeded) -> _Block:
+        """The slow path of ``acquire``: no free block and no room for a slab (``err``).
+
+        Takes back held leases and reaps this thread's Senders once; then, given a
+        ``timeout``, waits (:class:`zcnet.accounting.Waiter`) until a block is free, the account
+        has room, or the time is up.
+        """
+        size = max(self._slab_bytes, self._classes[cls])
+        if err.limit is not None and size > err.limit and self._current[cls] is None:
+            raise err  # no slab of this class can ever be mapped: nothing will come back
+        found: list[_Block] = []
+
+        def ready() -> bool:
+            if self._held:
+                self._reclaim_held()
+            block = self._take_free(cls)
+            if block is None:
+                return False
+            found.append(block)
+            return True
+
+        me = threading.get_ident()
+
+        def senders() -> list[Any]:
+            with self._lock:
+                return [e[0] for k, e in self._reapers.items() if k[0] == me]
+
+        if timeout is None or timeout <= 0:
+            deadline: float | None = time.monotonic()
+        else:
+            deadline = None if math.isinf(timeout) else time.monotonic() + timeout
+        account = self._account
+        with contextlib.ExitStack() as stack:
+            waiter = stack.enter_context(Waiter())
+            stack.enter_context(self._waiting(waiter))
+            if isinstance(account, Account):
+                stack.enter_context(account.waking(waiter))
+            if waiter.wait(ready, deadline, senders):
+                return found[0]
+        if timeout is None:
+            raise err
+        raise LimitWaitTimeout(
+            f"no {self._classes[cls]}-byte buffer came free within {timeout} s: {err}",
+            account=err.account, limit=err.limit)
+
+    @contextlib.contextmanager
+    def _waiting(self, waiter: Waiter) -> Iterator[None]:
+        """While inside, returns go to the shared lists and set ``waiter``."""
+        with self._lock:
+            self._waiters.add(waiter)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiters.discard(waiter)
+
+    def _wake_waiters(self) -> None:
+        """Call with the lock held."""
+        for w in self._waiters:
+            w.set()
 
     # -- shutdown -------------------------------------------------------------------------
     def _outstanding(self) -> int:
@@ -438,14 +688,19 @@ class _PoolBase:
         """
         if self._closed:
             return
+        if self._held:
+            self._reclaim_held()
         with self._lock:
             out = self._outstanding()
             if self._in_flight:
                 raise PoolError(f"{self._in_flight} leases are still in flight; flush the "
                                 "sender before closing the pool")
             if out and not force:
-                raise PoolError(f"{out} leases are still out; release them before closing")
+                held = f" ({len(self._held)} held back: an export of their memory is alive)" \
+                    if self._held else ""
+                raise PoolError(f"{out} leases are still out{held}; release them before closing")
             self._closed = True
+            self._wake_waiters()
             self._shared = [[] for _ in self._classes]
             self._current = [None] * len(self._classes)
             slabs, self._slabs = self._slabs, []
@@ -477,16 +732,41 @@ class LockedFreeListPool(_PoolBase):
         self._acquires = 0
         self._releases = 0
 
-    def acquire(self, size: int) -> Lease:
-        """Borrow a page-aligned buffer of ``size`` bytes."""
+    def acquire(self, size: int, timeout: float | None = None) -> Lease:
+        """Borrow a page-aligned buffer of ``size`` bytes; see :meth:`BufferPool.acquire`."""
         cls = self._class_index(size)
+        if timeout is not None:
+            _check_timeout(timeout)
+        if self._held:
+            self._reclaim_held()
         with self._lock:
             if self._closed:
                 raise PoolError("the pool is closed")
             fl = self._shared[cls]
-            block = fl.pop() if fl else self._carve(cls, 1)[0]
-            self._acquires += 1
+            err: LimitExceeded | None = None
+            try:
+                block = fl.pop() if fl else self._carve(cls, 1)[0]
+            except LimitExceeded as e:
+                err = e
+            else:
+                self._acquires += 1
+        if err is not None:
+            block = self._wait_for_block(cls, timeout, err)
+            with self._lock:
+                self._acquires += 1
         return Lease(self, block, size, None)
+
+    def _take_free(self, cls: int) -> _Block | None:
+        with self._lock:
+            if self._closed:
+                raise PoolError("the pool is closed")
+            fl = self._shared[cls]
+            if fl:
+                return fl.pop()
+            try:
+                return self._carve(cls, 1)[0]
+            except LimitExceeded:
+                return None
 
     def release(self, lease: Lease) -> None:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
@@ -497,6 +777,8 @@ class LockedFreeListPool(_PoolBase):
         with self._lock:
             self._shared[lease._block.cls].append(lease._block)
             self._releases += 1
+            if self._waiters:
+                self._wake_waiters()
 
     def _outstanding(self) -> int:
         return self._acquires - self._releases
@@ -511,7 +793,7 @@ class LockedFreeListPool(_PoolBase):
                 outstanding=self._acquires - self._releases, in_flight=self._in_flight,
                 idle_blocks=sum(len(x) for x in self._shared), acquires=self._acquires,
                 releases=self._releases, cross_thread_releases=0, deferred_drained=0,
-                reclaimed_from_dead_threads=0, threads=0,
+                reclaimed_from_dead_threads=0, threads=0, held_back=len(self._held),
             )
 
 
@@ -581,25 +863,82 @@ class BufferPool(_PoolBase):
 
     def _spill(self, fl: list[_Block], cls: int) -> None:
         keep = self._cap[cls] // 2
-        with self._lock:
+        with self._lock:  # both steps under the lock: a waiting thread may pop from ``fl``
             self._shared[cls].extend(fl[keep:])
-        del fl[keep:]
+            del fl[keep:]
 
-    def _refill(self, cache: _ThreadCache, cls: int) -> _Block:
+    def _refill(self, cache: _ThreadCache, cls: int, timeout: float | None) -> _Block:
+        if self._held:
+            self._reclaim_held()
+            try:
+                return cache.free[cls].pop()
+            except IndexError:
+                pass
+        err: LimitExceeded | None = None
         with self._lock:
             if self._closed:
                 raise PoolError("the pool is closed")
             self._sweep_dead()
             shared = self._shared[cls]
             take = max(1, min(64, self._cap[cls] // 4))
+            got: list[_Block] = []
             if shared:
                 got = shared[-take:]
                 del shared[-take:]
             else:
-                got = self._carve(cls, take)
+                try:
+                    got = self._carve(cls, take)
+                except LimitExceeded as e:
+                    err = e
+        if err is not None:
+            return self._wait_for_block(cls, timeout, err)
         block = got.pop()
         cache.free[cls].extend(got)
         return block
+
+    def _take_free(self, cls: int) -> _Block | None:
+        cache = self._cache()
+        if cache.deferred:
+            self._drain(cache)
+        try:
+            return cache.free[cls].pop()
+        except IndexError:
+            pass
+        with self._lock:
+            if self._closed:
+                raise PoolError("the pool is closed")
+            self._sweep_dead()
+            shared = self._shared[cls]
+            if not shared:
+                self._steal(cls, cache)
+            if shared:
+                return shared.pop()
+            try:
+                return self._carve(cls, 1)[0]
+            except LimitExceeded:
+                return None
+
+    def _steal(self, cls: int, mine: _ThreadCache) -> None:
+        """Move idle blocks of other live threads to the shared lists; call with the lock held.
+
+        Their owners may be idle for ever, and the account has no room for a new slab.
+        """
+        for c in self._caches:
+            if c is mine:
+                continue
+            fl = c.free[cls]
+            while True:  # the owner may pop concurrently: pop until empty, never by index
+                try:
+                    self._shared[cls].append(fl.pop())
+                except IndexError:
+                    break
+            while True:
+                try:
+                    block = c.deferred.popleft()
+                except IndexError:
+                    break
+                self._shared[block.cls].append(block)
+                self._dead[1] += 1  # counted as released here, no longer by its queue
 
     def _sweep_dead(self) -> None:
         """Reclaim the lists of threads that have exited; call with the lock held."""
@@ -627,24 +966,52 @@ class BufferPool(_PoolBase):
             self._dead[1] += 1
 
     # -- public API -------------------------------------------------------------------------
-    def acquire(self, size: int) -> Lease:
+    def acquire(self, size: int, timeout: float | None = None) -> Lease:
         """Borrow a page-aligned buffer of ``size`` bytes (no shared lock on the fast path).
 
+        A buffer comes from this thread's free list, else the shared list, else a new slab. When
+        a new slab would go over the account's limit, the pool first takes idle buffers of this
+        size class back from other threads, takes back held-back leases whose exports are gone
+        and reaps, once and without sleeping, the completions of the Senders whose tickets this
+        thread passed to :meth:`Lease.release_when_done`. If that frees nothing:
+
+        * ``timeout=None`` (the default) raises :class:`LimitExceeded` at once, as before
+          waiting existed: a caller that never asked to wait is never blocked.
+        * ``timeout=t`` (seconds, ``>= 0``; ``math.inf`` for no bound) waits: it sleeps in
+          ``poll(2)`` and wakes when a lease is released in any thread, when a completion
+          arrives for one of those Senders (which it reaps: a Sender is read only in the thread
+          that uses it, so a waiter that did not reap would wait on itself), and when the account
+          gets room (an uncharge or a raised limit anywhere in its tree). Then it raises
+          :class:`LimitWaitTimeout` (a :class:`LimitExceeded`).
+
+        Slabs are unmapped only by :meth:`close`, so idle buffers of *another* size class do not
+        make room. Without an account nothing limits the pool and ``timeout`` never matters.
+        Do not wait on the thread of an asyncio loop whose streams hold the leases: their
+        completions are reaped by that loop.
+
         Raises:
-            PoolError: size out of range, or the pool is closed.
-            LimitExceeded: a new slab would exceed the pool's account limit.
+            PoolError: size out of range, or the pool is closed (also while waiting).
+            LimitExceeded: a new slab would exceed the pool's account limit (``timeout=None``),
+                or the slab is larger than that limit (it could never fit).
+            LimitWaitTimeout: no buffer within ``timeout`` seconds.
+            ValueError: ``timeout`` is negative or NaN.
+            ConnectionResetByPeer, SendError: reaping a Sender found its connection broken.
         """
         cls = self._class_index(size)
         if self._closed:
             raise PoolError("the pool is closed")
+        if timeout is not None:
+            _check_timeout(timeout)
         try:
             cache: _ThreadCache = self._local.cache
         except AttributeError:
             cache = self._cache()
         if cache.deferred:
             self._drain(cache)
-        fl = cache.free[cls]
-        block = fl.pop() if fl else self._refill(cache, cls)
+        try:  # not "if fl": a waiting thread may take the last block between test and pop
+            block = cache.free[cls].pop()
+        except IndexError:
+            block = self._refill(cache, cls, timeout)
         cache.acquires += 1
         return Lease(self, block, size, cache)
 
@@ -657,6 +1024,14 @@ class BufferPool(_PoolBase):
         block, owner = lease._block, lease._owner
         assert owner is not None
         mine: _ThreadCache | None = getattr(self._local, "cache", None)
+        if self._waiters:  # someone waits for a buffer: to the shared list, where all can take it
+            if owner is not mine:
+                self._cache().cross_releases += 1
+            with self._lock:
+                self._shared[block.cls].append(block)
+                self._dead[1] += 1
+                self._wake_waiters()
+            return
         if owner is mine:
             fl = owner.free[block.cls]
             fl.append(block)
@@ -697,5 +1072,5 @@ class BufferPool(_PoolBase):
                 cross_thread_releases=self._dead[2] + sum(c.cross_releases for c in caches),
                 deferred_drained=self._dead[3] + sum(c.drained for c in caches),
                 reclaimed_from_dead_threads=self._reclaimed,
-                threads=sum(1 for c in caches if c.alive()),
+                threads=sum(1 for c in caches if c.alive()), held_back=len(self._held),
             )
