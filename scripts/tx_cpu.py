@@ -16,6 +16,10 @@ per GB, alternating the variants, several repetitions; prints medians and min-ma
   ``tcp-sendall``: plain ``sock.sendall``; ``tcp-sender``: zcnet Sender default policy (falls back
   to copy after the kernel reports copied completions).
 
+``--baseline DIR`` adds, after each zcnet variant, the same variant run with another zcnet's
+sources first on ``PYTHONPATH`` (``base:udp-zc`` ...), alternating in the same run: e.g.
+``git archive <rev> src | tar -x -C /tmp/base`` then ``--baseline /tmp/base/src``.
+
 Needs root (namespaces). Usage: ``sudo .venv/bin/python scripts/tx_cpu.py [--reps 5] [--gb 2]``.
 """
 
@@ -158,6 +162,9 @@ def _drain(ls: socket.socket, done: list[int]) -> None:
 
 
 _C_BINARY: list[str] = []
+#: the variants that run zcnet code (the others are references)
+_ZCNET_VARIANTS = ("udp-copy", "udp-zc", "udp-copy-b8", "udp-zc-b8", "udp-copy-b32", "udp-zc-b32",
+                   "tcp-sender")
 
 
 def _c_reference() -> str:
@@ -177,8 +184,13 @@ def _c_reference() -> str:
 
 
 def _run(
-    argv: list[str], variant: str, nbytes: int, send_size: int, pool: int
+    argv: list[str], variant: str, nbytes: int, send_size: int, pool: int,
+    baseline: str | None = None,
 ) -> dict[str, object]:
+    env = None
+    if variant.startswith("base:"):
+        variant = variant[5:]
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(baseline or "."))
     port = 0
     ls = None
     done: list[int] = []
@@ -204,7 +216,7 @@ def _run(
     out = subprocess.run(
         [*argv, sys.executable, __file__, "--worker", variant, "--bytes", str(nbytes),
          "--port", str(port), "--send-size", str(send_size), "--pool", str(pool)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     ).stdout
     if th is not None and ls is not None:
         th.join()
@@ -226,6 +238,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--send-size", type=int, default=DGRAM)
     ap.add_argument("--overhead", action="store_true", help="only the per-call Python overhead")
+    ap.add_argument("--baseline", help="src directory of another zcnet to run side by side")
     a = ap.parse_args()
     if a.overhead:
         _overhead()
@@ -248,12 +261,15 @@ def main() -> int:
                 ("tcp-sendall", a.tcp_send_size), ("tcp-sender", a.tcp_send_size)]
         if a.only:
             runs = [r for r in runs if r[0] in a.only.split(",")]
+        if a.baseline:
+            runs = [x for r in runs for x in
+                    ([r, ("base:" + r[0], r[1])] if r[0] in _ZCNET_VARIANTS else [r])]
         if shutil.which("cc") is None:
             runs = [r for r in runs if not r[0].startswith("c-")]
         for rep in range(a.reps):
             for variant, size in runs if rep % 2 == 0 else runs[::-1]:
-                argv = ns.exec_argv([]) if variant.startswith(("udp", "c-")) else []
-                r = _run(argv, variant, nbytes, size, a.pool)
+                argv = ns.exec_argv([]) if variant.startswith(("udp", "c-", "base:udp")) else []
+                r = _run(argv, variant, nbytes, size, a.pool, a.baseline)
                 gb = int(r["bytes"]) / 1e9  # type: ignore[call-overload]
                 per_gb = float(r["cpu"]) / gb  # type: ignore[arg-type]
                 results.setdefault(variant, []).append(per_gb)
@@ -264,10 +280,10 @@ def main() -> int:
                       f"{int(r['bytes']) / float(r['wall']) / 1e9:.2f} GB/s, mode={r['mode']} "
                       f"bytes_zerocopy={r['bytes_zerocopy']}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"{'variant':<13} {'CPU s/GB median':>16} {'min':>8} {'max':>8} "
+    print(f"{'variant':<18} {'CPU s/GB median':>16} {'min':>8} {'max':>8} "
           f"{'user med':>9} {'sys med':>8}")
     for k, v in results.items():
-        print(f"{k:<13} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f} "
+        print(f"{k:<18} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f} "
               f"{statistics.median(user_gb[k]):>9.4f} {statistics.median(sys_gb[k]):>8.4f}")
     for label, num, den in (
         ("udp zero-copy / zcnet copy path", "udp-zc", "udp-copy"),
@@ -280,6 +296,7 @@ def main() -> int:
         ("C reference: zero-copy / copy", "c-zc", "c-copy"),
         ("udp zc batch 32 / C copy", "udp-zc-b32", "c-copy"),
         ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),
+        *((f"{v} / baseline {v}", v, "base:" + v) for v in _ZCNET_VARIANTS),
     ):
         if num in med and den in med:
             pairs = sorted(x / y for x, y in zip(results[num], results[den], strict=True))

@@ -114,10 +114,10 @@ class _AccountLike(Protocol):
 def _reaper_of(ticket: object) -> Any:
     """The Sender whose completions finish ``ticket``, if a waiting acquire may reap it.
 
-    ``zcnet.sender.Ticket`` keeps its Sender in ``_sender`` while pending (there is no public
-    accessor); asyncio tickets complete on their event loop and have none.
+    ``zcnet.sender.Ticket.sender`` is its Sender while pending; asyncio tickets complete on
+    their event loop and have none.
     """
-    sender = getattr(ticket, "_sender", None)
+    sender = getattr(ticket, "sender", None)
     if sender is None or not (hasattr(sender, "poll") and hasattr(sender, "fileno")):
         return None
     return sender

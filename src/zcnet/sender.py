@@ -148,6 +148,11 @@ class Ticket:
             f"<Ticket {self.nbytes} bytes {state} zerocopy={self.zerocopy} copied={self.copied}>"
         )
 
+    @property
+    def sender(self) -> Sender | None:
+        """The :class:`Sender` whose completions finish this ticket (``None`` once done)."""
+        return self._sender
+
     def wait(self, timeout: float | None = None) -> None:
         """Block until :attr:`done` (reaping completions meanwhile).
 
@@ -358,7 +363,7 @@ class Sender:
         try:
             tb = type(buf)
             if tb is bytes or tb is bytearray:
-                nbytes = len(buf)  # type: ignore[arg-type]
+                nbytes = len(buf)  # type: ignore[arg-type, unused-ignore]
                 mv = None
             elif tb is memoryview:
                 try:
@@ -369,14 +374,14 @@ class Sender:
                     raise InvalidBufferError(f"unusable memoryview: {e}") from e
                 mv = None
             elif tb is Lease:
-                return self._send_lease(buf)  # type: ignore[arg-type]
+                return self._send_lease(buf)  # type: ignore[arg-type, unused-ignore]
             else:
-                mv = _view_of(buf)  # type: ignore[arg-type]
+                mv = _view_of(buf)  # type: ignore[arg-type, unused-ignore]
                 nbytes = mv.nbytes
             ctl = self._ctl
             if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
                 if mv is None:
-                    mv = memoryview(buf)  # type: ignore[arg-type]  # our export, held by the ticket
+                    mv = memoryview(buf)  # type: ignore[arg-type, unused-ignore]  # ours
                 if mv.ndim != 1 or mv.itemsize != 1:
                     mv = mv.cast("B")
                 ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
@@ -414,11 +419,12 @@ class Sender:
                 return ticket
             # a copying send: the engine's first step, inline
             try:
-                sent = self._send(buf)  # type: ignore[arg-type]
+                sent = self._send(buf)  # type: ignore[arg-type, unused-ignore]
             except OSError as e:
                 ticket = _new(_PlainTicket)
                 ticket.nbytes = nbytes
-                return self._drive(ticket, mv if mv is not None else _view_of(buf), e)  # type: ignore[arg-type]
+                mv = mv if mv is not None else _view_of(buf)  # type: ignore[arg-type, unused-ignore]
+                return self._drive(ticket, mv, e)
             except BaseException as exc:
                 ticket = _new(_PlainTicket)
                 ticket.nbytes = nbytes
@@ -427,8 +433,8 @@ class Sender:
             if sent != nbytes:
                 ticket = _new(_PlainTicket)
                 ticket.nbytes = nbytes
-                return self._drive(ticket, mv if mv is not None else _view_of(buf), None,  # type: ignore[arg-type]
-                                   first=sent)
+                mv = mv if mv is not None else _view_of(buf)  # type: ignore[arg-type, unused-ignore]
+                return self._drive(ticket, mv, None, first=sent)
             self._engine.handed += nbytes
             ctl.sends_plain += 1
             ctl.bytes_plain += nbytes
@@ -605,7 +611,7 @@ class Sender:
                         _view_of(buf.view).release()
                         checked.append(buf)
                     else:
-                        views.append(_view_of(buf))  # type: ignore[arg-type]
+                        views.append(_view_of(buf))  # type: ignore[arg-type, unused-ignore]
                         checked.append(views[-1])
             except InvalidBufferError:
                 for mv in views:
@@ -644,7 +650,7 @@ class Sender:
                 if type(buf) is Lease:
                     leases.append((len(views), buf))
                     buf = buf.view
-                mv = memoryview(buf)  # type: ignore[arg-type]
+                mv = memoryview(buf)  # type: ignore[arg-type, unused-ignore]
                 add_view(mv)
                 nb = mv.nbytes
                 add_size(nb)
@@ -797,8 +803,8 @@ class Sender:
             self._wait(lambda: not tracker.pending_tokens, timeout, what="flush")
         finally:
             self._active = False
-        failure = self._engine.failure
-        if failure is not None and not self._engine.broken_stream:
+        failure = self._engine.connection_failure
+        if failure is not None:
             raise failure
 
     def close(self) -> None:
@@ -876,25 +882,22 @@ class Sender:
 
     def _reap(self) -> int:
         """Read the error queue and apply it; returns the number of tickets completed."""
+        return self._read_errqueue()[1]
+
+    def _reap_messages(self) -> int:
+        """Like :meth:`_reap`, but returns the number of messages read."""
+        return self._read_errqueue()[0]
+
+    def _read_errqueue(self) -> tuple[int, int]:
+        """Read the error queue and apply it: (messages read, tickets completed)."""
         self._ctl.reap_units = 0
         try:
             events = drain_errqueue(self._sock)
         except OSError as e:
             raise self._engine.translate(e) from e
         if not events:
-            return 0
-        return self._engine.apply(events)
-
-    def _reap_messages(self) -> int:
-        """Like :meth:`_reap`, but returns the number of messages read."""
-        self._ctl.reap_units = 0
-        try:
-            events = drain_errqueue(self._sock)
-        except OSError as e:
-            raise self._engine.translate(e) from e
-        if events:
-            self._engine.apply(events)
-        return len(events)
+            return 0, 0
+        return len(events), self._engine.apply(events)
 
     def _check_socket_error(self) -> bool:
         """Consume a pending socket error (``SO_ERROR``); True if there was one."""
@@ -923,8 +926,8 @@ class Sender:
             messages = self._reap_messages()
             if ready():
                 return
-            failure = engine.failure
-            if failure is not None and not tolerate_failure and not engine.broken_stream:
+            failure = engine.connection_failure
+            if failure is not None and not tolerate_failure:
                 raise failure
             if woke and not messages:
                 # POLLERR/POLLHUP without queued completions: a socket error, or a hung-up socket

@@ -194,7 +194,7 @@ def test_enobufs_with_outstanding_calls_reaps_and_retries() -> None:
     kernel.script = ["enobufs"]
     second, steps = send(engine, kernel, 200_000)
     assert Step.WAIT_COMPLETIONS in steps  # it waited for completions, then retried zero-copy
-    assert first.done
+    assert first.done and second.zerocopy and not second.done
     assert engine.ctl.enobufs == 1 and engine.ctl.bytes_plain == 0
     assert kernel.pieces[-1][3] is True
 

@@ -96,12 +96,13 @@ class SendEngine(Generic[T]):
         failure: once set, every later send raises it (a lost connection, a byte stream cut
             short, a tracker out of step with the kernel).
         broken_stream: a TCP send was cut short after some of its bytes reached the kernel: the
-            peer would see a truncated message, so the driver resets the connection on close.
+            peer would see a truncated message, so the driver resets the connection on close
+            if the peer does not take the rest.
         handed: bytes handed to the kernel by sends of this engine (exact, also after an
             interruption; used to reconcile with the kernel's own count).
     """
 
-    __slots__ = ("broken_stream", "ctl", "failure", "handed", "stream", "tracker")
+    __slots__ = ("_cut_short", "broken_stream", "ctl", "failure", "handed", "stream", "tracker")
 
     def __init__(self, policy: SendPolicy, *, stream: bool) -> None:
         self.ctl = TxController(policy)
@@ -110,6 +111,14 @@ class SendEngine(Generic[T]):
         self.failure: ZcnetError | None = None
         self.broken_stream = False
         self.handed = 0
+        self._cut_short: ZcnetError | None = None  # the failure an interruption set
+
+    @property
+    def connection_failure(self) -> ZcnetError | None:
+        """:attr:`failure` unless it only says a send was cut short: what waiting for
+        completions (``flush``, ``drain``) raises, since the connection itself still works."""
+        failure = self.failure
+        return None if failure is self._cut_short else failure
 
     @property
     def chunk(self) -> int:
@@ -161,7 +170,7 @@ class SendEngine(Generic[T]):
 
         A failed ticket still becomes done if the kernel reports its completion later.
         """
-        if self.failure is None or (type(self.failure) is SendError and self.broken_stream):
+        if self.failure is None or self.failure is self._cut_short:
             self.failure = err
         for ticket in self.tracker.tokens():
             ticket._fail(err)
@@ -364,6 +373,6 @@ class SendOp(Generic[T]):
             ticket._fail(err)
         if engine.stream and broken:
             engine.broken_stream = True
-            if err is not None and engine.failure is None:
-                engine.failure = err
+            if err is not None and engine.failure is None:  # cut short, connection intact
+                engine.failure = engine._cut_short = err
         engine.finish(self)

@@ -44,8 +44,9 @@ ENOBUFS_COPIES_BEFORE_FALLBACK: Final = 16
 #: charged) amount per call moderate; every call costs one counter value, completions coalesce.
 ZC_CHUNK: Final = 1 << 20
 #: Read the error queue once this many "reap units" were sent with zero-copy: one unit per call
-#: plus one per 128 KiB (64 KiB datagrams: every 64 calls; 1 MiB pieces: every 7 calls). The
-#: kernel coalesces completions meanwhile, and a copied-completion fallback is noticed early.
+#: plus one per 128 KiB (64 KiB datagrams: every 64 calls; 1 MiB pieces, 9 units each: every
+#: 8th call). The kernel coalesces completions meanwhile, and a copied-completion fallback is
+#: noticed early.
 REAP_EVERY: Final = 64
 REAP_SHIFT: Final = 17
 #: Copying-send attempts of one piece that keeps failing with ENOBUFS (a full device queue on

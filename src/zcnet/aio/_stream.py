@@ -336,8 +336,8 @@ class ZcStream:
             self._reap()
             if not tracker.pending_tokens:
                 return
-            failure = self._engine.failure
-            if failure is not None and not self._engine.broken_stream:
+            failure = self._engine.connection_failure
+            if failure is not None:
                 raise failure
             if self._closing and self._watch.closed:
                 raise SocketClosedError("the stream closed with tickets pending")
