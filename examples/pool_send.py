@@ -19,7 +19,7 @@ def main() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:      # a connected TCP pair
         a = socket.create_connection(listener.getsockname())
         b, _ = listener.accept()
-    account = Account("sender", limit=64 * 1024 * 1024)          # pool memory is charged here
+    account = Account("sender", limit=8 * 1024 * 1024)           # pool memory is charged here
     pool = BufferPool(account=account)
     expected = hashlib.blake2b()
     got = hashlib.blake2b()
@@ -35,10 +35,10 @@ def main() -> None:
     t.start()
     with Sender(a) as tx:
         for i in range(COUNT):
-            lease = pool.acquire(SIZE)
+            lease = pool.acquire(SIZE, timeout=10)        # at the limit: waits for returns
             lease.view[:] = bytes([i % 251]) * SIZE       # fill it
             expected.update(lease.view)
-            lease.release_when_done(tx.send(lease.view))  # back to the pool on completion
+            tx.send(lease)                                # back to the pool on completion
         tx.flush(timeout=10)
     t.join()
     b.close()
