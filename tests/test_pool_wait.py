@@ -20,6 +20,7 @@ from zcnet.errors import (
     LimitExceeded,
     LimitWaitTimeout,
     PoolError,
+    SocketClosedError,
     TimeoutExpired,
 )
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
@@ -28,7 +29,6 @@ from zcnet.sender import Sender, SendPolicy
 from .conftest import requires_zerocopy
 from .rx_helpers import PATTERN, tcp_pair
 from .test_pool import SMALL, FakeTicket, pattern
-from .tx_helpers import wait_pollerr
 
 POOLS = [BufferPool, LockedFreeListPool]
 BUF = 65536
@@ -210,6 +210,53 @@ def test_a_completion_on_another_thread_wakes_the_waiter(
     lease.release()
 
 
+def test_default_waits_while_a_return_is_on_its_way(
+    full_pool: tuple[BufferPool, list[Lease]],
+) -> None:
+    """timeout=None: a lease in flight comes back, so the default waits for it; a lease whose
+    ticket failed may never come back, so the default does not wait for that one (a ticket
+    failing during the wait ends it too)."""
+    p, leases = full_pool
+    ticket = FakeTicket()
+    leases[1].release_when_done(ticket)
+
+    def complete_later() -> None:
+        wait_until(lambda: waiting(p))
+        ticket.complete()
+
+    t = threading.Thread(target=complete_later)
+    t.start()
+    lease = p.acquire(BUF)  # no failure while the return is on its way
+    t.join()
+    assert lease.address == leases[1].address
+    check_untouched(leases, 1)
+
+    failed = FakeTicket()
+    leases[2].release_when_done(failed)
+    failed.error = SocketClosedError("closed with the kernel still holding the buffer")
+    t0 = time.monotonic()
+    with pytest.raises(LimitExceeded) as info:
+        p.acquire(BUF)
+    assert type(info.value) is LimitExceeded and time.monotonic() - t0 < 1
+
+    failing = FakeTicket()
+    leases[3].release_when_done(failing)
+
+    def fail_later() -> None:
+        wait_until(lambda: waiting(p))
+        failing.error = SocketClosedError("closed")
+
+    t = threading.Thread(target=fail_later)
+    t.start()
+    with pytest.raises(LimitExceeded):
+        p.acquire(BUF)  # re-checked within a second or so
+    t.join()
+    lease.release()
+    failed.complete()  # the kernel let go after all: both come back
+    failing.complete()
+    assert leases[2].released and leases[3].released
+
+
 def test_close_wakes_a_waiter_with_pool_error() -> None:
     acct = Account("tx", limit=SMALL["slab_bytes"])
     p = LockedFreeListPool(account=acct, **SMALL)
@@ -257,7 +304,7 @@ def _reader(sock: socket.socket, got: list[int], errors: list[BaseException]) ->
 
 @requires_zerocopy
 @pytest.mark.parametrize("cls", POOLS)
-@pytest.mark.parametrize("timeout", [None, 30.0], ids=["queued-no-wait", "wait"])
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["default", "wait"])
 def test_a_lease_in_flight_on_a_sender_of_this_thread_comes_back(
     cls: type[BufferPool], timeout: float | None,
 ) -> None:
@@ -275,8 +322,7 @@ def test_a_lease_in_flight_on_a_sender_of_this_thread_comes_back(
         ticket = tx.send(sent.view)
         sent.release_when_done(ticket)
         assert ticket.zerocopy and not ticket.done and sent.in_flight
-        if timeout is None:  # the completion is queued: one reap, no sleep, finds it
-            assert wait_pollerr(client)
+        # the default too: the return is on its way (in flight), so acquire waits for it
         lease = p.acquire(BUF, timeout=timeout)  # nobody else reaps tx: acquire must
         assert ticket.done and sent.released and lease.address == sent.address
         assert acct.usage(PINNED) == 0
@@ -296,7 +342,10 @@ def test_a_lease_in_flight_on_a_sender_of_this_thread_comes_back(
 
 @requires_zerocopy
 @pytest.mark.parametrize("cls", POOLS)
-def test_streaming_through_a_full_pool_never_fails(cls: type[BufferPool]) -> None:
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["default", "wait"])
+def test_streaming_through_a_full_pool_never_fails(
+    cls: type[BufferPool], timeout: float | None,
+) -> None:
     """Every buffer is in flight again and again; the acquiring thread's reaping frees them."""
     acct = Account("tx", limit=SMALL["slab_bytes"])
     p = cls(account=acct, **SMALL)
@@ -311,7 +360,7 @@ def test_streaming_through_a_full_pool_never_fails(cls: type[BufferPool]) -> Non
         for i in range(count):
             if p.stats().in_flight == PER_SLAB:
                 all_in_flight += 1
-            lease = p.acquire(BUF, timeout=30)
+            lease = p.acquire(BUF, timeout=timeout)
             assert acct.usage() <= SMALL["slab_bytes"]
             lease.view[:] = PATTERN.block(i * BUF, BUF)
             lease.release_when_done(tx.send(lease.view))

@@ -16,8 +16,14 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.tx_helpers import PATTERN, PERIOD, DatagramReceiver, VerifyingReceiver, tcp_pair
-from zcnet.errors import ConcurrentUseError, SendError, SocketClosedError, UnsupportedSocketError
-from zcnet.lowlevel.constants import SO_SNDBUFFORCE
+from zcnet.errors import (
+    ConcurrentUseError,
+    InvalidCompletionError,
+    SendError,
+    SocketClosedError,
+    UnsupportedSocketError,
+)
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_SNDBUFFORCE
 from zcnet.pool import BufferPool
 from zcnet.sender import Sender, SendPolicy
 
@@ -266,3 +272,24 @@ def test_send_batch_of_leases_over_udp() -> None:
             assert all(t.done and t.error is None for t in tickets)
             assert all(lease.released for lease in leases)
         dgrams.finish(expected)
+
+
+@requires_zerocopy
+def test_a_counter_out_of_step_stops_the_sender() -> None:
+    """After an impossible completion nothing is released and nothing more is sent: the
+    tracker can no longer be trusted to say which buffers the kernel still reads."""
+    client, server = tcp_pair()
+    with server, Sender(client, SendPolicy(force_zerocopy=True)) as sender:
+        client.send(bytes(_pattern_bytes(0, 50_000)), MSG_ZEROCOPY)  # behind the Sender's back
+        got = bytearray()
+        while len(got) < 50_000:
+            got += server.recv(1 << 20)
+        assert got == _pattern_bytes(0, 50_000)
+        deadline = time.monotonic() + 5
+        with pytest.raises(InvalidCompletionError):
+            while time.monotonic() < deadline:
+                sender.poll()
+                time.sleep(0.01)
+        assert isinstance(sender.failure, InvalidCompletionError)
+        with pytest.raises(InvalidCompletionError):
+            sender.send(b"x" * 100_000)

@@ -123,6 +123,10 @@ def _reaper_of(ticket: object) -> Any:
     return sender
 
 
+#: Seconds between re-checks, in a default acquire, of whether a lease in flight can come back.
+_RETURNS_RECHECK: Final = 1.0
+
+
 def _check_timeout(timeout: float) -> None:
     if not timeout >= 0:  # also NaN
         raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
@@ -440,6 +444,7 @@ class _PoolBase:
         self._held: list[Lease] = []  # completed while exported (see Lease.held_back)
         # (thread, id(Sender)) -> [Sender, leases in flight]: what a waiting thread may reap
         self._reapers: dict[tuple[int, int], list[Any]] = {}
+        self._flying: dict[Lease, object] = {}  # lease in flight -> its ticket
 
     @property
     def size_classes(self) -> tuple[int, ...]:
@@ -556,6 +561,7 @@ class _PoolBase:
         sender = _reaper_of(ticket)
         with self._lock:
             self._in_flight += 1
+            self._flying[lease] = ticket
             if sender is not None:
                 key = (threading.get_ident(), id(sender))
                 entry = self._reapers.setdefault(key, [sender, 0])
@@ -570,6 +576,7 @@ class _PoolBase:
             self._account.move(lease.capacity, PINNED, POOL)
         with self._lock:
             self._in_flight -= 1
+            self._flying.pop(lease, None)
             key, lease._reaper = lease._reaper, None
             if key is not None:
                 entry = self._reapers[key]
@@ -641,23 +648,53 @@ class _PoolBase:
             with self._lock:
                 return [e[0] for k, e in self._reapers.items() if k[0] == me]
 
-        if timeout is None or timeout <= 0:
+        # timeout=None waits only while returns are on their way: leases in flight whose
+        # tickets have not failed come back by completions (this thread reaps its own Senders'
+        # meanwhile); otherwise nothing can come back by itself, and waiting could deadlock
+        # (the caller may hold every lease), so it fails at once as it always did.
+        for_returns = timeout is None
+        gave_up: list[bool] = []
+
+        def ready_or_nothing_on_its_way() -> bool:
+            if ready():
+                return True
+            if not self._returns_on_their_way():
+                gave_up.append(True)
+                return True
+            return False
+
+        if for_returns:
             deadline: float | None = time.monotonic()
-        else:
+        elif timeout is not None and timeout > 0:
             deadline = None if math.isinf(timeout) else time.monotonic() + timeout
+        else:
+            deadline = time.monotonic()
         account = self._account
         with contextlib.ExitStack() as stack:
             waiter = stack.enter_context(Waiter())
             stack.enter_context(self._waiting(waiter))
             if isinstance(account, Account):
                 stack.enter_context(account.waking(waiter))
-            if waiter.wait(ready, deadline, senders):
+            if for_returns:
+                # rounds of at most a second: a ticket that fails wakes nobody, so whether a
+                # return is still on its way is asked again now and then
+                while not waiter.wait(ready_or_nothing_on_its_way, deadline, senders):
+                    deadline = time.monotonic() + _RETURNS_RECHECK
+                if found:
+                    return found[0]
+            elif waiter.wait(ready, deadline, senders):
                 return found[0]
-        if timeout is None:
+        if for_returns:
             raise err
         raise LimitWaitTimeout(
             f"no {self._classes[cls]}-byte buffer came free within {timeout} s: {err}",
             account=err.account, limit=err.limit)
+
+    def _returns_on_their_way(self) -> bool:
+        """Whether a lease in flight can still come back: its ticket has not failed (a ticket
+        that failed, e.g. closed with the kernel still holding its buffer, may never be done)."""
+        with self._lock:
+            return any(getattr(t, "error", None) is None for t in self._flying.values())
 
     @contextlib.contextmanager
     def _waiting(self, waiter: Waiter) -> Iterator[None]:
@@ -975,8 +1012,11 @@ class BufferPool(_PoolBase):
         and reaps, once and without sleeping, the completions of the Senders whose tickets this
         thread passed to :meth:`Lease.release_when_done`. If that frees nothing:
 
-        * ``timeout=None`` (the default) raises :class:`LimitExceeded` at once, as before
-          waiting existed: a caller that never asked to wait is never blocked.
+        * ``timeout=None`` (the default) waits as long as leases are in flight (passed to
+          :meth:`Lease.release_when_done` or ``Sender.send``) with tickets that have not
+          failed: their returns are on their way, so an acquire never fails just because a
+          completion has not been read yet. Otherwise nothing can come back by itself, and it
+          raises :class:`LimitExceeded` rather than wait for the caller's own leases.
         * ``timeout=t`` (seconds, ``>= 0``; ``math.inf`` for no bound) waits: it sleeps in
           ``poll(2)`` and wakes when a lease is released in any thread, when a completion
           arrives for one of those Senders (which it reaps: a Sender is read only in the thread
@@ -991,8 +1031,9 @@ class BufferPool(_PoolBase):
 
         Raises:
             PoolError: size out of range, or the pool is closed (also while waiting).
-            LimitExceeded: a new slab would exceed the pool's account limit (``timeout=None``),
-                or the slab is larger than that limit (it could never fit).
+            LimitExceeded: a new slab would exceed the pool's account limit and no lease is in
+                flight (``timeout=None``), or the slab is larger than that limit (it could never
+                fit).
             LimitWaitTimeout: no buffer within ``timeout`` seconds.
             ValueError: ``timeout`` is negative or NaN.
             ConnectionResetByPeer, SendError: reaping a Sender found its connection broken.

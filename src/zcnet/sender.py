@@ -63,6 +63,7 @@ from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, 
 from zcnet.errors import (
     ConcurrentUseError,
     InvalidBufferError,
+    InvalidCompletionError,
     SendError,
     SocketClosedError,
     TimeoutExpired,
@@ -544,6 +545,7 @@ class Sender:
         except BaseException as exc:
             if not op.ended:  # not a failure the operation reported itself (e.g. a signal)
                 self._interrupted(op, exc)
+            self._sync_unusable()
             raise
         engine.finish(op)
         self._sync_unusable()
@@ -893,11 +895,16 @@ class Sender:
         self._ctl.reap_units = 0
         try:
             events = drain_errqueue(self._sock)
+            if not events:
+                return 0, 0
+            return len(events), self._engine.apply(events)
         except OSError as e:
-            raise self._engine.translate(e) from e
-        if not events:
-            return 0, 0
-        return len(events), self._engine.apply(events)
+            err = self._engine.translate(e)
+            self._sync_unusable()
+            raise err from e
+        except InvalidCompletionError:  # the engine refuses further sends
+            self._sync_unusable()
+            raise
 
     def _check_socket_error(self) -> bool:
         """Consume a pending socket error (``SO_ERROR``); True if there was one."""
