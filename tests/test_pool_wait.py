@@ -375,3 +375,49 @@ def test_streaming_through_a_full_pool_never_fails(
     assert all_in_flight > 0  # the waiting path was exercised
     p.close()
     assert acct.usage() == 0
+
+
+@requires_zerocopy
+def test_default_on_a_loop_thread_does_not_wait_for_that_loops_streams() -> None:
+    """A lease in flight on a ZcStream is completed by its event loop; a blocking acquire on
+    that loop's thread would stop the loop, so the default fails at once instead of hanging."""
+    import asyncio
+
+    from zcnet.aio import ZcStream
+
+    acct = Account("tx", limit=SMALL["slab_bytes"])
+    p = BufferPool(account=acct, **SMALL)
+    client, server = tcp_pair(None, "127.0.0.1")
+    outcome: list[object] = []
+
+    async def main() -> None:
+        stream = ZcStream(client, send_policy=SendPolicy(force_zerocopy=True,
+                                                         zerocopy_threshold=0))
+        leases = [p.acquire(BUF) for _ in range(PER_SLAB)]
+        for i, lease in enumerate(leases):
+            lease.view[:] = PATTERN.block(i * BUF, BUF)
+            await stream.send(lease)  # in flight until the loop reaps its completion
+        try:
+            p.acquire(BUF)  # nothing was reaped yet: the loop has not run since
+        except LimitExceeded as e:
+            outcome.append(e)
+        else:
+            outcome.append("acquired")
+        await stream.drain()
+        lease = p.acquire(BUF)  # after the loop reaped: a lease is back
+        lease.release()
+        await stream.aclose()
+
+    got: list[int] = []
+    errors: list[BaseException] = []
+    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd.start()
+    t = threading.Thread(target=asyncio.run, args=(main(),))
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "acquire blocked the event loop"
+    rd.join(30)
+    assert not errors, errors
+    assert got == [PER_SLAB * BUF]
+    assert len(outcome) == 1 and type(outcome[0]) is LimitExceeded
+    p.close()

@@ -123,6 +123,18 @@ def _reaper_of(ticket: object) -> Any:
     return sender
 
 
+def _running_loop() -> object | None:
+    """The asyncio loop running in this thread, if any (asyncio is not imported for this)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        loop: object = aio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop
+
+
 #: Seconds between re-checks, in a default acquire, of whether a lease in flight can come back.
 _RETURNS_RECHECK: Final = 1.0
 
@@ -691,10 +703,15 @@ class _PoolBase:
             account=err.account, limit=err.limit)
 
     def _returns_on_their_way(self) -> bool:
-        """Whether a lease in flight can still come back: its ticket has not failed (a ticket
-        that failed, e.g. closed with the kernel still holding its buffer, may never be done)."""
+        """Whether a lease in flight can come back while this thread waits: its ticket has not
+        failed (one that failed, e.g. closed with the kernel still holding its buffer, may never
+        be done), and it is not completed by an event loop running in this very thread (an
+        ``AioTicket``'s completions are reaped by its loop, which cannot run while we block)."""
+        running = _running_loop()
         with self._lock:
-            return any(getattr(t, "error", None) is None for t in self._flying.values())
+            return any(getattr(t, "error", None) is None
+                       and (running is None or getattr(t, "_loop", None) is not running)
+                       for t in self._flying.values())
 
     @contextlib.contextmanager
     def _waiting(self, waiter: Waiter) -> Iterator[None]:
@@ -1016,7 +1033,9 @@ class BufferPool(_PoolBase):
           :meth:`Lease.release_when_done` or ``Sender.send``) with tickets that have not
           failed: their returns are on their way, so an acquire never fails just because a
           completion has not been read yet. Otherwise nothing can come back by itself, and it
-          raises :class:`LimitExceeded` rather than wait for the caller's own leases.
+          raises :class:`LimitExceeded` rather than wait for the caller's own leases. Leases
+          in flight on streams of an asyncio loop running in this thread do not count: their
+          completions need that loop, which cannot run while ``acquire`` blocks it.
         * ``timeout=t`` (seconds, ``>= 0``; ``math.inf`` for no bound) waits: it sleeps in
           ``poll(2)`` and wakes when a lease is released in any thread, when a completion
           arrives for one of those Senders (which it reaps: a Sender is read only in the thread
