@@ -135,3 +135,33 @@ def socket_maps() -> int:
 def open_fds() -> int:
     """How many file descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))
+
+
+class PatternReader(threading.Thread):
+    """Reads a plain socket to EOF with ``recv_into``, checking every byte against ``PATTERN``
+    (the stream starts at offset 0); :meth:`finish` joins it and checks the byte count."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(name="pattern-reader", daemon=True)
+        self.sock = sock
+        self.received: int | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            buf = bytearray(1 << 20)
+            off = 0
+            with self.sock:
+                while (n := self.sock.recv_into(buf)) > 0:
+                    assert PATTERN.matches(off, memoryview(buf)[:n]), f"corrupt bytes at {off}"
+                    off += n
+            self.received = off
+        except BaseException as e:  # surfaced by finish()
+            self.error = e
+
+    def finish(self, expected: int, timeout: float = 60.0) -> None:
+        """Wait for EOF; assert no error and exactly ``expected`` bytes, all verified."""
+        self.join(timeout)
+        assert not self.is_alive(), "the reader did not reach EOF"
+        assert self.error is None, self.error
+        assert self.received == expected

@@ -31,7 +31,7 @@ from zcnet.receiver import Receiver, RecvPolicy
 from zcnet.sender import Sender, SendPolicy
 
 from .conftest import requires_netns, requires_zerocopy
-from .rx_helpers import PATTERN, sending, tcp_pair
+from .rx_helpers import PATTERN, PatternReader, sending, tcp_pair
 
 
 def test_blocking_charge_waits_for_an_uncharge() -> None:
@@ -258,27 +258,12 @@ TestPoolAccounting = PoolAccountingMachine.TestCase
 # -- charging a real Sender's pinned bytes and a real Receiver's mapped pages ----------------
 
 
-def _reader(sock: socket.socket, got: list[int], errors: list[BaseException]) -> None:
-    try:
-        buf = bytearray(1 << 20)
-        off = 0
-        with sock:
-            while (n := sock.recv_into(buf)) > 0:
-                assert PATTERN.matches(off, memoryview(buf)[:n]), f"corrupt bytes at {off}"
-                off += n
-        got.append(off)
-    except BaseException as e:
-        errors.append(e)
-
-
 @requires_zerocopy
 def test_send_accounted_bounds_pinned_bytes() -> None:
     acct = Account("tx", limit=512 * 1024)
     block, count = 64 * 1024, 160
     client, server = tcp_pair(None, "127.0.0.1")
-    got: list[int] = []
-    errors: list[BaseException] = []
-    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd = PatternReader(server)
     rd.start()
     peak = 0
     with Sender(client, SendPolicy(force_zerocopy=True, zerocopy_threshold=0)) as tx:
@@ -294,9 +279,7 @@ def test_send_accounted_bounds_pinned_bytes() -> None:
         tx.flush(timeout=30)
         assert acct.usage() == 0
         client.shutdown(socket.SHUT_WR)
-    rd.join()
-    assert not errors, errors
-    assert got == [block * count]
+    rd.finish(block * count)
     print(f"\npeak pinned {peak} bytes under a 512 KiB limit")
     assert peak > 0
 

@@ -27,7 +27,7 @@ from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 from zcnet.sender import Sender, SendPolicy
 
 from .conftest import requires_zerocopy
-from .rx_helpers import PATTERN, tcp_pair
+from .rx_helpers import PATTERN, PatternReader, tcp_pair
 from .test_pool import SMALL, FakeTicket, pattern
 
 POOLS = [BufferPool, LockedFreeListPool]
@@ -289,19 +289,6 @@ def test_close_wakes_a_waiter_with_pool_error() -> None:
 # -- a real Sender: completions come from the kernel's error queue ---------------------------
 
 
-def _reader(sock: socket.socket, got: list[int], errors: list[BaseException]) -> None:
-    try:
-        buf = bytearray(1 << 20)
-        off = 0
-        with sock:
-            while (n := sock.recv_into(buf)) > 0:
-                assert PATTERN.matches(off, memoryview(buf)[:n]), f"corrupt bytes at {off}"
-                off += n
-        got.append(off)
-    except BaseException as e:
-        errors.append(e)
-
-
 @requires_zerocopy
 @pytest.mark.parametrize("cls", POOLS)
 @pytest.mark.parametrize("timeout", [None, 30.0], ids=["default", "wait"])
@@ -311,9 +298,7 @@ def test_a_lease_in_flight_on_a_sender_of_this_thread_comes_back(
     acct = Account("tx", limit=SMALL["slab_bytes"])
     p = cls(account=acct, **SMALL)
     client, server = tcp_pair(None, "127.0.0.1")
-    got: list[int] = []
-    errors: list[BaseException] = []
-    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd = PatternReader(server)
     rd.start()
     leases = [p.acquire(BUF) for _ in range(PER_SLAB)]
     with Sender(client, SendPolicy(force_zerocopy=True, zerocopy_threshold=0)) as tx:
@@ -331,9 +316,7 @@ def test_a_lease_in_flight_on_a_sender_of_this_thread_comes_back(
         lease.release()
         tx.flush(30)
         client.shutdown(socket.SHUT_WR)
-    rd.join(60)
-    assert not errors, errors
-    assert got == [2 * BUF]
+    rd.finish(2 * BUF, 60)
     for x in leases[1:]:
         x.release()
     p.close()
@@ -350,9 +333,7 @@ def test_streaming_through_a_full_pool_never_fails(
     acct = Account("tx", limit=SMALL["slab_bytes"])
     p = cls(account=acct, **SMALL)
     client, server = tcp_pair(None, "127.0.0.1")
-    got: list[int] = []
-    errors: list[BaseException] = []
-    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd = PatternReader(server)
     rd.start()
     count = 200
     all_in_flight = 0
@@ -366,9 +347,7 @@ def test_streaming_through_a_full_pool_never_fails(
             lease.release_when_done(tx.send(lease.view))
         tx.flush(30)
         client.shutdown(socket.SHUT_WR)
-    rd.join(60)
-    assert not errors, errors
-    assert got == [count * BUF]
+    rd.finish(count * BUF, 60)
     st = p.stats()
     assert st.in_flight == 0 and st.outstanding == 0 and st.slabs == 1
     print(f"\n{all_in_flight} of {count} acquires found all {PER_SLAB} buffers in flight")
@@ -408,16 +387,12 @@ def test_default_on_a_loop_thread_does_not_wait_for_that_loops_streams() -> None
         lease.release()
         await stream.aclose()
 
-    got: list[int] = []
-    errors: list[BaseException] = []
-    rd = threading.Thread(target=_reader, args=(server, got, errors))
+    rd = PatternReader(server)
     rd.start()
     t = threading.Thread(target=asyncio.run, args=(main(),))
     t.start()
     t.join(30)
     assert not t.is_alive(), "acquire blocked the event loop"
-    rd.join(30)
-    assert not errors, errors
-    assert got == [PER_SLAB * BUF]
+    rd.finish(PER_SLAB * BUF, 30)
     assert len(outcome) == 1 and type(outcome[0]) is LimitExceeded
     p.close()

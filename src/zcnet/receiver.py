@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from zcnet._core.buffers import byte_view
 from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode, map_error_kind
 from zcnet.errors import (
     BufferLifetimeError,
-    InvalidBufferError,
     SocketClosedError,
     TimeoutExpired,
     UnsupportedSocketError,
@@ -296,24 +296,6 @@ def _check_max_bytes(max_bytes: int) -> int:
     return n
 
 
-def _writable_bytes(buffer: Buffer) -> memoryview:
-    """A flat, writable byte view of ``buffer``, or :class:`InvalidBufferError`."""
-    try:
-        view = memoryview(buffer)
-    except TypeError as e:
-        raise InvalidBufferError(
-            f"recv_into needs a writable bytes-like buffer, got {type(buffer).__name__}") from e
-    if view.readonly:
-        view.release()
-        raise InvalidBufferError(f"recv_into needs a writable buffer; the "
-                                 f"{type(buffer).__name__} is read-only")
-    if not view.c_contiguous:
-        view.release()
-        raise InvalidBufferError(f"recv_into needs a C-contiguous buffer; the "
-                                 f"{type(buffer).__name__} is not")
-    return view if view.ndim == 1 and view.itemsize == 1 and view.format == "B" else view.cast("B")
-
-
 def _check_socket(sock: socket.socket) -> None:
     if not isinstance(sock, socket.socket):
         raise UnsupportedSocketError(f"Receiver needs a socket.socket, got {type(sock).__name__}")
@@ -442,7 +424,7 @@ class Receiver:
             TimeoutExpired, ConnectionResetByPeer, ReceiveError, SocketClosedError: as for
                 :meth:`recv`.
         """
-        view = _writable_bytes(buffer)
+        view = byte_view(buffer, what="recv_into", writable=True)
         timeout = _check_timeout(timeout)
         if self._closed:
             raise SocketClosedError("receiver is closed")

@@ -34,7 +34,7 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTUR
   ``drain_timeout``, :meth:`close` resets the connection so those buffers come back
   (docs/ARCHITECTURE.md, 'Transmit: interrupted sends'). If the exception struck between the
   system call and its bookkeeping, the bytes it queued are counted from the kernel's own figures
-  (:func:`zcnet.lowlevel.tcpstate.queued_bytes`), so the completion counter stays in step.
+  (:class:`zcnet.lowlevel.tcpstate.QueuedSince`), so the completion counter stays in step.
 * ``close()`` drains completions (up to ``drain_timeout``) before closing the socket, because
   notifications not read before ``close`` are lost; tickets still pending then stay not-done
   forever (their buffers stay exported, never handed back while the kernel might read them).
@@ -58,6 +58,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, SendOp, Step
 from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, SendPolicy
 from zcnet.errors import (
@@ -81,7 +82,7 @@ from zcnet.lowlevel.constants import (
 )
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
-from zcnet.lowlevel.tcpstate import abort, queued_bytes
+from zcnet.lowlevel.tcpstate import QueuedSince, abort
 from zcnet.pool import Lease
 
 if TYPE_CHECKING:
@@ -278,11 +279,8 @@ class Sender:
         self._shut = False
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
-        # bytes queued on the socket before this Sender took it (TCP: see _kernel_took)
-        self._queued_base: int | None = None
-        if self._stream:
-            with contextlib.suppress(OSError):
-                self._queued_base = queued_bytes(sock)
+        # what the kernel queued since this Sender took the socket (TCP: see _interrupted)
+        self._queued = QueuedSince(sock) if self._stream else None
         # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
         self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
@@ -377,7 +375,7 @@ class Sender:
             elif tb is Lease:
                 return self._send_lease(buf)  # type: ignore[arg-type, unused-ignore]
             else:
-                mv = _view_of(buf)  # type: ignore[arg-type, unused-ignore]
+                mv = byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 nbytes = mv.nbytes
             ctl = self._ctl
             if ctl.zerocopy and nbytes >= ctl.threshold and nbytes:
@@ -424,7 +422,7 @@ class Sender:
             except OSError as e:
                 ticket = _new(_PlainTicket)
                 ticket.nbytes = nbytes
-                mv = mv if mv is not None else _view_of(buf)  # type: ignore[arg-type, unused-ignore]
+                mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, e)
             except BaseException as exc:
                 ticket = _new(_PlainTicket)
@@ -434,7 +432,7 @@ class Sender:
             if sent != nbytes:
                 ticket = _new(_PlainTicket)
                 ticket.nbytes = nbytes
-                mv = mv if mv is not None else _view_of(buf)  # type: ignore[arg-type, unused-ignore]
+                mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, None, first=sent)
             self._engine.handed += nbytes
             ctl.sends_plain += 1
@@ -447,7 +445,7 @@ class Sender:
 
     def _send_lease(self, lease: Lease) -> Ticket:
         """:meth:`send` of a pool lease, through the engine (the caller holds the flag)."""
-        mv = _view_of(lease.view)  # our own export, held by the ticket while the kernel reads
+        mv = byte_view(lease.view, what="send")  # our export: the ticket holds it
         nbytes = mv.nbytes
         ctl = self._ctl
         ticket: Ticket
@@ -559,19 +557,11 @@ class Sender:
 
     def _interrupted(self, op: SendOp[Ticket], exc: BaseException) -> None:
         """Settle ``op`` after an exception that is not a send error (see SendOp.interrupted)."""
-        took = self._kernel_took() if op.in_call else None
+        queued = self._queued
+        took = (queued.unrecorded(self._engine.handed)
+                if op.in_call and queued is not None else None)
         op.interrupted(exc, took)
         self._sync_unusable()
-
-    def _kernel_took(self) -> int | None:
-        """Bytes the kernel queued that the engine has not recorded (TCP), or None if unknown."""
-        base = self._queued_base
-        if base is None:
-            return None
-        try:
-            return queued_bytes(self._sock) - base - self._engine.handed
-        except OSError:
-            return None
 
     def _sync_unusable(self) -> None:
         if self._engine.failure is not None:
@@ -610,10 +600,10 @@ class Sender:
             try:
                 for buf in bufs:
                     if type(buf) is Lease:
-                        _view_of(buf.view).release()
+                        byte_view(buf.view, what="send_batch").release()
                         checked.append(buf)
                     else:
-                        views.append(_view_of(buf))  # type: ignore[arg-type, unused-ignore]
+                        views.append(byte_view(buf, what="send_batch"))  # type: ignore[arg-type, unused-ignore]
                         checked.append(views[-1])
             except InvalidBufferError:
                 for mv in views:
@@ -958,19 +948,3 @@ class Sender:
                 woke = True
                 continue
             woke = bool(self._poller.poll(ms))
-
-
-def _view_of(buf: Buffer) -> memoryview:
-    """A byte view of ``buf`` (our own export), or :class:`InvalidBufferError`."""
-    try:
-        mv = memoryview(buf)
-    except (TypeError, ValueError) as e:
-        raise InvalidBufferError(
-            f"expected a bytes-like buffer, got {type(buf).__name__}: {e}"
-        ) from e
-    if not mv.c_contiguous:
-        mv.release()
-        raise InvalidBufferError(f"the {type(buf).__name__} buffer is not C-contiguous")
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
-    return mv

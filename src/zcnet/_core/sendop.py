@@ -120,11 +120,6 @@ class SendEngine(Generic[T]):
         failure = self.failure
         return None if failure is self._cut_short else failure
 
-    @property
-    def chunk(self) -> int:
-        """The largest piece of one zero-copy send call (a UDP datagram is always one call)."""
-        return ZC_CHUNK
-
     def begin(self, ticket: T, nbytes: int, *, zerocopy: bool | None = None) -> SendOp[T]:
         """The send of ``nbytes`` for ``ticket``; zero-copy if the policy says so (or
         ``zerocopy`` forces the choice)."""
@@ -232,7 +227,7 @@ class SendOp(Generic[T]):
         self.nbytes = nbytes
         self._use_zc = zerocopy
         # TCP: pieces of ZC_CHUNK; UDP: the datagram is one call, whatever its size
-        self._chunk = engine.chunk if engine.stream else max(nbytes, 1)
+        self._chunk = ZC_CHUNK if engine.stream else max(nbytes, 1)
         self._copy_until = 0  # pieces before this offset go out as copies (ENOBUFS: COPY)
         self._plain_attempts = 0
         self._calls = 0  # successful send calls
@@ -331,7 +326,7 @@ class SendOp(Generic[T]):
         Args:
             exc: the exception.
             kernel_took: if a call was in flight (:attr:`in_call`), the bytes it handed to the
-                kernel as the kernel counts them (TCP: ``zcnet.lowlevel.tcpinfo``), or ``None``
+                kernel as the kernel counts them (TCP: ``zcnet.lowlevel.tcpstate``), or ``None``
                 when that cannot be known.
 
         Returns the engine's new failure when the byte stream is now broken (every later send

@@ -153,7 +153,7 @@ class CompletionTracker(Generic[T]):
         Returns the counter value the kernel gave that call.
         """
         if self.uncertain_tail:
-            self._check_certain()
+            self._refuse_after_uncertain()
         seq = self._n
         self._n = seq + 1
         ends = self._ends
@@ -186,9 +186,9 @@ class CompletionTracker(Generic[T]):
         self.uncertain_tail = True
         return value
 
-    def _check_certain(self) -> None:
-        if self.uncertain_tail:
-            raise ValueError("no send call may be recorded after an uncertain one")
+    @staticmethod
+    def _refuse_after_uncertain() -> None:
+        raise ValueError("no send call may be recorded after an uncertain one")
 
     def record_single(self, token: T, nbytes: int) -> int:
         """Record a successful call that is the whole of ``token`` (recorded and sealed at once).
@@ -201,7 +201,7 @@ class CompletionTracker(Generic[T]):
         change; the I/O layer relies on that (docs/ARCHITECTURE.md, 'Transmit: interrupted sends').
         """
         if self.uncertain_tail:
-            self._check_certain()
+            self._refuse_after_uncertain()
         seq = self._n
         self._n = seq + 1
         ends = self._ends
@@ -223,7 +223,7 @@ class CompletionTracker(Generic[T]):
         of the first call (the next one if ``tokens`` is empty).
         """
         if self.uncertain_tail:
-            self._check_certain()
+            self._refuse_after_uncertain()
         k = len(tokens)
         if k != len(sizes):
             raise ValueError(f"{k} tokens but {len(sizes)} sizes")

@@ -39,12 +39,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, Step
 from zcnet._core.txpolicy import ZC_CHUNK, SenderStats, SendPolicy
 from zcnet.aio._ticket import AioTicket
 from zcnet.aio._watch import READABLE, WRITABLE, SocketWatcher
 from zcnet.errors import (
-    InvalidBufferError,
     InvalidCompletionError,
     SocketClosedError,
     TimeoutExpired,
@@ -52,7 +52,7 @@ from zcnet.errors import (
 )
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import drain_errqueue
-from zcnet.lowlevel.tcpstate import abort, queued_bytes
+from zcnet.lowlevel.tcpstate import QueuedSince, abort
 from zcnet.pool import Lease
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
 
@@ -66,24 +66,6 @@ __all__ = ["ZC_CHUNK", "ZcStream"]
 _T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
-
-
-def _byte_view(buf: Buffer, *, writable: bool = False) -> memoryview:
-    """A flat byte view of ``buf``; :class:`InvalidBufferError` (before any I/O) if it is not a
-    contiguous buffer, or not writable when ``writable`` (a receive target)."""
-    try:
-        mv = memoryview(buf)
-    except TypeError as e:
-        raise InvalidBufferError(f"expected a bytes-like buffer, got {type(buf).__name__}") from e
-    if not mv.c_contiguous:
-        mv.release()
-        raise InvalidBufferError("the buffer is not C-contiguous")
-    if writable and mv.readonly:
-        mv.release()
-        raise InvalidBufferError(f"cannot receive into a read-only {type(buf).__name__}")
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
-    return mv
 
 
 class ZcStream:
@@ -111,9 +93,7 @@ class ZcStream:
         self._engine: SendEngine[AioTicket] = SendEngine(self.send_policy, stream=True)
         self._ctl = self._engine.ctl
         self._tracker = self._engine.tracker
-        self._queued_base: int | None = None  # see Sender._kernel_took
-        with contextlib.suppress(OSError):
-            self._queued_base = queued_bytes(sock)
+        self._queued = QueuedSince(sock)  # see Sender._interrupted
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
         except OSError as e:
@@ -202,12 +182,12 @@ class ZcStream:
         if isinstance(buf, Lease):
             lease = buf
             try:
-                mv = _byte_view(lease.view)
+                mv = byte_view(lease.view, what="send")
             except BaseException:
                 lease.release()
                 raise
         else:
-            mv = _byte_view(buf)
+            mv = byte_view(buf, what="send")
         ticket: AioTicket | None = None
         try:
             self._check_sendable()
@@ -290,18 +270,10 @@ class ZcStream:
                     break
         except BaseException as exc:
             if not op.ended:  # cancelled, or an exception raised on the loop meanwhile
-                op.interrupted(exc, self._kernel_took() if op.in_call else None)
+                op.interrupted(exc, self._queued.unrecorded(self._engine.handed)
+                               if op.in_call else None)
             raise
         engine.finish(op)
-
-    def _kernel_took(self) -> int | None:
-        """Bytes the kernel queued that the engine has not recorded, or None if unknown."""
-        if self._queued_base is None:
-            return None
-        try:
-            return queued_bytes(self._sock) - self._queued_base - self._engine.handed
-        except OSError:
-            return None
 
     def _send_call(self, mv: memoryview, off: int, end: int, flags: int) -> int:
         """One ``send(2)`` of ``mv[off:end]``; the slice is released before returning, so no
@@ -412,7 +384,7 @@ class ZcStream:
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
-        view = _byte_view(buffer, writable=True)
+        view = byte_view(buffer, what="recv_into", writable=True)
         if not len(view):
             return 0
         async with self._recv_lock:
@@ -453,7 +425,7 @@ class ZcStream:
 
         If cancelled or failing half-way, the bytes already received are kept for the next read.
         """
-        view = _byte_view(buffer, writable=True)
+        view = byte_view(buffer, what="readexactly_into", writable=True)
         total = len(view)
         async with self._recv_lock:
             got = min(total, len(self._rbuf))

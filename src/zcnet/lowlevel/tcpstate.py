@@ -29,7 +29,7 @@ from typing import Final
 
 from zcnet.lowlevel._libc import errno_error, libc_function
 
-__all__ = ["abort", "queued_bytes"]
+__all__ = ["QueuedSince", "abort", "queued_bytes"]
 
 #: ``SIOCOUTQ`` (== ``TIOCOUTQ``): bytes in the send queue not yet acknowledged.
 SIOCOUTQ: Final = termios.TIOCOUTQ
@@ -63,6 +63,34 @@ def queued_bytes(sock: socket.socket) -> int:
         if _bytes_acked(sock) == before:
             return before + int(_INT.unpack(buf)[0])
     raise OSError(errno.EAGAIN, "the acknowledged byte count kept moving")
+
+
+class QueuedSince:
+    """What a TCP socket has queued since this object was made (see :func:`queued_bytes`).
+
+    Made when a sender takes a socket over; after an interruption, :meth:`unrecorded` tells how
+    many bytes the kernel queued beyond those the sender recorded.
+    """
+
+    __slots__ = ("_base", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._base: int | None
+        try:
+            self._base = queued_bytes(sock)
+        except OSError:  # not TCP, or no tcpi_bytes_acked: unknown from the start
+            self._base = None
+
+    def unrecorded(self, recorded: int) -> int | None:
+        """Bytes queued since creation minus ``recorded``, or ``None`` if the kernel cannot
+        tell (then a lost call's result stays unknown)."""
+        if self._base is None:
+            return None
+        try:
+            return queued_bytes(self._sock) - self._base - recorded
+        except OSError:
+            return None
 
 
 _connect = libc_function("connect", (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint), ctypes.c_int)
