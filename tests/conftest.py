@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
 import pytest
 
+from zcnet import implementation
 from zcnet.netns import Netns, netns_unavailable_reason
+
+
+def pytest_report_header() -> str:
+    impl = implementation()
+    return f"zcnet implementation: {impl.name} ({impl.reason})"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``ZCNET_EXPECT_IMPLEMENTATION`` (set by the test command): refuse to test the wrong one.
+
+    Without it a failed build of the extension would silently test the Python path twice.
+    """
+    want = os.environ.get("ZCNET_EXPECT_IMPLEMENTATION")
+    impl = implementation()
+    if want and want != impl.name:
+        raise pytest.UsageError(
+            f"ZCNET_EXPECT_IMPLEMENTATION={want} but the {impl.name} implementation is active: "
+            f"{impl.reason}")
 
 
 def _probe_so_zerocopy() -> str | None:

@@ -24,7 +24,7 @@ PACKAGE = SRC / "zcnet"
 
 #: (layer, rank), bottom first.
 RANKS: dict[str, int] = {
-    "errors": 0,      # zcnet.errors
+    "errors": 0,      # zcnet.errors, zcnet._accel (and the compiled zcnet._speedups)
     "core": 1,        # zcnet._core.*: sans-I/O decisions and bookkeeping
     "lowlevel": 2,    # zcnet.lowlevel.*: the kernel ABI
     "blocking": 3,    # zcnet.sender, receiver, pool, accounting, netns
@@ -54,7 +54,7 @@ CORE_FORBIDDEN = frozenset({
 
 def layer_of(module: str) -> str | None:
     """The layer of a ``zcnet`` module, or ``None`` if the table does not place it."""
-    if module == "zcnet.errors":
+    if module in ("zcnet.errors", "zcnet._accel", "zcnet._speedups"):
         return "errors"
     if module == "zcnet":
         return "api"

@@ -6,6 +6,7 @@ the Dask comm backend in :mod:`zcnet.contrib.dask`, the benchmark in :mod:`zcnet
 
 from __future__ import annotations
 
+from zcnet._accel import Implementation, implementation
 from zcnet.accounting import (
     Account,
     AccountStats,
@@ -50,6 +51,7 @@ __all__ = [
     "Charge",
     "Chunk",
     "ConnectionResetByPeer",
+    "Implementation",
     "InvalidBufferError",
     "InvalidCompletionError",
     "KernelMemorySnapshot",
@@ -75,6 +77,7 @@ __all__ = [
     "ZcnetError",
     "ZerocopyUnavailable",
     "__version__",
+    "implementation",
     "kernel_memory_snapshot",
     "make_mappable_listener",
     "recv_accounted",
