@@ -35,4 +35,4 @@ test: sysdeps venv lint
 	DEFAULT_PY=$(PY) bash scripts/test-every-python.sh
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VENV)-3.* $(VENV)-nocc build *.egg-info src/*.egg-info src/zcnet/_speedups.*.so

@@ -1,5 +1,14 @@
 #!/usr/bin/env bash
-# Run the whole pytest suite on every supported CPython this machine has, one after the other.
+# Run the whole pytest suite on every supported CPython this machine has, one after the other, once
+# per implementation of zcnet's per-operation work (docs/ARCHITECTURE.md, 'Compiled fast path'):
+#
+# * "c": the compiled extension zcnet._speedups, built by `pip install -e .[dev]`;
+# * "python": the pure-Python implementation. On the default interpreter it runs from a separate,
+#   non-editable install made with no working compiler (CC=false, in .venv-nocc), so a machine
+#   without one is tested as its users would have it; on the others, ZCNET_NO_EXTENSIONS=1.
+#
+# ZCNET_EXPECT_IMPLEMENTATION tells the test session which one it must find (tests/conftest.py),
+# so a build that silently failed cannot test the Python path twice.
 #
 # Supported versions are the "Programming Language :: Python :: 3.X" classifiers of pyproject.toml
 # (one place); CPython 3.Y newer than those is tested too when the machine has it. An interpreter
@@ -8,7 +17,8 @@
 # run. Other supported versions that are missing are reported as skipped, with the reason.
 #
 # Each interpreter gets its own virtualenv (.venv for the default, .venv-3.X for the others) with
-# `pip install -e .[dev]`. Set ZCNET_TEST_PYTHONS="3.12 3.13" to test only those versions.
+# `pip install -e .[dev]`. Set ZCNET_TEST_PYTHONS="3.12 3.13" to test only those versions, and
+# ZCNET_TEST_IMPLEMENTATIONS="c" (or "python") to test only one implementation.
 # Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +70,42 @@ else
     done
 fi
 
+implementations=${ZCNET_TEST_IMPLEMENTATIONS:-c python}
+
 declare -a summary
 failed=0
+
+# make_venv VENV PY [env assignments...]: create VENV if needed and install zcnet[dev] into it
+# (editable unless NONEDITABLE=1); the env assignments apply to pip (CC=false).
+make_venv() {
+    local venv=$1 py=$2; shift 2
+    if [[ ! -x "$venv/bin/python" ]]; then
+        "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q --upgrade pip || return 1
+    fi
+    if [[ "${NONEDITABLE:-0}" == 1 ]]; then
+        rm -rf build  # an earlier build's compiled extension would be reused, compiler or not
+        env "$@" "$venv/bin/python" -m pip install -q --force-reinstall --no-deps . \
+            && env "$@" "$venv/bin/python" -m pip install -q '.[dev]'
+    else
+        env "$@" "$venv/bin/python" -m pip install -q -e '.[dev]'
+    fi
+}
+
+# run_suite V FULL IMPL VENV SETUP [env assignments...]: pytest in VENV, one summary line.
+run_suite() {
+    local v=$1 full=$2 impl=$3 venv=$4 setup=$5; shift 5
+    echo "=== CPython $full, implementation $impl, in $venv ==="
+    local start=$SECONDS
+    env ZCNET_EXPECT_IMPLEMENTATION="$impl" "$@" "$venv/bin/python" -m pytest "${pytest_args[@]}"
+    local rc=$? took=$((SECONDS - start))
+    local result
+    result=$([[ $rc -eq 0 ]] && echo passed || echo "FAILED (pytest exit $rc)")
+    [[ $rc -eq 0 ]] || failed=1
+    summary+=("$(printf '%-6s %-8s %-7s %s: suite %dm%02ds (set-up %ds)' "$v" "$full" "$impl" \
+              "$result" $((took / 60)) $((took % 60)) "$setup")")
+}
+
+pytest_args=("$@")
 for v in $versions; do
     if [[ "$v" == "$default_minor" ]]; then
         py=$default_path venv=.venv
@@ -69,33 +113,35 @@ for v in $versions; do
         py=$(find_python "$v") venv=.venv-$v
     fi
     if [[ -z "$py" ]]; then
-        summary+=("$(printf '%-6s %-8s skipped: no python%s on PATH and no pyenv CPython %s.x' \
-                  "$v" "" "$v" "$v")")
+        summary+=("$(printf '%-6s %-8s %-7s skipped: no python%s on PATH and no pyenv CPython %s.x' \
+                  "$v" "" "" "$v" "$v")")
         continue
     fi
-    echo "=== CPython $(full_of "$py") ($py) in $venv ==="
-    start=$SECONDS
-    if [[ ! -x "$venv/bin/python" ]]; then
-        "$py" -m venv "$venv" && "$venv/bin/python" -m pip install -q --upgrade pip || {
-            summary+=("$(printf '%-6s %-8s FAILED: could not create %s' "$v" "" "$venv")")
-            failed=1; continue; }
-    fi
-    if ! "$venv/bin/python" -m pip install -q -e '.[dev]'; then
-        summary+=("$(printf '%-6s %-8s FAILED: pip install -e .[dev] in %s' "$v" "" "$venv")")
-        failed=1; continue
-    fi
-    setup=$((SECONDS - start))
-    start=$SECONDS
-    "$venv/bin/python" -m pytest "$@"
-    rc=$?
-    took=$((SECONDS - start))
-    result=$([[ $rc -eq 0 ]] && echo passed || echo "FAILED (pytest exit $rc)")
-    [[ $rc -eq 0 ]] || failed=1
-    summary+=("$(printf '%-6s %-8s %s: suite %dm%02ds (set-up %ds)' "$v" "$(full_of "$py")" \
-              "$result" $((took / 60)) $((took % 60)) "$setup")")
+    full=$(full_of "$py")
+    for impl in $implementations; do
+        start=$SECONDS
+        if [[ "$impl" == c ]]; then
+            make_venv "$venv" "$py" || {
+                summary+=("$(printf '%-6s %-8s %-7s FAILED: pip install -e .[dev] in %s' \
+                          "$v" "$full" c "$venv")"); failed=1; continue; }
+            run_suite "$v" "$full" c "$venv" $((SECONDS - start))
+        elif [[ "$v" == "$default_minor" ]]; then
+            # as a machine without a C compiler installs it: the build of the extension fails
+            # (optional, so pip goes on) and the package runs on its Python implementation
+            NONEDITABLE=1 make_venv .venv-nocc "$py" CC=false || {
+                summary+=("$(printf '%-6s %-8s %-7s FAILED: CC=false pip install .[dev] in %s' \
+                          "$v" "$full" python .venv-nocc)"); failed=1; continue; }
+            run_suite "$v" "$full" python .venv-nocc $((SECONDS - start))
+        else
+            make_venv "$venv" "$py" || {
+                summary+=("$(printf '%-6s %-8s %-7s FAILED: pip install -e .[dev] in %s' \
+                          "$v" "$full" python "$venv")"); failed=1; continue; }
+            run_suite "$v" "$full" python "$venv" $((SECONDS - start)) ZCNET_NO_EXTENSIONS=1
+        fi
+    done
 done
 
 echo
-echo "=== test suite per interpreter ==="
+echo "=== test suite per interpreter and implementation ==="
 printf '%s\n' "${summary[@]}"
 exit $failed

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from zcnet._accel import implementation
 from zcnet._core.pattern import StreamPattern
 from zcnet.netns import Netns, netns_unavailable_reason
 from zcnet.receiver import Receiver, ReceiverStats
@@ -115,6 +116,8 @@ def print_demo(nbytes: int) -> int:
     where, results = run_demo(nbytes)
     mib = 1024 * 1024
     print(f"zcnet demo: {nbytes // mib} MiB each way over TCP, {where}")
+    impl = implementation()
+    print(f"  implementation: {impl.name} ({impl.reason})")
     for r in results:
         s, q = r.sender, r.receiver
         print(f"  {r.direction}: verified={'yes' if r.verified else 'NO'}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 
+from zcnet import implementation
+
 __all__ = ["machine_info"]
 
 
@@ -20,12 +22,15 @@ def _cpu_model() -> str:
 
 
 def machine_info() -> dict[str, object]:
-    """Kernel, CPU model, CPU count, Python version and whether we run as root."""
+    """Kernel, CPU model, CPU count, Python version, zcnet's implementation, whether root."""
+    impl = implementation()
     return {
         "kernel": platform.release(),
         "system": platform.system(),
         "cpu": _cpu_model(),
         "nproc": os.cpu_count() or 1,
         "python": platform.python_version(),
+        "zcnet_implementation": impl.name,
+        "zcnet_implementation_reason": impl.reason,
         "root": hasattr(os, "geteuid") and os.geteuid() == 0,
     }
