@@ -276,8 +276,8 @@ def print_tables(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
 
     if console is None:
-        # the stream table needs ~150 columns: never truncate numbers to fit a narrow terminal
-        console = Console(width=max(Console().width, 160))
+        # the stream table needs ~180 columns: never truncate numbers to fit a narrow terminal
+        console = Console(width=max(Console().width, 190))
     m = report["machine"]
     console.print(f"[bold]zcnet bench[/bold] — kernel {m['kernel']}, {m['nproc']} CPUs "
                   f"({m['cpu']}), Python {m['python']}", highlight=False)

@@ -14,7 +14,8 @@ run in the same repetitions; every other mode's summary entry names its C refere
 (``c-copy`` for copying modes, ``c-zc`` for zero-copy ones, by what the sender did) and gives
 ``sender_cpu_vs_c_pct``. With ``profile`` one more repetition per mode, at one message size per
 transport, runs under perf (:mod:`zcnet.bench.profile`). Repetitions alternate the order of
-the modes; with ``verify="sample"`` one extra untimed repetition per configuration checks every byte and the timed ones spot-check each chunk.
+the modes; with ``verify="sample"`` one extra untimed repetition per configuration checks
+every byte and the timed ones spot-check each chunk.
 """
 
 from __future__ import annotations
