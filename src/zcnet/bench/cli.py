@@ -129,6 +129,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-table", action="store_true", help="do not print the result tables")
 
 
+def _profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", action="store_true",
+                   help="one more, untimed repetition per mode under `perf record -e "
+                   "cpu-clock` on each side; the top symbols in the table and the JSON "
+                   "(needs perf; stream: one message size per transport)")
+
+
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
     from zcnet.bench.dask import DASK_VARIANTS
@@ -151,6 +158,7 @@ def add_subparsers(subparsers: Any) -> None:
                    "most 1024)")
     p.add_argument("--connect", type=_hostport, metavar="HOST:PORT",
                    help="two-host mode: stream TCP to a `zcnet serve` there")
+    _profile(p)
 
     p = exp.add_parser("rx", help="tcp_mmap style: receive cost, copy vs asyncio vs zero-copy")
     _common(p)
@@ -166,6 +174,7 @@ def add_subparsers(subparsers: Any) -> None:
                    help="the namespace's loopback MTU: 61512 (default; IPv6 MSS 61440, 15 "
                    "pages) or 'default' to keep 65536 (MSS 65464: nothing can be mapped); "
                    "without a namespace, 'default' drops the listener's TCP_MAXSEG")
+    _profile(p)
 
     p = exp.add_parser("rpc", help="100 connections, 4 KB request/response, zero-copy rx on/off")
     _common(p)
@@ -188,8 +197,9 @@ def add_subparsers(subparsers: Any) -> None:
                    help="comma-separated from " + ",".join(DASK_VARIANTS)
                    + " (default tcp,zc,zc-forced)")
 
-    p = exp.add_parser("quick", help="a short version of every experiment (about 2 minutes)")
+    p = exp.add_parser("quick", help="a short version of every experiment (about a minute)")
     _common(p)
+    _profile(p)
 
     serve = subparsers.add_parser(
         "serve", help="receiver for `zcnet bench stream --connect` from another host",
@@ -228,13 +238,14 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     if args.warmup is not None:
         over["warmup"] = args.warmup
     source = {} if args.source_bytes is None else {"source_bytes": args.source_bytes}
+    profile: dict[str, Any] = {"profile": True} if getattr(args, "profile", False) else {}
     if experiment == "quick":
         q: dict[str, Any] = {"nbytes": 128 << 20, "warmup": 16 << 20, "reps": 3}
         q.update(over)
         return [
             ("stream", StreamParams(send_modes=SEND_MODES, use_netns=use_netns, verify=verify,
-                                    **q, **source)),
-            ("rx", RxParams(use_netns=use_netns, verify=verify, **q, **source)),
+                                    **q, **source, **profile)),
+            ("rx", RxParams(use_netns=use_netns, verify=verify, **q, **source, **profile)),
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
             ("memory", MemoryParams(use_netns=use_netns, duration=1.0, reps=2)),
@@ -262,7 +273,8 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             kw["batch"] = args.batch
         if args.sizes and max(args.sizes) > 4 << 20:
             raise _ArgError("--sizes: the largest message size is 4M")
-        return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw, **source))]
+        return [("stream", StreamParams(use_netns=use_netns, verify=verify, **kw, **source,
+                                        **profile))]
     if experiment == "rx":
         kw = dict(over)
         if args.recv_modes:
@@ -276,7 +288,7 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
                 raise _ArgError("--lo-mtu MTU needs a namespace (drop --no-netns); "
                                 "--lo-mtu default works without one")
             kw["lo_mtu"] = args.lo_mtu
-        return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source))]
+        return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source, **profile))]
     if experiment in ("rpc", "memory", "dask") and args.source_bytes is not None:
         raise _ArgError("--source applies to stream and rx only")
     if experiment == "dask":

@@ -16,6 +16,10 @@ the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
 - ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
   pages when the MSS is a page multiple and the sender used MSG_ZEROCOPY; see docs/ARCHITECTURE.md,
   'Receive: mappable pages'), with ``RecvPolicy(rcvlowat=...)`` from the header.
+- ``c-recv`` / ``c-zerocopy``: the C reference receivers (:mod:`zcnet.bench.cref`): the socket
+  (header already read) is handed to a C program that reads the rest with ``recv`` into one
+  buffer or with TCP_ZEROCOPY_RECEIVE into one reused window (tcp_mmap.c), verifies as above
+  and measures its own CPU.
 
 Dups let the session answer on the original socket after the mode's object closed its own.
 """
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
-from zcnet.bench.modes import RECEIVE_MODES, split_loop
+from zcnet.bench.modes import C_RECEIVE_MODES, RECEIVE_MODES, split_loop
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import ProtocolError
 from zcnet.errors import ModeUnavailable  # one class for bench and zcnet.aio; re-exported here
@@ -218,6 +222,23 @@ def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,
 
 
 
+def _c_receive(sock: socket.socket, header: dict[str, Any], mode: str, warmup: int,
+               nbytes: int, size: int) -> dict[str, Any]:
+    from zcnet.bench import cref
+
+    built = cref.build()  # compiled by the orchestrator before this process was forked
+    if not built.available:
+        raise ModeUnavailable(f"C reference not available: {built.reason}")
+    result = cref.run_receiver(built.programs["recv"], sock, zerocopy=mode == "c-zerocopy",
+                               warmup=warmup, nbytes=nbytes, recv_size=size,
+                               rcvlowat=int(header.get("rcvlowat", 0)),
+                               full=header.get("verify") == "full")
+    if not result.get("ok"):
+        raise ProtocolError(str(result.get("error")))
+    result["mode"] = mode
+    return result
+
+
 def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     """Run one receive session described by ``header``; return the result fields."""
     mode = str(header.get("mode", "recv_into"))
@@ -225,6 +246,8 @@ def receive(sock: socket.socket, header: dict[str, Any], verifier: Verifier) -> 
         raise ModeUnavailable(f"unknown receive mode {mode!r}")
     warmup, nbytes = int(header["warmup"]), int(header["bytes"])
     size = int(header.get("recv_size", 256 * 1024))
+    if mode in C_RECEIVE_MODES:
+        return _c_receive(sock, header, mode, warmup, nbytes, size)
     window = CpuWindow()
     consume = Consumer(verifier, window, full=header.get("verify") == "full")
     rcvlowat = int(header.get("rcvlowat", 0))

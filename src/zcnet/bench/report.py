@@ -82,6 +82,40 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _vs_c(entry: dict[str, Any] | None, field: str) -> str:
+    """``"120% c-zc"``: the ratio to the C reference, naming it (— for the C rows)."""
+    if entry is None or not entry.get("c_reference"):
+        return DASH
+    return f"{_pct(entry.get(field))} {entry['c_reference']}"
+
+
+def _unavailable(entry: dict[str, Any] | None) -> str | None:
+    return None if entry is None or not entry.get("unavailable") else (
+        f"unavailable: {entry['unavailable']}")
+
+
+def _profile_table(exp: dict[str, Any], keys: Sequence[str]) -> list[Any]:
+    """The top symbols per mode and side (``--profile``)."""
+    from rich.table import Table
+
+    from zcnet.bench.profile import format_top
+
+    if not exp.get("profiles"):
+        return []
+    t = Table(title=f"{exp['name']} --profile: top symbols (perf record -e cpu-clock; "
+              "\\[k] kernel symbols, % of the side's samples)", show_lines=True)
+    for col in (*keys, "side", "samples", "top symbols"):
+        t.add_column(col, justify="left" if col == "top symbols" else "right")
+    for prof in exp["profiles"]:
+        for side in ("sender", "receiver"):
+            data = prof.get(side)
+            if not data:
+                continue
+            cells = [(_size(prof[k]) if k == "msg_size" else str(prof[k])) for k in keys]
+            t.add_row(*cells, side, str(data.get("samples") or DASH), format_top(data))
+    return [t]
+
+
 def _find(summary: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     for entry in summary:
         if all(entry.get(k) == v for k, v in keys.items()):
@@ -107,7 +141,7 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
                  "stream UDP (GSO) toward the ifb sink: sender cost s/GB, std = sendall")
         t = Table(title=title, show_lines=True)
         for col in ("size", "zc mode", "Gbit/s std", "Gbit/s zc", "snd std", "snd zc",
-                    "snd zc/std", "snd uncopied"):
+                    "snd zc/std", "snd std/C", "snd zc/C", "snd uncopied"):
             t.add_column(col, justify="right")
         if transport == "tcp":
             for col in ("rcv std", "rcv zc", "rcv zc/std"):
@@ -116,6 +150,10 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
             std = _find(entries, msg_size=size, send_mode="sendall")
             for mode in modes or [DASH]:
                 zc = _find(entries, msg_size=size, send_mode=mode)
+                why = _unavailable(zc)
+                if why is not None:
+                    t.add_row(_size(size), mode, why, *[DASH] * (len(t.columns) - 3))
+                    continue
                 row = [_size(size), mode,
                        _cell(_summary(std, "throughput_gbit_s"), "{:.1f}"),
                        _cell(_summary(zc, "throughput_gbit_s"), "{:.1f}"),
@@ -123,6 +161,7 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
                        _cell(_summary(zc, "sender_cpu_s_per_gb")),
                        _pct(ratio_percent(_summary(zc, "sender_cpu_s_per_gb"),
                                           _summary(std, "sender_cpu_s_per_gb"))),
+                       _vs_c(std, "sender_cpu_vs_c_pct"), _vs_c(zc, "sender_cpu_vs_c_pct"),
                        _cell(_summary(zc, "sender_uncopied_pct"), "{:.0f}%")]
                 if transport == "tcp":
                     row += [_cell(_summary(std, "receiver_cpu_s_per_gb")),
@@ -131,7 +170,7 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
                                                _summary(std, "receiver_cpu_s_per_gb")))]
                 t.add_row(*row)
         tables.append(t)
-    return tables
+    return tables + _profile_table(exp, ("transport", "msg_size", "send_mode"))
 
 
 def _rx_tables(exp: dict[str, Any]) -> list[Any]:
@@ -144,18 +183,23 @@ def _rx_tables(exp: dict[str, Any]) -> list[Any]:
     where = f"lo MTU {env['lo_mtu']}" if env.get("lo_mtu") else "host loopback"
     t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}, {where}",
               show_lines=True)
-    for col in ("receive mode", "rcv s/GB", "vs recv_into", "Gbit/s", "mapped", "rx mode",
-                "snd s/GB"):
+    for col in ("receive mode", "rcv s/GB", "vs recv_into", "vs C", "Gbit/s", "mapped",
+                "rx mode", "snd s/GB"):
         t.add_column(col, justify="right")
     for e in summary:
+        why = _unavailable(e)
+        if why is not None:
+            t.add_row(e["recv_mode"], why, *[DASH] * (len(t.columns) - 2))
+            continue
         t.add_row(e["recv_mode"], _cell(_summary(e, "receiver_cpu_s_per_gb")),
                   _pct(ratio_percent(_summary(e, "receiver_cpu_s_per_gb"),
                                      _summary(base, "receiver_cpu_s_per_gb"))),
+                  _vs_c(e, "receiver_cpu_vs_c_pct"),
                   _cell(_summary(e, "throughput_gbit_s"), "{:.1f}"),
                   _cell(_summary(e, "mapped_pct"), "{:.0f}%"),
                   str(e.get("rx_mode") or "\N{EM DASH}"),
                   _cell(_summary(e, "sender_cpu_s_per_gb")))
-    return [t]
+    return [t, *_profile_table(exp, ("recv_mode",))]
 
 
 def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
@@ -232,8 +276,8 @@ def print_tables(report: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
 
     if console is None:
-        # the stream table needs ~150 columns: never truncate numbers to fit a narrow terminal
-        console = Console(width=max(Console().width, 160))
+        # the stream table needs ~180 columns: never truncate numbers to fit a narrow terminal
+        console = Console(width=max(Console().width, 190))
     m = report["machine"]
     console.print(f"[bold]zcnet bench[/bold] — kernel {m['kernel']}, {m['nproc']} CPUs "
                   f"({m['cpu']}), Python {m['python']}", highlight=False)

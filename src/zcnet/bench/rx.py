@@ -20,6 +20,12 @@ pages unmappable; zcnet's receiver must then notice within its probe calls, swit
 ``recv_into`` and say why (``rx_mode``/``fallback_reason``, and after how many calls it switched),
 and cost about what ``recv_into`` costs. The summary entry of ``zcnet`` carries that mode and
 reason, and the notes say it in words.
+
+``c-recv`` and ``c-zerocopy`` are the C reference receivers (:mod:`zcnet.bench.cref`): ``recv``
+into one buffer and tcp_mmap's TCP_ZEROCOPY_RECEIVE loop, in the same repetitions; every other
+mode's summary entry names its C reference (``c-zerocopy`` for a zcnet mode that mapped most
+bytes, ``c-recv`` otherwise) and gives ``receiver_cpu_vs_c_pct``. With ``profile`` one more
+repetition per mode runs under perf (:mod:`zcnet.bench.profile`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zcnet.bench import cref
 from zcnet.bench.common import (
     Progress,
     experiment_result,
@@ -36,8 +43,9 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import environment
-from zcnet.bench.modes import RECEIVE_MODES, split_loop
+from zcnet.bench.modes import C_RECEIVE_MODES, RECEIVE_MODES, split_loop
 from zcnet.bench.peers import client_worker, server_worker
+from zcnet.bench.profile import PerfSession, perf_unavailable_reason
 from zcnet.bench.workers import Worker, spawn
 from zcnet.netns import LO_MTU_IPV6_MSS_61440
 
@@ -69,6 +77,12 @@ class RxParams:
     verify: str = "sample"
     use_netns: bool = True
     lo_mtu: int | None = LO_MTU_IPV6_MSS_61440
+    profile: bool = False
+
+    def modes(self, c_ok: bool) -> tuple[str, ...]:
+        """The receive modes that run (the C ones only with ``c_ok``)."""
+        return self.recv_modes if c_ok else tuple(
+            m for m in self.recv_modes if m not in C_RECEIVE_MODES)
 
 
 def _listener_mss(p: RxParams, in_netns: bool) -> int | None:
@@ -76,19 +90,29 @@ def _listener_mss(p: RxParams, in_netns: bool) -> int | None:
     return None if in_netns or p.lo_mtu is None else MSS_4K_LISTENER
 
 
-def _plan(p: RxParams) -> list[dict[str, Any]]:
+def _c_build(p: RxParams) -> cref.CBuild | None:
+    """The compiled C receivers (``None`` when no C mode was asked for)."""
+    return cref.build() if any(m in C_RECEIVE_MODES for m in p.recv_modes) else None
+
+
+def _plan(p: RxParams, c_ok: bool, profile: bool) -> list[dict[str, Any]]:
+    modes = p.modes(c_ok)
     plan: list[dict[str, Any]] = []
     if p.verify == "sample":
-        plan += [{"recv_mode": m, "rep": -1, "role": "verify"} for m in p.recv_modes]
+        plan += [{"recv_mode": m, "rep": -1, "role": "verify"} for m in modes]
     for rep in range(p.reps):
         plan += [{"recv_mode": m, "rep": rep, "role": "timed"}
-                 for m in rotated(p.recv_modes, rep)]
+                 for m in rotated(modes, rep)]
+    if profile:
+        plan += [{"recv_mode": m, "rep": -1, "role": "profile"} for m in modes]
     return plan
 
 
 def plan_count(p: RxParams) -> int:
     """How many runs :func:`run_rx` makes."""
-    return len(_plan(p))
+    built = _c_build(p)
+    profile = p.profile and perf_unavailable_reason() is None
+    return len(_plan(p, built is not None and built.available, profile))
 
 
 def _record(item: dict[str, Any], p: RxParams, send_mode: str,
@@ -120,6 +144,10 @@ def _record(item: dict[str, Any], p: RxParams, send_mode: str,
 def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
     """Run the rx experiment; the JSON-ready result (see docs/bench.md)."""
     runs: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
+    built = _c_build(p)
+    c_ok = built is not None and built.available
+    perf_reason = perf_unavailable_reason() if p.profile else None
     with environment(use_netns=p.use_netns, lo_mtu=p.lo_mtu) as env:
         notes = list(env.notes)
         mss = _listener_mss(p, env.ns_name is not None)
@@ -138,7 +166,7 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
             try:
                 server = spawn(server_worker, env.ns_name, env.host, mss, RX_RCVBUF)
                 addr = tuple(server.recv(60))
-                for item in _plan(p):
+                for item in _plan(p, c_ok, p.profile and perf_reason is None):
                     mode = item["recv_mode"]
                     if mode in unavailable:
                         progress(f"rx {mode}: skipped")
@@ -149,7 +177,21 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
                            "source_bytes": p.source_bytes, "rcvlowat": p.rcvlowat,
                            "verify": "full" if p.verify == "all" or item["role"] == "verify"
                            else "spot"}
+                    session: PerfSession | None = None
+                    if item["role"] == "profile":
+                        pids = {"receiver": server.process.pid, "sender": client.process.pid}
+                        session = PerfSession({k: v for k, v in pids.items() if v is not None})
+                        session.start()
                     res = client.call(cmd)
+                    if session is not None:
+                        prof = session.stop()
+                        rec = _record(item, p, send_mode, res)
+                        profiles.append({"recv_mode": mode, "ok": rec["ok"],
+                                         "error": rec["error"],
+                                         "receiver": prof.get("receiver"),
+                                         "sender": prof.get("sender")})
+                        progress(f"rx profile {mode}")
+                        continue
                     sender_err = (res.get("sender") or {}).get("error") or res.get("error") or ""
                     if send_mode != "sendall" and "zcnet.sender is not available" in sender_err:
                         notes.append(f"sender {send_mode} unavailable ({sender_err}); using "
@@ -169,12 +211,52 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
         for mode, why in unavailable.items():
             notes.append(f"receive mode {mode} unavailable: {why}")
         summary = group_summary(runs, ("recv_mode",), METRICS)
+        if built is not None and not c_ok:
+            notes.append(f"C reference receivers unavailable: {built.reason}")
+            summary += [{"recv_mode": m, "metrics": {}, "unavailable": built.reason}
+                        for m in p.recv_modes if m in C_RECEIVE_MODES]
         _relative_to_recv_into(summary)
         _describe_zcnet(summary, runs, notes)
+        if built is not None:
+            _c_ratios(summary)
+        if p.profile and perf_reason is not None:
+            notes.append(f"--profile: no profile: {perf_reason}")
         failed = [r for r in runs if not r["ok"] and r["recv_mode"] not in unavailable]
-        return experiment_result("rx", status="ok" if not failed else "partial",
-                                 environment=env.describe(), parameters=asdict(p), runs=runs,
-                                 summary=summary, notes=notes)
+        result = experiment_result("rx", status="ok" if not failed else "partial",
+                                   environment=env.describe(), parameters=asdict(p), runs=runs,
+                                   summary=summary, notes=notes)
+        result["c_reference"] = None if built is None else built.describe()
+        result["profiles"] = profiles
+        result["profile_unavailable"] = perf_reason
+        return result
+
+
+def c_reference_for(entry: dict[str, Any]) -> str | None:
+    """The C receiver a summary entry is compared with: ``c-zerocopy`` for a zcnet mode that
+    mapped at least half the bytes (median), ``c-recv`` for everything else (copies)."""
+    mode = str(entry["recv_mode"])
+    if mode in C_RECEIVE_MODES:
+        return None
+    mapped = entry["metrics"].get("mapped_pct")
+    if split_loop(mode)[0] in ("zcnet", "zcnet-aio") and mapped and mapped["median"] >= 50:
+        return "c-zerocopy"
+    return "c-recv"
+
+
+def _c_ratios(summary: list[dict[str, Any]]) -> None:
+    """``c_reference`` and ``receiver_cpu_vs_c_pct`` (100 * median / the C row's median)."""
+    def median(entry: dict[str, Any] | None) -> float | None:
+        m = None if entry is None else entry["metrics"].get("receiver_cpu_s_per_gb")
+        return None if m is None else float(m["median"])
+
+    by_mode = {e["recv_mode"]: e for e in summary}
+    for entry in summary:
+        ref = c_reference_for(entry)
+        entry["c_reference"] = ref
+        base = median(by_mode.get(ref)) if ref is not None else None
+        value = median(entry)
+        entry["receiver_cpu_vs_c_pct"] = (
+            None if value is None or not base else round(100.0 * value / base, 1))
 
 
 def _relative_to_recv_into(summary: list[dict[str, Any]]) -> None:
@@ -208,6 +290,8 @@ def _describe_zcnet(summary: list[dict[str, Any]], runs: list[dict[str, Any]],
         # reasons quote byte counts, so they differ between runs: keep the first one
         entry["fallback_reason"] = reasons[0] if reasons else None
         entry["switched_after_calls"] = calls[-1] if calls else None
+        if mode in C_RECEIVE_MODES:  # the C loops never switch: nothing to say
+            continue
         if reasons:
             when = (f" after {calls[0]}" + (f"-{calls[-1]}" if len(calls) > 1 else "")
                     + " recv calls") if calls else ""

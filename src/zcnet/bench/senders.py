@@ -19,6 +19,11 @@ copying send pays for cache misses as it does with real data. Modes:
   of ``batch`` with ``Sender.send_batch`` (``sendmmsg(2)``, one system call per group: Python's
   fixed cost per call is amortised; docs/transmit.md). On TCP it is ``zcnet``.
 
+- ``c-copy`` / ``c-zc``: the C reference loops (:mod:`zcnet.bench.cref`): the connection is
+  set up (and the header sent) here, then the socket is handed to the C program, which sends
+  the same bytes from the same source layout with plain ``send`` or ``send(MSG_ZEROCOPY)`` and
+  measures its own CPU.
+
 - ``raw-zerocopy``: the reference for zcnet's own overhead: ``send(MSG_ZEROCOPY)`` in a bare
   loop that only counts completions (the buffers are immutable, so no per-send bookkeeping), as
   tools/testing/selftests/net/msg_zerocopy.c does in C.
@@ -37,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
-from zcnet.bench.modes import SEND_MODES
+from zcnet.bench.modes import C_SEND_MODES, SEND_MODES
 from zcnet.bench.pattern import Source, Verifier
 from zcnet.bench.protocol import encode_header, read_result
 from zcnet.errors import ModeUnavailable
@@ -198,6 +203,21 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
+def _c_send(cmd: dict[str, Any], sock: socket.socket, transport: str) -> dict[str, Any]:
+    """Run the C reference sender on ``sock`` (``cmd["cref"]``: the compiled program)."""
+    from zcnet.bench import cref
+
+    program = cmd.get("cref")
+    if not program:
+        raise ModeUnavailable(f"C reference not available: {cref.build().reason}")
+    result = cref.run_sender(str(program), sock, zerocopy=cmd["send_mode"] == "c-zc",
+                             transport=transport, msg_size=int(cmd["msg_size"]),
+                             warmup=int(cmd["warmup"]), nbytes=int(cmd["bytes"]),
+                             source_bytes=int(cmd.get("source_bytes", 0)))
+    result.update(mode=cmd["send_mode"], msg_size=int(cmd["msg_size"]))
+    return result
+
+
 def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     """Connect to ``cmd["addr"]``, stream, and return ``{"sender": ..., "receiver": ...}``."""
     host, port = cmd["addr"]
@@ -211,6 +231,11 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.connect((host, int(port)))
         sock.sendall(encode_header(header))
+        if cmd["send_mode"] in C_SEND_MODES:
+            sender = _c_send(cmd, sock, "tcp")
+            if not sender.get("ok"):  # the receiver waits for bytes that will not come
+                sock.shutdown(socket.SHUT_WR)
+            return {"sender": sender, "receiver": read_result(sock)}
         engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
         try:
             def pump(start: int, total: int) -> None:
@@ -243,6 +268,10 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         sock.connect((host, int(port)))
         if msg > gso:
             sock.setsockopt(SOL_UDP, UDP_SEGMENT, gso)
+        if cmd["send_mode"] in C_SEND_MODES:
+            sender = _c_send(cmd, sock, "udp")
+            sender["gso_size"] = gso
+            return {"sender": sender, "receiver": None}
         engine = _Engine(sock, cmd["send_mode"], cmd.get("zerocopy_threshold"))
         if engine.sender is None and engine.raw is None:
             engine.send = _udp_send(sock)

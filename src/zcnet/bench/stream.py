@@ -9,8 +9,13 @@ with ``UDP_SEGMENT`` toward the ``ifb`` sink measures the true transmit cost, si
 delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender.send_batch``
 (``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
 ``--connect HOST:PORT`` runs the TCP part against a remote
-``zcnet serve``. Repetitions alternate the order of the modes; with ``verify="sample"`` one extra
-untimed repetition per configuration checks every byte and the timed ones spot-check each chunk.
+``zcnet serve``. ``c-copy`` and ``c-zc`` are the C reference senders (:mod:`zcnet.bench.cref`),
+run in the same repetitions; every other mode's summary entry names its C reference
+(``c-copy`` for copying modes, ``c-zc`` for zero-copy ones, by what the sender did) and gives
+``sender_cpu_vs_c_pct``. With ``profile`` one more repetition per mode, at one message size per
+transport, runs under perf (:mod:`zcnet.bench.profile`). Repetitions alternate the order of
+the modes; with ``verify="sample"`` one extra untimed repetition per configuration checks
+every byte and the timed ones spot-check each chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zcnet.bench import cref
 from zcnet.bench.common import (
     Progress,
     experiment_result,
@@ -27,8 +33,9 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import Environment, environment
-from zcnet.bench.modes import UDP_ONLY_SEND_MODES
+from zcnet.bench.modes import C_SEND_MODES, UDP_ONLY_SEND_MODES
 from zcnet.bench.peers import client_worker, server_worker
+from zcnet.bench.profile import PerfSession, perf_unavailable_reason
 from zcnet.bench.workers import Worker, spawn
 
 __all__ = ["DEFAULT_SIZES", "StreamParams", "plan_count", "run_stream"]
@@ -51,7 +58,8 @@ class StreamParams:
     nbytes: int = 512 * 1024 * 1024
     warmup: int = 32 * 1024 * 1024
     reps: int = 3
-    send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced", "zcnet-batch")
+    send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced", "zcnet-batch",
+                                   *C_SEND_MODES)
     transports: tuple[str, ...] = ("tcp", "udp")
     recv_mode: str = "recv_into"
     recv_size: int = 256 * KiB
@@ -61,12 +69,20 @@ class StreamParams:
     use_netns: bool = True
     udp_sizes: tuple[int, ...] = field(default=())
     batch: int = 32
+    profile: bool = False
+    profile_size: int = 64 * KiB
 
-    def modes_for(self, transport: str) -> tuple[str, ...]:
-        """The send modes that run on ``transport`` (UDP-only modes are left out of TCP)."""
-        if transport == "udp":
-            return self.send_modes
-        return tuple(m for m in self.send_modes if m not in UDP_ONLY_SEND_MODES)
+    def modes_for(self, transport: str, c_ok: bool = True) -> tuple[str, ...]:
+        """The send modes that run on ``transport`` (UDP-only modes are left out of TCP; the
+        C modes without ``c_ok``)."""
+        modes = self.send_modes if transport == "udp" else tuple(
+            m for m in self.send_modes if m not in UDP_ONLY_SEND_MODES)
+        return modes if c_ok else tuple(m for m in modes if m not in C_SEND_MODES)
+
+    def profile_sizes(self, transport: str) -> int:
+        """The message size profiled on ``transport``: the one closest to ``profile_size``."""
+        sizes = list(self.sizes) if transport == "tcp" else self.udp_message_sizes()
+        return min(sizes, key=lambda s: (abs(s - self.profile_size), -s))
 
     def udp_message_sizes(self) -> list[int]:
         """UDP send sizes: the TCP sizes that fit one GSO send, the largest as 64768 bytes."""
@@ -77,11 +93,16 @@ class StreamParams:
         return out or [cap]
 
 
-def _plan(p: StreamParams, transports: list[str]) -> list[dict[str, Any]]:
+def _c_build(p: StreamParams) -> cref.CBuild | None:
+    """The compiled C senders (``None`` when no C mode was asked for)."""
+    return cref.build() if any(m in C_SEND_MODES for m in p.send_modes) else None
+
+
+def _plan(p: StreamParams, transports: list[str], c_ok: bool) -> list[dict[str, Any]]:
     plan: list[dict[str, Any]] = []
     for t in transports:
         sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
-        modes = p.modes_for(t)
+        modes = p.modes_for(t, c_ok)
         if p.verify == "sample":
             for size in sizes:
                 for mode in modes:
@@ -92,6 +113,10 @@ def _plan(p: StreamParams, transports: list[str]) -> list[dict[str, Any]]:
                 for mode in rotated(modes, rep + i):
                     plan.append({"transport": t, "msg_size": size, "send_mode": mode,
                                  "rep": rep, "role": "timed"})
+    if p.profile:
+        for t in transports:
+            plan += [{"transport": t, "msg_size": p.profile_sizes(t), "send_mode": mode,
+                      "rep": -1, "role": "profile"} for mode in p.modes_for(t, c_ok)]
     return plan
 
 
@@ -104,7 +129,11 @@ def _transports(p: StreamParams, env: Environment | None) -> list[str]:
 def plan_count(p: StreamParams) -> int:
     """How many runs :func:`run_stream` will make (for a progress bar; UDP assumed possible)."""
     transports = [t for t in p.transports if p.connect is None or t == "tcp"]
-    return len(_plan(p, transports))
+    built = _c_build(p)
+    plan = _plan(p, transports, built is not None and built.available)
+    if p.profile and perf_unavailable_reason() is not None:
+        plan = [item for item in plan if item["role"] != "profile"]
+    return len(plan)
 
 
 def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +182,11 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
     notes = list(env.notes)
     if "udp" in p.transports and "udp" not in transports:
         notes.append("UDP toward the ifb sink skipped: it needs a namespace of our own (root)")
+    built = _c_build(p)
+    c_ok = built is not None and built.available
+    perf_reason = perf_unavailable_reason() if p.profile else None
     runs: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     server: Worker | None = None
     with spawn(client_worker, env.ns_name) as client:
@@ -163,10 +196,12 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                 addr = tuple(server.recv(60))
             else:
                 addr = p.connect
-            for item in _plan(p, transports):
+            for item in _plan(p, transports, c_ok):
                 mode = item["send_mode"]
                 if mode in unavailable:
                     progress(f"stream {item['transport']} {mode}: skipped")
+                    continue
+                if item["role"] == "profile" and perf_reason is not None:
                     continue
                 cmd: dict[str, Any] = {
                     "kind": item["transport"], "msg_size": item["msg_size"],
@@ -176,10 +211,28 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                     "verify": "full" if p.verify == "all" or item["role"] == "verify"
                     else "spot",
                 }
+                if built is not None and c_ok:
+                    cmd["cref"] = built.programs["send"]
                 if item["transport"] == "udp":
                     cmd.update(addr=(env.ifb_sink, SINK_PORT), gso_size=UDP_GSO_SIZE)
                 else:
                     cmd["addr"] = addr
+                if item["role"] == "profile":
+                    pids = {"sender": client.process.pid}
+                    if item["transport"] == "tcp" and server is not None:
+                        pids["receiver"] = server.process.pid
+                    session = PerfSession({k: v for k, v in pids.items() if v is not None})
+                    session.start()
+                    res = client.call(cmd)
+                    prof = session.stop()
+                    run = _run_record(item, p, res)
+                    profiles.append({"transport": item["transport"],
+                                     "msg_size": item["msg_size"], "send_mode": mode,
+                                     "ok": run["ok"], "error": run["error"],
+                                     "sender": prof.get("sender"),
+                                     "receiver": prof.get("receiver")})
+                    progress(f"stream profile {item['transport']} {mode}")
+                    continue
                 res = client.call(cmd)
                 run = _run_record(item, p, res)
                 runs.append(run)
@@ -199,10 +252,67 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
     elif batched and "udp" not in transports:
         notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
     summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
+    if built is not None and not c_ok:
+        notes.append(f"C reference senders unavailable: {built.reason}")
+        for t in transports:
+            sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
+            summary += [{"transport": t, "msg_size": size, "send_mode": mode, "metrics": {},
+                         "unavailable": built.reason}
+                        for size in sizes for mode in p.send_modes if mode in C_SEND_MODES]
+    if built is not None:
+        _c_ratios(summary, runs)
+    if p.profile and perf_reason is not None:
+        notes.append(f"--profile: no profile: {perf_reason}")
     failed = [r for r in runs if not r["ok"] and r["send_mode"] not in unavailable]
     status = "ok" if not failed else "partial"
     params = asdict(p)
     params["udp_message_sizes"] = p.udp_message_sizes()
     params["udp_gso_size"] = UDP_GSO_SIZE
-    return experiment_result("stream", status=status, environment=env.describe(),
-                             parameters=params, runs=runs, summary=summary, notes=notes)
+    result = experiment_result("stream", status=status, environment=env.describe(),
+                               parameters=params, runs=runs, summary=summary, notes=notes)
+    result["c_reference"] = None if built is None else built.describe()
+    result["profiles"] = profiles
+    result["profile_unavailable"] = perf_reason
+    return result
+
+
+#: Modes measured against the C zero-copy sender whatever they did; ``sendall`` against c-copy.
+_ZEROCOPY_MODES = ("zcnet-forced", "raw-zerocopy")
+
+
+def c_reference_for(mode: str, runs: list[dict[str, Any]]) -> str | None:
+    """The C sender a mode is compared with: ``c-copy`` for copies, ``c-zc`` for zero-copy.
+
+    zcnet's default policy decides by itself (copies below the threshold, falls back to copies
+    when the kernel reports copied completions, as over loopback), so ``zcnet`` and
+    ``zcnet-batch`` are compared with what their timed runs mostly did.
+    """
+    if mode in C_SEND_MODES:
+        return None
+    if mode == "sendall":
+        return "c-copy"
+    if mode in _ZEROCOPY_MODES:
+        return "c-zc"
+    zc = sum(int((r["sender"] or {}).get("sends_zerocopy", 0)) for r in runs)
+    plain = sum(int((r["sender"] or {}).get("sends_plain", 0)) for r in runs)
+    return "c-zc" if zc > plain else "c-copy"
+
+
+def _c_ratios(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
+    """``c_reference`` and ``sender_cpu_vs_c_pct`` (100 * median / the C row's median)."""
+    def median(entry: dict[str, Any] | None) -> float | None:
+        m = None if entry is None else entry["metrics"].get("sender_cpu_s_per_gb")
+        return None if m is None else float(m["median"])
+
+    for entry in summary:
+        key = (entry["transport"], entry["msg_size"])
+        this = (*key, entry["send_mode"])
+        members = [r for r in runs if r["role"] == "timed" and r["ok"]
+                   and (r["transport"], r["msg_size"], r["send_mode"]) == this]
+        ref = c_reference_for(entry["send_mode"], members)
+        entry["c_reference"] = ref
+        base = next((median(e) for e in summary if ref is not None
+                     and (e["transport"], e["msg_size"], e["send_mode"]) == (*key, ref)), None)
+        value = median(entry)
+        entry["sender_cpu_vs_c_pct"] = (
+            None if value is None or not base else round(100.0 * value / base, 1))
