@@ -24,15 +24,24 @@ Theory of operation:
   object* (``PickleBuffer(view)``, ``memoryview(lease)`` through PEP 688), whereas
   ``memoryview(view)``, slices, ``ctypes.c_char.from_buffer(view)`` and ``numpy.frombuffer(view)``
   register on the view's *managed buffer* (Objects/memoryobject.c ``mbuf_add_view``), shared by
-  every view derived from one exporter. So each block gets a managed buffer of its own (a
+  every view derived from one exporter.
+- **Compiled implementation** (``zcnet._speedups``, docs/ARCHITECTURE.md 'Compiled fast path').
+  A :class:`Lease` is a ``BufferBase`` over its block: a writable buffer on every Python version
+  that counts its own exports and holds an export of the slab's mmap until it is finalized (so
+  ``close()`` cannot unmap a slab under a lease or an export of one). Its view is
+  ``memoryview(lease)``, made on first use. ``_speedups.end_lease`` reads the lease's exports,
+  the view's managed buffer's count of live views and the view's own exports exactly, and if
+  only the view uses the memory releases it and ends the lease, in one step.
+- **Pure Python** (the reference). Each block gets a managed buffer of its own (a
   memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
   a release first reads that managed buffer's count of live views, which must be exactly the
   block's own view plus the lease's view. The count (the ``exports`` field of CPython's
   ``_PyManagedBufferObject``) is read through ctypes at an offset found by experiment when the
   module is imported; if the experiment fails, the managed buffer's reference count is used
   instead, which also counts released views that are still referenced (safe, but it refuses a
-  release while such a dead view is around). A completion that arrives while an export is alive
-  holds its lease back (out of the pool, logged) until a later acquire finds the export gone.
+  release while such a dead view is around).
+- **Held back.** In both, a completion that arrives while an export is alive holds its lease
+  back (out of the pool, logged) until a later acquire (or ``close``) finds the export gone.
 - **Waiting for a buffer.** When no buffer of the class is free and the account has no room for
   a slab, ``acquire(size, timeout)`` first takes idle buffers back from other threads' lists,
   then waits, with :class:`zcnet.accounting.Waiter` (the mechanism of
@@ -339,7 +348,7 @@ else:
     # version; its exports are counted exactly and it holds an export of the slab's mmap while
     # it lives (so close() cannot unmap under it).
     _LeaseBase = object if speedups is None else speedups.BufferBase
-_new_buffer: Final[Any] = None if speedups is None else speedups.BufferBase.__new__
+_new_buffer: Final[Any] = None if speedups is None else speedups.new_buffer
 
 
 class Lease(_LeaseBase):

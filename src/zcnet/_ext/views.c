@@ -74,7 +74,32 @@ views_end_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     return PyObject_CallMethodNoArgs(buf, str_end_if_unexported);
 }
 
+static PyObject *
+views_new_buffer(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "new_buffer() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (!PyType_Check(args[0])
+        || !PyType_IsSubtype((PyTypeObject *)args[0], &zc_BufferBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "new_buffer() needs a subclass of BufferBase");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t length = PyLong_AsSsize_t(args[3]);
+    if (length == -1 && PyErr_Occurred())
+        return NULL;
+    return zc_buffer_new((PyTypeObject *)args[0], args[1], offset, length, 0, NULL);
+}
+
 static PyMethodDef views_functions[] = {
+    {"new_buffer", (PyCFunction)(void (*)(void))views_new_buffer, METH_FASTCALL,
+     "new_buffer(cls, source, offset, length, /)\n--\n\n"
+     "A new writable `cls` (a BufferBase subclass) over `length` bytes of `source` at `offset`, "
+     "without running `cls.__init__` (a pool creates a lease per acquire)."},
     {"end_lease", (PyCFunction)(void (*)(void))views_end_lease, METH_FASTCALL,
      "end_lease(buf, view, /)\n--\n\n"
      "End `buf` (a BufferBase) and release `view` (its own memoryview, or None) if nothing else "
