@@ -35,6 +35,8 @@ from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 from zcnet.receiver import Receiver, RecvPolicy
 from zcnet.sender import Sender, SendPolicy
 
+from .test_pool import SMALL, FakeTicket
+
 #: Whether a Lease exports a buffer itself in the active implementation.
 LEASE_IS_BUFFER = speedups is not None or sys.version_info >= (3, 12)
 
@@ -50,24 +52,9 @@ python_only = pytest.mark.skipif(
            "compiled one reads the counters in C (zcnet/_ext/views.c)")
 
 MiB = 1 << 20
-SMALL = {"max_size": 64 * 1024, "slab_bytes": 256 * 1024}
 POOLS = [BufferPool, LockedFreeListPool]
 
 Make = Callable[[Lease], Any]
-
-
-class FakeTicket:
-    """Stands in for zcnet.sender.Ticket: completed by the test."""
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[Any], None]] = []
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._callbacks.append(fn)
-
-    def complete(self) -> None:
-        for fn in self._callbacks:
-            fn(self)
 
 
 @pytest.fixture(params=POOLS, ids=["per-thread", "locked"])
