@@ -1,15 +1,18 @@
-"""A lease is not released while anything still uses its memory (views, numpy, ctypes, PEP 688).
+"""A lease is not released while anything still uses its memory (views, numpy, ctypes, exports
+of the lease itself).
 
 Every case here passed ``release()`` before the pool gave each block a managed buffer of its own:
 ``memoryview(view)`` and the objects built like it register on the view's managed buffer, not
 on the view, so ``view.release()`` alone did not see them and the stale object then wrote into
-the next lease of the same block.
+the next lease of the same block. The compiled implementation reads the same counters in C
+(zcnet/_ext/views.c) and counts exports of the lease itself (BufferBase); the pure-Python one
+probes the managed buffer's counter. Both run this file.
 """
 
 from __future__ import annotations
 
 import ctypes
-import sys
+import pickle
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,16 +20,15 @@ import numpy as np
 import pytest
 
 from zcnet import pool as poolmod
+from zcnet._accel import speedups
 from zcnet.accounting import PINNED, POOL, Account
 from zcnet.errors import BufferLifetimeError, LimitWaitTimeout, PoolError
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 
 from .test_pool import SMALL, FakeTicket, pattern
+from .test_pool_buffer import LEASE_IS_BUFFER, lease_is_buffer, python_only
 
 POOLS = [BufferPool, LockedFreeListPool]
-
-needs_pep688 = pytest.mark.skipif(sys.version_info < (3, 12),
-                                  reason="Python classes can export buffers from 3.12 (PEP 688)")
 
 
 @pytest.fixture(params=POOLS, ids=["per-thread", "locked"])
@@ -52,13 +54,23 @@ def _derived_views() -> dict[str, tuple[Make, int]]:
         "ctypes.from_buffer": (lambda lease: (ctypes.c_char * 64).from_buffer(lease.view), 0),
         "ctypes.c_char.from_buffer": (
             lambda lease: ctypes.c_char.from_buffer(lease.view, 5), 5),
+        "PickleBuffer(view)": (lambda lease: pickle.PickleBuffer(lease.view), 0),
+        "PickleBuffer(slice)": (lambda lease: pickle.PickleBuffer(lease.view[7:]), 7),
     }
-    if sys.version_info >= (3, 12):
-        cases["memoryview(lease) (PEP 688)"] = (lambda lease: memoryview(lease), 0)
-        cases["numpy.frombuffer(lease) (PEP 688)"] = (
-            lambda lease: np.frombuffer(lease, np.uint8), 0)
+    if LEASE_IS_BUFFER:
+        cases["memoryview(lease)"] = (lambda lease: memoryview(lease), 0)
+        cases["numpy.frombuffer(lease)"] = (lambda lease: np.frombuffer(lease, np.uint8), 0)
         cases["memoryview(memoryview(lease))"] = (
             lambda lease: memoryview(memoryview(lease)), 0)
+        cases["slice of memoryview(lease)"] = (lambda lease: memoryview(lease)[300:], 300)
+        cases["numpy view of memoryview(lease)[16:]"] = (
+            lambda lease: np.frombuffer(memoryview(lease)[16:], np.uint32), 16)
+        if speedups is not None:  # (PEP 688's wrapper of a Python class's export cannot be
+            # re-exported by a PickleBuffer: "a bytes-like object is required, not
+            # '_buffer_wrapper'", CPython 3.12 and 3.13)
+            cases["PickleBuffer(lease)"] = (lambda lease: pickle.PickleBuffer(lease), 0)
+        cases["ctypes.from_buffer(lease)"] = (
+            lambda lease: (ctypes.c_char * 32).from_buffer(lease), 0)
     return cases
 
 
@@ -130,12 +142,14 @@ def test_copies_and_released_views_do_not_hold_a_lease(
     assert m is not None and sl is not None
 
 
+@python_only
 def test_exports_counter_is_found_on_cpython() -> None:
     # The precise check (a released view that is still referenced does not count) needs the
     # managed buffer's export counter; on CPython 3.11-3.13 the probe must find it.
     assert poolmod._EXPORTS_AT is not None
 
 
+@python_only
 def test_refcount_fallback_refuses_conservatively(pool: BufferPool | LockedFreeListPool) -> None:
     lease = pool.acquire(4096)
     lease._block.cell = None  # as if the export counter had not been found
@@ -150,8 +164,8 @@ def test_refcount_fallback_refuses_conservatively(pool: BufferPool | LockedFreeL
     assert lease.released
 
 
-@needs_pep688
-def test_pep688_export_of_a_lease_of_the_locked_pool() -> None:
+@lease_is_buffer
+def test_buffer_export_of_a_lease_of_the_locked_pool() -> None:
     p = LockedFreeListPool(**SMALL)
     lease = p.acquire(5000)
     a = np.frombuffer(lease, dtype=np.uint8)  # type: ignore[call-overload]

@@ -1,4 +1,6 @@
 # Type stub of the compiled extension zcnet._speedups (sources: src/zcnet/_ext/*.c).
+from typing import TypeVar
+
 from typing_extensions import Buffer
 
 class PinGroup:
@@ -29,3 +31,11 @@ class BufferBase:
     def _address(self) -> int: ...
     def _end(self) -> bool: ...
     def _end_if_unexported(self) -> bool: ...
+
+_B = TypeVar("_B", bound=BufferBase)
+
+def end_lease(buf: BufferBase, view: memoryview | None, /) -> bool:
+    """End ``buf`` and release ``view`` (its own memoryview) unless its memory is still used."""
+
+def new_buffer(cls: type[_B], source: Buffer, offset: int, length: int, /) -> _B:
+    """A new writable ``cls`` over ``length`` bytes of ``source`` at ``offset`` (no __init__)."""

@@ -24,15 +24,24 @@ Theory of operation:
   object* (``PickleBuffer(view)``, ``memoryview(lease)`` through PEP 688), whereas
   ``memoryview(view)``, slices, ``ctypes.c_char.from_buffer(view)`` and ``numpy.frombuffer(view)``
   register on the view's *managed buffer* (Objects/memoryobject.c ``mbuf_add_view``), shared by
-  every view derived from one exporter. So each block gets a managed buffer of its own (a
+  every view derived from one exporter.
+- **Compiled implementation** (``zcnet._speedups``, docs/ARCHITECTURE.md 'Compiled fast path').
+  A :class:`Lease` is a ``BufferBase`` over its block: a writable buffer on every Python version
+  that counts its own exports and holds an export of the slab's mmap until it is finalized (so
+  ``close()`` cannot unmap a slab under a lease or an export of one). Its view is
+  ``memoryview(lease)``, made on first use. ``_speedups.end_lease`` reads the lease's exports,
+  the view's managed buffer's count of live views and the view's own exports exactly, and if
+  only the view uses the memory releases it and ends the lease, in one step.
+- **Pure Python** (the reference). Each block gets a managed buffer of its own (a
   memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
   a release first reads that managed buffer's count of live views, which must be exactly the
   block's own view plus the lease's view. The count (the ``exports`` field of CPython's
   ``_PyManagedBufferObject``) is read through ctypes at an offset found by experiment when the
   module is imported; if the experiment fails, the managed buffer's reference count is used
   instead, which also counts released views that are still referenced (safe, but it refuses a
-  release while such a dead view is around). A completion that arrives while an export is alive
-  holds its lease back (out of the pool, logged) until a later acquire finds the export gone.
+  release while such a dead view is around).
+- **Held back.** In both, a completion that arrives while an export is alive holds its lease
+  back (out of the pool, logged) until a later acquire (or ``close``) finds the export gone.
 - **Waiting for a buffer.** When no buffer of the class is free and the account has no room for
   a slab, ``acquire(size, timeout)`` first takes idle buffers back from other threads' lists,
   then waits, with :class:`zcnet.accounting.Waiter` (the mechanism of
@@ -74,8 +83,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
+from zcnet._accel import speedups
 from zcnet._core.accounting import PINNED, POOL
 from zcnet.accounting import Account, Waiter
 from zcnet.errors import BufferLifetimeError, LimitExceeded, LimitWaitTimeout, PoolError
@@ -180,11 +190,16 @@ def _probe_exports_offset() -> int | None:
     return None
 
 
-_EXPORTS_AT: Final = _probe_exports_offset()
+#: The compiled ``end_lease`` (zcnet/_ext/views.c), or None in the pure-Python implementation.
+_end_lease: Final[Callable[[Any, memoryview | None], bool] | None] = (
+    None if speedups is None else speedups.end_lease)
+#: The pure-Python implementation's probe; the compiled one reads the counters in C.
+_EXPORTS_AT: Final = _probe_exports_offset() if _end_lease is None else None
 
 
 class _Slab:
-    __slots__ = ("address", "blocks", "class_size", "huge", "mm", "next_off", "size", "view")
+    __slots__ = ("address", "blocks", "class_size", "huge", "mm", "next_off", "size", "start",
+                 "view")
 
     def __init__(self, size: int, class_size: int, hugepages: bool) -> None:
         aligned = hugepages and size >= HUGE
@@ -195,6 +210,7 @@ class _Slab:
         del anchor
         off = (-base) % HUGE if aligned else 0
         self.address = base + off
+        self.start = off  # offset of the slab's first (aligned) byte in ``mm``
         self.huge = False
         if aligned and hasattr(mmap, "MADV_HUGEPAGE"):
             try:
@@ -209,7 +225,11 @@ class _Slab:
         self.blocks: list[_Block] = []
 
     def close(self) -> bool:
-        """Unmap; False if some view into the slab is still exported."""
+        """Unmap; False if some view into the slab is still exported.
+
+        With the extension every lease not yet finalized holds an export of ``mm`` (BufferBase),
+        so ``mm.close()`` refuses while any lease or export of one is alive.
+        """
         for block in self.blocks:
             block.close()
         self.view.release()
@@ -221,22 +241,29 @@ class _Slab:
 
 
 class _Block:
-    """One buffer of a slab, with a managed buffer of its own that counts who uses it."""
+    """One buffer of a slab; in the pure-Python implementation with a managed buffer of its own
+    that counts who uses it (the compiled Lease counts its exports itself)."""
 
-    __slots__ = ("cell", "cls", "full", "idle_refs", "mbuf", "offset", "slab")
+    __slots__ = ("cell", "cls", "full", "idle_refs", "mbuf", "offset", "slab", "start")
 
     def __init__(self, slab: _Slab, offset: int, cls: int, size: int) -> None:
         self.slab = slab
         self.offset = offset
+        self.start = slab.start + offset  # offset in ``slab.mm``
         self.cls = cls
+        self.full: memoryview | None = None
+        self.mbuf: object = None
+        self.cell: ctypes.c_ssize_t | None = None
+        self.idle_refs = 0
+        if _end_lease is not None:
+            return
         # memoryview(PickleBuffer(x)) makes a new managed buffer whose master is an export of
         # x: every view derived from ``full`` (leases' views and whatever is made from them)
         # registers there, and only there.
         self.full = memoryview(pickle.PickleBuffer(slab.view[offset:offset + size]))
         refs = gc.get_referents(self.full)
-        self.mbuf: object = refs[0] if len(refs) == 1 else None
+        self.mbuf = refs[0] if len(refs) == 1 else None
         del refs  # the baseline below must count only ``full`` and ``self.mbuf``
-        self.cell: ctypes.c_ssize_t | None = None
         if _EXPORTS_AT is not None and self.mbuf is not None:
             self.cell = ctypes.c_ssize_t.from_address(id(self.mbuf) + _EXPORTS_AT)
         self.idle_refs = sys.getrefcount(self.mbuf)  # ``full`` and our own reference
@@ -253,7 +280,21 @@ class _Block:
     def close(self) -> None:
         self.cell = None
         self.mbuf = None
-        self.full.release()
+        if self.full is not None:
+            self.full.release()
+
+    def end_lease(self, lease: Lease) -> bool:
+        """Pure-Python implementation of ``_speedups.end_lease``: release ``lease``'s view
+        unless its memory is still used (True), or change nothing (False)."""
+        if self.shared():  # views derived from the lease's view
+            return False
+        view = lease._view
+        assert view is not None
+        try:
+            view.release()  # refused while an export taken from the view object is alive
+        except BufferError:
+            return False
+        return True
 
 
 class _Token:
@@ -300,11 +341,34 @@ class PoolStats:
     held_back: int = 0
 
 
-class Lease:
-    """A buffer borrowed from a pool; release it exactly once (or use ``with``)."""
+if TYPE_CHECKING:
+    _LeaseBase = object
+else:
+    # Compiled: a Lease is a buffer over its block (zcnet/_ext/buffer.c) on every Python
+    # version; its exports are counted exactly and it holds an export of the slab's mmap while
+    # it lives (so close() cannot unmap under it).
+    _LeaseBase = object if speedups is None else speedups.BufferBase
+_new_buffer: Final[Any] = None if speedups is None else speedups.new_buffer
 
-    __slots__ = ("__weakref__", "_block", "_claim", "_owner", "_pool", "_reaper", "_size",
-                 "_state", "_view")
+
+class Lease(_LeaseBase):
+    """A buffer borrowed from a pool; release it exactly once (or use ``with``).
+
+    With the compiled extension the lease is a writable buffer itself on every Python version
+    (``bytes(lease)``, ``memoryview(lease)``, ``numpy.frombuffer(lease)``,
+    ``sock.recv_into(lease)``); in the pure-Python implementation from Python 3.12 on (PEP 688).
+    ``zcnet.implementation()`` says which one is active; :attr:`view` works everywhere.
+    """
+
+    # the compiled base has its own weak-reference slot
+    __slots__ = ("_block", "_claim", "_owner", "_pool", "_reaper", "_size", "_state",
+                 "_view") + (("__weakref__",) if speedups is None else ())
+
+    if speedups is not None:
+        def __new__(cls, pool: _PoolBase, block: _Block, size: int,
+                    owner: _ThreadCache | None) -> Self:
+            lease: Self = _new_buffer(cls, block.slab.mm, block.start, size)
+            return lease
 
     def __init__(self, pool: _PoolBase, block: _Block, size: int,
                  owner: _ThreadCache | None) -> None:
@@ -315,14 +379,24 @@ class Lease:
         self._state = _LEASED
         self._claim = [True]  # list.pop is atomic: exactly one releaser wins
         self._reaper: tuple[int, int] | None = None  # (thread, Sender) to reap while in flight
-        self._view = block.full[:size]
+        # compiled: made on first use (memoryview(self)); Python: a view of the block's own
+        # managed buffer (see _Block)
+        self._view: memoryview | None = None if block.full is None else block.full[:size]
 
     @property
     def view(self) -> memoryview:
-        """A writable memoryview of exactly ``size`` bytes; raises after release."""
+        """A writable memoryview of exactly ``size`` bytes; raises after release.
+
+        The same object every time; it does not count against :meth:`release` (what is made
+        from it does), and the pool releases it on return, so a reference kept by mistake then
+        raises ``ValueError``.
+        """
         if self._state == _RELEASED:
             raise BufferLifetimeError("this lease was released; its buffer belongs to the pool")
-        return self._view
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(self)  # type: ignore[arg-type, unused-ignore]
+        return view
 
     @property
     def size(self) -> int:
@@ -364,9 +438,11 @@ class Lease:
         Refused, with nothing changed, while anything else still uses the buffer's memory:
         another memoryview made from :attr:`view` (``memoryview(view)``, a slice, a cast), an
         object built on it through the buffer protocol (``numpy.frombuffer``,
-        ``ctypes.c_char.from_buffer``, ``pickle.PickleBuffer``) or, on Python 3.12+, an export
-        of the lease itself (``memoryview(lease)``). Release or drop that object, then release
-        again. Copies (``bytes(view)``, ``view.tobytes()``) do not count.
+        ``ctypes.c_char.from_buffer``, ``pickle.PickleBuffer``) or an export of the lease itself
+        (``memoryview(lease)``, ``numpy.frombuffer(lease)``: with the extension, or on Python
+        3.12+). Release or drop that object, then release again. Copies (``bytes(view)``,
+        ``view.tobytes()``, ``bytes(lease)``) do not count. After release, :attr:`view` and new
+        exports of the lease raise :class:`BufferLifetimeError`.
 
         Raises:
             BufferLifetimeError: released twice, in flight (its ticket releases it), held back
@@ -399,10 +475,11 @@ class Lease:
     def __len__(self) -> int:
         return self._size
 
-    if sys.version_info >= (3, 12):
+    if sys.version_info >= (3, 12) and speedups is None:
         # PEP 688 (Python 3.12+): the lease is a buffer itself (memoryview(lease), f.readinto,
         # sock.recv_into, numpy); on 3.11 use lease.view. The export is taken from the lease's
-        # view, so release() is refused while any consumer still holds it.
+        # view, so release() is refused while any consumer still holds it. (The compiled base
+        # class exports the block itself.)
         def __buffer__(self, flags: int, /) -> memoryview:
             """The lease's writable view (PEP 688); :class:`BufferLifetimeError` after release."""
             return self.view
@@ -544,20 +621,14 @@ class _PoolBase:
             claim.pop()
         except IndexError:
             raise BufferLifetimeError(f"{lease!r} was released twice") from None
-        # Two checks: views derived from the lease's view (registered on the block's managed
-        # buffer), then exports taken from the view object itself (release() refuses those).
-        if lease._block.shared():
+        # Exports of the lease, views derived from its view and exports of the view: counted
+        # exactly in C (zcnet/_ext/views.c), or by the block's managed buffer (_Block).
+        end = _end_lease
+        if not (lease._block.end_lease(lease) if end is None else end(lease, lease._view)):
             claim.append(True)
             raise BufferLifetimeError(
-                f"{lease!r} is still in use: a memoryview, array or other object made from its "
-                "view is alive; release or drop it first")
-        try:
-            lease._view.release()
-        except BufferError as e:
-            claim.append(True)
-            raise BufferLifetimeError(
-                f"{lease!r} is still in use: a buffer exported from its view (or from the lease) "
-                "is alive; release or drop it first") from e
+                f"{lease!r} is still in use: a memoryview, array or other object made from it or "
+                "its view is alive; release or drop it first")
         lease._state = _RELEASED
 
     def release(self, lease: Lease) -> None:

@@ -47,4 +47,7 @@ PyObject *zc_buffer_new(PyTypeObject *type, PyObject *source, Py_ssize_t offset,
 
 int zc_buffer_init(PyObject *module);
 
+/* views.c: whether a pool lease's memory is still used (end_lease). */
+int zc_views_init(PyObject *module);
+
 #endif
