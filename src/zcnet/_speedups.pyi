@@ -60,3 +60,52 @@ class CompletionTracker(Generic[_T]):
     def record_batch(self, tokens: Sequence[_T], sizes: Sequence[int]) -> int: ...
     def seal(self, token: _T) -> bool | None: ...
     def complete(self, lo: int, hi: int, copied: bool) -> Completion[_T]: ...
+
+# -- txfast.c ---------------------------------------------------------------------------------
+from typing import Any  # noqa: E402
+
+REAP_EVERY: int
+REAP_SHIFT: int
+
+class TicketBase:
+    """The data of a zcnet.sender.Ticket and its completion (its base class)."""
+
+    nbytes: int
+    done: bool
+    zerocopy: bool
+    copied: bool | None
+    error: Any
+    _sender: Any
+    _view: memoryview | None
+    _callbacks: list[Any] | None
+    def _finish(self, copied: bool) -> None: ...
+
+class TxCounters:
+    """The counters of zcnet._core.txpolicy.TxController (its base class)."""
+
+    threshold: int
+    bytes_zerocopy: int
+    bytes_copied: int
+    bytes_plain: int
+    bytes_pending: int
+    sends_zerocopy: int
+    sends_plain: int
+    completions: int
+    notifications: int
+    enobufs: int
+    enobufs_round: int
+    enobufs_copies: int
+    other_errors: int
+    copied_calls: int
+    reap_units: int
+    handed: int
+    zerocopy: bool
+
+class TxCore:
+    """The compiled send fast path and completion reaping of one zcnet.sender.Sender."""
+
+    def __init__(
+        self, sender: Any, fd: int, single_max: int, engine: Any, ticket_type: type[TicketBase],
+    ) -> None: ...
+    def send(self, buf: Buffer, /) -> Any: ...
+    def reap(self) -> tuple[int, int]: ...

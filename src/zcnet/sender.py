@@ -56,8 +56,9 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, SendOp, Step
 from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, SendPolicy
@@ -117,7 +118,45 @@ def _recverr_enabled(sock: socket.socket) -> bool:
         return False
 
 
-class Ticket:
+class _PyTicketBase:
+    """The data of a :class:`Ticket` and its completion (the compiled implementation has them in
+    C: ``zcnet._speedups.TicketBase``, src/zcnet/_ext/txfast.c)."""
+
+    # Class-level defaults keep creation cheap (one attribute set for a plain send's ticket).
+    nbytes: int
+    done: bool = False
+    zerocopy: bool = False
+    copied: bool | None = None
+    error: ZcnetError | None = None
+    _sender: Sender | None = None
+    _view: memoryview | None = None
+    _callbacks: list[Callable[[Ticket], None]] | None = None
+
+    def _run(self, fn: Callable[[Ticket], None]) -> None:
+        raise NotImplementedError
+
+    def _finish(self, copied: bool) -> None:
+        self.done = True
+        self.copied = copied if self.zerocopy else None
+        view = self._view
+        if view is not None:
+            self._view = None
+            view.release()
+        self._sender = None
+        callbacks = self._callbacks
+        if callbacks is not None:
+            self._callbacks = None
+            for fn in callbacks:
+                self._run(fn)
+
+
+if TYPE_CHECKING or speedups is None:  # noqa: SIM108 (mypy reads the first branch)
+    _TicketBase = _PyTicketBase
+else:
+    _TicketBase = speedups.TicketBase
+
+
+class Ticket(_TicketBase):
     """One :meth:`Sender.send` call: tells when its buffer may be reused.
 
     Attributes:
@@ -129,15 +168,6 @@ class Ticket:
         error: set when the connection failed before the ticket completed (the data may not have
             arrived); :meth:`wait` then raises it. ``done`` may still become true later.
     """
-
-    # Class-level defaults keep creation cheap (one attribute set for a plain send's ticket).
-    done: bool = False
-    zerocopy: bool = False
-    copied: bool | None = None
-    error: ZcnetError | None = None
-    _sender: Sender | None = None
-    _view: memoryview | None = None
-    _callbacks: list[Callable[[Ticket], None]] | None = None
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
@@ -196,36 +226,17 @@ class Ticket:
         except Exception:
             _log.exception("Ticket done callback %r failed", fn)
 
-    def _finish(self, copied: bool) -> None:
-        self.done = True
-        self.copied = copied if self.zerocopy else None
-        view = self._view
-        if view is not None:
-            self._view = None
-            view.release()
-        self._sender = None
-        callbacks = self._callbacks
-        if callbacks is not None:
-            self._callbacks = None
-            for fn in callbacks:
-                self._run(fn)
-
-
     def _fail(self, error: ZcnetError) -> None:
         if self.error is None:
             self.error = error
 
 
-class _PlainTicket(Ticket):
+def _plain_ticket(nbytes: int) -> Ticket:
     """The ticket of a plain (copying) send: done at once."""
-
-    done = True
-
-
-class _BatchTicket(Ticket):
-    """The ticket of a zero-copy datagram sent by :meth:`Sender.send_batch`."""
-
-    zerocopy = True
+    ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
+    ticket.nbytes = nbytes
+    ticket.done = True
+    return ticket
 
 
 def _as_plain(ticket: Ticket) -> None:
@@ -304,6 +315,15 @@ class Sender:
         # send_batch on UDP: preallocated mmsghdr/iovec arrays and Py_buffer, made on first use
         self._mmsg: MmsgBatch | None = None
         self._addresser: BufferAddresser | None = None
+        # The compiled fast path (src/zcnet/_ext/txfast.c): its send() runs the common case of
+        # send() below without Python code and calls it for everything else; it is installed
+        # as this instance's ``send`` so that a call reaches C at once (docs/ARCHITECTURE.md,
+        # 'Compiled fast path'). reap() is the compiled _read_errqueue.
+        self._core: Any = None
+        if speedups is not None and sys.platform.startswith("linux"):
+            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
+            if type(self).send is Sender.send:  # not overridden by a subclass
+                self.__dict__["send"] = self._core.send
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Sender:
@@ -420,25 +440,21 @@ class Sender:
             try:
                 sent = self._send(buf)  # type: ignore[arg-type, unused-ignore]
             except OSError as e:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, e)
             except BaseException as exc:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 self._first_call_interrupted(ticket, nbytes, exc)
                 raise
             if sent != nbytes:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, None, first=sent)
             self._engine.handed += nbytes
             ctl.sends_plain += 1
             ctl.bytes_plain += nbytes
-            ticket = _new(_PlainTicket)
-            ticket.nbytes = nbytes
+            ticket = _plain_ticket(nbytes)
             return ticket
         finally:
             self._active = False
@@ -455,8 +471,7 @@ class Sender:
             ticket._sender = self
             ticket._view = mv
         else:
-            ticket = _new(_PlainTicket)
-            ticket.nbytes = nbytes
+            ticket = _plain_ticket(nbytes)
         try:
             self._drive(ticket, mv, None)
         finally:
@@ -548,6 +563,10 @@ class Sender:
         engine.finish(op)
         self._sync_unusable()
         return ticket
+
+    def _drive_buf(self, ticket: Ticket, buf: Buffer, error: OSError | None, first: int) -> Ticket:
+        """:meth:`_drive` for the compiled fast path's plain send, which holds no view."""
+        return self._drive(ticket, byte_view(buf, what="send"), error, first)
 
     def _first_call_interrupted(self, ticket: Ticket, nbytes: int, exc: BaseException) -> None:
         """An exception left the fast path's first call before it was recorded."""
@@ -649,14 +668,14 @@ class Sender:
                 add_addr(readonly(mv) if mv.readonly or not nb else _addressof(_from_buffer(mv)))
                 t: Ticket
                 if zerocopy and nb >= threshold and nb:
-                    t = _new(_BatchTicket)
+                    t = _new(Ticket)
                     t.nbytes = nb
+                    t.zerocopy = True
                     t._sender = self
                     t._view = mv
                 else:
                     plain += 1
-                    t = _new(_PlainTicket)
-                    t.nbytes = nb
+                    t = _plain_ticket(nb)
                 add_ticket(t)
         except (TypeError, ValueError, BufferError) as e:
             for mv in views:
@@ -882,19 +901,28 @@ class Sender:
 
     def _read_errqueue(self) -> tuple[int, int]:
         """Read the error queue and apply it: (messages read, tickets completed)."""
-        self._ctl.reap_units = 0
         try:
+            core = self._core
+            if core is not None:
+                messages, finished = core.reap()
+                return messages, finished
+            self._ctl.reap_units = 0
             events = drain_errqueue(self._sock)
             if not events:
                 return 0, 0
             return len(events), self._engine.apply(events)
-        except OSError as e:
+        except (OSError, InvalidCompletionError) as e:
+            self._reap_failed(e)
+
+    def _reap_failed(self, e: BaseException) -> NoReturn:
+        """Raise what a failed error-queue read means (the compiled reap calls it too)."""
+        if isinstance(e, OSError):
             err = self._engine.translate(e)
             self._sync_unusable()
             raise err from e
-        except InvalidCompletionError:  # the engine refuses further sends
+        if isinstance(e, InvalidCompletionError):  # the engine refuses further sends
             self._sync_unusable()
-            raise
+        raise e
 
     def _check_socket_error(self) -> bool:
         """Consume a pending socket error (``SO_ERROR``); True if there was one."""

@@ -36,22 +36,24 @@ static PyTypeObject TokenStateType = {
 
 /* -- storage -------------------------------------------------------------------------------- */
 
-/* Room for one more slot (sequence number n). */
+/* Room for k more slots (sequence numbers n .. n + k - 1). */
 static int
-slots_reserve(zc_TrackerObject *t)
+slots_reserve(zc_TrackerObject *t, Py_ssize_t k)
 {
     Py_ssize_t used = (Py_ssize_t)(t->n - t->base);
-    if (used < t->cap)
+    if (used + k <= t->cap)
         return 0;
     long long oldest = t->nint ? t->starts[0] : t->n;
     Py_ssize_t drop = (Py_ssize_t)(oldest - t->base);
-    if (drop > 0 && drop >= used / 2) {
+    if (drop > 0 && drop >= used / 2 && used - drop + k <= t->cap) {
         /* every slot before `oldest` is empty: move the live ones down */
         memmove(t->slots, t->slots + drop, (size_t)(used - drop) * sizeof(zc_TrackerSlot));
         t->base = oldest;
         return 0;
     }
     Py_ssize_t cap = t->cap ? 2 * t->cap : 64;
+    while (cap < used + k)
+        cap *= 2;
     zc_TrackerSlot *s = PyMem_Realloc(t->slots, (size_t)cap * sizeof(zc_TrackerSlot));
     if (s == NULL) {
         PyErr_NoMemory();
@@ -121,11 +123,26 @@ record(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes, PyObject *state)
 }
 
 int
+zc_tracker_reserve(zc_TrackerObject *t, Py_ssize_t k)
+{
+    if (t->uncertain_tail)
+        return refuse_after_uncertain();
+    return slots_reserve(t, k) < 0 || intervals_reserve(t, 1) < 0 ? -1 : 0;
+}
+
+void
+zc_tracker_record_reserved(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes)
+{
+    record(t, token, nbytes, NULL);
+    t->singles++;
+}
+
+int
 zc_tracker_record_single(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes)
 {
     if (t->uncertain_tail)
         return refuse_after_uncertain();
-    if (slots_reserve(t) < 0 || intervals_reserve(t, 1) < 0)
+    if (slots_reserve(t, 1) < 0 || intervals_reserve(t, 1) < 0)
         return -1;
     record(t, token, nbytes, NULL);
     t->singles++;
@@ -369,7 +386,7 @@ tracker_record_send(zc_TrackerObject *t, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "record_send() on a sealed token");
         return NULL;
     }
-    if (slots_reserve(t) < 0 || intervals_reserve(t, 1) < 0)
+    if (slots_reserve(t, 1) < 0 || intervals_reserve(t, 1) < 0)
         return NULL;
     ((zc_TokenState *)state)->remaining++;
     return PyLong_FromLongLong(record(t, token, nbytes, state));

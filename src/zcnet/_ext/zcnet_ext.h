@@ -80,6 +80,11 @@ typedef struct {
 extern PyTypeObject zc_TrackerType;
 extern PyObject *zc_InvalidCompletionError;
 /* record_single for a fresh token: 0, or -1 with an exception set (uncertain tail, memory). */
+/* Room for k more single calls, checked before a send so that recording it cannot fail: 0, or -1
+ * with an exception set (uncertain tail, memory). Then zc_tracker_record_reserved, k times at
+ * most, makes no call and cannot fail. */
+int zc_tracker_reserve(zc_TrackerObject *t, Py_ssize_t k);
+void zc_tracker_record_reserved(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes);
 int zc_tracker_record_single(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes);
 /* Apply [lo, hi]: 0 (rel filled; release with zc_released_clear), -1 with an exception set
  * (InvalidCompletionError before any change, or MemoryError). */
@@ -87,5 +92,8 @@ int zc_tracker_complete(zc_TrackerObject *t, long long lo, long long hi, int cop
                         zc_Released *rel);
 void zc_released_clear(zc_Released *rel);
 int zc_tracker_init(PyObject *module);
+
+/* txfast.c: the send fast path (Ticket base, the policy's counters, the per-Sender send core). */
+int zc_txfast_init(PyObject *module);
 
 #endif
