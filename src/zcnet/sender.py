@@ -568,11 +568,22 @@ class Sender:
         """:meth:`_drive` for the compiled fast path's plain send, which holds no view."""
         return self._drive(ticket, byte_view(buf, what="send"), error, first)
 
-    def _first_call_interrupted(self, ticket: Ticket, nbytes: int, exc: BaseException) -> None:
-        """An exception left the fast path's first call before it was recorded."""
+    def _first_call_interrupted(
+        self, ticket: Ticket, nbytes: int, exc: BaseException, took: int | None = None,
+    ) -> None:
+        """An exception left the fast path's first call before it was recorded.
+
+        ``took``: what the call handed to the kernel when that is known (the compiled path
+        knows it: 0, its call failed with ``EINTR`` and a signal handler raised), else ``None``:
+        the kernel's own count decides (TCP), or the call is uncertain (UDP).
+        """
         op = self._engine.begin(ticket, nbytes, zerocopy=ticket.zerocopy)
         op.next()  # the first call's piece, now in flight
-        self._interrupted(op, exc)
+        if took is None:
+            self._interrupted(op, exc)
+        else:
+            op.interrupted(exc, took)
+            self._sync_unusable()
 
     def _interrupted(self, op: SendOp[Ticket], exc: BaseException) -> None:
         """Settle ``op`` after an exception that is not a send error (see SendOp.interrupted)."""
@@ -637,6 +648,12 @@ class Sender:
 
     def _send_batch_udp(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
         """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
+        core = self._core
+        if core is not None:
+            # the compiled path: a batch of zero-copy datagrams of plain buffers (else None)
+            done: list[Ticket] | None = core.send_batch(bufs)
+            if done is not None:
+                return done
         views: list[memoryview] = []
         leases: list[tuple[int, Lease]] = []
         ro = self._addresser
@@ -696,15 +713,7 @@ class Sender:
                     j = k
                 i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
         except BaseException as exc:
-            # datagrams never handed to the kernel: done, not sent (their error says so)
-            unsent = SendError(f"not sent: the batch stopped at datagram {self._batch_pos} "
-                               f"({type(exc).__name__})")
-            for k in range(self._batch_pos, n):
-                t = tickets[k]
-                if not t.done and t.error is None:
-                    _as_plain(t)
-                    t.error = unsent
-                    views[k].release()
+            self._batch_unsent(tickets, self._batch_pos, exc)
             raise
         finally:
             for k, lease in leases:
@@ -740,19 +749,7 @@ class Sender:
                 if zc:
                     self._tracker.record_batch(tickets[off:off + sent], sizes[off:off + sent])
             except OSError as e:
-                # the datagram at `off` failed: the engine sends it alone (ENOBUFS: reap and
-                # retry, or copy; another error fails this datagram's ticket only)
-                t = tickets[off]
-                try:
-                    self._drive(t, views[off], e)
-                except SocketClosedError:
-                    raise
-                except ZcnetError:
-                    pass  # t.error says why; the batch goes on
-                if not t.zerocopy and not t.done:
-                    _as_plain(t)
-                if not t.zerocopy:
-                    views[off].release()
+                self._batch_failed(tickets[off], views[off], e)
                 self._batch_pos = off = off + 1
                 if zc and not ctl.zerocopy:
                     return off
@@ -785,6 +782,34 @@ class Sender:
                 ctl.on_plain_sent(done_bytes, sent)
                 off = stop
         return off
+
+    def _batch_failed(self, t: Ticket, mv: memoryview, e: OSError) -> None:
+        """The datagram of ``t`` failed in a sendmmsg: the engine sends it alone (ENOBUFS: reap
+        and retry, or copy; another error fails this datagram's ticket only)."""
+        try:
+            self._drive(t, mv, e)
+        except SocketClosedError:
+            raise
+        except ZcnetError:
+            pass  # t.error says why; the batch goes on
+        if not t.zerocopy and not t.done:
+            _as_plain(t)
+        if not t.zerocopy:
+            mv.release()
+
+    @staticmethod
+    def _batch_unsent(tickets: Sequence[Ticket], pos: int, exc: BaseException) -> None:
+        """An exception stopped a batch at datagram ``pos``: the datagrams never handed to the
+        kernel are done, not sent (their error says so)."""
+        unsent = SendError(f"not sent: the batch stopped at datagram {pos} "
+                           f"({type(exc).__name__})")
+        for t in tickets[pos:]:
+            if not t.done and t.error is None:
+                view = t._view
+                _as_plain(t)
+                t.error = unsent
+                if view is not None:
+                    view.release()
 
     # -- completions and waiting -------------------------------------------------------------
     def poll(self) -> int:

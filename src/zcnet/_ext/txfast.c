@@ -87,6 +87,8 @@ typedef struct {
     PyObject *sender;
     PyObject *view;
     PyObject *callbacks;
+    Py_buffer pin; /* the fast path's export of a bytes/bytearray (pin.obj NULL if none): what
+                    * _view holds otherwise, without a memoryview object */
 } zc_TicketObject;
 
 static PyTypeObject TicketBaseType;
@@ -99,6 +101,7 @@ ticket_traverse(zc_TicketObject *t, visitproc visit, void *arg)
     Py_VISIT(t->sender);
     Py_VISIT(t->view);
     Py_VISIT(t->callbacks);
+    Py_VISIT(t->pin.obj);
     return 0;
 }
 
@@ -110,6 +113,8 @@ ticket_clear(zc_TicketObject *t)
     Py_CLEAR(t->sender);
     Py_CLEAR(t->view);
     Py_CLEAR(t->callbacks);
+    if (t->pin.obj != NULL)
+        PyBuffer_Release(&t->pin);
     return 0;
 }
 
@@ -127,6 +132,8 @@ ticket_finish(zc_TicketObject *t, int copied)
 {
     t->done = 1;
     Py_XSETREF(t->copied, t->zerocopy ? PyBool_FromLong(copied) : Py_NewRef(Py_None));
+    if (t->pin.obj != NULL)
+        PyBuffer_Release(&t->pin);
     PyObject *view = t->view;
     if (view != NULL && view != Py_None) {
         t->view = NULL;
@@ -526,8 +533,10 @@ continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject 
     if (n == -2) {
         PyObject *exc = get_raised();
         PyObject *size = PyLong_FromSsize_t(((zc_TicketObject *)ticket)->nbytes);
-        PyObject *r = size == NULL ? NULL : PyObject_CallMethodObjArgs(
-            c->sender, s_first_call_interrupted, ticket, size, exc, NULL);
+        PyObject *took = PyLong_FromLong(0); /* the call failed with EINTR: nothing was sent */
+        PyObject *r = size == NULL || took == NULL ? NULL : PyObject_CallMethodObjArgs(
+            c->sender, s_first_call_interrupted, ticket, size, exc, took, NULL);
+        Py_XDECREF(took);
         Py_XDECREF(size);
         if (r == NULL) {
             Py_DECREF(exc);
@@ -582,25 +591,42 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
             PyBuffer_Release(&view);
             return python_path(c, buf);
         }
-        mv = PyMemoryView_FromObject(buf); /* the ticket's own export, until it is done */
-        if (mv == NULL)
-            goto out;
         ticket = new_ticket(c, nbytes);
         if (ticket == NULL)
             goto out;
         zc_TicketObject *t = (zc_TicketObject *)ticket;
         t->zerocopy = 1;
         t->sender = Py_NewRef(c->sender);
-        t->view = Py_NewRef(mv);
+        if (tb == &PyMemoryView_Type) {
+            /* a view of its own, as the Python path (the caller may release theirs) */
+            mv = PyMemoryView_FromObject(buf);
+            if (mv == NULL)
+                goto out;
+            t->view = Py_NewRef(mv);
+        } else { /* the ticket keeps our export until it is done */
+            t->pin = view;
+            view.obj = NULL;
+        }
     }
     if (PyDict_SetItem(d, s_active, Py_True) < 0)
         goto out;
-    Py_ssize_t n = send_once(c->fd, view.buf, nbytes, zc ? MSG_ZEROCOPY : 0);
+    const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
+    Py_ssize_t n = send_once(c->fd, ptr, nbytes, zc ? MSG_ZEROCOPY : 0);
     if (zc && n == nbytes) /* at once: no Python code runs between the call and this */
         zc_tracker_record_reserved(c->tracker, ticket, nbytes);
-    PyBuffer_Release(&view);
-    view.obj = NULL;
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+        view.obj = NULL;
+    }
     if (n != nbytes) {
+        if (zc && mv == NULL) { /* the Python engine goes on with a memoryview, as its own */
+            zc_TicketObject *t = (zc_TicketObject *)ticket;
+            mv = PyMemoryView_FromObject(buf);
+            if (mv == NULL)
+                goto inactive;
+            t->view = Py_NewRef(mv);
+            PyBuffer_Release(&t->pin);
+        }
         if (ticket == NULL) {
             ticket = new_ticket(c, nbytes);
             if (ticket == NULL)
@@ -646,12 +672,212 @@ out:
     return result;
 }
 
+/* -- send_batch ----------------------------------------------------------------------------- */
+
+#define BATCH_MAX 64 /* zcnet.sender.BATCH_MAX: datagrams per sendmmsg(2) */
+
+static PyObject *s_batch_failed, *s_batch_unsent, *s_send_batch_udp;
+
+/* Datagrams from `pos` on were not handed to the kernel: drop the fast path's pins (their tickets
+ * are not done), let Sender._batch_unsent mark them, and re-raise `exc` (stolen). */
+static PyObject *
+batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *exc)
+{
+    for (Py_ssize_t i = pos; i < PyList_GET_SIZE(tickets); i++) {
+        zc_TicketObject *t = (zc_TicketObject *)PyList_GET_ITEM(tickets, i);
+        if (t->pin.obj != NULL)
+            PyBuffer_Release(&t->pin);
+    }
+    PyObject *p = PyLong_FromSsize_t(pos);
+    PyObject *r = p == NULL ? NULL : PyObject_CallMethodObjArgs(c->sender, s_batch_unsent,
+                                                                tickets, p, exc, NULL);
+    Py_XDECREF(p);
+    if (r == NULL) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(r);
+    set_raised(exc);
+    return NULL;
+}
+
+/* Sender._send_batch_udp's common case: every element a bytes/bytearray/contiguous memoryview
+ * at or above the threshold while zero-copy is on. Returns the tickets, or None (nothing done)
+ * for any other batch: the Python path sends it. */
+static PyObject *
+core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
+{
+    zc_TxCountersObject *ctl = c->ctl;
+    if (!ctl->zerocopy || c->tracker->uncertain_tail)
+        Py_RETURN_NONE;
+    PyObject *seq = PySequence_Fast(bufs, "send_batch needs a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    PyObject *tickets = PyList_New(k);
+    const char **ptrs = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(char *));
+    size_t *lens = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(size_t));
+    PyObject *result = NULL;
+    if (tickets == NULL || ptrs == NULL || lens == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) { /* everything checked before anything is sent */
+        PyObject *buf = PySequence_Fast_GET_ITEM(seq, i);
+        PyTypeObject *tb = Py_TYPE(buf);
+        Py_buffer view;
+        if ((tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type)
+            || PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            goto python;
+        }
+        if (view.len < ctl->threshold || view.len == 0) {
+            PyBuffer_Release(&view);
+            goto python;
+        }
+        zc_TicketObject *t = (zc_TicketObject *)new_ticket(c, view.len);
+        if (t == NULL) {
+            PyBuffer_Release(&view);
+            goto out;
+        }
+        PyList_SET_ITEM(tickets, i, (PyObject *)t);
+        t->zerocopy = 1;
+        t->sender = Py_NewRef(c->sender);
+        if (tb == &PyMemoryView_Type) { /* a view of its own, as the Python path */
+            PyBuffer_Release(&view);
+            PyObject *mv = PyMemoryView_FromObject(buf);
+            if (mv == NULL)
+                goto out;
+            t->view = mv;
+            ptrs[i] = PyMemoryView_GET_BUFFER(mv)->buf;
+        } else {
+            t->pin = view;
+            ptrs[i] = view.buf;
+        }
+        lens[i] = (size_t)t->nbytes;
+    }
+    Py_ssize_t pos = 0;
+    while (pos < k) {
+        if (!ctl->zerocopy) { /* copy mode since (a copied completion, ENOBUFS): Python */
+            PyObject *rest = PySequence_GetSlice(seq, pos, k);
+            PyObject *more = rest == NULL ? NULL : PyObject_CallMethodOneArg(
+                c->sender, s_send_batch_udp, rest);
+            Py_XDECREF(rest);
+            if (more == NULL) {
+                PyObject *exc = get_raised();
+                batch_stopped(c, tickets, pos, exc);
+                goto out;
+            }
+            for (Py_ssize_t i = pos; i < k; i++) {
+                zc_TicketObject *t = (zc_TicketObject *)PyList_GET_ITEM(tickets, i);
+                if (t->pin.obj != NULL)
+                    PyBuffer_Release(&t->pin);
+            }
+            int r = PyList_SetSlice(tickets, pos, k, more);
+            Py_DECREF(more);
+            if (r < 0)
+                goto out;
+            break;
+        }
+        struct mmsghdr msgs[BATCH_MAX];
+        struct iovec iov[BATCH_MAX];
+        unsigned int cnt = (unsigned int)(k - pos < BATCH_MAX ? k - pos : BATCH_MAX);
+        /* room to record them, made right before the call (a reap may have used it) */
+        if (zc_tracker_reserve(c->tracker, cnt) < 0) {
+            batch_stopped(c, tickets, pos, get_raised());
+            goto out;
+        }
+        memset(msgs, 0, cnt * sizeof(struct mmsghdr));
+        for (unsigned int j = 0; j < cnt; j++) {
+            iov[j].iov_base = (void *)ptrs[pos + j];
+            iov[j].iov_len = lens[pos + j];
+            msgs[j].msg_hdr.msg_iov = &iov[j];
+            msgs[j].msg_hdr.msg_iovlen = 1;
+        }
+        int sent, err;
+        Py_BEGIN_ALLOW_THREADS
+        sent = sendmmsg(c->fd, msgs, cnt, MSG_ZEROCOPY);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (sent > 0) {
+            /* at once: each datagram sent took the next counter value (sendmmsg.py) */
+            long long nb = 0;
+            for (int j = 0; j < sent; j++) {
+                zc_tracker_record_reserved(c->tracker, PyList_GET_ITEM(tickets, pos + j),
+                                           (Py_ssize_t)lens[pos + j]);
+                nb += (long long)lens[pos + j];
+            }
+            pos += sent;
+            ctl->handed += nb; /* TxController.on_zerocopy_batch and reap_due */
+            ctl->sends_zerocopy += sent;
+            ctl->bytes_pending += nb;
+            ctl->enobufs_round = ctl->enobufs_copies = 0;
+            ctl->reap_units += sent + (nb >> REAP_SHIFT);
+            if (ctl->reap_units >= REAP_EVERY) {
+                Py_ssize_t messages, finished;
+                if (core_reap(c, &messages, &finished) < 0) {
+                    PyObject *exc = get_raised();
+                    PyObject *r = PyObject_CallMethodOneArg(c->sender, s_reap_failed, exc);
+                    Py_DECREF(exc);
+                    Py_XDECREF(r); /* it raises */
+                    batch_stopped(c, tickets, pos, get_raised());
+                    goto out;
+                }
+            }
+            continue;
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                batch_stopped(c, tickets, pos, get_raised());
+                goto out;
+            }
+            continue;
+        }
+        /* the datagram at pos failed: the engine sends it alone (Sender._batch_failed) */
+        zc_TicketObject *t = (zc_TicketObject *)PyList_GET_ITEM(tickets, pos);
+        if (t->view == NULL) {
+            PyObject *mv = PyMemoryView_FromObject(PySequence_Fast_GET_ITEM(seq, pos));
+            if (mv == NULL) {
+                batch_stopped(c, tickets, pos, get_raised());
+                goto out;
+            }
+            t->view = mv;
+            PyBuffer_Release(&t->pin);
+        }
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *exc = get_raised();
+        PyObject *r = PyObject_CallMethodObjArgs(c->sender, s_batch_failed, (PyObject *)t,
+                                                 t->view, exc, NULL);
+        Py_DECREF(exc);
+        if (r == NULL) {
+            batch_stopped(c, tickets, pos, get_raised());
+            goto out;
+        }
+        Py_DECREF(r);
+        pos++;
+    }
+    result = Py_NewRef(tickets);
+    goto out;
+python:
+    result = Py_NewRef(Py_None);
+out:
+    PyMem_Free(ptrs);
+    PyMem_Free(lens);
+    Py_XDECREF(tickets); /* unsent tickets release their pins as they go */
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyMethodDef core_methods[] = {
     {"send", (PyCFunction)core_send, METH_O,
      "send(buf)\n--\n\nSend all of buf (one datagram on UDP) and return its Ticket (the compiled "
      "fast path of zcnet.sender.Sender.send, which documents it)."},
     {"reap", (PyCFunction)core_reap_meth, METH_NOARGS,
      "Read the error queue and apply it: (messages read, tickets completed)."},
+    {"send_batch", (PyCFunction)core_send_batch, METH_O,
+     "send_batch(bufs)\n--\n\nThe common case of Sender._send_batch_udp (zero-copy datagrams "
+     "of plain buffers): the tickets, or None when the Python path must send the batch."},
     {NULL},
 };
 
@@ -676,7 +902,8 @@ zc_txfast_init(PyObject *module)
         {&s_active, "_active"}, {&s_unusable, "_unusable"}, {&s_release, "release"},
         {&s_run, "_run"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
         {&s_first_call_interrupted, "_first_call_interrupted"},
-        {&s_reap_failed, "_reap_failed"},
+        {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
+        {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},
         {&s_finish, "_finish"}, {&s_failure, "failure"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
