@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import logging
 import math
+import operator
 import os
 import select
 import socket
@@ -106,6 +107,8 @@ _SEND: Final = Step.SEND
 _REAP: Final = Step.REAP
 _WAIT_COMPLETIONS: Final = Step.WAIT_COMPLETIONS
 _WAIT_WRITABLE: Final = Step.WAIT_WRITABLE
+#: The compiled send path (zcnet._speedups.TxCore) serves every Sender.
+_COMPILED: Final = speedups is not None and sys.platform.startswith("linux")
 
 
 def _recverr_enabled(sock: socket.socket) -> bool:
@@ -288,12 +291,22 @@ class Sender:
         self._fd = sock.fileno()
         self._closed = False
         self._shut = False
+        # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
+        self._single_max = ZC_CHUNK if self._stream else sys.maxsize
+        # The compiled fast path (src/zcnet/_ext/txfast.c): its send() runs the common case of
+        # send() below without Python code and calls it for everything else; it is installed
+        # as this instance's ``send`` so that a call reaches C at once (docs/ARCHITECTURE.md,
+        # 'Compiled fast path'). reap() is the compiled _read_errqueue. It keeps the two flags
+        # below (see _core_flag).
+        self._core: Any = None
+        if _COMPILED and speedups is not None:
+            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
+            if type(self).send is Sender.send:  # not overridden by a subclass
+                self.__dict__["send"] = self._core.send
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
         # what the kernel queued since this Sender took the socket (TCP: see _interrupted)
         self._queued = QueuedSince(sock) if self._stream else None
-        # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
-        self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
         self._send = sock.send
         if not sys.platform.startswith("linux"):
@@ -315,15 +328,6 @@ class Sender:
         # send_batch on UDP: preallocated mmsghdr/iovec arrays and Py_buffer, made on first use
         self._mmsg: MmsgBatch | None = None
         self._addresser: BufferAddresser | None = None
-        # The compiled fast path (src/zcnet/_ext/txfast.c): its send() runs the common case of
-        # send() below without Python code and calls it for everything else; it is installed
-        # as this instance's ``send`` so that a call reaches C at once (docs/ARCHITECTURE.md,
-        # 'Compiled fast path'). reap() is the compiled _read_errqueue.
-        self._core: Any = None
-        if speedups is not None and sys.platform.startswith("linux"):
-            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
-            if type(self).send is Sender.send:  # not overridden by a subclass
-                self.__dict__["send"] = self._core.send
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Sender:
@@ -1001,3 +1005,18 @@ class Sender:
                 woke = True
                 continue
             woke = bool(self._poller.poll(ms))
+
+
+def _core_flag(name: str) -> property:
+    """``Sender._active``/``_unusable`` kept in the compiled core, where its send reads them."""
+    get = operator.attrgetter(f"_core.{name}")
+
+    def set_flag(self: Sender, value: bool) -> None:
+        setattr(self._core, name, value)
+
+    return property(get, set_flag)
+
+
+if _COMPILED:
+    setattr(Sender, "_active", _core_flag("active"))  # noqa: B010
+    setattr(Sender, "_unusable", _core_flag("unusable"))  # noqa: B010

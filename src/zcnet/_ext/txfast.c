@@ -42,7 +42,7 @@
 #define REAP_EVERY 64
 #define REAP_SHIFT 17
 
-static PyObject *s_active, *s_unusable, *s_release, *s_run, *s_drive, *s_drive_buf,
+static PyObject *s_release, *s_run, *s_drive, *s_drive_buf,
     *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure;
 
 /* PyErr_GetRaisedException/PyErr_SetRaisedException of Python 3.12+, for 3.11 */
@@ -273,8 +273,9 @@ typedef struct {
     PyObject_HEAD
     int fd;
     Py_ssize_t single_max;      /* largest buffer the one-call path sends */
+    char active;                /* Sender._active: a thread is inside a public method */
+    char unusable;              /* Sender._unusable: closed, failed or shut down */
     PyObject *sender;
-    PyObject *sender_dict;      /* the Sender's __dict__: _active, _unusable */
     PyObject *engine;
     zc_TxCountersObject *ctl;
     zc_TrackerObject *tracker;
@@ -286,7 +287,6 @@ static int
 core_traverse(zc_TxCoreObject *c, visitproc visit, void *arg)
 {
     Py_VISIT(c->sender);
-    Py_VISIT(c->sender_dict);
     Py_VISIT(c->engine);
     Py_VISIT(c->ctl);
     Py_VISIT(c->tracker);
@@ -299,7 +299,6 @@ static int
 core_clear(zc_TxCoreObject *c)
 {
     Py_CLEAR(c->sender);
-    Py_CLEAR(c->sender_dict);
     Py_CLEAR(c->engine);
     Py_CLEAR(c->ctl);
     Py_CLEAR(c->tracker);
@@ -347,17 +346,16 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->sender = Py_NewRef(sender);
     c->engine = Py_NewRef(engine);
     c->ticket_type = (PyTypeObject *)Py_NewRef(ticket_type);
-    c->sender_dict = PyObject_GenericGetDict(sender, NULL);
     c->py_send = PyObject_GetAttrString((PyObject *)Py_TYPE(sender), "send");
     PyObject *ctl = PyObject_GetAttrString(engine, "ctl");
     PyObject *tracker = PyObject_GetAttrString(engine, "tracker");
     c->ctl = (zc_TxCountersObject *)ctl;
     c->tracker = (zc_TrackerObject *)tracker;
-    if (c->sender_dict == NULL || c->py_send == NULL || ctl == NULL || tracker == NULL) {
+    if (c->py_send == NULL || ctl == NULL || tracker == NULL) {
         Py_DECREF(c);
         return NULL;
     }
-    if (!PyDict_Check(c->sender_dict) || !PyObject_TypeCheck(ctl, &TxCountersType)
+    if (!PyObject_TypeCheck(ctl, &TxCountersType)
         || !PyObject_TypeCheck(tracker, &zc_TrackerType)) {
         PyErr_SetString(PyExc_TypeError,
                         "TxCore needs an engine with the compiled tracker and counters");
@@ -566,13 +564,8 @@ continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject 
 static PyObject *
 core_send(zc_TxCoreObject *c, PyObject *buf)
 {
-    PyObject *d = c->sender_dict;
-    PyObject *v = PyDict_GetItemWithError(d, s_unusable);
-    if (v != Py_False)
-        return PyErr_Occurred() ? NULL : python_path(c, buf);
-    v = PyDict_GetItemWithError(d, s_active);
-    if (v != Py_False)
-        return PyErr_Occurred() ? NULL : python_path(c, buf);
+    if (c->unusable || c->active) /* Python raises what it means */
+        return python_path(c, buf);
     PyTypeObject *tb = Py_TYPE(buf);
     if (tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type)
         return python_path(c, buf);
@@ -608,8 +601,7 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
             view.obj = NULL;
         }
     }
-    if (PyDict_SetItem(d, s_active, Py_True) < 0)
-        goto out;
+    c->active = 1;
     const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
     Py_ssize_t n = send_once(c->fd, ptr, nbytes, zc ? MSG_ZEROCOPY : 0);
     if (zc && n == nbytes) /* at once: no Python code runs between the call and this */
@@ -662,8 +654,7 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     }
     result = Py_NewRef(ticket);
 inactive:
-    if (PyDict_SetItem(d, s_active, Py_False) < 0)
-        Py_CLEAR(result);
+    c->active = 0;
 out:
     if (view.obj != NULL)
         PyBuffer_Release(&view);
@@ -869,6 +860,14 @@ out:
     return result;
 }
 
+static PyMemberDef core_members[] = {
+    {"active", T_BOOL, offsetof(zc_TxCoreObject, active), 0,
+     "Sender._active: a thread is inside a public method (ConcurrentUseError)."},
+    {"unusable", T_BOOL, offsetof(zc_TxCoreObject, unusable), 0,
+     "Sender._unusable: closed, failed or shut down."},
+    {NULL},
+};
+
 static PyMethodDef core_methods[] = {
     {"send", (PyCFunction)core_send, METH_O,
      "send(buf)\n--\n\nSend all of buf (one datagram on UDP) and return its Ticket (the compiled "
@@ -893,13 +892,14 @@ static PyTypeObject TxCoreType = {
     .tp_clear = (inquiry)core_clear,
     .tp_dealloc = (destructor)core_dealloc,
     .tp_methods = core_methods,
+    .tp_members = core_members,
 };
 
 int
 zc_txfast_init(PyObject *module)
 {
     struct { PyObject **var; const char *s; } names[] = {
-        {&s_active, "_active"}, {&s_unusable, "_unusable"}, {&s_release, "release"},
+        {&s_release, "release"},
         {&s_run, "_run"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
         {&s_first_call_interrupted, "_first_call_interrupted"},
         {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
