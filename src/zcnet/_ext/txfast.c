@@ -512,6 +512,17 @@ send_once(int fd, const void *ptr, Py_ssize_t len, int flags)
     }
 }
 
+/* Not a memoryview, or one of one dimension of single bytes (slices of it are byte offsets, as
+ * Sender._drive expects; the Python path casts other views first). */
+static int
+bytes_view(PyObject *buf)
+{
+    if (!PyMemoryView_Check(buf))
+        return 1;
+    Py_buffer *b = PyMemoryView_GET_BUFFER(buf);
+    return b->ndim == 1 && b->itemsize == 1;
+}
+
 static PyObject *
 new_ticket(zc_TxCoreObject *c, Py_ssize_t nbytes)
 {
@@ -572,6 +583,10 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) { /* not contiguous, released... */
         PyErr_Clear();
+        return python_path(c, buf);
+    }
+    if (!bytes_view(buf)) { /* Python sends it through a cast to bytes */
+        PyBuffer_Release(&view);
         return python_path(c, buf);
     }
     zc_TxCountersObject *ctl = c->ctl;
@@ -722,7 +737,7 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
             PyErr_Clear();
             goto python;
         }
-        if (view.len < ctl->threshold || view.len == 0) {
+        if (view.len < ctl->threshold || view.len == 0 || !bytes_view(buf)) {
             PyBuffer_Release(&view);
             goto python;
         }
