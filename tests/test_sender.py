@@ -198,3 +198,13 @@ def test_udp_with_recverr_copies_and_says_why(family: int, host: str, level: int
     assert st.mode == "copy" and st.sends_zerocopy == 0
     assert st.fallback_reason is not None and "IP_RECVERR" in st.fallback_reason
     assert st.bytes_plain == sum(map(len, payloads))
+
+
+def test_compiled_reap_cadence_matches_the_policy() -> None:
+    """txfast.c repeats REAP_EVERY/REAP_SHIFT of zcnet._core.txpolicy (one number, two copies)."""
+    from zcnet._accel import speedups
+    from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT
+
+    if speedups is None:
+        pytest.skip("the Python implementation is active (no compiled send path)")
+    assert (speedups.REAP_EVERY, speedups.REAP_SHIFT) == (REAP_EVERY, REAP_SHIFT)

@@ -165,3 +165,28 @@ def test_tcp_send_batch_loops_over_send() -> None:
         assert st.bytes_copied + st.bytes_plain == total and st.completions == st.sends_zerocopy
         c.shutdown(socket.SHUT_WR)
     rx.finish(total)
+
+
+@requires_zerocopy
+def test_all_zerocopy_batch_of_mixed_buffer_types_with_refused_datagrams() -> None:
+    """A batch whose datagrams are all at or above the threshold (the compiled path's case when
+    the extension is active): bytes, bytearray and memoryview elements, a tuple, refused
+    datagrams at the start, middle and end, more than BATCH_MAX datagrams; every byte verified,
+    the counter in step, the caller's memoryviews still their own."""
+    u, rx = _udp_pair()
+    good = _payloads(150, [20_000, 50_000, 11_000])
+    views = [memoryview(bytearray(p)) for p in good[100:]]
+    elements: list[object] = [bytes(70_000), *good[:50], *map(bytearray, good[50:100]),
+                              bytes(66_000), *views, bytes(65_600)]
+    with Sender(u, FORCED) as sender:
+        tickets = sender.send_batch(tuple(elements))  # type: ignore[arg-type]
+        for v in views:
+            v.release()  # the Sender holds views of its own
+        sender.flush(30)
+        bad = [tickets[0], tickets[101], tickets[-1]]
+        for t in bad:
+            assert t.done and isinstance(t.error, SendError) and not t.zerocopy
+        ok = [t for t in tickets if t not in bad]
+        _check(sender, ok, good)
+        assert sender.stats.sends_zerocopy == len(good)
+    rx.finish(good)

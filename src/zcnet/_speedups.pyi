@@ -1,7 +1,10 @@
 # Type stub of the compiled extension zcnet._speedups (sources: src/zcnet/_ext/*.c).
-from typing import TypeVar
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 from typing_extensions import Buffer
+
+from zcnet._core.tracker import Completion
 
 class PinGroup:
     """Counts the BufferBase objects over one piece of memory that are not finalized."""
@@ -39,3 +42,77 @@ def end_lease(buf: BufferBase, view: memoryview | None, /) -> bool:
 
 def new_buffer(cls: type[_B], source: Buffer, offset: int, length: int, /) -> _B:
     """A new writable ``cls`` over ``length`` bytes of ``source`` at ``offset`` (no __init__)."""
+# -- tracker.c --------------------------------------------------------------------------------
+
+_T = TypeVar("_T", bound=Hashable)
+
+class CompletionTracker(Generic[_T]):
+    """zcnet._core.tracker.CompletionTracker in C (same API and semantics)."""
+
+    uncertain_tail: bool
+    _n: int
+    def __init__(self, start: int = 0) -> None: ...
+    @property
+    def next_value(self) -> int: ...
+    @property
+    def sent(self) -> int: ...
+    @property
+    def outstanding(self) -> int: ...
+    @property
+    def pending_tokens(self) -> int: ...
+    def tokens(self) -> Iterator[_T]: ...
+    def is_outstanding(self, value: int) -> bool: ...
+    def record_send(self, token: _T, nbytes: int) -> int: ...
+    def record_uncertain(self, token: _T) -> int: ...
+    def record_single(self, token: _T, nbytes: int) -> int: ...
+    def record_batch(self, tokens: Sequence[_T], sizes: Sequence[int]) -> int: ...
+    def seal(self, token: _T) -> bool | None: ...
+    def complete(self, lo: int, hi: int, copied: bool) -> Completion[_T]: ...
+
+# -- txfast.c ---------------------------------------------------------------------------------
+REAP_EVERY: int
+REAP_SHIFT: int
+
+class TicketBase:
+    """The data of a zcnet.sender.Ticket and its completion (its base class)."""
+
+    nbytes: int
+    done: bool
+    zerocopy: bool
+    copied: bool | None
+    error: Any
+    _sender: Any
+    _view: memoryview | None
+    _callbacks: list[Any] | None
+    def _finish(self, copied: bool) -> None: ...
+
+class TxCounters:
+    """The counters of zcnet._core.txpolicy.TxController (its base class)."""
+
+    threshold: int
+    bytes_zerocopy: int
+    bytes_copied: int
+    bytes_plain: int
+    bytes_pending: int
+    sends_zerocopy: int
+    sends_plain: int
+    completions: int
+    notifications: int
+    enobufs: int
+    enobufs_round: int
+    enobufs_copies: int
+    other_errors: int
+    copied_calls: int
+    reap_units: int
+    handed: int
+    zerocopy: bool
+
+class TxCore:
+    """The compiled send fast path and completion reaping of one zcnet.sender.Sender."""
+
+    def __init__(
+        self, sender: Any, fd: int, single_max: int, engine: Any, ticket_type: type[TicketBase],
+    ) -> None: ...
+    def send(self, buf: Buffer, /) -> Any: ...
+    def reap(self) -> tuple[int, int]: ...
+    def send_batch(self, bufs: Any, /) -> list[Any] | None: ...

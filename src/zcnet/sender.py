@@ -49,6 +49,7 @@ import contextlib
 import ctypes
 import logging
 import math
+import operator
 import os
 import select
 import socket
@@ -56,8 +57,9 @@ import sys
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, SendOp, Step
 from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, SendPolicy
@@ -105,6 +107,8 @@ _SEND: Final = Step.SEND
 _REAP: Final = Step.REAP
 _WAIT_COMPLETIONS: Final = Step.WAIT_COMPLETIONS
 _WAIT_WRITABLE: Final = Step.WAIT_WRITABLE
+#: The compiled send path (zcnet._speedups.TxCore) serves every Sender.
+_COMPILED: Final = speedups is not None and sys.platform.startswith("linux")
 
 
 def _recverr_enabled(sock: socket.socket) -> bool:
@@ -117,7 +121,45 @@ def _recverr_enabled(sock: socket.socket) -> bool:
         return False
 
 
-class Ticket:
+class _PyTicketBase:
+    """The data of a :class:`Ticket` and its completion (the compiled implementation has them in
+    C: ``zcnet._speedups.TicketBase``, src/zcnet/_ext/txfast.c)."""
+
+    # Class-level defaults keep creation cheap (one attribute set for a plain send's ticket).
+    nbytes: int
+    done: bool = False
+    zerocopy: bool = False
+    copied: bool | None = None
+    error: ZcnetError | None = None
+    _sender: Sender | None = None
+    _view: memoryview | None = None
+    _callbacks: list[Callable[[Ticket], None]] | None = None
+
+    def _run(self, fn: Callable[[Ticket], None]) -> None:
+        raise NotImplementedError
+
+    def _finish(self, copied: bool) -> None:
+        self.done = True
+        self.copied = copied if self.zerocopy else None
+        view = self._view
+        if view is not None:
+            self._view = None
+            view.release()
+        self._sender = None
+        callbacks = self._callbacks
+        if callbacks is not None:
+            self._callbacks = None
+            for fn in callbacks:
+                self._run(fn)
+
+
+if TYPE_CHECKING or speedups is None:  # noqa: SIM108 (mypy reads the first branch)
+    _TicketBase = _PyTicketBase
+else:
+    _TicketBase = speedups.TicketBase
+
+
+class Ticket(_TicketBase):
     """One :meth:`Sender.send` call: tells when its buffer may be reused.
 
     Attributes:
@@ -129,15 +171,6 @@ class Ticket:
         error: set when the connection failed before the ticket completed (the data may not have
             arrived); :meth:`wait` then raises it. ``done`` may still become true later.
     """
-
-    # Class-level defaults keep creation cheap (one attribute set for a plain send's ticket).
-    done: bool = False
-    zerocopy: bool = False
-    copied: bool | None = None
-    error: ZcnetError | None = None
-    _sender: Sender | None = None
-    _view: memoryview | None = None
-    _callbacks: list[Callable[[Ticket], None]] | None = None
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
@@ -196,36 +229,17 @@ class Ticket:
         except Exception:
             _log.exception("Ticket done callback %r failed", fn)
 
-    def _finish(self, copied: bool) -> None:
-        self.done = True
-        self.copied = copied if self.zerocopy else None
-        view = self._view
-        if view is not None:
-            self._view = None
-            view.release()
-        self._sender = None
-        callbacks = self._callbacks
-        if callbacks is not None:
-            self._callbacks = None
-            for fn in callbacks:
-                self._run(fn)
-
-
     def _fail(self, error: ZcnetError) -> None:
         if self.error is None:
             self.error = error
 
 
-class _PlainTicket(Ticket):
+def _plain_ticket(nbytes: int) -> Ticket:
     """The ticket of a plain (copying) send: done at once."""
-
-    done = True
-
-
-class _BatchTicket(Ticket):
-    """The ticket of a zero-copy datagram sent by :meth:`Sender.send_batch`."""
-
-    zerocopy = True
+    ticket = _new(Ticket)  # Ticket(nbytes) without the __init__ frame
+    ticket.nbytes = nbytes
+    ticket.done = True
+    return ticket
 
 
 def _as_plain(ticket: Ticket) -> None:
@@ -277,12 +291,22 @@ class Sender:
         self._fd = sock.fileno()
         self._closed = False
         self._shut = False
+        # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
+        self._single_max = ZC_CHUNK if self._stream else sys.maxsize
+        # The compiled fast path (src/zcnet/_ext/txfast.c): its send() runs the common case of
+        # send() below without Python code and calls it for everything else; it is installed
+        # as this instance's ``send`` so that a call reaches C at once (docs/ARCHITECTURE.md,
+        # 'Compiled fast path'). reap() is the compiled _read_errqueue. It keeps the two flags
+        # below (see _core_flag).
+        self._core: Any = None
+        if _COMPILED and speedups is not None:
+            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
+            if type(self).send is Sender.send:  # not overridden by a subclass
+                self.__dict__["send"] = self._core.send
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
         # what the kernel queued since this Sender took the socket (TCP: see _interrupted)
         self._queued = QueuedSince(sock) if self._stream else None
-        # largest buffer sent by the one-call fast path (a UDP datagram is always one call)
-        self._single_max = ZC_CHUNK if self._stream else sys.maxsize
         sock.setblocking(True)
         self._send = sock.send
         if not sys.platform.startswith("linux"):
@@ -420,25 +444,21 @@ class Sender:
             try:
                 sent = self._send(buf)  # type: ignore[arg-type, unused-ignore]
             except OSError as e:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, e)
             except BaseException as exc:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 self._first_call_interrupted(ticket, nbytes, exc)
                 raise
             if sent != nbytes:
-                ticket = _new(_PlainTicket)
-                ticket.nbytes = nbytes
+                ticket = _plain_ticket(nbytes)
                 mv = mv if mv is not None else byte_view(buf, what="send")  # type: ignore[arg-type, unused-ignore]
                 return self._drive(ticket, mv, None, first=sent)
             self._engine.handed += nbytes
             ctl.sends_plain += 1
             ctl.bytes_plain += nbytes
-            ticket = _new(_PlainTicket)
-            ticket.nbytes = nbytes
+            ticket = _plain_ticket(nbytes)
             return ticket
         finally:
             self._active = False
@@ -455,8 +475,7 @@ class Sender:
             ticket._sender = self
             ticket._view = mv
         else:
-            ticket = _new(_PlainTicket)
-            ticket.nbytes = nbytes
+            ticket = _plain_ticket(nbytes)
         try:
             self._drive(ticket, mv, None)
         finally:
@@ -549,11 +568,26 @@ class Sender:
         self._sync_unusable()
         return ticket
 
-    def _first_call_interrupted(self, ticket: Ticket, nbytes: int, exc: BaseException) -> None:
-        """An exception left the fast path's first call before it was recorded."""
+    def _drive_buf(self, ticket: Ticket, buf: Buffer, error: OSError | None, first: int) -> Ticket:
+        """:meth:`_drive` for the compiled fast path's plain send, which holds no view."""
+        return self._drive(ticket, byte_view(buf, what="send"), error, first)
+
+    def _first_call_interrupted(
+        self, ticket: Ticket, nbytes: int, exc: BaseException, took: int | None = None,
+    ) -> None:
+        """An exception left the fast path's first call before it was recorded.
+
+        ``took``: what the call handed to the kernel when that is known (the compiled path
+        knows it: 0, its call failed with ``EINTR`` and a signal handler raised), else ``None``:
+        the kernel's own count decides (TCP), or the call is uncertain (UDP).
+        """
         op = self._engine.begin(ticket, nbytes, zerocopy=ticket.zerocopy)
         op.next()  # the first call's piece, now in flight
-        self._interrupted(op, exc)
+        if took is None:
+            self._interrupted(op, exc)
+        else:
+            op.interrupted(exc, took)
+            self._sync_unusable()
 
     def _interrupted(self, op: SendOp[Ticket], exc: BaseException) -> None:
         """Settle ``op`` after an exception that is not a send error (see SendOp.interrupted)."""
@@ -618,6 +652,12 @@ class Sender:
 
     def _send_batch_udp(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
         """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
+        core = self._core
+        if core is not None:
+            # the compiled path: a batch of zero-copy datagrams of plain buffers (else None)
+            done: list[Ticket] | None = core.send_batch(bufs)
+            if done is not None:
+                return done
         views: list[memoryview] = []
         leases: list[tuple[int, Lease]] = []
         ro = self._addresser
@@ -649,14 +689,14 @@ class Sender:
                 add_addr(readonly(mv) if mv.readonly or not nb else _addressof(_from_buffer(mv)))
                 t: Ticket
                 if zerocopy and nb >= threshold and nb:
-                    t = _new(_BatchTicket)
+                    t = _new(Ticket)
                     t.nbytes = nb
+                    t.zerocopy = True
                     t._sender = self
                     t._view = mv
                 else:
                     plain += 1
-                    t = _new(_PlainTicket)
-                    t.nbytes = nb
+                    t = _plain_ticket(nb)
                 add_ticket(t)
         except (TypeError, ValueError, BufferError) as e:
             for mv in views:
@@ -677,15 +717,7 @@ class Sender:
                     j = k
                 i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
         except BaseException as exc:
-            # datagrams never handed to the kernel: done, not sent (their error says so)
-            unsent = SendError(f"not sent: the batch stopped at datagram {self._batch_pos} "
-                               f"({type(exc).__name__})")
-            for k in range(self._batch_pos, n):
-                t = tickets[k]
-                if not t.done and t.error is None:
-                    _as_plain(t)
-                    t.error = unsent
-                    views[k].release()
+            self._batch_unsent(tickets, self._batch_pos, exc)
             raise
         finally:
             for k, lease in leases:
@@ -721,19 +753,7 @@ class Sender:
                 if zc:
                     self._tracker.record_batch(tickets[off:off + sent], sizes[off:off + sent])
             except OSError as e:
-                # the datagram at `off` failed: the engine sends it alone (ENOBUFS: reap and
-                # retry, or copy; another error fails this datagram's ticket only)
-                t = tickets[off]
-                try:
-                    self._drive(t, views[off], e)
-                except SocketClosedError:
-                    raise
-                except ZcnetError:
-                    pass  # t.error says why; the batch goes on
-                if not t.zerocopy and not t.done:
-                    _as_plain(t)
-                if not t.zerocopy:
-                    views[off].release()
+                self._batch_failed(tickets[off], views[off], e)
                 self._batch_pos = off = off + 1
                 if zc and not ctl.zerocopy:
                     return off
@@ -766,6 +786,34 @@ class Sender:
                 ctl.on_plain_sent(done_bytes, sent)
                 off = stop
         return off
+
+    def _batch_failed(self, t: Ticket, mv: memoryview, e: OSError) -> None:
+        """The datagram of ``t`` failed in a sendmmsg: the engine sends it alone (ENOBUFS: reap
+        and retry, or copy; another error fails this datagram's ticket only)."""
+        try:
+            self._drive(t, mv, e)
+        except SocketClosedError:
+            raise
+        except ZcnetError:
+            pass  # t.error says why; the batch goes on
+        if not t.zerocopy and not t.done:
+            _as_plain(t)
+        if not t.zerocopy:
+            mv.release()
+
+    @staticmethod
+    def _batch_unsent(tickets: Sequence[Ticket], pos: int, exc: BaseException) -> None:
+        """An exception stopped a batch at datagram ``pos``: the datagrams never handed to the
+        kernel are done, not sent (their error says so)."""
+        unsent = SendError(f"not sent: the batch stopped at datagram {pos} "
+                           f"({type(exc).__name__})")
+        for t in tickets[pos:]:
+            if not t.done and t.error is None:
+                view = t._view
+                _as_plain(t)
+                t.error = unsent
+                if view is not None:
+                    view.release()
 
     # -- completions and waiting -------------------------------------------------------------
     def poll(self) -> int:
@@ -882,19 +930,28 @@ class Sender:
 
     def _read_errqueue(self) -> tuple[int, int]:
         """Read the error queue and apply it: (messages read, tickets completed)."""
-        self._ctl.reap_units = 0
         try:
+            core = self._core
+            if core is not None:
+                messages, finished = core.reap()
+                return messages, finished
+            self._ctl.reap_units = 0
             events = drain_errqueue(self._sock)
             if not events:
                 return 0, 0
             return len(events), self._engine.apply(events)
-        except OSError as e:
+        except (OSError, InvalidCompletionError) as e:
+            self._reap_failed(e)
+
+    def _reap_failed(self, e: BaseException) -> NoReturn:
+        """Raise what a failed error-queue read means (the compiled reap calls it too)."""
+        if isinstance(e, OSError):
             err = self._engine.translate(e)
             self._sync_unusable()
             raise err from e
-        except InvalidCompletionError:  # the engine refuses further sends
+        if isinstance(e, InvalidCompletionError):  # the engine refuses further sends
             self._sync_unusable()
-            raise
+        raise e
 
     def _check_socket_error(self) -> bool:
         """Consume a pending socket error (``SO_ERROR``); True if there was one."""
@@ -948,3 +1005,18 @@ class Sender:
                 woke = True
                 continue
             woke = bool(self._poller.poll(ms))
+
+
+def _core_flag(name: str) -> property:
+    """``Sender._active``/``_unusable`` kept in the compiled core, where its send reads them."""
+    get = operator.attrgetter(f"_core.{name}")
+
+    def set_flag(self: Sender, value: bool) -> None:
+        setattr(self._core, name, value)
+
+    return property(get, set_flag)
+
+
+if _COMPILED:
+    setattr(Sender, "_active", _core_flag("active"))  # noqa: B010
+    setattr(Sender, "_unusable", _core_flag("unusable"))  # noqa: B010

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -14,10 +17,30 @@ from hypothesis.stateful import (
 )
 
 from zcnet._core import serial
-from zcnet._core.tracker import CompletionTracker
+from zcnet._core.tracker import PyCompletionTracker
 from zcnet.errors import InvalidCompletionError
 
+try:  # both implementations whenever the extension is built, whatever zcnet._accel chose
+    from zcnet._speedups import CompletionTracker as CCompletionTracker
+except ImportError:  # pragma: no cover - the extension is not built
+    CCompletionTracker = None
+
 TOP = 2**32
+IMPLEMENTATIONS = [
+    pytest.param(PyCompletionTracker, id="python"),
+    pytest.param(CCompletionTracker, id="c", marks=pytest.mark.skipif(
+        CCompletionTracker is None, reason="the compiled extension zcnet._speedups is not built")),
+]
+CompletionTracker = PyCompletionTracker  # rebound per test by the fixture below
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> Iterator[type[PyCompletionTracker[Any]]]:
+    """The tracker implementation a test runs against (each test runs once per one)."""
+    global CompletionTracker
+    CompletionTracker = request.param
+    yield request.param
+    CompletionTracker = PyCompletionTracker
 
 
 # -- serial arithmetic ---------------------------------------------------------------------
@@ -73,7 +96,9 @@ def _tracker(start: int, sends: int) -> CompletionTracker[str]:
         (7, 5, 100, 200, "far beyond"),
     ],
 )
-def test_invalid_ranges_release_nothing(start: int, sends: int, lo: int, hi: int, why: str) -> None:
+def test_invalid_ranges_release_nothing(
+    impl: Any, start: int, sends: int, lo: int, hi: int, why: str,
+) -> None:
     t = _tracker(start, sends)
     with pytest.raises(InvalidCompletionError):
         t.complete(lo, hi, copied=False)
@@ -85,7 +110,7 @@ def test_invalid_ranges_release_nothing(start: int, sends: int, lo: int, hi: int
         assert res.calls == sends
 
 
-def test_huge_send_count_window() -> None:
+def test_huge_send_count_window(impl: Any) -> None:
     """A range wider than 2**31 is rejected even when more than 2**31 values were sent."""
     t: CompletionTracker[int] = CompletionTracker()
     t._n = 2**31 + 10  # the pure bookkeeping of many sends, without making them
@@ -97,7 +122,7 @@ def test_huge_send_count_window() -> None:
         t.complete(9, 2**31 + 8, copied=False)
 
 
-def test_wrapping_coalesced_range_and_partial_ticket() -> None:
+def test_wrapping_coalesced_range_and_partial_ticket(impl: Any) -> None:
     t: CompletionTracker[str] = CompletionTracker(TOP - 2)
     assert t.record_send("a", 10) == TOP - 2
     assert t.record_send("a", 10) == TOP - 1
@@ -111,7 +136,7 @@ def test_wrapping_coalesced_range_and_partial_ticket() -> None:
     assert t.outstanding == 0 and t.pending_tokens == 0
 
 
-def test_out_of_order_and_repeats() -> None:
+def test_out_of_order_and_repeats(impl: Any) -> None:
     t: CompletionTracker[str] = CompletionTracker()
     for name in "abcde":
         t.record_send(name, 1)
@@ -124,7 +149,7 @@ def test_out_of_order_and_repeats() -> None:
     assert t.is_outstanding(0) is False and t.outstanding == 0
 
 
-def test_token_copied_if_any_call_copied() -> None:
+def test_token_copied_if_any_call_copied(impl: Any) -> None:
     t: CompletionTracker[str] = CompletionTracker()
     t.record_send("x", 1)
     t.record_send("x", 1)
@@ -137,7 +162,7 @@ def test_token_copied_if_any_call_copied() -> None:
     assert t.complete(2, 2, copied=False).done_copied == (False,)
 
 
-def test_seal_unknown_token_and_record_after_seal() -> None:
+def test_seal_unknown_token_and_record_after_seal(impl: Any) -> None:
     t: CompletionTracker[str] = CompletionTracker()
     assert t.seal("never-sent") is False
     t.record_send("z", 1)
@@ -148,7 +173,7 @@ def test_seal_unknown_token_and_record_after_seal() -> None:
         CompletionTracker(TOP)
 
 
-def test_record_batch_wraps_and_completes_like_singles() -> None:
+def test_record_batch_wraps_and_completes_like_singles(impl: Any) -> None:
     t: CompletionTracker[str] = CompletionTracker(TOP - 2)
     assert t.record_batch([], []) == TOP - 2 and t.sent == 0
     assert t.record_batch(["a", "b", "c", "d"], [10, 20, 30, 40]) == TOP - 2
@@ -165,13 +190,35 @@ def test_record_batch_wraps_and_completes_like_singles() -> None:
         t.record_batch(["x"], [])
 
 
+def test_long_run_with_a_straggler(impl: Any) -> None:
+    """Many sends completed in waves while the first one stays outstanding, across the wrap
+    (the compiled tracker's slot array grows and compacts meanwhile)."""
+    t: PyCompletionTracker[int] = CompletionTracker(TOP - 5000)
+    t.record_single(-1, 3)
+    sent = 1
+    for wave in range(20):
+        first = t.next_value
+        for i in range(1000 + wave * 37):
+            t.record_single(wave * 10_000 + i, 1)
+        sent += 1000 + wave * 37
+        res = t.complete(first, serial.add(t.next_value, -1), copied=wave % 2 == 0)
+        assert res.calls == 1000 + wave * 37 == len(res.done)
+        assert list(res.done) == [wave * 10_000 + i for i in range(res.calls)]
+        assert t.outstanding == 1 and t.pending_tokens == 1 and t.sent == sent
+    assert t.is_outstanding(TOP - 5000) is True
+    assert t.complete(TOP - 5000, TOP - 5000, copied=False).done == (-1,)
+    assert t.outstanding == 0 and list(t.tokens()) == []
+
+
 # -- state machine against a naive model ---------------------------------------------------
 class TrackerMachine(RuleBasedStateMachine):
     """Model: the set of outstanding sequence numbers, their tokens, sealed tokens."""
 
+    tracker_class: Any = PyCompletionTracker
+
     def __init__(self) -> None:
         super().__init__()
-        self.t: CompletionTracker[int] = CompletionTracker()
+        self.t: PyCompletionTracker[int] = self.tracker_class()
         self.start = 0
         self.n = 0
         self.owner: dict[int, int] = {}  # outstanding seq -> token
@@ -188,7 +235,7 @@ class TrackerMachine(RuleBasedStateMachine):
     )
     def init(self, start: int) -> None:
         self.start = start
-        self.t = CompletionTracker(start)
+        self.t = self.tracker_class(start)
 
     def value(self, seq: int) -> int:
         return (self.start + seq) % TOP
@@ -302,6 +349,18 @@ TrackerMachine.TestCase.settings = settings(
 test_tracker_state_machine = TrackerMachine.TestCase
 
 
+class CTrackerMachine(TrackerMachine):
+    """The same model against the compiled tracker."""
+
+    tracker_class = CCompletionTracker
+
+
+CTrackerMachine.TestCase.settings = TrackerMachine.TestCase.settings
+test_c_tracker_state_machine = pytest.mark.skipif(
+    CCompletionTracker is None, reason="the compiled extension zcnet._speedups is not built",
+)(CTrackerMachine.TestCase)
+
+
 class _CountingDict(dict[int, tuple[int, int, object]]):
     pops = 0
 
@@ -310,8 +369,10 @@ class _CountingDict(dict[int, tuple[int, int, object]]):
         return super().pop(*args)  # type: ignore[arg-type]
 
 
-def test_cost_is_per_completed_call_not_per_range_value() -> None:
+def test_cost_is_per_completed_call_not_per_range_value(impl: Any) -> None:
     """Structural check (no timing): repeats and already-completed parts touch no entry."""
+    if impl is not PyCompletionTracker:
+        pytest.skip("counts dict operations of the Python tracker (the C one keeps no dict)")
     t: CompletionTracker[int] = CompletionTracker(TOP - 1000)
     t._owner = _CountingDict()  # type: ignore[assignment]
     for i in range(20_000):

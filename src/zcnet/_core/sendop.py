@@ -102,7 +102,7 @@ class SendEngine(Generic[T]):
             interruption; used to reconcile with the kernel's own count).
     """
 
-    __slots__ = ("_cut_short", "broken_stream", "ctl", "failure", "handed", "stream", "tracker")
+    __slots__ = ("_cut_short", "broken_stream", "ctl", "failure", "stream", "tracker")
 
     def __init__(self, policy: SendPolicy, *, stream: bool) -> None:
         self.ctl = TxController(policy)
@@ -110,8 +110,17 @@ class SendEngine(Generic[T]):
         self.stream = stream
         self.failure: ZcnetError | None = None
         self.broken_stream = False
-        self.handed = 0
         self._cut_short: ZcnetError | None = None  # the failure an interruption set
+
+    @property
+    def handed(self) -> int:
+        """Bytes handed to the kernel (kept with the counters, which the compiled send path
+        bumps: :attr:`TxController.handed`)."""
+        return self.ctl.handed
+
+    @handed.setter
+    def handed(self, value: int) -> None:
+        self.ctl.handed = value
 
     @property
     def connection_failure(self) -> ZcnetError | None:
@@ -265,13 +274,12 @@ class SendOp(Generic[T]):
 
     def sent(self, n: int) -> None:
         """The send call of the current piece succeeded with ``n`` bytes."""
-        engine = self._engine
         if self.zerocopy:
             # the tracker first: its entry is the only point where an exception can strike
             # before the bookkeeping of a successful call is complete (see record_single)
             self._tracker.record_send(self.ticket, n)
             self.off += n
-            engine.handed += n
+            self._ctl.handed += n
             self.in_call = False
             self.used_zerocopy = True
             ctl = self._ctl
@@ -280,7 +288,7 @@ class SendOp(Generic[T]):
                 self._next = Step.REAP
         else:
             self.off += n
-            engine.handed += n
+            self._ctl.handed += n
             self.in_call = False
             self._plain_attempts = 0
             self._ctl.on_plain_sent(n)

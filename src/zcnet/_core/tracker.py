@@ -23,6 +23,12 @@ will follow and every call it made has completed. The common case, a token made 
 call, has a cheaper entry point, :meth:`CompletionTracker.record_single`, and a batch of such
 tokens (one ``sendmmsg(2)`` of zero-copy datagrams, each a full ``udp_sendmsg`` taking the next
 value) is recorded at once with :meth:`CompletionTracker.record_batch`.
+
+Two implementations: this module's :class:`PyCompletionTracker` is the reference, and
+``zcnet._speedups.CompletionTracker`` (src/zcnet/_ext/tracker.c) has the same API and semantics;
+:data:`CompletionTracker` is the compiled one when the extension is active (``zcnet._accel``).
+The compiled send path (txfast.c) records and completes through it without running Python code
+(docs/ARCHITECTURE.md, 'Compiled fast path').
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from bisect import bisect_right
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from zcnet._accel import speedups
 from zcnet._core.serial import HALF, MASK, distance, range_width
 from zcnet.errors import InvalidCompletionError
 
-__all__ = ["Completion", "CompletionTracker", "ZerocopyCompletion"]
+__all__ = ["Completion", "CompletionTracker", "PyCompletionTracker", "ZerocopyCompletion"]
 
 T = TypeVar("T", bound=Hashable)
 
@@ -335,3 +342,9 @@ class CompletionTracker(Generic[T]):
             starts[k0:k1] = new_starts
             ends[k0:k1] = new_ends
         return Completion(calls, nbytes, copied, tuple(done), tuple(done_copied))
+
+
+#: The pure-Python tracker, the reference implementation.
+PyCompletionTracker = CompletionTracker
+if speedups is not None and not TYPE_CHECKING:
+    CompletionTracker = speedups.CompletionTracker  # same API (src/zcnet/_ext/tracker.c)

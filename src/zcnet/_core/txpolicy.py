@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+from zcnet._accel import speedups
 
 __all__ = [
     "ENOBUFS_COPIES_BEFORE_FALLBACK",
@@ -119,11 +121,8 @@ class EnobufsAction(enum.Enum):
     COPY = "copy"
 
 
-class TxController:
-    """Policy state of one sending socket; the I/O layer reports events and asks for decisions.
-
-    The counters are plain attributes so the I/O layer's hot path can bump them directly.
-    """
+class _PyCounters:
+    """The counters of :class:`TxController` (the compiled implementation keeps them in C)."""
 
     __slots__ = (
         "bytes_copied",
@@ -135,16 +134,50 @@ class TxController:
         "enobufs",
         "enobufs_copies",
         "enobufs_round",
-        "fallback_reason",
+        "handed",
         "notifications",
         "other_errors",
-        "policy",
         "reap_units",
         "sends_plain",
         "sends_zerocopy",
         "threshold",
         "zerocopy",
     )
+
+    bytes_copied: int
+    bytes_pending: int
+    bytes_plain: int
+    bytes_zerocopy: int
+    completions: int
+    copied_calls: int
+    enobufs: int
+    enobufs_copies: int
+    enobufs_round: int
+    handed: int
+    notifications: int
+    other_errors: int
+    reap_units: int
+    sends_plain: int
+    sends_zerocopy: int
+    threshold: int
+    zerocopy: bool
+
+
+# The compiled send path (src/zcnet/_ext/txfast.c) reads and bumps these counters in place: with
+# the extension they live in its C base class, the same integers for the policy and for it.
+if TYPE_CHECKING or speedups is None:  # noqa: SIM108 (mypy reads the first branch)
+    _Counters = _PyCounters
+else:
+    _Counters = speedups.TxCounters
+
+
+class TxController(_Counters):
+    """Policy state of one sending socket; the I/O layer reports events and asks for decisions.
+
+    The counters are plain attributes so the I/O layer's hot path can bump them directly.
+    """
+
+    __slots__ = ("fallback_reason", "policy")
 
     def __init__(self, policy: SendPolicy) -> None:
         self.policy = policy
@@ -165,6 +198,7 @@ class TxController:
         self.other_errors = 0
         self.copied_calls = 0
         self.reap_units = 0  # zero-copy work since the error queue was last read (REAP_EVERY)
+        self.handed = 0  # bytes handed to the kernel (SendEngine.handed)
 
     @property
     def mode(self) -> Mode:

@@ -49,5 +49,53 @@ int zc_buffer_init(PyObject *module);
 
 /* views.c: whether a pool lease's memory is still used (end_lease). */
 int zc_views_init(PyObject *module);
+/* tracker.c: the zero-copy completion counter (zcnet._core.tracker.CompletionTracker in C). */
+typedef struct {
+    PyObject *token;   /* NULL once completed */
+    Py_ssize_t nbytes;
+    PyObject *state;   /* NULL: a single-call token; else its zc_TokenState */
+} zc_TrackerSlot;
+
+typedef struct {
+    PyObject_HEAD
+    long long start;          /* u32: the counter value of sequence number 0 */
+    long long n;              /* sequence numbers handed out */
+    long long *starts, *ends; /* outstanding sequence numbers: [starts[k], ends[k]), sorted */
+    Py_ssize_t nint, capint;
+    zc_TrackerSlot *slots;    /* slots[i] is sequence number base + i, for base <= seq < n */
+    long long base;
+    Py_ssize_t cap;
+    Py_ssize_t outstanding;   /* slots with a token */
+    PyObject *tokens;         /* dict: multi-call token -> zc_TokenState, not finished */
+    Py_ssize_t singles;       /* single-call tokens outstanding */
+    char uncertain_tail;
+} zc_TrackerObject;
+
+/* What one completion released: finished tokens (owned references) and their copied flags. */
+typedef struct {
+    long long calls, nbytes;
+    PyObject **done;
+    char *done_copied;
+    Py_ssize_t ndone, cap;
+} zc_Released;
+
+extern PyTypeObject zc_TrackerType;
+extern PyObject *zc_InvalidCompletionError;
+/* record_single for a fresh token: 0, or -1 with an exception set (uncertain tail, memory). */
+/* Room for k more single calls, checked before a send so that recording it cannot fail: 0, or -1
+ * with an exception set (uncertain tail, memory). Then zc_tracker_record_reserved, k times at
+ * most, makes no call and cannot fail. */
+int zc_tracker_reserve(zc_TrackerObject *t, Py_ssize_t k);
+void zc_tracker_record_reserved(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes);
+int zc_tracker_record_single(zc_TrackerObject *t, PyObject *token, Py_ssize_t nbytes);
+/* Apply [lo, hi]: 0 (rel filled; release with zc_released_clear), -1 with an exception set
+ * (InvalidCompletionError before any change, or MemoryError). */
+int zc_tracker_complete(zc_TrackerObject *t, long long lo, long long hi, int copied,
+                        zc_Released *rel);
+void zc_released_clear(zc_Released *rel);
+int zc_tracker_init(PyObject *module);
+
+/* txfast.c: the send fast path (Ticket base, the policy's counters, the per-Sender send core). */
+int zc_txfast_init(PyObject *module);
 
 #endif
