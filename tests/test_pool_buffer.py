@@ -461,3 +461,23 @@ def test_socket_recv_into_a_lease_with_a_slice_alive() -> None:
             lease.release()
         tail.release()
         lease.release()
+
+
+def test_a_lease_sent_by_copy_while_exported_is_held_back_not_refused() -> None:
+    """Sender.send(lease) that copies (below the threshold) while the caller holds an export of
+    the lease's memory: the send succeeds and the lease is held back until the export ends."""
+    client, server = tx_tcp_pair()
+    receiver = VerifyingReceiver(server)
+    receiver.start()
+    with BufferPool(max_size=4 * MiB, hugepages=False) as pool, Sender(client) as sender:
+        lease = pool.acquire(4096)
+        _fill(lease, _bytes(0, 4096))
+        export = lease.view[100:200]  # a slice of the lease's view: an export of its memory
+        ticket = sender.send(lease)  # 4 KiB: below the threshold, a copy, done at once
+        assert ticket.done and not ticket.zerocopy
+        assert lease.held_back and not lease.released
+        assert bytes(export) == _bytes(0, 4096)[100:200]
+        export.release()
+        del export
+    assert lease.released  # close() took it back: its export is gone
+    receiver.finish(4096)

@@ -482,9 +482,9 @@ class Sender:
             # a ticket that is done (or never went zero-copy) holds no kernel reference
             if ticket.done or not ticket.zerocopy:
                 mv.release()
-                lease.release()
-            else:
-                lease.release_when_done(ticket)
+            # also when done: the lease then returns at once, or is held back while the caller
+            # still holds an export of it (a plain release would raise after the bytes went out)
+            lease.release_when_done(ticket)
         return ticket
 
     def shutdown(self) -> None:
@@ -721,11 +721,7 @@ class Sender:
             raise
         finally:
             for k, lease in leases:
-                t = tickets[k]
-                if t.done or not t.zerocopy:
-                    lease.release()
-                else:
-                    lease.release_when_done(t)
+                lease.release_when_done(tickets[k])  # as in _send_lease
         return tickets
 
     def _batch_run(
