@@ -10,11 +10,17 @@ map come back in the copy buffer or as a ``recv_skip_hint`` (read with ``recv``)
 delivered as separate, copied chunks, in stream order.
 
 Safety: a later zero-copy call on a window unmaps what it held, and reading an unmapped window
-page raises SIGBUS. So a window is reused only when CPython reports no export of it alive (the
-chunk's view and every slice derived from it); if all windows are busy and the ring is full,
-that receive copies instead. Windows are created on demand (``stats.windows_mapped`` counts
+page raises SIGBUS. So a window is reused only when no chunk of it and no export derived from one
+is alive (the chunk's view, every slice of it, ``memoryview(chunk)``, a numpy array over it):
+with the compiled extension each window's ``PinGroup`` counts them exactly, in the pure-Python
+implementation CPython's export count of the window's mmap says it. If all windows are busy and
+the ring is full, that receive copies instead. Windows are created on demand (``stats.windows_mapped`` counts
 ``mmap`` calls) and kept until :meth:`Receiver.close`; a window whose views are still alive at
 close is unmapped by the GC after the last view dies, never under it.
+
+Copies (copy mode, unmappable bytes, a busy ring) are received into a few reusable copy buffers
+(:class:`zcnet.lowlevel.zerocopy_rx.CopyBuffers`), not a fresh ``bytes`` per call; a copy
+buffer is reused under the same rule as a window, so a held copied chunk keeps its bytes.
 
 Fallback: when a run of ``probe_calls`` zero-copy calls maps (almost) nothing (a copying sender,
 an MSS that is not a page multiple), or maps only short runs cut by unmappable tails (the default
@@ -48,6 +54,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
 from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode, map_error_kind
 from zcnet.errors import (
@@ -60,7 +67,7 @@ from zcnet.errors import (
     translate_os_error,
 )
 from zcnet.lowlevel.constants import SO_RCVBUFFORCE, SO_RCVLOWAT, TCP_MAXSEG
-from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, Window, ZerocopyCall
+from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, CopyBuffers, Window, ZerocopyCall, zerocopy_call
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -108,6 +115,9 @@ class RecvPolicy:
         map_backoff_max: after a transient failure to map (``ENOMEM``, ``EAGAIN``, ``EMFILE``,
             ``ENFILE``) the receiver copies that receive and the next 1, 2, 4, ... receives,
             doubling per failure in a row up to this many, then tries mapping again.
+        copy_buffers: reusable buffers that copies are received into (each made on demand, at
+            most ``window_bytes``, which also caps one copied chunk); with all of them held by
+            live chunks, a receive copies into a fresh ``bytes``.
     """
 
     window_bytes: int = 2 * 1024 * 1024
@@ -120,6 +130,7 @@ class RecvPolicy:
     min_cut_run: int = 256 * 1024
     min_map_bytes: int = 16 * 1024
     map_backoff_max: int = 64
+    copy_buffers: int = 2
 
     def __post_init__(self) -> None:
         if self.window_bytes <= 0 or self.window_bytes % PAGE_SIZE:
@@ -139,6 +150,8 @@ class RecvPolicy:
             raise ValueError("probe_calls must be >= 1")
         if self.map_backoff_max < 1:
             raise ValueError("map_backoff_max must be >= 1")
+        if self.copy_buffers < 0:
+            raise ValueError("copy_buffers must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +183,23 @@ class ReceiverStats:
         return self.bytes_mapped / total if total else 0.0
 
 
-class Chunk:
-    """Received bytes: pages mapped into a window (``mapped``) or a copy; read-only.
+_CHUNK_DOC: Final = """Received bytes: pages mapped into a window (``mapped``) or a copy; read-only.
 
-    The view is valid until :meth:`release` (or the end of a ``with`` block). A window is not
-    reused while this chunk's view or any slice of it is alive, so hold chunks only as long as
-    needed: a receiver whose windows are all held falls back to copying.
+    The view is valid until :meth:`release` (or the end of a ``with`` block). A window (or copy
+    buffer) is not reused while this chunk, its view or any slice or export of it is alive, so
+    hold chunks only as long as needed: a receiver whose windows are all held falls back to
+    copying.
+
+    With the compiled extension the chunk is a buffer itself on every Python version
+    (``bytes(chunk)``, ``memoryview(chunk)``, ``hashlib``, ``numpy.frombuffer``,
+    ``sock.sendall(chunk)``) whose exports are counted exactly; ``view`` is a new export each
+    time. In the pure-Python implementation it is a buffer from Python 3.12 (PEP 688), and
+    ``view`` is the chunk's one view, released by :meth:`release`.
     """
+
+
+class Chunk:
+    __doc__ = _CHUNK_DOC
 
     __slots__ = ("_len", "_view", "mapped")
 
@@ -232,6 +255,12 @@ class Chunk:
         return f"<Chunk {self._len} bytes {'mapped' if self.mapped else 'copied'} {state}>"
 
 
+if speedups is not None and not TYPE_CHECKING:
+    # The compiled implementation (src/zcnet/_ext/rx.c) replaces the class above, which stays
+    # the reference (and the type the checker sees): same attributes and methods.
+    class Chunk(speedups.ChunkBase):
+        __doc__ = _CHUNK_DOC
+        __slots__ = ()
 
 
 def make_mappable_listener(
@@ -346,7 +375,9 @@ class Receiver:
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN | select.POLLRDHUP)
         self._sleep: select.epoll | None = None  # created by _wait only if it has to
-        self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
+        # the receive calls of the active implementation (C, or the Python reference)
+        self._call: ZerocopyCall[Chunk] = zerocopy_call(self._fd, self.policy.copybuf_len, Chunk)
+        self._copybufs = CopyBuffers(self.policy.copy_buffers, self.policy.window_bytes)
         self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
                                   force_zerocopy=self.policy.force_zerocopy,
                                   min_mapped_fraction=self.policy.min_mapped_fraction,
@@ -495,6 +526,7 @@ class Receiver:
         for window in self._windows:
             window.close()
         self._windows.clear()
+        self._copybufs.close()
         self._pending = None
         if self._sleep is not None:
             self._sleep.close()
@@ -630,21 +662,31 @@ class Receiver:
         return True
 
     def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
+        # Into a reusable copy buffer no live chunk refers to (no allocation per call); with
+        # all of them held, into a fresh bytes.
+        buf = self._copybufs.get(max_bytes)
         try:
-            data = self._sock.recv(max_bytes)
+            if buf is not None:
+                chunk = self._call.recv_copy(buf, max_bytes)
+                if chunk is None:
+                    return None
+            else:
+                chunk = Chunk(memoryview(self._sock.recv(max_bytes)), False)
         except BlockingIOError:
             return None
         except OSError as e:
             raise _translate(e, "recv") from e
-        if not data:
+        n = len(chunk)
+        if not n:
             self._eof = True
-            return Chunk(memoryview(b""), False)
-        self._ledger.copied(len(data), reason)
-        return Chunk(memoryview(data), False)
+        else:
+            self._ledger.copied(n, reason)
+        return chunk
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
         try:
-            zc = self._call(window.address, map_len, copybuf=self._copybuf_ok)
+            chunk, mapped, copied, skip, inq, zc_err = self._call.receive(
+                window, map_len, self._copybuf_ok)
         except OSError as e:
             if e.errno == errno.EIO:  # nothing queued and the peer closed
                 self._eof = True
@@ -662,11 +704,10 @@ class Receiver:
             raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
         led = self._ledger
         led.calls += 1
-        mapped = zc.length
-        copied = zc.copybuf_len if zc.copybuf_len > 0 else 0
-        skip = zc.recv_skip_hint
-        if zc.err:  # sock_error(): a negative errno, consumed by this call
-            code = abs(zc.err)
+        if copied < 0:
+            copied = 0
+        if zc_err:  # sock_error(): a negative errno, consumed by this call
+            code = abs(zc_err)
             err = OSError(code, os.strerror(code))
             self._pending_error = _translate(err, "TCP_ZEROCOPY_RECEIVE")
         if copied:
@@ -679,11 +720,11 @@ class Receiver:
         # alignment and the next segment's remainder can only be copied (measured: a 256 KiB
         # request every other call mapped nothing). So the copy buffer is offered only when the
         # previous call left nothing queued, i.e. when a short, unmappable tail is likely.
-        self._copybuf_ok = zc.inq == 0
+        self._copybuf_ok = inq == 0
         self._decider.observe(mapped, copied + skip)
-        if mapped:
+        if chunk is not None:
             led.mapped(mapped)
-            return Chunk(window.view(mapped), True)
+            return chunk
         if copied or skip or self._pending_error is not None:
             return None  # delivered by _deliver_pending on the next round
         # Readable but nothing to map, copy or skip: let a plain recv say what is there

@@ -28,5 +28,9 @@ PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
+    if (zc_rx_init(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

@@ -47,4 +47,7 @@ PyObject *zc_buffer_new(PyTypeObject *type, PyObject *source, Py_ssize_t offset,
 
 int zc_buffer_init(PyObject *module);
 
+/* rx.c: ChunkBase and the receive calls (TCP_ZEROCOPY_RECEIVE, copy-mode recv). */
+int zc_rx_init(PyObject *module);
+
 #endif

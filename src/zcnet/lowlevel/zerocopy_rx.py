@@ -29,6 +29,16 @@ socket pages. ``tcp_mmap`` (net/ipv4/tcp.c) accepts the mapping because it is sh
 writable nor executable; ``find_tcp_vma`` then finds it by its ``vm_ops``, as for any window.
 Replacing our own mapping with ``MAP_FIXED`` cannot clobber anyone else's: the range is ours
 until it is unmapped.
+
+With the compiled extension (:mod:`zcnet._accel`) every window and copy buffer also has a
+``PinGroup``, and the chunks over it are ``BufferBase`` objects counted in that group: "busy" is
+then one integer test (``group.count``), exact for every export of a chunk, instead of the
+``resize`` probe; the receive calls themselves run in C (``_speedups.ZerocopyReceive``, built by
+:func:`zerocopy_call`). :class:`ZerocopyCall` is their pure-Python reference.
+
+Copy buffers (:class:`CopyBuffer`, :class:`CopyBuffers`): copy-mode receives ``recv`` into a few
+reusable anonymous mappings instead of a fresh ``bytes`` per call; a buffer is reused only when
+no chunk or export of it is alive (the same probe, or the same PinGroup test, as windows).
 """
 
 from __future__ import annotations
@@ -37,7 +47,10 @@ import ctypes
 import mmap
 import os
 import socket
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar
+
+from zcnet._accel import speedups
 
 from zcnet.lowlevel._libc import errno_error, libc_function
 from zcnet.lowlevel.bufaddr import buffer_address
@@ -47,10 +60,13 @@ __all__ = [
     "PAGE_SIZE",
     "TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT",
     "TCP_ZEROCOPY_RECEIVE",
+    "CopyBuffer",
+    "CopyBuffers",
     "TcpZerocopyReceive",
     "Window",
     "ZerocopyCall",
     "buffer_address",
+    "zerocopy_call",
 ]
 
 PAGE_SIZE: Final = mmap.PAGESIZE
@@ -95,23 +111,32 @@ _MAP_FAILED: Final = ctypes.c_void_p(-1).value
 _MAP_FIXED: Final = 0x10  # include/uapi/asm-generic/mman-common.h (every Linux architecture)
 _get_errno = ctypes.get_errno
 
+_C = TypeVar("_C")
 
-class ZerocopyCall:
+
+class ZerocopyCall(Generic[_C]):
     """One connection's preallocated ``tcp_zerocopy_receive`` struct and copy buffer.
+
+    The pure-Python reference of ``_speedups.ZerocopyReceive`` (same :meth:`receive` and
+    :meth:`recv_copy`); :func:`zerocopy_call` picks the active one.
 
     Args:
         fd: the TCP socket's file descriptor (not owned).
         copybuf_len: size of the copy buffer for the unmappable tail; must stay below one page,
             or the kernel turns every call into a plain copy (see docs/ARCHITECTURE.md,
             'Receive: copybuf').
+        chunk_type: builds the chunk handed out, from a read-only view and ``mapped``.
     """
 
-    __slots__ = ("_copybuf_len", "_fd", "_len", "_len_addr", "_zc_addr", "copybuf", "zc")
+    __slots__ = ("_chunk_type", "_copybuf_len", "_fd", "_len", "_len_addr", "_zc_addr",
+                 "copybuf", "zc")
 
-    def __init__(self, fd: int, copybuf_len: int = PAGE_SIZE - 1) -> None:
+    def __init__(self, fd: int, copybuf_len: int = PAGE_SIZE - 1,
+                 chunk_type: Callable[[memoryview, bool], _C] | None = None) -> None:
         if not 0 <= copybuf_len < PAGE_SIZE:
             raise ValueError(f"copybuf_len must be in [0, {PAGE_SIZE}), got {copybuf_len}")
         self._fd = fd
+        self._chunk_type = chunk_type
         self._copybuf_len = copybuf_len
         self.zc = TcpZerocopyReceive()
         self.copybuf = bytearray(max(copybuf_len, 1))
@@ -142,6 +167,73 @@ class ZerocopyCall:
             raise OSError(err, os.strerror(err))
         return zc
 
+    def _chunk(self, view: memoryview, mapped: bool) -> _C:
+        if self._chunk_type is None:
+            raise TypeError("this ZerocopyCall was made without a chunk_type")
+        return self._chunk_type(view, mapped)
+
+    def receive(self, window: Window, length: int,
+                copybuf: bool) -> tuple[_C | None, int, int, int, int, int]:
+        """One call into ``window``: ``(chunk, length, copybuf_len, recv_skip_hint, inq, err)``.
+
+        ``chunk`` is the mapped pages (``None`` when none were mapped); the rest is the kernel's
+        answer. Raises ``OSError`` when the call fails.
+        """
+        zc = self(window.address, length, copybuf=copybuf)
+        n = zc.length
+        chunk = self._chunk(window.view(n), True) if n else None
+        return chunk, n, zc.copybuf_len, zc.recv_skip_hint, zc.inq, zc.err
+
+    def recv_copy(self, buffer: CopyBuffer, nbytes: int) -> _C | None:
+        """``recv`` up to ``nbytes`` into ``buffer``: the chunk over them (empty at EOF), or
+        ``None`` when nothing is there. Raises ``OSError`` on failure."""
+        view = memoryview(buffer.mm)[:nbytes]
+        try:
+            # os.readv: a read(2) on a TCP socket is recv(2) without flags (fd only, no object)
+            got = os.readv(self._fd, (view,))
+        except (BlockingIOError, InterruptedError):
+            view.release()
+            return None
+        chunk = view[:got].toreadonly()
+        view.release()
+        return self._chunk(chunk, False)
+
+
+def zerocopy_call(fd: int, copybuf_len: int,
+                  chunk_type: Callable[[memoryview, bool], _C]) -> ZerocopyCall[_C]:
+    """The active implementation's receive calls for ``fd``: ``_speedups.ZerocopyReceive`` (then
+    ``chunk_type`` must subclass ``_speedups.ChunkBase``) or :class:`ZerocopyCall`."""
+    if speedups is not None:
+        call: ZerocopyCall[_C] = speedups.ZerocopyReceive(fd, copybuf_len, chunk_type)
+        return call
+    return ZerocopyCall(fd, copybuf_len, chunk_type)
+
+
+def _new_group() -> Any:
+    return speedups.PinGroup() if speedups is not None else None
+
+
+def _busy(mm: mmap.mmap, group: Any) -> bool:
+    if group is not None:  # compiled: the chunks over it are counted exactly
+        return bool(group.count)
+    # resize of a read-only or copy-on-write map raises BufferError while exports exist and
+    # TypeError otherwise (CPython's mmapmodule.c is_resizeable): a side-effect-free probe.
+    try:
+        mm.resize(len(mm))
+    except BufferError:
+        return True
+    except TypeError:
+        return False
+    return False  # pragma: no cover - a read-only or private map never resizes
+
+
+def _view(mm: mmap.mmap, group: Any, length: int) -> memoryview:
+    if group is not None:
+        # counted in the group like a chunk: the window is busy until this view (and every
+        # slice of it) is gone
+        return memoryview(speedups.BufferBase(mm, 0, length, readonly=True, group=group))
+    return memoryview(mm)[:length]
+
 
 class Window:
     """A read-only shared mapping of a TCP socket into which pages are received.
@@ -158,7 +250,7 @@ class Window:
             or mapping the socket there (``ENODEV``, ``EPERM``, ...) failed.
     """
 
-    __slots__ = ("address", "mm", "size")
+    __slots__ = ("address", "group", "mm", "size")
 
     def __init__(self, fd: int, size: int) -> None:
         if size <= 0 or size % PAGE_SIZE:
@@ -181,20 +273,15 @@ class Window:
             raise err
         self.mm = mm
         self.address = address
+        self.group: Any = _new_group()
 
     def busy(self) -> bool:
-        """Whether any memoryview of this window (or a slice of one) is still alive."""
-        try:
-            self.mm.resize(self.size)
-        except BufferError:
-            return True
-        except TypeError:
-            return False
-        return False  # pragma: no cover - a read-only map never resizes
+        """Whether any chunk or view of this window (or a slice of one) is still alive."""
+        return _busy(self.mm, self.group)
 
     def view(self, length: int) -> memoryview:
         """A read-only view of the first ``length`` bytes (counted as an export)."""
-        return memoryview(self.mm)[:length]
+        return _view(self.mm, self.group, length)
 
     def dontneed(self) -> None:
         """Drop the pages mapped in the window (``madvise(MADV_DONTNEED)``)."""
@@ -207,3 +294,83 @@ class Window:
         except BufferError:
             return False
         return True
+
+
+class CopyBuffer:
+    """A reusable receive buffer for copies: an anonymous private mapping (no fd), page-aligned.
+
+    Copy-on-write private (``ACCESS_COPY``) so that, like a window, its ``resize`` probe raises
+    ``TypeError`` rather than resizing when no export is alive.
+    """
+
+    __slots__ = ("group", "mm", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.mm = mmap.mmap(-1, size, access=mmap.ACCESS_COPY)
+        self.group: Any = _new_group()
+
+    def busy(self) -> bool:
+        """Whether any chunk over this buffer (or an export of one) is still alive."""
+        return _busy(self.mm, self.group)
+
+    def close(self) -> bool:
+        """Unmap; ``False`` if exports are alive (then the GC unmaps it after them)."""
+        try:
+            self.mm.close()
+        except BufferError:
+            return False
+        return True
+
+
+class CopyBuffers:
+    """Up to ``count`` :class:`CopyBuffer` of at most ``max_size`` bytes, made on demand.
+
+    :meth:`get` returns the first buffer no live chunk refers to (so a receiver whose chunks
+    are released in time reuses one warm buffer), growing it if it is too small.
+    """
+
+    __slots__ = ("_bufs", "count", "max_size")
+
+    def __init__(self, count: int, max_size: int) -> None:
+        self.count = count
+        self.max_size = max_size
+        self._bufs: list[CopyBuffer] = []
+
+    def get(self, nbytes: int) -> CopyBuffer | None:
+        """A free buffer of ``min(nbytes, max_size)`` bytes or more, or ``None`` (all busy, or
+        mapping one failed)."""
+        bufs = self._bufs
+        for i, buf in enumerate(bufs):
+            if not buf.busy():
+                if buf.size >= nbytes or buf.size >= self.max_size:
+                    return buf
+                buf.close()
+                return self._make(nbytes, i)
+        if len(bufs) < self.count:
+            return self._make(nbytes, None)
+        return None
+
+    def _make(self, nbytes: int, index: int | None) -> CopyBuffer | None:
+        size = -(-min(nbytes, self.max_size) // PAGE_SIZE) * PAGE_SIZE
+        try:
+            buf = CopyBuffer(size)
+        except OSError:
+            if index is not None:
+                del self._bufs[index]
+            return None
+        if index is None:
+            self._bufs.append(buf)
+        else:
+            self._bufs[index] = buf
+        return buf
+
+    def busy(self) -> int:
+        """How many buffers are held by live chunks."""
+        return sum(1 for b in self._bufs if b.busy())
+
+    def close(self) -> None:
+        """Unmap every buffer (one held by live chunks is unmapped by the GC after them)."""
+        for buf in self._bufs:
+            buf.close()
+        self._bufs.clear()
