@@ -14,9 +14,10 @@ page raises SIGBUS. So a window is reused only when no chunk of it and no export
 is alive (the chunk's view, every slice of it, ``memoryview(chunk)``, a numpy array over it):
 with the compiled extension each window's ``PinGroup`` counts them exactly, in the pure-Python
 implementation CPython's export count of the window's mmap says it. If all windows are busy and
-the ring is full, that receive copies instead. Windows are created on demand (``stats.windows_mapped`` counts
-``mmap`` calls) and kept until :meth:`Receiver.close`; a window whose views are still alive at
-close is unmapped by the GC after the last view dies, never under it.
+the ring is full, that receive copies instead. Windows are created on demand
+(``stats.windows_mapped`` counts ``mmap`` calls) and kept until :meth:`Receiver.close`; a window
+whose chunks or views are still alive at close is unmapped by the GC after the last one dies,
+never under it.
 
 Copies (copy mode, unmappable bytes, a busy ring) are received into a few reusable copy buffers
 (:class:`zcnet.lowlevel.zerocopy_rx.CopyBuffers`), not a fresh ``bytes`` per call; a copy
@@ -388,7 +389,8 @@ class Receiver:
         self._windows: list[Window] = []
         self._next = 0
         self._windows_mapped = 0
-        self._pending: memoryview | None = None  # copied bytes not yet delivered
+        self._pending: Chunk | None = None  # the copy buffer's tail, not yet all delivered
+        self._pending_off = 0  # bytes of it already delivered
         self._pending_skip = 0  # bytes the kernel said to read with recv
         self._pending_error: Exception | None = None
         self._eof = False
@@ -490,7 +492,8 @@ class Receiver:
     @property
     def buffered(self) -> int:
         """Bytes already received and held here (a poller on :meth:`fileno` cannot see them)."""
-        return len(self._pending) if self._pending is not None else 0
+        pending = self._pending
+        return len(pending) - self._pending_off if pending is not None else 0
 
     @property
     def stats(self) -> ReceiverStats:
@@ -544,11 +547,21 @@ class Receiver:
     def _deliver_pending(self, max_bytes: int) -> Chunk | None:
         pending = self._pending
         if pending is not None:
-            if len(pending) <= max_bytes:
+            off = self._pending_off
+            left = len(pending) - off
+            if not off and left <= max_bytes:
                 self._pending = None
-                return Chunk(pending, False)
-            self._pending = pending[max_bytes:]
-            return Chunk(pending[:max_bytes], False)
+                return pending
+            # a part (rare: max_bytes below the tail, < 1 page): a chunk over a slice of the
+            # tail, which keeps the tail (and so the copy buffer) busy while it lives
+            n = min(left, max_bytes)
+            part = Chunk(pending.view[off:off + n], False)
+            if n == left:
+                self._pending = None
+                pending.release()
+            else:
+                self._pending_off = off + n
+            return part
         if self._pending_skip:
             n = min(self._pending_skip, max_bytes)
             chunk = self._recv_copy(n, "skip_hint")
@@ -685,7 +698,7 @@ class Receiver:
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
         try:
-            chunk, mapped, copied, skip, inq, zc_err = self._call.receive(
+            chunk, mapped, tail, skip, inq, zc_err = self._call.receive(
                 window, map_len, self._copybuf_ok)
         except OSError as e:
             if e.errno == errno.EIO:  # nothing queued and the peer closed
@@ -704,14 +717,16 @@ class Receiver:
             raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
         led = self._ledger
         led.calls += 1
-        if copied < 0:
-            copied = 0
+        copied = 0 if tail is None else len(tail)
         if zc_err:  # sock_error(): a negative errno, consumed by this call
             code = abs(zc_err)
             err = OSError(code, os.strerror(code))
             self._pending_error = _translate(err, "TCP_ZEROCOPY_RECEIVE")
-        if copied:
-            self._pending = memoryview(memoryview(self._call.copybuf)[:copied].tobytes())
+        if tail is not None:
+            # delivered next (no copy of it: the kernel is not offered the copy buffer again
+            # before this chunk and its exports are gone)
+            self._pending = tail
+            self._pending_off = 0
             led.copied(copied, "copybuf_tail")
         self._pending_skip = skip
         # The kernel fills the copy buffer with the bytes after the mapped ones even when the

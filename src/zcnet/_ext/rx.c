@@ -8,7 +8,9 @@
  *   receive(window, length, copybuf): one TCP_ZEROCOPY_RECEIVE (net/ipv4/tcp.c
  *     tcp_zerocopy_receive) mapping up to `length` bytes at the window, GIL released; returns
  *     the kernel's answer and, when pages were mapped, the chunk over them, counted in the
- *     window's PinGroup (the Receiver reuses a window only when that count is 0).
+ *     window's PinGroup (the Receiver reuses a window only when that count is 0). The bytes
+ *     copied into the copy buffer come back as a chunk over it, counted in the copy buffer's
+ *     own PinGroup; the copy buffer is offered to the kernel only while that count is 0.
  *   recv_copy(buffer, nbytes): recv() into a reusable copy buffer, the chunk over the bytes
  *     received counted in the buffer's PinGroup.
  * `window` and `buffer` are zcnet.lowlevel.zerocopy_rx objects: `.mm` (the mmap) and `.group`.
@@ -181,6 +183,7 @@ typedef struct {
     PyTypeObject *chunk_type;
     PyObject *copybuf;       /* bytearray for the unmappable tail */
     Py_buffer copybuf_view;  /* our export of it: its address cannot move */
+    zc_PinGroupObject *copybuf_group; /* the chunks over copybuf not finalized */
 } zc_ZerocopyReceiveObject;
 
 static PyObject *
@@ -209,6 +212,11 @@ zcr_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->fd = fd;
     self->copybuf_len = copybuf_len;
     self->chunk_type = (PyTypeObject *)Py_NewRef(chunk_type);
+    self->copybuf_group = (zc_PinGroupObject *)PyObject_CallNoArgs((PyObject *)&zc_PinGroupType);
+    if (self->copybuf_group == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     self->copybuf = PyByteArray_FromStringAndSize(NULL, copybuf_len > 0 ? copybuf_len : 1);
     if (self->copybuf == NULL
         || PyObject_GetBuffer(self->copybuf, &self->copybuf_view, PyBUF_WRITABLE) < 0) {
@@ -225,6 +233,7 @@ zcr_dealloc(zc_ZerocopyReceiveObject *self)
     if (self->copybuf_view.obj != NULL)
         PyBuffer_Release(&self->copybuf_view);
     Py_XDECREF(self->copybuf);
+    Py_XDECREF(self->copybuf_group);
     Py_XDECREF(self->chunk_type);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -257,12 +266,12 @@ get_region(PyObject *obj, Py_buffer *view, int flags, zc_PinGroupObject **group)
     return 0;
 }
 
-/* a chunk over the first `length` bytes of `view`'s exporter, counted in `group` */
+/* a chunk over the first `length` bytes of `source`, counted in `group` */
 static PyObject *
-make_chunk(zc_ZerocopyReceiveObject *self, Py_buffer *view, Py_ssize_t length, int mapped,
+make_chunk(zc_ZerocopyReceiveObject *self, PyObject *source, Py_ssize_t length, int mapped,
            zc_PinGroupObject *group)
 {
-    PyObject *chunk = zc_buffer_new(self->chunk_type, view->obj, 0, length, 1, group);
+    PyObject *chunk = zc_buffer_new(self->chunk_type, source, 0, length, 1, group);
     if (chunk != NULL)
         ((zc_ChunkObject *)chunk)->mapped = mapped;
     return chunk;
@@ -285,7 +294,7 @@ zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t na
     zc_PinGroupObject *group;
     if (get_region(args[0], &win, PyBUF_SIMPLE, &group) < 0)
         return NULL;
-    PyObject *result = NULL, *chunk = NULL;
+    PyObject *result = NULL, *chunk = NULL, *tail = NULL;
     if (length < 0 || length > win.len || length > (Py_ssize_t)UINT32_MAX) {
         PyErr_Format(PyExc_ValueError, "length %zd does not fit the window of %zd bytes",
                      length, win.len);
@@ -295,7 +304,8 @@ zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t na
         .address = (uint64_t)(uintptr_t)win.buf,
         .length = (uint32_t)length,
         .copybuf_address = (uint64_t)(uintptr_t)self->copybuf_view.buf,
-        .copybuf_len = copybuf ? self->copybuf_len : 0,
+        /* never under a live chunk of the copy buffer: the kernel would overwrite its bytes */
+        .copybuf_len = copybuf && self->copybuf_group->count == 0 ? self->copybuf_len : 0,
     };
     socklen_t zc_len = sizeof(zc);
     int rc, saved_errno;
@@ -309,16 +319,27 @@ zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    if (zc.length > 0) {
-        chunk = make_chunk(self, &win, (Py_ssize_t)zc.length, 1, group);
-        if (chunk == NULL)
-            goto done;
+    /* a kernel whose struct ends before copybuf_len (before 5.11) shortens zc_len and never
+     * copies: our copybuf_len came back untouched */
+    if (zc_len < offsetof(struct zc_tcp_zerocopy_receive, copybuf_len) + sizeof(int32_t))
+        zc.copybuf_len = 0;
+    if (zc.copybuf_len > self->copybuf_len) { /* cannot happen: the kernel copies at most that */
+        PyErr_SetString(PyExc_SystemError, "TCP_ZEROCOPY_RECEIVE copied more than offered");
+        goto done;
     }
-    else {
-        chunk = Py_NewRef(Py_None);
+    chunk = zc.length > 0 ? make_chunk(self, win.obj, (Py_ssize_t)zc.length, 1, group)
+                          : Py_NewRef(Py_None);
+    if (chunk == NULL)
+        goto done;
+    tail = zc.copybuf_len > 0 ? make_chunk(self, self->copybuf, zc.copybuf_len, 0,
+                                           self->copybuf_group)
+                              : Py_NewRef(Py_None);
+    if (tail == NULL) {
+        Py_DECREF(chunk);
+        goto done;
     }
-    result = Py_BuildValue("(NIiIIi)", chunk, zc.length, zc.copybuf_len, zc.recv_skip_hint,
-                           zc.inq, zc.err);
+    result = Py_BuildValue("(NINIIi)", chunk, zc.length, tail, zc.recv_skip_hint, zc.inq,
+                           zc.err);
 done:
     PyBuffer_Release(&win);
     Py_DECREF(group);
@@ -359,7 +380,7 @@ zcr_recv_copy(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t 
         }
     }
     else {
-        result = make_chunk(self, &buf, (Py_ssize_t)got, 0, group);
+        result = make_chunk(self, buf.obj, (Py_ssize_t)got, 0, group);
     }
     PyBuffer_Release(&buf);
     Py_DECREF(group);
@@ -369,8 +390,8 @@ zcr_recv_copy(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t 
 static PyMethodDef zcr_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))zcr_receive, METH_FASTCALL,
      "receive($self, window, length, copybuf, /)\n--\n\n"
-     "One TCP_ZEROCOPY_RECEIVE into `window`: (chunk or None, length, copybuf_len, "
-     "recv_skip_hint, inq, err). OSError on failure."},
+     "One TCP_ZEROCOPY_RECEIVE into `window`: (mapped chunk or None, length, copied tail "
+     "chunk or None, recv_skip_hint, inq, err). OSError on failure."},
     {"recv_copy", (PyCFunction)(void (*)(void))zcr_recv_copy, METH_FASTCALL,
      "recv_copy($self, buffer, nbytes, /)\n--\n\n"
      "recv() of up to `nbytes` into the copy buffer: the chunk (empty at EOF), or None if "
@@ -381,6 +402,8 @@ static PyMethodDef zcr_methods[] = {
 static PyMemberDef zcr_members[] = {
     {"copybuf", Py_T_OBJECT_EX, offsetof(zc_ZerocopyReceiveObject, copybuf), Py_READONLY,
      "The copy buffer (bytearray) the kernel fills with the unmappable tail."},
+    {"copybuf_group", Py_T_OBJECT_EX, offsetof(zc_ZerocopyReceiveObject, copybuf_group),
+     Py_READONLY, "The PinGroup of the chunks over the copy buffer."},
     {NULL},
 };
 

@@ -51,7 +51,6 @@ from collections.abc import Callable
 from typing import Any, Final, Generic, TypeVar
 
 from zcnet._accel import speedups
-
 from zcnet.lowlevel._libc import errno_error, libc_function
 from zcnet.lowlevel.bufaddr import buffer_address
 from zcnet.lowlevel.constants import TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT, TCP_ZEROCOPY_RECEIVE
@@ -112,6 +111,7 @@ _MAP_FIXED: Final = 0x10  # include/uapi/asm-generic/mman-common.h (every Linux 
 _get_errno = ctypes.get_errno
 
 _C = TypeVar("_C")
+_COPYBUF_END: Final = TcpZerocopyReceive.copybuf_len.offset + 4
 
 
 class ZerocopyCall(Generic[_C]):
@@ -139,11 +139,13 @@ class ZerocopyCall(Generic[_C]):
         self._chunk_type = chunk_type
         self._copybuf_len = copybuf_len
         self.zc = TcpZerocopyReceive()
-        self.copybuf = bytearray(max(copybuf_len, 1))
+        # a private anonymous page, so that the export probe tells whether a chunk over it is
+        # alive (then it is not offered: the kernel would overwrite that chunk's bytes)
+        self.copybuf = mmap.mmap(-1, PAGE_SIZE, access=mmap.ACCESS_COPY)
         self._len = ctypes.c_uint32(ctypes.sizeof(TcpZerocopyReceive))
         self._zc_addr = ctypes.addressof(self.zc)
         self._len_addr = ctypes.addressof(self._len)
-        self.zc.copybuf_address = ctypes.addressof(ctypes.c_char.from_buffer(self.copybuf))
+        self.zc.copybuf_address = buffer_address(self.copybuf)
 
     def __call__(self, address: int, length: int, flags: int = 0,
                  copybuf: bool = True) -> TcpZerocopyReceive:
@@ -165,6 +167,8 @@ class ZerocopyCall(Generic[_C]):
                        self._zc_addr, self._len_addr) != 0:
             err = _get_errno()
             raise OSError(err, os.strerror(err))
+        if self._len.value < _COPYBUF_END:  # before Linux 5.11: no copy buffer, field untouched
+            zc.copybuf_len = 0
         return zc
 
     def _chunk(self, view: memoryview, mapped: bool) -> _C:
@@ -173,16 +177,22 @@ class ZerocopyCall(Generic[_C]):
         return self._chunk_type(view, mapped)
 
     def receive(self, window: Window, length: int,
-                copybuf: bool) -> tuple[_C | None, int, int, int, int, int]:
-        """One call into ``window``: ``(chunk, length, copybuf_len, recv_skip_hint, inq, err)``.
+                copybuf: bool) -> tuple[_C | None, int, _C | None, int, int, int]:
+        """One call into ``window``: ``(chunk, length, tail, recv_skip_hint, inq, err)``.
 
-        ``chunk`` is the mapped pages (``None`` when none were mapped); the rest is the kernel's
-        answer. Raises ``OSError`` when the call fails.
+        ``chunk`` is the mapped pages (``None`` when none were mapped), ``tail`` the bytes copied
+        into the copy buffer (``None`` when none); the rest is the kernel's answer. The copy
+        buffer is offered only if ``copybuf`` and no chunk over it is alive. Raises ``OSError``
+        when the call fails.
         """
-        zc = self(window.address, length, copybuf=copybuf)
+        offer = copybuf and not _busy(self.copybuf, None)
+        zc = self(window.address, length, copybuf=offer)
         n = zc.length
         chunk = self._chunk(window.view(n), True) if n else None
-        return chunk, n, zc.copybuf_len, zc.recv_skip_hint, zc.inq, zc.err
+        copied = zc.copybuf_len
+        tail = self._chunk(memoryview(self.copybuf)[:copied].toreadonly(), False) \
+            if copied > 0 else None
+        return chunk, n, tail, zc.recv_skip_hint, zc.inq, zc.err
 
     def recv_copy(self, buffer: CopyBuffer, nbytes: int) -> _C | None:
         """``recv`` up to ``nbytes`` into ``buffer``: the chunk over them (empty at EOF), or
@@ -228,7 +238,7 @@ def _busy(mm: mmap.mmap, group: Any) -> bool:
 
 
 def _view(mm: mmap.mmap, group: Any, length: int) -> memoryview:
-    if group is not None:
+    if group is not None and speedups is not None:
         # counted in the group like a chunk: the window is busy until this view (and every
         # slice of it) is gone
         return memoryview(speedups.BufferBase(mm, 0, length, readonly=True, group=group))
