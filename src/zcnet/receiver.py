@@ -396,6 +396,7 @@ class Receiver:
         self._eof = False
         self._lowat = 1
         self._copybuf_ok = True  # offer the copy buffer on the next zero-copy call
+        self._inq = 0  # bytes queued after the last zero-copy call (0 after any copy)
         self._closed = False
 
     # -- public API ------------------------------------------------------------------------
@@ -421,24 +422,35 @@ class Receiver:
         if self._closed:
             raise SocketClosedError("receiver is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        policy = self.policy
         while True:
-            chunk = self._deliver_pending(max_bytes)
-            if chunk is not None:
-                return chunk
-            request = self._decider.request(max_bytes, self.policy.window_bytes)
+            if (self._pending is not None or self._pending_skip or self._eof
+                    or self._pending_error is not None):
+                chunk = self._deliver_pending(max_bytes)
+                if chunk is not None:
+                    return chunk
+            request = self._decider.request(max_bytes, policy.window_bytes)
             if request is None:
                 reason = self._decider.copy_reason(max_bytes)
                 window: Window | None = None
             else:
                 window, reason = self._free_window()
             if request is None or window is None:
-                self._wait(max_bytes, deadline)
-                chunk = self._recv_copy(max_bytes, reason)
+                # Without rcvlowat, try first: a copy that finds data needs no readiness check
+                # (one system call less per receive); EAGAIN, errors and EOF come out of it the
+                # same way.
+                if policy.rcvlowat or (chunk := self._recv_copy(max_bytes, reason)) is None:
+                    self._wait(max_bytes, deadline)
+                    chunk = self._recv_copy(max_bytes, reason)
                 if chunk is not None:
                     return chunk
                 continue
-            self._wait(request.map_len, deadline)
-            chunk = self._recv_zerocopy(window, request.map_len)
+            map_len = request.map_len
+            # The last zero-copy call said how many bytes were still queued (inq): when that is
+            # enough, the wait would return at once.
+            if self._inq < max(1, min(policy.rcvlowat, map_len)):
+                self._wait(map_len, deadline)
+            chunk = self._recv_zerocopy(window, map_len)
             if chunk is not None:
                 return chunk
 
@@ -478,6 +490,7 @@ class Receiver:
             if self._eof:
                 return 0
             self._wait(len(view), deadline)
+            self._inq = 0
             try:
                 n = self._sock.recv_into(view)
             except BlockingIOError:
@@ -677,6 +690,7 @@ class Receiver:
     def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
         # Into a reusable copy buffer no live chunk refers to (no allocation per call); with
         # all of them held, into a fresh bytes.
+        self._inq = 0
         buf = self._copybufs.get(max_bytes)
         try:
             if buf is not None:
@@ -736,6 +750,7 @@ class Receiver:
         # request every other call mapped nothing). So the copy buffer is offered only when the
         # previous call left nothing queued, i.e. when a short, unmappable tail is likely.
         self._copybuf_ok = inq == 0
+        self._inq = inq
         self._decider.observe(mapped, copied + skip)
         if chunk is not None:
             led.mapped(mapped)

@@ -13,7 +13,8 @@
  *     own PinGroup; the copy buffer is offered to the kernel only while that count is 0.
  *   recv_copy(buffer, nbytes): recv() into a reusable copy buffer, the chunk over the bytes
  *     received counted in the buffer's PinGroup.
- * `window` and `buffer` are zcnet.lowlevel.zerocopy_rx objects: `.mm` (the mmap) and `.group`.
+ * `window` and `buffer` are zcnet.lowlevel.zerocopy_rx objects: `.memory` (the mmap or
+ * bytearray) and `.group`.
  * Every decision (which window, copy or map, what to do with the answer) stays in Python. */
 #include "zcnet_ext.h"
 
@@ -45,7 +46,7 @@ struct zc_tcp_zerocopy_receive {
 };
 _Static_assert(sizeof(struct zc_tcp_zerocopy_receive) == 64, "struct tcp_zerocopy_receive");
 
-static PyObject *str_mm, *str_group, *end_method;
+static PyObject *str_memory, *str_group, *end_method;
 
 /* -- ChunkBase ----------------------------------------------------------------------------- */
 
@@ -238,7 +239,7 @@ zcr_dealloc(zc_ZerocopyReceiveObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* `obj.mm` exported (writable if asked) and `obj.group` checked; 0, or -1 with an exception */
+/* `obj.memory` exported (writable if asked) and `obj.group` checked; 0, or -1 with an exception */
 static int
 get_region(PyObject *obj, Py_buffer *view, int flags, zc_PinGroupObject **group)
 {
@@ -251,13 +252,13 @@ get_region(PyObject *obj, Py_buffer *view, int flags, zc_PinGroupObject **group)
         Py_DECREF(g);
         return -1;
     }
-    PyObject *mm = PyObject_GetAttr(obj, str_mm);
-    if (mm == NULL) {
+    PyObject *memory = PyObject_GetAttr(obj, str_memory);
+    if (memory == NULL) {
         Py_DECREF(g);
         return -1;
     }
-    int rc = PyObject_GetBuffer(mm, view, flags);
-    Py_DECREF(mm); /* the export holds its own reference */
+    int rc = PyObject_GetBuffer(memory, view, flags);
+    Py_DECREF(memory); /* the export holds its own reference */
     if (rc < 0) {
         Py_DECREF(g);
         return -1;
@@ -426,10 +427,10 @@ zc_rx_init(PyObject *module)
     zc_ChunkBaseType.tp_base = &zc_BufferBaseType;
     if (PyType_Ready(&zc_ChunkBaseType) < 0 || PyType_Ready(&zc_ZerocopyReceiveType) < 0)
         return -1;
-    str_mm = PyUnicode_InternFromString("mm");
+    str_memory = PyUnicode_InternFromString("memory");
     str_group = PyUnicode_InternFromString("group");
     end_method = PyObject_GetAttrString((PyObject *)&zc_BufferBaseType, "_end");
-    if (str_mm == NULL || str_group == NULL || end_method == NULL)
+    if (str_memory == NULL || str_group == NULL || end_method == NULL)
         return -1;
     if (PyModule_AddObjectRef(module, "ChunkBase", (PyObject *)&zc_ChunkBaseType) < 0
         || PyModule_AddObjectRef(module, "ZerocopyReceive",

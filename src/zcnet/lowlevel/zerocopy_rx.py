@@ -37,8 +37,8 @@ then one integer test (``group.count``), exact for every export of a chunk, inst
 :func:`zerocopy_call`). :class:`ZerocopyCall` is their pure-Python reference.
 
 Copy buffers (:class:`CopyBuffer`, :class:`CopyBuffers`): copy-mode receives ``recv`` into a few
-reusable anonymous mappings instead of a fresh ``bytes`` per call; a buffer is reused only when
-no chunk or export of it is alive (the same probe, or the same PinGroup test, as windows).
+reusable ``bytearray`` buffers instead of a fresh ``bytes`` per call; a buffer is reused only
+when no chunk or export of it is alive (its PinGroup, or a bytearray's own resize probe).
 """
 
 from __future__ import annotations
@@ -197,16 +197,13 @@ class ZerocopyCall(Generic[_C]):
     def recv_copy(self, buffer: CopyBuffer, nbytes: int) -> _C | None:
         """``recv`` up to ``nbytes`` into ``buffer``: the chunk over them (empty at EOF), or
         ``None`` when nothing is there. Raises ``OSError`` on failure."""
-        view = memoryview(buffer.mm)[:nbytes]
+        view = memoryview(buffer.memory)
         try:
             # os.readv: a read(2) on a TCP socket is recv(2) without flags (fd only, no object)
-            got = os.readv(self._fd, (view,))
+            got = os.readv(self._fd, (view[:nbytes],))
         except (BlockingIOError, InterruptedError):
-            view.release()
             return None
-        chunk = view[:got].toreadonly()
-        view.release()
-        return self._chunk(chunk, False)
+        return self._chunk(view.toreadonly()[:got], False)
 
 
 def zerocopy_call(fd: int, copybuf_len: int,
@@ -260,7 +257,7 @@ class Window:
             or mapping the socket there (``ENODEV``, ``EPERM``, ...) failed.
     """
 
-    __slots__ = ("address", "group", "mm", "size")
+    __slots__ = ("address", "group", "memory", "mm", "size")
 
     def __init__(self, fd: int, size: int) -> None:
         if size <= 0 or size % PAGE_SIZE:
@@ -282,6 +279,7 @@ class Window:
             mm.close()
             raise err
         self.mm = mm
+        self.memory = mm  # the name the receive calls use for windows and copy buffers alike
         self.address = address
         self.group: Any = _new_group()
 
@@ -307,30 +305,36 @@ class Window:
 
 
 class CopyBuffer:
-    """A reusable receive buffer for copies: an anonymous private mapping (no fd), page-aligned.
+    """A reusable receive buffer for copies (``memory``, a ``bytearray``)."""
 
-    Copy-on-write private (``ACCESS_COPY``) so that, like a window, its ``resize`` probe raises
-    ``TypeError`` rather than resizing when no export is alive.
-    """
-
-    __slots__ = ("group", "mm", "size")
+    __slots__ = ("group", "memory", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.mm = mmap.mmap(-1, size, access=mmap.ACCESS_COPY)
+        self.memory = bytearray(size)
         self.group: Any = _new_group()
+        if self.group is None:
+            self.busy()  # the probe's one reallocation (to over-allocated), now
 
     def busy(self) -> bool:
         """Whether any chunk over this buffer (or an export of one) is still alive."""
-        return _busy(self.mm, self.group)
-
-    def close(self) -> bool:
-        """Unmap; ``False`` if exports are alive (then the GC unmaps it after them)."""
+        group = self.group
+        if group is not None:  # compiled: the chunks over it are counted exactly
+            return bool(group.count)
+        # A bytearray refuses to change size while exported (BufferError, Objects/
+        # bytearrayobject.c _canresize); growing it by one byte and back is the cheap probe
+        # (no exception when free; its over-allocation makes it no realloc after the first).
+        memory = self.memory
         try:
-            self.mm.close()
+            memory.append(0)
         except BufferError:
-            return False
-        return True
+            return True
+        del memory[-1]
+        return False
+
+    def close(self) -> None:
+        """Drop the buffer (chunks still over it keep it alive until they are gone)."""
+        self.memory = bytearray()
 
 
 class CopyBuffers:
@@ -380,7 +384,7 @@ class CopyBuffers:
         return sum(1 for b in self._bufs if b.busy())
 
     def close(self) -> None:
-        """Unmap every buffer (one held by live chunks is unmapped by the GC after them)."""
+        """Drop every buffer (one held by live chunks stays alive until they are gone)."""
         for buf in self._bufs:
             buf.close()
         self._bufs.clear()
