@@ -236,6 +236,13 @@ class Chunk:
             """The chunk's read-only view (PEP 688); :class:`BufferLifetimeError` after release."""
             return self.view
 
+        # Defined so that the type has a bf_releasebuffer slot: a consumer may hold a reference
+        # to the exporter instead of the export when there is none (numpy.frombuffer does,
+        # numpy/_core/src/multiarray/ctors.c PyArray_FromBuffer), which would not pin the window.
+        # CPython releases the export of our view itself after this call.
+        def __release_buffer__(self, view: memoryview, /) -> None:
+            """PEP 688: a consumer is done with an export (nothing to do here)."""
+
     def release(self) -> None:
         """Drop this chunk's view (idempotent); slices the caller made stay valid."""
         view, self._view = self._view, None
