@@ -185,7 +185,7 @@ class ZerocopyCall(Generic[_C]):
         buffer is offered only if ``copybuf`` and no chunk over it is alive. Raises ``OSError``
         when the call fails.
         """
-        offer = copybuf and not _busy(self.copybuf, None)
+        offer = copybuf and not _exported(self.copybuf)
         zc = self(window.address, length, copybuf=offer)
         n = zc.length
         chunk = self._chunk(window.view(n), True) if n else None
@@ -220,9 +220,7 @@ def _new_group() -> Any:
     return speedups.PinGroup() if speedups is not None else None
 
 
-def _busy(mm: mmap.mmap, group: Any) -> bool:
-    if group is not None:  # compiled: the chunks over it are counted exactly
-        return bool(group.count)
+def _exported(mm: mmap.mmap) -> bool:
     # resize of a read-only or copy-on-write map raises BufferError while exports exist and
     # TypeError otherwise (CPython's mmapmodule.c is_resizeable): a side-effect-free probe.
     try:
@@ -285,7 +283,10 @@ class Window:
 
     def busy(self) -> bool:
         """Whether any chunk or view of this window (or a slice of one) is still alive."""
-        return _busy(self.mm, self.group)
+        group = self.group
+        if group is not None:  # compiled: the chunks over it are counted exactly
+            return bool(group.count)
+        return _exported(self.mm)
 
     def view(self, length: int) -> memoryview:
         """A read-only view of the first ``length`` bytes (counted as an export)."""
@@ -355,6 +356,12 @@ class CopyBuffers:
         """A free buffer of ``min(nbytes, max_size)`` bytes or more, or ``None`` (all busy, or
         mapping one failed)."""
         bufs = self._bufs
+        if bufs:  # the common case first: the first buffer, free and big enough
+            buf = bufs[0]
+            group = buf.group
+            if ((not group.count) if group is not None else not buf.busy()) and (
+                    buf.size >= nbytes or buf.size >= self.max_size):
+                return buf
         for i, buf in enumerate(bufs):
             if not buf.busy():
                 if buf.size >= nbytes or buf.size >= self.max_size:
