@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import requires_netns, requires_zerocopy
 from tests.rx_helpers import PATTERN, read_verified, sending, tcp_pair
+from zcnet._accel import speedups
 from zcnet.errors import BufferLifetimeError
 from zcnet.netns import Netns
 from zcnet.receiver import Chunk, Receiver, RecvPolicy
@@ -28,8 +29,11 @@ WINDOW = 256 * 1024
 
 needs_pep688 = pytest.mark.skipif(sys.version_info < (3, 12),
                                   reason="Python classes can export buffers from 3.12 (PEP 688)")
-before_pep688 = pytest.mark.skipif(sys.version_info >= (3, 12),
-                                   reason="checks the behaviour of Python < 3.12")
+# the compiled Chunk is a buffer on every version; the pure-Python one from 3.12 (PEP 688)
+chunk_is_buffer = pytest.mark.skipif(
+    speedups is None and sys.version_info < (3, 12),
+    reason="the pure-Python Chunk is a buffer from Python 3.12 (PEP 688); on 3.11 only the "
+           "compiled one is")
 
 
 def _recv_mapped(rx: Receiver, off: int) -> tuple[int, Chunk]:
@@ -62,7 +66,7 @@ def _through_socket(data: Chunk) -> bytes:
     return bytes(got)
 
 
-@needs_pep688
+@chunk_is_buffer
 @requires_netns
 @requires_zerocopy
 def test_mapped_chunk_is_a_buffer_and_its_exports_pin_the_window(netns: Netns) -> None:
@@ -105,8 +109,9 @@ def test_mapped_chunk_is_a_buffer_and_its_exports_pin_the_window(netns: Netns) -
         assert rx.stats.bytes_mapped > 0
 
 
-@before_pep688
-def test_before_312_chunk_and_lease_are_not_buffers() -> None:
-    # Lease: tests/test_pool_buffer.py (a buffer on 3.11 too with the compiled extension)
+# Lease: tests/test_pool_buffer.py (a buffer on 3.11 too with the compiled extension)
+@pytest.mark.skipif(speedups is not None or sys.version_info >= (3, 12),
+                    reason="checks the pure-Python Chunk on Python < 3.12")
+def test_before_312_the_pure_python_chunk_is_not_a_buffer() -> None:
     with pytest.raises(TypeError):
         memoryview(Chunk(memoryview(b"abc"), mapped=False))  # type: ignore[arg-type]

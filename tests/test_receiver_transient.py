@@ -25,8 +25,8 @@ import zcnet.receiver as receiver_mod
 from tests.conftest import requires_zerocopy
 from tests.rx_helpers import read_verified, sending, tcp_pair
 from zcnet.errors import ZerocopyUnavailable
-from zcnet.lowlevel.zerocopy_rx import TcpZerocopyReceive, ZerocopyCall
-from zcnet.receiver import Receiver, RecvPolicy, make_mappable_listener
+from zcnet.lowlevel.zerocopy_rx import Window, ZerocopyCall
+from zcnet.receiver import Chunk, Receiver, RecvPolicy, make_mappable_listener
 
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,23 +110,24 @@ def test_enomem_from_address_space_limit_copies_then_maps_again() -> None:
 
 
 class _FailingCall:
-    """Wraps the Receiver's ZerocopyCall, failing its first ``n`` calls with ``code``.
+    """Wraps the Receiver's receive calls, failing the first ``n`` zero-copy calls with ``code``.
 
     Fault injection at the lowlevel boundary: the kernel has no way to make
     TCP_ZEROCOPY_RECEIVE fail with ENOMEM (vm_insert_pages short of page-table memory) on demand.
     """
 
-    def __init__(self, call: ZerocopyCall, code: int, n: int) -> None:
+    def __init__(self, call: ZerocopyCall[Chunk], code: int, n: int) -> None:
         self.call, self.code, self.left, self.failed = call, code, n, 0
         self.copybuf = call.copybuf
+        self.recv_copy = call.recv_copy
 
-    def __call__(self, address: int, length: int, flags: int = 0,
-                 copybuf: bool = True) -> TcpZerocopyReceive:
+    def receive(self, window: Window, length: int,
+                copybuf: bool) -> tuple[Chunk | None, int, int, int, int, int]:
         if self.left:
             self.left -= 1
             self.failed += 1
             raise OSError(self.code, os.strerror(self.code))
-        return self.call(address, length, flags, copybuf)
+        return self.call.receive(window, length, copybuf)
 
 
 def test_transient_error_of_the_zerocopy_call_copies_once_and_backs_off() -> None:

@@ -10,11 +10,18 @@ map come back in the copy buffer or as a ``recv_skip_hint`` (read with ``recv``)
 delivered as separate, copied chunks, in stream order.
 
 Safety: a later zero-copy call on a window unmaps what it held, and reading an unmapped window
-page raises SIGBUS. So a window is reused only when CPython reports no export of it alive (the
-chunk's view and every slice derived from it); if all windows are busy and the ring is full,
-that receive copies instead. Windows are created on demand (``stats.windows_mapped`` counts
-``mmap`` calls) and kept until :meth:`Receiver.close`; a window whose views are still alive at
-close is unmapped by the GC after the last view dies, never under it.
+page raises SIGBUS. So a window is reused only when no chunk of it and no export derived from one
+is alive (the chunk's view, every slice of it, ``memoryview(chunk)``, a numpy array over it):
+with the compiled extension each window's ``PinGroup`` counts them exactly, in the pure-Python
+implementation CPython's export count of the window's mmap says it. If all windows are busy and
+the ring is full, that receive copies instead. Windows are created on demand
+(``stats.windows_mapped`` counts ``mmap`` calls) and kept until :meth:`Receiver.close`; a window
+whose chunks or views are still alive at close is unmapped by the GC after the last one dies,
+never under it.
+
+Copies (copy mode, unmappable bytes, a busy ring) are received into a few reusable copy buffers
+(:class:`zcnet.lowlevel.zerocopy_rx.CopyBuffers`), not a fresh ``bytes`` per call; a copy
+buffer is reused under the same rule as a window, so a held copied chunk keeps its bytes.
 
 Fallback: when a run of ``probe_calls`` zero-copy calls maps (almost) nothing (a copying sender,
 an MSS that is not a page multiple), or maps only short runs cut by unmappable tails (the default
@@ -48,6 +55,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
 from zcnet._core.rxpolicy import COPY_REASONS, RxDecider, RxLedger, RxMode, map_error_kind
 from zcnet.errors import (
@@ -60,7 +68,7 @@ from zcnet.errors import (
     translate_os_error,
 )
 from zcnet.lowlevel.constants import SO_RCVBUFFORCE, SO_RCVLOWAT, TCP_MAXSEG
-from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, Window, ZerocopyCall
+from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, CopyBuffers, Window, ZerocopyCall, zerocopy_call
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -108,6 +116,9 @@ class RecvPolicy:
         map_backoff_max: after a transient failure to map (``ENOMEM``, ``EAGAIN``, ``EMFILE``,
             ``ENFILE``) the receiver copies that receive and the next 1, 2, 4, ... receives,
             doubling per failure in a row up to this many, then tries mapping again.
+        copy_buffers: reusable buffers that copies are received into (each made on demand, at
+            most ``window_bytes``, which also caps one copied chunk); with all of them held by
+            live chunks, a receive copies into a fresh ``bytes``.
     """
 
     window_bytes: int = 2 * 1024 * 1024
@@ -120,6 +131,7 @@ class RecvPolicy:
     min_cut_run: int = 256 * 1024
     min_map_bytes: int = 16 * 1024
     map_backoff_max: int = 64
+    copy_buffers: int = 2
 
     def __post_init__(self) -> None:
         if self.window_bytes <= 0 or self.window_bytes % PAGE_SIZE:
@@ -139,6 +151,8 @@ class RecvPolicy:
             raise ValueError("probe_calls must be >= 1")
         if self.map_backoff_max < 1:
             raise ValueError("map_backoff_max must be >= 1")
+        if self.copy_buffers < 0:
+            raise ValueError("copy_buffers must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +184,23 @@ class ReceiverStats:
         return self.bytes_mapped / total if total else 0.0
 
 
-class Chunk:
-    """Received bytes: pages mapped into a window (``mapped``) or a copy; read-only.
+_CHUNK_DOC: Final = """Received bytes: pages mapped into a window (``mapped``) or a copy; read-only.
 
-    The view is valid until :meth:`release` (or the end of a ``with`` block). A window is not
-    reused while this chunk's view or any slice of it is alive, so hold chunks only as long as
-    needed: a receiver whose windows are all held falls back to copying.
+    The view is valid until :meth:`release` (or the end of a ``with`` block). A window (or copy
+    buffer) is not reused while this chunk, its view or any slice or export of it is alive, so
+    hold chunks only as long as needed: a receiver whose windows are all held falls back to
+    copying.
+
+    With the compiled extension the chunk is a buffer itself on every Python version
+    (``bytes(chunk)``, ``memoryview(chunk)``, ``hashlib``, ``numpy.frombuffer``,
+    ``sock.sendall(chunk)``) whose exports are counted exactly; ``view`` is a new export each
+    time. In the pure-Python implementation it is a buffer from Python 3.12 (PEP 688), and
+    ``view`` is the chunk's one view, released by :meth:`release`.
     """
+
+
+class Chunk:
+    __doc__ = _CHUNK_DOC
 
     __slots__ = ("_len", "_view", "mapped")
 
@@ -212,6 +236,13 @@ class Chunk:
             """The chunk's read-only view (PEP 688); :class:`BufferLifetimeError` after release."""
             return self.view
 
+        # Defined so that the type has a bf_releasebuffer slot: a consumer may hold a reference
+        # to the exporter instead of the export when there is none (numpy.frombuffer does,
+        # numpy/_core/src/multiarray/ctors.c PyArray_FromBuffer), which would not pin the window.
+        # CPython releases the export of our view itself after this call.
+        def __release_buffer__(self, view: memoryview, /) -> None:
+            """PEP 688: a consumer is done with an export (nothing to do here)."""
+
     def release(self) -> None:
         """Drop this chunk's view (idempotent); slices the caller made stay valid."""
         view, self._view = self._view, None
@@ -232,6 +263,12 @@ class Chunk:
         return f"<Chunk {self._len} bytes {'mapped' if self.mapped else 'copied'} {state}>"
 
 
+if speedups is not None and not TYPE_CHECKING:
+    # The compiled implementation (src/zcnet/_ext/rx.c) replaces the class above, which stays
+    # the reference (and the type the checker sees): same attributes and methods.
+    class Chunk(speedups.ChunkBase):
+        __doc__ = _CHUNK_DOC
+        __slots__ = ()
 
 
 def make_mappable_listener(
@@ -346,7 +383,9 @@ class Receiver:
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN | select.POLLRDHUP)
         self._sleep: select.epoll | None = None  # created by _wait only if it has to
-        self._call = ZerocopyCall(self._fd, self.policy.copybuf_len)
+        # the receive calls of the active implementation (C, or the Python reference)
+        self._call: ZerocopyCall[Chunk] = zerocopy_call(self._fd, self.policy.copybuf_len, Chunk)
+        self._copybufs = CopyBuffers(self.policy.copy_buffers, self.policy.window_bytes)
         self._decider = RxDecider(page_size=PAGE_SIZE, probe_calls=self.policy.probe_calls,
                                   force_zerocopy=self.policy.force_zerocopy,
                                   min_mapped_fraction=self.policy.min_mapped_fraction,
@@ -357,12 +396,14 @@ class Receiver:
         self._windows: list[Window] = []
         self._next = 0
         self._windows_mapped = 0
-        self._pending: memoryview | None = None  # copied bytes not yet delivered
+        self._pending: Chunk | None = None  # the copy buffer's tail, not yet all delivered
+        self._pending_off = 0  # bytes of it already delivered
         self._pending_skip = 0  # bytes the kernel said to read with recv
         self._pending_error: Exception | None = None
         self._eof = False
         self._lowat = 1
         self._copybuf_ok = True  # offer the copy buffer on the next zero-copy call
+        self._inq = 0  # bytes queued after the last zero-copy call (0 after any copy)
         self._closed = False
 
     # -- public API ------------------------------------------------------------------------
@@ -388,24 +429,35 @@ class Receiver:
         if self._closed:
             raise SocketClosedError("receiver is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        policy = self.policy
         while True:
-            chunk = self._deliver_pending(max_bytes)
-            if chunk is not None:
-                return chunk
-            request = self._decider.request(max_bytes, self.policy.window_bytes)
+            if (self._pending is not None or self._pending_skip or self._eof
+                    or self._pending_error is not None):
+                chunk = self._deliver_pending(max_bytes)
+                if chunk is not None:
+                    return chunk
+            request = self._decider.request(max_bytes, policy.window_bytes)
             if request is None:
                 reason = self._decider.copy_reason(max_bytes)
                 window: Window | None = None
             else:
                 window, reason = self._free_window()
             if request is None or window is None:
-                self._wait(max_bytes, deadline)
-                chunk = self._recv_copy(max_bytes, reason)
+                # Without rcvlowat, try first: a copy that finds data needs no readiness check
+                # (one system call less per receive); EAGAIN, errors and EOF come out of it the
+                # same way.
+                if policy.rcvlowat or (chunk := self._recv_copy(max_bytes, reason)) is None:
+                    self._wait(max_bytes, deadline)
+                    chunk = self._recv_copy(max_bytes, reason)
                 if chunk is not None:
                     return chunk
                 continue
-            self._wait(request.map_len, deadline)
-            chunk = self._recv_zerocopy(window, request.map_len)
+            map_len = request.map_len
+            # The last zero-copy call said how many bytes were still queued (inq): when that is
+            # enough, the wait would return at once.
+            if self._inq < max(1, min(policy.rcvlowat, map_len)):
+                self._wait(map_len, deadline)
+            chunk = self._recv_zerocopy(window, map_len)
             if chunk is not None:
                 return chunk
 
@@ -445,6 +497,7 @@ class Receiver:
             if self._eof:
                 return 0
             self._wait(len(view), deadline)
+            self._inq = 0
             try:
                 n = self._sock.recv_into(view)
             except BlockingIOError:
@@ -459,7 +512,8 @@ class Receiver:
     @property
     def buffered(self) -> int:
         """Bytes already received and held here (a poller on :meth:`fileno` cannot see them)."""
-        return len(self._pending) if self._pending is not None else 0
+        pending = self._pending
+        return len(pending) - self._pending_off if pending is not None else 0
 
     @property
     def stats(self) -> ReceiverStats:
@@ -495,6 +549,7 @@ class Receiver:
         for window in self._windows:
             window.close()
         self._windows.clear()
+        self._copybufs.close()
         self._pending = None
         if self._sleep is not None:
             self._sleep.close()
@@ -512,11 +567,21 @@ class Receiver:
     def _deliver_pending(self, max_bytes: int) -> Chunk | None:
         pending = self._pending
         if pending is not None:
-            if len(pending) <= max_bytes:
+            off = self._pending_off
+            left = len(pending) - off
+            if not off and left <= max_bytes:
                 self._pending = None
-                return Chunk(pending, False)
-            self._pending = pending[max_bytes:]
-            return Chunk(pending[:max_bytes], False)
+                return pending
+            # a part (rare: max_bytes below the tail, < 1 page): a chunk over a slice of the
+            # tail, which keeps the tail (and so the copy buffer) busy while it lives
+            n = min(left, max_bytes)
+            part = Chunk(pending.view[off:off + n], False)
+            if n == left:
+                self._pending = None
+                pending.release()
+            else:
+                self._pending_off = off + n
+            return part
         if self._pending_skip:
             n = min(self._pending_skip, max_bytes)
             chunk = self._recv_copy(n, "skip_hint")
@@ -630,21 +695,32 @@ class Receiver:
         return True
 
     def _recv_copy(self, max_bytes: int, reason: str) -> Chunk | None:
+        # Into a reusable copy buffer no live chunk refers to (no allocation per call); with
+        # all of them held, into a fresh bytes.
+        self._inq = 0
+        buf = self._copybufs.get(max_bytes)
         try:
-            data = self._sock.recv(max_bytes)
+            if buf is not None:
+                chunk = self._call.recv_copy(buf, max_bytes)
+                if chunk is None:
+                    return None
+            else:
+                chunk = Chunk(memoryview(self._sock.recv(max_bytes)), False)
         except BlockingIOError:
             return None
         except OSError as e:
             raise _translate(e, "recv") from e
-        if not data:
+        n = len(chunk)
+        if not n:
             self._eof = True
-            return Chunk(memoryview(b""), False)
-        self._ledger.copied(len(data), reason)
-        return Chunk(memoryview(data), False)
+        else:
+            self._ledger.copied(n, reason)
+        return chunk
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
         try:
-            zc = self._call(window.address, map_len, copybuf=self._copybuf_ok)
+            chunk, mapped, tail, skip, inq, zc_err = self._call.receive(
+                window, map_len, self._copybuf_ok)
         except OSError as e:
             if e.errno == errno.EIO:  # nothing queued and the peer closed
                 self._eof = True
@@ -662,15 +738,16 @@ class Receiver:
             raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
         led = self._ledger
         led.calls += 1
-        mapped = zc.length
-        copied = zc.copybuf_len if zc.copybuf_len > 0 else 0
-        skip = zc.recv_skip_hint
-        if zc.err:  # sock_error(): a negative errno, consumed by this call
-            code = abs(zc.err)
+        copied = 0 if tail is None else len(tail)
+        if zc_err:  # sock_error(): a negative errno, consumed by this call
+            code = abs(zc_err)
             err = OSError(code, os.strerror(code))
             self._pending_error = _translate(err, "TCP_ZEROCOPY_RECEIVE")
-        if copied:
-            self._pending = memoryview(memoryview(self._call.copybuf)[:copied].tobytes())
+        if tail is not None:
+            # delivered next (no copy of it: the kernel is not offered the copy buffer again
+            # before this chunk and its exports are gone)
+            self._pending = tail
+            self._pending_off = 0
             led.copied(copied, "copybuf_tail")
         self._pending_skip = skip
         # The kernel fills the copy buffer with the bytes after the mapped ones even when the
@@ -679,11 +756,12 @@ class Receiver:
         # alignment and the next segment's remainder can only be copied (measured: a 256 KiB
         # request every other call mapped nothing). So the copy buffer is offered only when the
         # previous call left nothing queued, i.e. when a short, unmappable tail is likely.
-        self._copybuf_ok = zc.inq == 0
+        self._copybuf_ok = inq == 0
+        self._inq = inq
         self._decider.observe(mapped, copied + skip)
-        if mapped:
+        if chunk is not None:
             led.mapped(mapped)
-            return Chunk(window.view(mapped), True)
+            return chunk
         if copied or skip or self._pending_error is not None:
             return None  # delivered by _deliver_pending on the next round
         # Readable but nothing to map, copy or skip: let a plain recv say what is there

@@ -11,12 +11,16 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.rx_helpers import PATTERN, send_stream, tcp_pair
+from zcnet._accel import speedups
 from zcnet.lowlevel.zerocopy_rx import (
     PAGE_SIZE,
+    CopyBuffer,
+    CopyBuffers,
     TcpZerocopyReceive,
     Window,
     ZerocopyCall,
     buffer_address,
+    zerocopy_call,
 )
 
 
@@ -107,3 +111,97 @@ def test_call_on_non_tcp_fd_fails() -> None:
         call = ZerocopyCall(udp.fileno())
         with pytest.raises(OSError):
             call(0, PAGE_SIZE)
+
+
+class _Chunk:
+    """Stands in for receiver.Chunk in the pure-Python twin (a view and ``mapped``)."""
+
+    def __init__(self, view: memoryview, mapped: bool) -> None:
+        self.view, self.mapped = view, mapped
+
+
+def _active_call(fd: int) -> ZerocopyCall[object]:
+    """The active implementation's receive calls (with the Chunk type it accepts)."""
+    from zcnet.receiver import Chunk
+
+    return zerocopy_call(fd, PAGE_SIZE - 1, Chunk)
+
+
+def test_recv_copy_fills_a_copy_buffer_and_pins_it() -> None:
+    client, server = tcp_pair(None, host="127.0.0.1")
+    with client, server:
+        call = _active_call(server.fileno())
+        server.setblocking(False)
+        buf = CopyBuffer(64 * 1024)
+        assert call.recv_copy(buf, 4096) is None  # nothing there: EAGAIN
+        send_stream(client, 10_000, zerocopy=False, close=False)
+        select.select([server], [], [], 10)
+        chunk = call.recv_copy(buf, 4096)
+        assert chunk is not None and len(chunk) == 4096 and not chunk.mapped
+        assert PATTERN.matches(0, chunk.view)
+        assert buf.busy()
+        view = chunk.view[10:20]
+        chunk.release()
+        assert buf.busy()  # the slice still shows the buffer's bytes
+        assert view == PATTERN.block(10, 10)
+        del view
+        assert not buf.busy()
+        rest = call.recv_copy(buf, 64 * 1024)
+        assert rest is not None and len(rest) == 10_000 - 4096
+        assert PATTERN.matches(4096, rest.view)
+        client.close()
+        select.select([server], [], [], 10)
+        rest.release()
+        eof = call.recv_copy(buf, 100)
+        assert eof is not None and len(eof) == 0
+
+
+def test_copy_buffers_reuse_grow_and_run_out() -> None:
+    bufs = CopyBuffers(2, 4 * PAGE_SIZE)
+    a = bufs.get(100)
+    assert a is not None and a.size == PAGE_SIZE
+    assert bufs.get(100) is a  # free: the same one again
+    big = bufs.get(10 * PAGE_SIZE)  # grown, capped at max_size
+    assert big is not None and big.size == 4 * PAGE_SIZE
+    held = memoryview(big.memory)  # stands in for a live chunk (pure Python probe)
+    if big.group is not None:
+        held.release()
+        held = memoryview(speedups.BufferBase(big.memory, group=big.group))  # type: ignore[union-attr]
+    other = bufs.get(100)
+    assert other is not None and other is not big
+    held2 = memoryview(other.memory) if other.group is None else memoryview(
+        speedups.BufferBase(other.memory, group=other.group))  # type: ignore[union-attr]
+    assert bufs.get(100) is None  # both held
+    assert bufs.busy() == 2
+    del held, held2
+    assert bufs.get(100) is big
+    bufs.close()
+
+
+@pytest.mark.skipif(speedups is None, reason="checks the compiled ZerocopyReceive's arguments")
+def test_compiled_receive_checks_its_arguments() -> None:
+    assert speedups is not None
+    from zcnet.receiver import Chunk
+
+    with pytest.raises(TypeError):
+        speedups.ZerocopyReceive(0, PAGE_SIZE - 1, _Chunk)  # not a ChunkBase subclass
+    with pytest.raises(ValueError):
+        speedups.ZerocopyReceive(0, PAGE_SIZE, Chunk)
+    client, server = tcp_pair(None, host="127.0.0.1")
+    with client, server:
+        call = speedups.ZerocopyReceive(server.fileno(), PAGE_SIZE - 1, Chunk)
+        w = Window(server.fileno(), PAGE_SIZE)
+        with pytest.raises(ValueError):
+            call.receive(w, 2 * PAGE_SIZE, True)  # longer than the window
+
+        class NoGroup:
+            memory = w.memory
+            group = None
+
+        with pytest.raises(TypeError):
+            call.receive(NoGroup(), PAGE_SIZE, True)
+        with pytest.raises(TypeError):
+            call.recv_copy(NoGroup(), 10)
+        with pytest.raises(TypeError):
+            call.receive(w, PAGE_SIZE)  # type: ignore[call-arg]
+        assert w.close()

@@ -24,8 +24,8 @@ PyInit__speedups(void)
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
-    if (zc_buffer_init(m) < 0 || zc_views_init(m) < 0 || zc_tracker_init(m) < 0
-        || zc_txfast_init(m) < 0) {
+    if (zc_buffer_init(m) < 0 || zc_views_init(m) < 0 || zc_rx_init(m) < 0
+        || zc_tracker_init(m) < 0 || zc_txfast_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -97,5 +97,7 @@ int zc_tracker_init(PyObject *module);
 
 /* txfast.c: the send fast path (Ticket base, the policy's counters, the per-Sender send core). */
 int zc_txfast_init(PyObject *module);
+/* rx.c: ChunkBase and the receive calls (TCP_ZEROCOPY_RECEIVE, copy-mode recv). */
+int zc_rx_init(PyObject *module);
 
 #endif
