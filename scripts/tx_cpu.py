@@ -116,6 +116,10 @@ def _overhead() -> None:
     socket's sendall is replaced by a no-op (so kernel cost and noise drop out)."""
     import timeit
 
+    from zcnet import implementation
+    if implementation().name != "python":
+        raise SystemExit("--overhead stubs the pure-Python implementation's send calls (the "
+                         "compiled one calls send(2) itself): run it with ZCNET_NO_EXTENSIONS=1")
     from zcnet.lowlevel.sendmmsg import MmsgBatch
     from zcnet.sender import Sender, SendPolicy
 
