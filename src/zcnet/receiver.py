@@ -405,6 +405,14 @@ class Receiver:
         self._copybuf_ok = True  # offer the copy buffer on the next zero-copy call
         self._inq = 0  # bytes queued after the last zero-copy call (0 after any copy)
         self._closed = False
+        # The compiled fast path (src/zcnet/_ext/rxfast.c) runs recv()'s common case, pages
+        # mapped into a free window, without Python code and calls _recv_python for every
+        # other case; it is installed as this instance's ``recv`` so that a call reaches C at
+        # once (docs/ARCHITECTURE.md, 'Compiled fast path').
+        if speedups is not None and type(self).recv is Receiver.recv:
+            core = speedups.RxCore(self, self._fd, self.policy.window_bytes,
+                                   self.policy.rcvlowat, PAGE_SIZE)
+            self.__dict__["recv"] = core.recv
 
     # -- public API ------------------------------------------------------------------------
     def recv(self, max_bytes: int, timeout: float | None = None) -> Chunk:
@@ -460,6 +468,9 @@ class Receiver:
             chunk = self._recv_zerocopy(window, map_len)
             if chunk is not None:
                 return chunk
+
+    #: the Python implementation of :meth:`recv` (the compiled fast path's fallback)
+    _recv_python = recv
 
     def recv_into(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF.
@@ -718,24 +729,33 @@ class Receiver:
         return chunk
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
+        # One zero-copy call and what follows from its answer (None: the caller loops). The
+        # compiled fast path (src/zcnet/_ext/rxfast.c) makes the call itself and hands any
+        # answer other than "pages mapped, nothing else" to the same two methods.
         try:
-            chunk, mapped, tail, skip, inq, zc_err = self._call.receive(
-                window, map_len, self._copybuf_ok)
+            result = self._call.receive(window, map_len, self._copybuf_ok)
         except OSError as e:
-            if e.errno == errno.EIO:  # nothing queued and the peer closed
-                self._eof = True
-                return Chunk(memoryview(b""), False)
-            kind = map_error_kind(e.errno)
-            if kind == "transient":
-                # ENOMEM from vm_insert_pages and the like: a failed call consumed nothing
-                # (tcp_zerocopy_receive returns an error only when it mapped and copied
-                # nothing), so this receive copies and mapping is retried after a backoff.
-                self._decider.map_failed(e.errno)
-                return self._recv_copy(map_len, "map_backoff")
-            if kind == "unsupported":
-                self._unsupported(e, "TCP_ZEROCOPY_RECEIVE")
-                return None
-            raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
+            return self._zerocopy_failed(e, map_len)
+        return self._zerocopy_done(*result)
+
+    def _zerocopy_failed(self, e: OSError, map_len: int) -> Chunk | None:
+        if e.errno == errno.EIO:  # nothing queued and the peer closed
+            self._eof = True
+            return Chunk(memoryview(b""), False)
+        kind = map_error_kind(e.errno)
+        if kind == "transient":
+            # ENOMEM from vm_insert_pages and the like: a failed call consumed nothing
+            # (tcp_zerocopy_receive returns an error only when it mapped and copied
+            # nothing), so this receive copies and mapping is retried after a backoff.
+            self._decider.map_failed(e.errno)
+            return self._recv_copy(map_len, "map_backoff")
+        if kind == "unsupported":
+            self._unsupported(e, "TCP_ZEROCOPY_RECEIVE")
+            return None
+        raise _translate(e, "TCP_ZEROCOPY_RECEIVE") from e
+
+    def _zerocopy_done(self, chunk: Chunk | None, mapped: int, tail: Chunk | None, skip: int,
+                       inq: int, zc_err: int) -> Chunk | None:
         led = self._ledger
         led.calls += 1
         copied = 0 if tail is None else len(tail)

@@ -271,6 +271,11 @@ class RxDecider:
             self._cut += 1
         if self._probes < self.probe_calls:
             return False
+        return self._judge()
+
+    def _judge(self) -> bool:
+        """Judge the run of ``probe_calls`` calls just counted by :meth:`observe` (the compiled
+        receive path counts mapped-only calls itself and calls this when a run is complete)."""
         calls, mapped_sum, cut = self._probes, self._mapped, self._cut
         total = mapped_sum + self._copied
         steady = self._run_start >= self.cut_warmup

@@ -3,6 +3,7 @@
 #include "zcnet_ext.h"
 
 PyObject *zc_BufferLifetimeError = NULL;
+PyObject *zc_TimeoutExpired = NULL;
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
@@ -18,14 +19,16 @@ PyInit__speedups(void)
     if (errors == NULL)
         return NULL;
     zc_BufferLifetimeError = PyObject_GetAttrString(errors, "BufferLifetimeError");
+    zc_TimeoutExpired = PyObject_GetAttrString(errors, "TimeoutExpired");
     Py_DECREF(errors);
-    if (zc_BufferLifetimeError == NULL)
+    if (zc_BufferLifetimeError == NULL || zc_TimeoutExpired == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
     if (zc_buffer_init(m) < 0 || zc_views_init(m) < 0 || zc_rx_init(m) < 0
-        || zc_tracker_init(m) < 0 || zc_txfast_init(m) < 0) {
+        || zc_tracker_init(m) < 0 || zc_txfast_init(m) < 0
+        || zc_rxfast_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

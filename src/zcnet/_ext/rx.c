@@ -278,24 +278,17 @@ make_chunk(zc_ZerocopyReceiveObject *self, PyObject *source, Py_ssize_t length, 
     return chunk;
 }
 
-static PyObject *
-zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t nargs)
+int
+zc_rx_receive(PyObject *receive_call, PyObject *window, Py_ssize_t length, int copybuf,
+              zc_RxAnswer *answer)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "receive(window, length, copybuf) takes 3 arguments");
-        return NULL;
-    }
-    Py_ssize_t length = PyLong_AsSsize_t(args[1]);
-    if (length == -1 && PyErr_Occurred())
-        return NULL;
-    int copybuf = PyObject_IsTrue(args[2]);
-    if (copybuf < 0)
-        return NULL;
+    zc_ZerocopyReceiveObject *self = (zc_ZerocopyReceiveObject *)receive_call;
+    answer->chunk = answer->tail = NULL;
     Py_buffer win;
     zc_PinGroupObject *group;
-    if (get_region(args[0], &win, PyBUF_SIMPLE, &group) < 0)
-        return NULL;
-    PyObject *result = NULL, *chunk = NULL, *tail = NULL;
+    if (get_region(window, &win, PyBUF_SIMPLE, &group) < 0)
+        return -1;
+    int result = -1;
     if (length < 0 || length > win.len || length > (Py_ssize_t)UINT32_MAX) {
         PyErr_Format(PyExc_ValueError, "length %zd does not fit the window of %zd bytes",
                      length, win.len);
@@ -328,23 +321,45 @@ zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_SystemError, "TCP_ZEROCOPY_RECEIVE copied more than offered");
         goto done;
     }
-    chunk = zc.length > 0 ? make_chunk(self, win.obj, (Py_ssize_t)zc.length, 1, group)
-                          : Py_NewRef(Py_None);
-    if (chunk == NULL)
+    answer->chunk = zc.length > 0 ? make_chunk(self, win.obj, (Py_ssize_t)zc.length, 1, group)
+                                  : Py_NewRef(Py_None);
+    if (answer->chunk == NULL)
         goto done;
-    tail = zc.copybuf_len > 0 ? make_chunk(self, self->copybuf, zc.copybuf_len, 0,
-                                           self->copybuf_group)
-                              : Py_NewRef(Py_None);
-    if (tail == NULL) {
-        Py_DECREF(chunk);
+    answer->tail = zc.copybuf_len > 0 ? make_chunk(self, self->copybuf, zc.copybuf_len, 0,
+                                                   self->copybuf_group)
+                                      : Py_NewRef(Py_None);
+    if (answer->tail == NULL) {
+        Py_CLEAR(answer->chunk);
         goto done;
     }
-    result = Py_BuildValue("(NINIIi)", chunk, zc.length, tail, zc.recv_skip_hint, zc.inq,
-                           zc.err);
+    answer->length = zc.length;
+    answer->skip = zc.recv_skip_hint;
+    answer->inq = zc.inq;
+    answer->err = zc.err;
+    result = 0;
 done:
     PyBuffer_Release(&win);
     Py_DECREF(group);
     return result;
+}
+
+static PyObject *
+zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "receive(window, length, copybuf) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t length = PyLong_AsSsize_t(args[1]);
+    if (length == -1 && PyErr_Occurred())
+        return NULL;
+    int copybuf = PyObject_IsTrue(args[2]);
+    if (copybuf < 0)
+        return NULL;
+    zc_RxAnswer a;
+    if (zc_rx_receive((PyObject *)self, args[0], length, copybuf, &a) < 0)
+        return NULL;
+    return Py_BuildValue("(NINIIi)", a.chunk, a.length, a.tail, a.skip, a.inq, a.err);
 }
 
 static PyObject *
@@ -408,7 +423,7 @@ static PyMemberDef zcr_members[] = {
     {NULL},
 };
 
-static PyTypeObject zc_ZerocopyReceiveType = {
+PyTypeObject zc_ZerocopyReceiveType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "zcnet._speedups.ZerocopyReceive",
     .tp_basicsize = sizeof(zc_ZerocopyReceiveObject),

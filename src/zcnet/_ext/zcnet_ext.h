@@ -16,8 +16,10 @@
 #define Py_READONLY READONLY
 #endif
 
-/* zcnet.errors.BufferLifetimeError, looked up once at module init (module.c). */
+/* zcnet.errors.BufferLifetimeError and TimeoutExpired, looked up once at module init
+ * (module.c). */
 extern PyObject *zc_BufferLifetimeError;
+extern PyObject *zc_TimeoutExpired;
 
 /* buffer.c: buffers with exact export counts. */
 typedef struct {
@@ -99,5 +101,19 @@ int zc_tracker_init(PyObject *module);
 int zc_txfast_init(PyObject *module);
 /* rx.c: ChunkBase and the receive calls (TCP_ZEROCOPY_RECEIVE, copy-mode recv). */
 int zc_rx_init(PyObject *module);
+extern PyTypeObject zc_ZerocopyReceiveType;
+/* One TCP_ZEROCOPY_RECEIVE's answer: the chunk over the mapped pages and the chunk over the
+ * copied tail (new references, each Py_None when empty) and the kernel's other fields. */
+typedef struct {
+    PyObject *chunk, *tail;
+    unsigned int length, skip, inq;
+    int err;
+} zc_RxAnswer;
+/* ZerocopyReceive.receive in C (`receive_call` a ZerocopyReceive): 0 with `answer` filled, or
+ * -1 with an exception set (OSError from the call) and nothing in `answer`. */
+int zc_rx_receive(PyObject *receive_call, PyObject *window, Py_ssize_t length, int copybuf,
+                  zc_RxAnswer *answer);
+/* rxfast.c: the Receiver.recv fast path. */
+int zc_rxfast_init(PyObject *module);
 
 #endif
