@@ -164,3 +164,32 @@ def test_a_subclass_overriding_recv_keeps_its_method() -> None:
             _receive_all(rx, 1 << 20)
         assert Counting.calls > 0
     client.close()
+
+
+@pytest.mark.parametrize("max_bytes", [1000, 4096, 65536, 1 << 20])
+@pytest.mark.parametrize("timeout", [None, 0])
+def test_copies_in_order_with_their_reasons(max_bytes: int, timeout: float | None) -> None:
+    # a copying sender: small requests copy from the start, large ones once the receiver has
+    # switched to copy mode; every copy goes into the reused copy buffer
+    client, server = tcp_pair(None, listener=make_mappable_listener)
+    total = 6 << 20
+    with Receiver(server) as rx, sending(client, total, zerocopy=False, close=False):
+        off = 0
+        while off < total:
+            try:
+                chunk = rx.recv(max_bytes, timeout)
+            except TimeoutExpired:
+                select.select([rx.fileno()], [], [], 5)
+                continue
+            with chunk:
+                assert 0 < len(chunk) <= max_bytes
+                assert bytes(chunk.view) == PATTERN.block(off, len(chunk))
+                off += len(chunk)
+        stats = rx.stats
+    client.close()
+    assert off == total
+    assert stats.bytes_mapped + stats.bytes_copied == total
+    assert sum(stats.copy_reasons.values()) == stats.bytes_copied
+    assert stats.bytes_copied > total // 2, stats
+    if max_bytes < RecvPolicy().min_map_bytes:
+        assert stats.copy_reasons.get("small_request", 0) == total, stats

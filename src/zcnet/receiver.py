@@ -53,7 +53,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
@@ -405,10 +405,11 @@ class Receiver:
         self._copybuf_ok = True  # offer the copy buffer on the next zero-copy call
         self._inq = 0  # bytes queued after the last zero-copy call (0 after any copy)
         self._closed = False
-        # The compiled fast path (src/zcnet/_ext/rxfast.c) runs recv()'s common case, pages
-        # mapped into a free window, without Python code and calls _recv_python for every
-        # other case; it is installed as this instance's ``recv`` so that a call reaches C at
-        # once (docs/ARCHITECTURE.md, 'Compiled fast path').
+        # The compiled fast path (src/zcnet/_ext/rxfast.c) runs recv()'s common cases, pages
+        # mapped into a free window or a copy into the first copy buffer, without Python code
+        # and calls _recv_python for every other case; it is installed as this instance's
+        # ``recv`` so that a call reaches C at once (docs/ARCHITECTURE.md, 'Compiled fast
+        # path').
         if speedups is not None and type(self).recv is Receiver.recv:
             core = speedups.RxCore(self, self._fd, self.policy.window_bytes,
                                    self.policy.rcvlowat, PAGE_SIZE)
@@ -720,13 +721,16 @@ class Receiver:
         except BlockingIOError:
             return None
         except OSError as e:
-            raise _translate(e, "recv") from e
+            self._copy_failed(e)
         n = len(chunk)
         if not n:
             self._eof = True
         else:
             self._ledger.copied(n, reason)
         return chunk
+
+    def _copy_failed(self, e: OSError) -> NoReturn:
+        raise _translate(e, "recv") from e
 
     def _recv_zerocopy(self, window: Window, map_len: int) -> Chunk | None:
         # One zero-copy call and what follows from its answer (None: the caller loops). The

@@ -362,19 +362,13 @@ zcr_receive(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t na
     return Py_BuildValue("(NINIIi)", a.chunk, a.length, a.tail, a.skip, a.inq, a.err);
 }
 
-static PyObject *
-zcr_recv_copy(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t nargs)
+PyObject *
+zc_rx_recv_copy(PyObject *receive_call, PyObject *buffer, Py_ssize_t nbytes)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_copy(buffer, nbytes) takes 2 arguments");
-        return NULL;
-    }
-    Py_ssize_t nbytes = PyLong_AsSsize_t(args[1]);
-    if (nbytes == -1 && PyErr_Occurred())
-        return NULL;
+    zc_ZerocopyReceiveObject *self = (zc_ZerocopyReceiveObject *)receive_call;
     Py_buffer buf;
     zc_PinGroupObject *group;
-    if (get_region(args[0], &buf, PyBUF_WRITABLE, &group) < 0)
+    if (get_region(buffer, &buf, PyBUF_WRITABLE, &group) < 0)
         return NULL;
     PyObject *result = NULL;
     size_t n = nbytes < 0 ? 0 : (size_t)(nbytes < buf.len ? nbytes : buf.len);
@@ -401,6 +395,19 @@ zcr_recv_copy(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t 
     PyBuffer_Release(&buf);
     Py_DECREF(group);
     return result;
+}
+
+static PyObject *
+zcr_recv_copy(zc_ZerocopyReceiveObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_copy(buffer, nbytes) takes 2 arguments");
+        return NULL;
+    }
+    Py_ssize_t nbytes = PyLong_AsSsize_t(args[1]);
+    if (nbytes == -1 && PyErr_Occurred())
+        return NULL;
+    return zc_rx_recv_copy((PyObject *)self, args[0], nbytes);
 }
 
 static PyMethodDef zcr_methods[] = {

@@ -19,6 +19,11 @@
  *   (Receiver._zerocopy_done). When those return None (the Python loop's `continue`), the
  *   receive goes on in Receiver._recv_python.
  *
+ * Copies (copy mode, a request below one page or min_map_bytes) take the same route when
+ * SO_RCVLOWAT is off and the first copy buffer is free and big enough: Receiver._recv_copy's
+ * recv into it, the readiness wait and second try, and its bookkeeping, here; any other copy
+ * (a buffer to grow or make, all held, rcvlowat set) is Python's.
+ *
  * Decisions stay in Python: the C code counts a mapped-only call the way RxDecider.observe
  * does and calls RxDecider._judge when a run of probe_calls calls is complete. */
 #include "zcnet_ext.h"
@@ -35,7 +40,8 @@ static PyObject *s_closed, *s_pending, *s_pending_skip, *s_eof, *s_pending_error
     *s_group, *s_mode, *s_zerocopy, *s_force_zerocopy, *s_backoff_left, *s_retry_pending,
     *s_min_map_bytes, *s_backoff_next, *s_probes, *s_mapped, *s_seen, *s_probe_calls,
     *s_calls, *s_bytes_mapped, *s_judge, *s_zerocopy_failed,
-    *s_recv_python, *s_timeout;
+    *s_recv_python, *s_timeout, *s_copy_failed, *s_copybufs, *s_bufs, *s_size, *s_max_size,
+    *s_bytes_copied, *s_copy_reasons, *s_copy_mode, *s_small_request;
 
 typedef struct {
     PyObject_HEAD
@@ -247,6 +253,126 @@ count_mapped(PyObject *receiver, PyObject *decider, PyObject *ledger, unsigned i
     return add_ssize(ledger, s_bytes_mapped, length);
 }
 
+/* OSError `exc` of a failed call, as the Python code handles it: Receiver._zerocopy_failed
+ * (map_len > 0) or Receiver._copy_failed (which raises). Steals `exc`. */
+static PyObject *
+call_failed(PyObject *rx, PyObject *exc, Py_ssize_t map_len)
+{
+    PyObject *r;
+    if (map_len > 0) {
+        PyObject *n = PyLong_FromSsize_t(map_len);
+        r = n == NULL ? NULL : PyObject_CallMethodObjArgs(rx, s_zerocopy_failed, exc, n, NULL);
+        Py_XDECREF(n);
+    }
+    else
+        r = PyObject_CallMethodObjArgs(rx, s_copy_failed, exc, NULL);
+    Py_DECREF(exc);
+    return r;
+}
+
+/* The pending OSError (normalized, with its traceback), or NULL if the pending exception is
+ * something else (it stays set). */
+static PyObject *
+take_oserror(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_OSError))
+        return NULL;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Receiver._recv_copy into the first copy buffer, when it is free and big enough, and the
+ * wait before a second try (rcvlowat 0: a copy is tried before the readiness check). Returns
+ * the chunk, NULL with an exception, or Py_None (a new reference) for the Python path. */
+static PyObject *
+recv_copy(zc_RxCoreObject *self, PyObject *call, Py_ssize_t max_bytes, PyObject *reason,
+          int block)
+{
+    PyObject *rx = self->receiver, *copybufs, *bufs = NULL, *group = NULL, *chunk = NULL;
+    copybufs = PyObject_GetAttr(rx, s_copybufs);
+    if (copybufs == NULL || (bufs = PyObject_GetAttr(copybufs, s_bufs)) == NULL)
+        goto done;
+    if (!PyList_CheckExact(bufs) || PyList_GET_SIZE(bufs) == 0) {
+        chunk = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *buf = PyList_GET_ITEM(bufs, 0);
+    Py_ssize_t size, max_size;
+    if ((group = PyObject_GetAttr(buf, s_group)) == NULL || attr_ssize(buf, s_size, &size) < 0
+        || attr_ssize(copybufs, s_max_size, &max_size) < 0)
+        goto done;
+    if (!PyObject_TypeCheck(group, &zc_PinGroupType) || ((zc_PinGroupObject *)group)->count
+        || (size < max_bytes && size < max_size)) {
+        chunk = Py_NewRef(Py_None); /* CopyBuffers.get looks further, grows or makes one */
+        goto done;
+    }
+    Py_INCREF(buf);
+    if (set_ssize(rx, s_inq, 0) < 0) {
+        Py_DECREF(buf);
+        goto done;
+    }
+    int recv_failed = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        chunk = zc_rx_recv_copy(call, buf, max_bytes);
+        recv_failed = chunk == NULL;
+        if (chunk != Py_None || attempt)
+            break;
+        Py_CLEAR(chunk);
+        int no_sleeper = attr_none(rx, s_sleep);
+        int r = no_sleeper < 0 ? -1 : readable(self->fd, block && no_sleeper);
+        if (r == 2 && !block)
+            PyErr_SetString(zc_TimeoutExpired, "no data before the timeout");
+        if (r != 1) {
+            chunk = r == 0 ? Py_NewRef(Py_None) : NULL;
+            break;
+        }
+    }
+    Py_DECREF(buf);
+    if (chunk == NULL) {
+        PyObject *exc = recv_failed ? take_oserror() : NULL;
+        if (exc != NULL)
+            chunk = call_failed(rx, exc, 0);
+        goto done;
+    }
+    if (chunk == Py_None)
+        goto done;
+    /* Receiver._recv_copy's bookkeeping: EOF, or RxLedger.copied(n, reason) */
+    Py_ssize_t n = ((zc_BufferBaseObject *)chunk)->len;
+    int rc;
+    if (n == 0)
+        rc = PyObject_SetAttr(rx, s_eof, Py_True);
+    else {
+        PyObject *ledger = PyObject_GetAttr(rx, s_ledger), *reasons = NULL;
+        rc = -1;
+        if (ledger != NULL && add_ssize(ledger, s_bytes_copied, n) == 0
+            && (reasons = PyObject_GetAttr(ledger, s_copy_reasons)) != NULL
+            && PyDict_CheckExact(reasons)) {
+            PyObject *old = PyDict_GetItemWithError(reasons, reason);
+            Py_ssize_t before = old == NULL ? 0 : PyLong_AsSsize_t(old);
+            PyObject *now = PyErr_Occurred() ? NULL : PyLong_FromSsize_t(before + n);
+            rc = now == NULL ? -1 : PyDict_SetItem(reasons, reason, now);
+            Py_XDECREF(now);
+        }
+        else if (reasons != NULL)
+            PyErr_SetString(PyExc_TypeError, "RxLedger.copy_reasons must be a dict");
+        Py_XDECREF(reasons);
+        Py_XDECREF(ledger);
+    }
+    if (rc < 0)
+        Py_CLEAR(chunk);
+done:
+    Py_XDECREF(group);
+    Py_XDECREF(bufs);
+    Py_XDECREF(copybufs);
+    return chunk;
+}
+
 static PyObject *
 rxcore_recv(zc_RxCoreObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
@@ -283,7 +409,7 @@ rxcore_recv(zc_RxCoreObject *self, PyObject *const *args, size_t nargsf, PyObjec
 
     PyObject *rx = self->receiver;
     PyObject *call = NULL, *decider = NULL, *ledger = NULL, *windows = NULL, *window = NULL;
-    PyObject *mode = NULL, *result = NULL;
+    PyObject *mode = NULL, *result = NULL, *copy_reason = NULL;
     int r;
     /* the state the Python loop checks first */
     if ((r = attr_true(rx, s_closed)) != 0 || (r = attr_none(rx, s_pending)) != 1
@@ -295,24 +421,40 @@ rxcore_recv(zc_RxCoreObject *self, PyObject *const *args, size_t nargsf, PyObjec
         goto error;
     if (!Py_IS_TYPE(call, &zc_ZerocopyReceiveType))
         goto python_after;
-    /* RxDecider.request: zero-copy mode, a request of at least one page and min_map_bytes,
-     * no backoff (those cases change the decider's state: Python does them) */
+    /* RxDecider.request: copy mode or a request below one page or min_map_bytes is a copy;
+     * a backoff changes the decider's state: Python does it */
     decider = PyObject_GetAttr(rx, s_decider);
     if (decider == NULL || (mode = PyObject_GetAttr(decider, s_mode)) == NULL)
         goto error;
     r = PyUnicode_Compare(mode, s_zerocopy);
-    if (r != 0)
-        goto python_or_error_cmp;
+    if (r == -1 && PyErr_Occurred())
+        goto error;
     Py_ssize_t map_len = (max_bytes < self->window_bytes ? max_bytes : self->window_bytes)
                          & ~(self->page_size - 1);
-    Py_ssize_t min_map, backoff_left;
-    if (attr_ssize(decider, s_min_map_bytes, &min_map) < 0
-        || attr_ssize(decider, s_backoff_left, &backoff_left) < 0)
-        goto error;
-    if (map_len == 0 || map_len < min_map || backoff_left)
-        goto python_after;
-    if ((r = attr_true(decider, s_retry_pending)) != 0)
-        goto python_or_error;
+    if (r != 0)
+        copy_reason = s_copy_mode;
+    else {
+        Py_ssize_t min_map, backoff_left;
+        if (attr_ssize(decider, s_min_map_bytes, &min_map) < 0
+            || attr_ssize(decider, s_backoff_left, &backoff_left) < 0)
+            goto error;
+        if (map_len == 0 || map_len < min_map)
+            copy_reason = s_small_request;
+        else if (backoff_left)
+            goto python_after;
+        else if ((r = attr_true(decider, s_retry_pending)) != 0)
+            goto python_or_error;
+    }
+    if (copy_reason != NULL) {
+        if (self->rcvlowat) /* the wait before the copy sets SO_RCVLOWAT: Python */
+            goto python_after;
+        result = recv_copy(self, call, max_bytes, copy_reason, block);
+        if (result == Py_None) {
+            Py_CLEAR(result);
+            goto python_after;
+        }
+        goto done;
+    }
     /* a free window (none: Python maps a new one or copies) */
     windows = PyObject_GetAttr(rx, s_windows);
     if (windows == NULL)
@@ -355,23 +497,10 @@ rxcore_recv(zc_RxCoreObject *self, PyObject *const *args, size_t nargsf, PyObjec
         goto error;
     zc_RxAnswer a;
     if (zc_rx_receive(call, window, map_len, copybuf_ok, &a) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_OSError))
+        PyObject *exc = take_oserror();
+        if (exc == NULL)
             goto error;
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (tb != NULL)
-            PyException_SetTraceback(value, tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
-        PyObject *n = PyLong_FromSsize_t(map_len);
-        if (n == NULL) {
-            Py_DECREF(value);
-            goto error;
-        }
-        result = PyObject_CallMethodObjArgs(rx, s_zerocopy_failed, value, n, NULL);
-        Py_DECREF(value);
-        Py_DECREF(n);
+        result = call_failed(rx, exc, map_len);
     }
     else if (a.chunk == Py_None || a.tail != Py_None || a.skip || a.err) {
         result = PyObject_CallMethod(rx, "_zerocopy_done", "NINIIi", a.chunk, a.length,
@@ -392,10 +521,6 @@ rxcore_recv(zc_RxCoreObject *self, PyObject *const *args, size_t nargsf, PyObjec
     }
     goto done;
 
-python_or_error_cmp:
-    if (PyErr_Occurred())
-        goto error;
-    goto python_after;
 python_or_error:
     if (r < 0)
         goto error;
@@ -455,7 +580,10 @@ zc_rxfast_init(PyObject *module)
         {&s_probe_calls, "probe_calls"}, {&s_calls, "calls"}, {&s_bytes_mapped, "bytes_mapped"},
         {&s_judge, "_judge"}, {&s_zerocopy_failed, "_zerocopy_failed"},
         {&s_recv_python, "_recv_python"},
-        {&s_timeout, "timeout"},
+        {&s_timeout, "timeout"}, {&s_copy_failed, "_copy_failed"}, {&s_copybufs, "_copybufs"},
+        {&s_bufs, "_bufs"}, {&s_size, "size"}, {&s_max_size, "max_size"},
+        {&s_bytes_copied, "bytes_copied"}, {&s_copy_reasons, "copy_reasons"},
+        {&s_copy_mode, "copy_mode"}, {&s_small_request, "small_request"},
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         *names[i].slot = PyUnicode_InternFromString(names[i].name);

@@ -113,6 +113,9 @@ typedef struct {
  * -1 with an exception set (OSError from the call) and nothing in `answer`. */
 int zc_rx_receive(PyObject *receive_call, PyObject *window, Py_ssize_t length, int copybuf,
                   zc_RxAnswer *answer);
+/* ZerocopyReceive.recv_copy in C: the chunk (empty at EOF), Py_None when nothing is there
+ * (EAGAIN), or NULL with an exception set (OSError from recv). */
+PyObject *zc_rx_recv_copy(PyObject *receive_call, PyObject *buffer, Py_ssize_t nbytes);
 /* rxfast.c: the Receiver.recv fast path. */
 int zc_rxfast_init(PyObject *module);
 
