@@ -442,3 +442,26 @@ def test_ipv6_server_and_refused_connection(run: Runner) -> None:
             await open_connection("::1", port)  # the listener is closed now
 
     run(main())
+
+
+def test_concurrent_receives_keep_their_order(run: Runner) -> None:
+    # Readers waiting for the stream are served in the order they called; a receive started
+    # while they wait queues behind them (it does not take the bytes that are ready first).
+    async def main() -> None:
+        client, server = await stream_pair()
+        async with client, server:
+            first = [asyncio.create_task(server.readexactly(1000)) for _ in range(3)]
+            await asyncio.sleep(0.02)  # all three are waiting now
+            await send_pattern(client, P, 0, 5000)
+            await asyncio.sleep(0.02)  # the bytes are queued on the server socket
+            late_into = bytearray(1000)
+            late = asyncio.create_task(server.recv_into(late_into))
+            last = asyncio.create_task(server.readexactly(1000))
+            got = await asyncio.gather(*first)
+            assert [P.matches(i * 1000, g) for i, g in enumerate(got)] == [True] * 3
+            n = await late
+            assert 0 < n <= 1000 and P.matches(3000, late_into[:n])
+            rest = await last
+            assert P.matches(3000 + n, rest)
+
+    run(main())

@@ -151,6 +151,10 @@ def test_rx_rpc_memory_json(tmp_path: Path) -> None:
     for run in report["experiments"][0]["runs"]:
         assert run["client"]["requests"] == 20
         assert run["metrics"]["latency_p99_us"] >= run["metrics"]["latency_p50_us"]
+        if run["rx_policy"] == "default":  # 4 KB requests are below min_map_bytes: copies
+            assert run["metrics"]["mapped_pct"] == 0
+    modes = {(e["zerocopy_receive"], e["rx_policy"]) for e in report["experiments"][0]["summary"]}
+    assert modes == {(False, None), (True, "map"), (True, "default")}
 
     out = tmp_path / "mem.json"
     assert main(["memory", "--duration", "0.2", "--bytes", "4M", "--no-progress", "--no-table",

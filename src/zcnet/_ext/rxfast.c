@@ -1,16 +1,15 @@
 /* The receive fast path in C (docs/ARCHITECTURE.md, 'Compiled fast path' and 'Receive').
  *
  * zcnet.receiver's pure-Python Receiver.recv is the reference; RxCore.recv, installed as a
- * Receiver's `recv`, runs its common case without executing Python code: pages mapped into a
- * free window and nothing else. It reads and writes the Receiver's own attributes (and those of
- * its RxDecider and RxLedger), so the state stays in one place, and it hands every other case
- * to the Python code:
+ * Receiver's `recv`, runs its two common cases without executing Python code: pages mapped
+ * into a free window and nothing else, and a copy into the first copy buffer (below). It reads
+ * and writes the Receiver's own attributes (and those of its RxDecider and RxLedger), so the
+ * state stays in one place, and it hands every other case to the Python code:
  *
  * - before anything is done (then Receiver._recv_python runs the whole receive): arguments
  *   other than a positive int and a timeout of None or 0, a closed receiver, bytes or an error
- *   pending from an earlier call, EOF seen, copy mode, a backoff after a transient mapping
- *   failure, a request below one page or min_map_bytes, no free window, SO_RCVLOWAT to change,
- *   a socket not readable (poll reports only POLLERR, or nothing while the epoll sleep of a
+ *   pending from an earlier call, EOF seen, a backoff after a transient mapping failure, no
+ *   free window, SO_RCVLOWAT to change, a socket not readable (poll reports only POLLERR, or nothing while the epoll sleep of a
  *   bidirectional socket is in use), a receive call replaced (tests inject faults through
  *   `_call`); with timeout 0 and nothing to read, TimeoutExpired is raised here, as
  *   Receiver._wait does;

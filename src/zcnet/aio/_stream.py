@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -100,6 +100,7 @@ class ZcStream:
             self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
+        self._receivers = 0  # receive calls holding or waiting for _recv_lock
         self._completed = asyncio.Event()
         self._rbuf = bytearray()  # received bytes handed back by a cancelled readexactly
         self._eof = False  # write_eof() was called
@@ -356,41 +357,67 @@ class ZcStream:
         """
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        async with self._recv_lock:
+        if not self._receivers and not self._rbuf:
+            chunk = self._attempt_now(self._rx.recv, max_bytes)
+            if chunk is not None:
+                return chunk
+        async with self._receiving():
             if self._rbuf:
                 data = bytes(self._rbuf[:max_bytes])
                 del self._rbuf[:max_bytes]
                 return Chunk(memoryview(data), False)
             return await self._when_readable(self._rx.recv, max_bytes)
 
+    @contextlib.asynccontextmanager
+    async def _receiving(self) -> AsyncIterator[None]:
+        """Hold ``_recv_lock``, counted in ``_receivers`` from before the wait for it."""
+        self._receivers += 1
+        try:
+            async with self._recv_lock:
+                yield
+        finally:
+            self._receivers -= 1
+
+    def _attempt_now(self, attempt: Callable[..., _T], arg: Any) -> _T | None:
+        """``attempt(arg, timeout=0)`` (a Receiver method) if the readiness cache says readable.
+
+        ``None`` if it does not, or if the attempt found nothing after all (e.g. only our own
+        completions raised the wake-up): then the readiness is forgotten. Called without the
+        lock only when no other receive call holds or waits for it: the attempt never awaits,
+        so nothing else runs on the loop until it returns (the lock's order is kept and a
+        ready receive costs no coroutine switch).
+        """
+        watch = self._watch
+        if self._closing and watch.closed:
+            raise SocketClosedError("the stream is closed")
+        if watch.is_ready(READABLE):
+            try:
+                return attempt(arg, timeout=0)
+            except TimeoutExpired:
+                watch.clear(READABLE)
+        return None
+
     async def _recv_raw(self, max_bytes: int) -> Chunk:
         return await self._when_readable(self._rx.recv, max_bytes)
 
     async def _when_readable(self, attempt: Callable[..., _T], arg: Any) -> _T:
-        """``attempt(arg, timeout=0)`` (a Receiver method) once the socket is readable.
-
-        ``TimeoutExpired`` means nothing was there after all (e.g. only our own completions
-        raised the wake-up): forget the readiness and wait again. While the readiness cache
-        says readable the attempt is made at once, with no wait (one coroutine less per call).
-        """
-        watch = self._watch
+        """``attempt(arg, timeout=0)`` (see :meth:`_attempt_now`) once the socket is readable."""
         while True:
-            if self._closing and watch.closed:
-                raise SocketClosedError("the stream is closed")
-            if not watch.is_ready(READABLE):
-                await watch.wait(READABLE)
-            try:
-                result: _T = attempt(arg, timeout=0)
+            result = self._attempt_now(attempt, arg)
+            if result is not None:
                 return result
-            except TimeoutExpired:
-                watch.clear(READABLE)
+            await self._watch.wait(READABLE)
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive into ``buffer`` (a copy by definition); returns the byte count, 0 at EOF."""
         view = byte_view(buffer, what="recv_into", writable=True)
         if not len(view):
             return 0
-        async with self._recv_lock:
+        if not self._receivers and not self._rbuf:
+            n = self._attempt_now(self._rx.recv_into, view)
+            if n is not None:
+                return n
+        async with self._receiving():
             if self._rbuf:
                 n = min(len(view), len(self._rbuf))
                 view[:n] = self._rbuf[:n]
@@ -409,7 +436,7 @@ class ZcStream:
         """
         if n < 0:
             raise ValueError("n must be >= 0")
-        async with self._recv_lock:
+        async with self._receiving():
             rbuf = self._rbuf
             while len(rbuf) < n:
                 chunk = await self._recv_raw(n - len(rbuf))
@@ -430,7 +457,7 @@ class ZcStream:
         """
         view = byte_view(buffer, what="readexactly_into", writable=True)
         total = len(view)
-        async with self._recv_lock:
+        async with self._receiving():
             got = min(total, len(self._rbuf))
             view[:got] = self._rbuf[:got]
             del self._rbuf[:got]

@@ -214,7 +214,8 @@ def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
                 "p50 µs", "p99 µs", "mapped"):
         t.add_column(col, justify="right")
     for e in summary:
-        t.add_row("on" if e["zerocopy_receive"] else "off",
+        label = {"map": "on (map)", "default": "on (default policy)"}
+        t.add_row(label.get(e.get("rx_policy") or "", "on") if e["zerocopy_receive"] else "off",
                   _cell(_summary(e, "requests_per_s"), "{:.0f}"),
                   _cell(_summary(e, "server_cpu_us_per_req"), "{:.1f}"),
                   _pct(ratio_percent(_summary(e, "server_cpu_us_per_req"),

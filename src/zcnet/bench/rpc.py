@@ -4,7 +4,9 @@ Theory of operation: a server process accepts ``connections`` (default 100) TCP 
 answers each ``size``-byte request (default 4 KB) with a ``size``-byte response, driven by one
 level-triggered epoll loop; a client process keeps one request outstanding per connection
 (closed loop) and measures latency per request. The server receives either with
-``recv_into`` (off) or with one zcnet ``Receiver`` per connection (on). The listener sets
+``recv_into`` (off) or with one zcnet ``Receiver`` per connection: mapping every request (on,
+``rx_policy`` "map") or with the default policy, which copies requests below
+``min_map_bytes`` (on-default, ``rx_policy`` "default"). The listener sets
 ``TCP_MAXSEG`` 4108 (MSS 4096, docs/ARCHITECTURE.md, 'Receive: loopback') so a 4 KB request is one
 page-aligned segment, and the client sends with zcnet's ``Sender`` forced to MSG_ZEROCOPY in *both*
 modes (loopback
@@ -26,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Final
 
 from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
 from zcnet.bench.env import environment
@@ -90,10 +92,11 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
         from zcnet.receiver import Receiver, RecvPolicy
 
         pages = max(1, -(-size // 4096))
-        # min_map_bytes: map the requests even when smaller than the default threshold (16 KiB),
-        # which is what this mode measures
-        policy = RecvPolicy(window_bytes=4 * pages * 4096, max_windows=4,
-                            min_map_bytes=min(4096, pages * 4096))
+        # "map": map the requests even when smaller than the default threshold (16 KiB), the
+        # kernel's cost of mapping them; "default": the policy a user gets (it copies requests
+        # below min_map_bytes, into a reused copy buffer)
+        policy = RecvPolicy() if cfg["rx_policy"] == "default" else RecvPolicy(
+            window_bytes=4 * pages * 4096, max_windows=4, min_map_bytes=min(4096, pages * 4096))
 
         def make_rx(sock: socket.socket) -> Any:
             return Receiver(sock, policy)
@@ -279,14 +282,23 @@ def rpc_client(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             "latency_p99_us": None if p99 is None else p99 / 1000}
 
 
+#: The server's receive modes: ``recv_into``; zcnet Receivers mapping every request; zcnet
+#: Receivers with the default policy. Runs carry ``zerocopy_receive`` and ``rx_policy``.
+RX_MODES: Final = {"off": (False, None), "on": (True, "map"), "on-default": (True, "default")}
+
+
 def _plan(p: RpcParams) -> list[dict[str, Any]]:
     plan: list[dict[str, Any]] = []
-    modes = ["off", "on"]
+    modes = list(RX_MODES)
+
+    def item(mode: str, rep: int, role: str) -> dict[str, Any]:
+        zerocopy, policy = RX_MODES[mode]
+        return {"zerocopy_receive": zerocopy, "rx_policy": policy, "rep": rep, "role": role}
+
     if p.verify == "sample":
-        plan += [{"zerocopy_receive": m == "on", "rep": -1, "role": "verify"} for m in modes]
+        plan += [item(m, -1, "verify") for m in modes]
     for rep in range(p.reps):
-        plan += [{"zerocopy_receive": m == "on", "rep": rep, "role": "timed"}
-                 for m in rotated(modes, rep)]
+        plan += [item(m, rep, "timed") for m in rotated(modes, rep)]
     return plan
 
 
@@ -328,6 +340,7 @@ def run_rpc(p: RpcParams, progress: Progress) -> dict[str, Any]:
             for item in _plan(p):
                 cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
                        "requests": p.requests, "zerocopy": item["zerocopy_receive"],
+                       "rx_policy": item["rx_policy"],
                        "full": p.verify == "all" or item["role"] == "verify"}
                 server: Worker = spawn(rpc_server, env.ns_name, env.host, cfg)
                 try:
@@ -341,8 +354,8 @@ def run_rpc(p: RpcParams, progress: Progress) -> dict[str, Any]:
                 for n in res.get("notes") or []:
                     if n not in notes:
                         notes.append(n)
-                progress(f"rpc zero-copy rx {'on' if item['zerocopy_receive'] else 'off'}")
-        summary = group_summary(runs, ("zerocopy_receive",), METRICS)
+                progress(f"rpc zero-copy rx {item['rx_policy'] or 'off'}")
+        summary = group_summary(runs, ("zerocopy_receive", "rx_policy"), METRICS)
         failed = [r for r in runs if not r["ok"]]
         return experiment_result("rpc", status="ok" if not failed else "partial",
                                  environment=env.describe(), parameters=asdict(p), runs=runs,
