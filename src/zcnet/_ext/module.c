@@ -1,9 +1,48 @@
 /* zcnet._speedups module initialisation: looks up the exception classes it raises and lets each
- * part register its types (see zcnet_ext.h). */
+ * part register its types (see zcnet_ext.h); the helpers every part uses. */
 #include "zcnet_ext.h"
 
 PyObject *zc_BufferLifetimeError = NULL;
 PyObject *zc_TimeoutExpired = NULL;
+PyObject *zc_InvalidCompletionError = NULL;
+
+PyObject *
+zc_get_raised(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_DECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+void
+zc_set_raised(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+int
+zc_intern(const zc_InternedName *names, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return -1;
+    return 0;
+}
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
@@ -20,8 +59,10 @@ PyInit__speedups(void)
         return NULL;
     zc_BufferLifetimeError = PyObject_GetAttrString(errors, "BufferLifetimeError");
     zc_TimeoutExpired = PyObject_GetAttrString(errors, "TimeoutExpired");
+    zc_InvalidCompletionError = PyObject_GetAttrString(errors, "InvalidCompletionError");
     Py_DECREF(errors);
-    if (zc_BufferLifetimeError == NULL || zc_TimeoutExpired == NULL)
+    if (zc_BufferLifetimeError == NULL || zc_TimeoutExpired == NULL
+        || zc_InvalidCompletionError == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)

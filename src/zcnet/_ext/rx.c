@@ -449,10 +449,11 @@ zc_rx_init(PyObject *module)
     zc_ChunkBaseType.tp_base = &zc_BufferBaseType;
     if (PyType_Ready(&zc_ChunkBaseType) < 0 || PyType_Ready(&zc_ZerocopyReceiveType) < 0)
         return -1;
-    str_memory = PyUnicode_InternFromString("memory");
-    str_group = PyUnicode_InternFromString("group");
+    static const zc_InternedName names[] = {{&str_memory, "memory"}, {&str_group, "group"}};
+    if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
+        return -1;
     end_method = PyObject_GetAttrString((PyObject *)&zc_BufferBaseType, "_end");
-    if (str_memory == NULL || str_group == NULL || end_method == NULL)
+    if (end_method == NULL)
         return -1;
     if (PyModule_AddObjectRef(module, "ChunkBase", (PyObject *)&zc_ChunkBaseType) < 0
         || PyModule_AddObjectRef(module, "ZerocopyReceive",

@@ -269,21 +269,12 @@ call_failed(PyObject *rx, PyObject *exc, Py_ssize_t map_len)
     return r;
 }
 
-/* The pending OSError (normalized, with its traceback), or NULL if the pending exception is
- * something else (it stays set). */
+/* The pending OSError (taken), or NULL if the pending exception is something else (it stays
+ * set). */
 static PyObject *
 take_oserror(void)
 {
-    if (!PyErr_ExceptionMatches(PyExc_OSError))
-        return NULL;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
+    return PyErr_ExceptionMatches(PyExc_OSError) ? zc_get_raised() : NULL;
 }
 
 /* Receiver._recv_copy into the first copy buffer, when it is free and big enough, and the
@@ -566,7 +557,7 @@ zc_rxfast_init(PyObject *module)
 {
     if (PyType_Ready(&zc_RxCoreType) < 0)
         return -1;
-    struct { PyObject **slot; const char *name; } names[] = {
+    static const zc_InternedName names[] = {
         {&s_closed, "_closed"}, {&s_pending, "_pending"}, {&s_pending_skip, "_pending_skip"},
         {&s_eof, "_eof"}, {&s_pending_error, "_pending_error"}, {&s_call, "_call"},
         {&s_decider, "_decider"}, {&s_ledger, "_ledger"}, {&s_windows, "_windows"},
@@ -584,10 +575,7 @@ zc_rxfast_init(PyObject *module)
         {&s_bytes_copied, "bytes_copied"}, {&s_copy_reasons, "copy_reasons"},
         {&s_copy_mode, "copy_mode"}, {&s_small_request, "small_request"},
     };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        *names[i].slot = PyUnicode_InternFromString(names[i].name);
-        if (*names[i].slot == NULL)
-            return -1;
-    }
+    if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
+        return -1;
     return PyModule_AddObjectRef(module, "RxCore", (PyObject *)&zc_RxCoreType);
 }

@@ -15,7 +15,6 @@
 #define MASK 0xFFFFFFFFLL
 #define HALF 0x80000000LL
 
-PyObject *zc_InvalidCompletionError = NULL;
 static PyObject *completion_class = NULL; /* zcnet._core.tracker.Completion, looked up lazily */
 
 /* -- token state ---------------------------------------------------------------------------- */
@@ -682,13 +681,6 @@ PyTypeObject zc_TrackerType = {
 int
 zc_tracker_init(PyObject *module)
 {
-    PyObject *errors = PyImport_ImportModule("zcnet.errors");
-    if (errors == NULL)
-        return -1;
-    zc_InvalidCompletionError = PyObject_GetAttrString(errors, "InvalidCompletionError");
-    Py_DECREF(errors);
-    if (zc_InvalidCompletionError == NULL)
-        return -1;
     if (PyType_Ready(&TokenStateType) < 0 || PyType_Ready(&zc_TrackerType) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "CompletionTracker", (PyObject *)&zc_TrackerType);

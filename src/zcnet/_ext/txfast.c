@@ -45,36 +45,6 @@
 static PyObject *s_release, *s_run, *s_drive, *s_drive_buf,
     *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure;
 
-/* PyErr_GetRaisedException/PyErr_SetRaisedException of Python 3.12+, for 3.11 */
-static PyObject *
-get_raised(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (type == NULL)
-        return NULL;
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_DECREF(type);
-    Py_XDECREF(tb);
-    return value;
-#endif
-}
-
-static void
-set_raised(PyObject *exc) /* steals the reference */
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
-#else
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
-#endif
-}
-
 /* -- TicketBase ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -411,7 +381,7 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
             if (zc_tracker_complete(c->tracker, ee.ee_info, ee.ee_data, copied, &rel) < 0) {
                 if (!PyErr_ExceptionMatches(zc_InvalidCompletionError))
                     goto fail;
-                PyObject *exc = get_raised();
+                PyObject *exc = zc_get_raised();
                 if (invalid == NULL)
                     invalid = exc;
                 else
@@ -434,7 +404,7 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
             }
             for (Py_ssize_t i = 0; i < rel.ndone; i++) {
                 if (finish_token(rel.done[i], rel.done_copied[i], c->ticket_type) < 0 && pending_exc == NULL)
-                    pending_exc = get_raised();
+                    pending_exc = zc_get_raised();
                 PyErr_Clear();
             }
             finished += rel.ndone;
@@ -443,7 +413,7 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
     }
     if (pending_exc != NULL) {
         Py_XDECREF(invalid);
-        set_raised(pending_exc);
+        zc_set_raised(pending_exc);
         return -1;
     }
     if (invalid != NULL) { /* SendEngine.apply: the engine refuses further sends */
@@ -458,7 +428,7 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
             Py_DECREF(invalid);
             return -1;
         }
-        set_raised(invalid);
+        zc_set_raised(invalid);
         return -1;
     }
     *messages_out = messages;
@@ -467,7 +437,7 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
 fail:
     if (pending_exc != NULL) {
         PyErr_Clear();
-        set_raised(pending_exc);
+        zc_set_raised(pending_exc);
     }
     Py_XDECREF(invalid);
     return -1;
@@ -540,7 +510,7 @@ continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject 
                    Py_ssize_t n)
 {
     if (n == -2) {
-        PyObject *exc = get_raised();
+        PyObject *exc = zc_get_raised();
         PyObject *size = PyLong_FromSsize_t(((zc_TicketObject *)ticket)->nbytes);
         PyObject *took = PyLong_FromLong(0); /* the call failed with EINTR: nothing was sent */
         PyObject *r = size == NULL || took == NULL ? NULL : PyObject_CallMethodObjArgs(
@@ -552,13 +522,13 @@ continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject 
             return NULL;
         }
         Py_DECREF(r);
-        set_raised(exc);
+        zc_set_raised(exc);
         return NULL;
     }
     PyObject *error = Py_None, *first = NULL, *r = NULL;
     if (n == -1) {
         PyErr_SetFromErrno(PyExc_OSError);
-        error = get_raised();
+        error = zc_get_raised();
         first = PyLong_FromLong(0);
     } else {
         Py_INCREF(error);
@@ -652,7 +622,7 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
         if (ctl->reap_units >= REAP_EVERY) {
             Py_ssize_t messages, finished;
             if (core_reap(c, &messages, &finished) < 0) {
-                PyObject *exc = get_raised();
+                PyObject *exc = zc_get_raised();
                 PyObject *r = PyObject_CallMethodOneArg(c->sender, s_reap_failed, exc);
                 Py_DECREF(exc);
                 Py_XDECREF(r); /* it raises */
@@ -703,7 +673,7 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
         return NULL;
     }
     Py_DECREF(r);
-    set_raised(exc);
+    zc_set_raised(exc);
     return NULL;
 }
 
@@ -770,7 +740,7 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
                 c->sender, s_send_batch_udp, rest);
             Py_XDECREF(rest);
             if (more == NULL) {
-                PyObject *exc = get_raised();
+                PyObject *exc = zc_get_raised();
                 batch_stopped(c, tickets, pos, exc);
                 goto out;
             }
@@ -790,7 +760,7 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         unsigned int cnt = (unsigned int)(k - pos < BATCH_MAX ? k - pos : BATCH_MAX);
         /* room to record them, made right before the call (a reap may have used it) */
         if (zc_tracker_reserve(c->tracker, cnt) < 0) {
-            batch_stopped(c, tickets, pos, get_raised());
+            batch_stopped(c, tickets, pos, zc_get_raised());
             goto out;
         }
         memset(msgs, 0, cnt * sizeof(struct mmsghdr));
@@ -822,11 +792,11 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
             if (ctl->reap_units >= REAP_EVERY) {
                 Py_ssize_t messages, finished;
                 if (core_reap(c, &messages, &finished) < 0) {
-                    PyObject *exc = get_raised();
+                    PyObject *exc = zc_get_raised();
                     PyObject *r = PyObject_CallMethodOneArg(c->sender, s_reap_failed, exc);
                     Py_DECREF(exc);
                     Py_XDECREF(r); /* it raises */
-                    batch_stopped(c, tickets, pos, get_raised());
+                    batch_stopped(c, tickets, pos, zc_get_raised());
                     goto out;
                 }
             }
@@ -834,7 +804,7 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         }
         if (err == EINTR) {
             if (PyErr_CheckSignals() < 0) {
-                batch_stopped(c, tickets, pos, get_raised());
+                batch_stopped(c, tickets, pos, zc_get_raised());
                 goto out;
             }
             continue;
@@ -844,7 +814,7 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         if (t->view == NULL) {
             PyObject *mv = PyMemoryView_FromObject(PySequence_Fast_GET_ITEM(seq, pos));
             if (mv == NULL) {
-                batch_stopped(c, tickets, pos, get_raised());
+                batch_stopped(c, tickets, pos, zc_get_raised());
                 goto out;
             }
             t->view = mv;
@@ -852,12 +822,12 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         }
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
-        PyObject *exc = get_raised();
+        PyObject *exc = zc_get_raised();
         PyObject *r = PyObject_CallMethodObjArgs(c->sender, s_batch_failed, (PyObject *)t,
                                                  t->view, exc, NULL);
         Py_DECREF(exc);
         if (r == NULL) {
-            batch_stopped(c, tickets, pos, get_raised());
+            batch_stopped(c, tickets, pos, zc_get_raised());
             goto out;
         }
         Py_DECREF(r);
@@ -913,7 +883,7 @@ static PyTypeObject TxCoreType = {
 int
 zc_txfast_init(PyObject *module)
 {
-    struct { PyObject **var; const char *s; } names[] = {
+    static const zc_InternedName names[] = {
         {&s_release, "release"},
         {&s_run, "_run"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
         {&s_first_call_interrupted, "_first_call_interrupted"},
@@ -921,9 +891,8 @@ zc_txfast_init(PyObject *module)
         {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},
         {&s_finish, "_finish"}, {&s_failure, "failure"},
     };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if ((*names[i].var = PyUnicode_InternFromString(names[i].s)) == NULL)
-            return -1;
+    if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
+        return -1;
     TicketBaseType.tp_new = PyBaseObject_Type.tp_new;
     if (PyType_Ready(&TicketBaseType) < 0 || PyType_Ready(&TxCountersType) < 0
         || PyType_Ready(&TxCoreType) < 0)

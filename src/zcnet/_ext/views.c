@@ -111,11 +111,10 @@ static PyMethodDef views_functions[] = {
 int
 zc_views_init(PyObject *module)
 {
-    str_release = PyUnicode_InternFromString("release");
-    if (str_release == NULL)
-        return -1;
-    str_end_if_unexported = PyUnicode_InternFromString("_end_if_unexported");
-    if (str_end_if_unexported == NULL)
+    static const zc_InternedName names[] = {
+        {&str_release, "release"}, {&str_end_if_unexported, "_end_if_unexported"},
+    };
+    if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;
     return PyModule_AddFunctions(module, views_functions);
 }

@@ -16,10 +16,25 @@
 #define Py_READONLY READONLY
 #endif
 
-/* zcnet.errors.BufferLifetimeError and TimeoutExpired, looked up once at module init
- * (module.c). */
+/* zcnet.errors.BufferLifetimeError, TimeoutExpired and InvalidCompletionError, looked up once
+ * at module init (module.c). */
 extern PyObject *zc_BufferLifetimeError;
 extern PyObject *zc_TimeoutExpired;
+extern PyObject *zc_InvalidCompletionError;
+
+/* module.c: PyErr_GetRaisedException/PyErr_SetRaisedException of Python 3.12+, for 3.11 too
+ * (zc_get_raised: the pending exception, normalized with its traceback, or NULL; zc_set_raised
+ * steals the reference). */
+PyObject *zc_get_raised(void);
+void zc_set_raised(PyObject *exc);
+
+/* module.c: intern each `text` into `*slot` (the attribute and method names a part uses):
+ * 0, or -1 with an exception set. */
+typedef struct {
+    PyObject **slot;
+    const char *text;
+} zc_InternedName;
+int zc_intern(const zc_InternedName *names, size_t count);
 
 /* buffer.c: buffers with exact export counts. */
 typedef struct {
@@ -82,7 +97,6 @@ typedef struct {
 } zc_Released;
 
 extern PyTypeObject zc_TrackerType;
-extern PyObject *zc_InvalidCompletionError;
 /* record_single for a fresh token: 0, or -1 with an exception set (uncertain tail, memory). */
 /* Room for k more single calls, checked before a send so that recording it cannot fail: 0, or -1
  * with an exception set (uncertain tail, memory). Then zc_tracker_record_reserved, k times at
