@@ -2,12 +2,17 @@
 
 Every run here moves a few MB and checks every byte (``--verify all``: the C receivers compare
 each byte with the pattern; the C senders' bytes are checked by the Python receiver). No timing
-is asserted.
+is asserted. The io_uring senders (``c-uring``, ``c-uring-fixed``) are skipped, with the
+program's reason, where io_uring or IORING_OP_SEND_ZC is unavailable.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +190,177 @@ def test_profile_gives_top_symbols(tmp_path: Path) -> None:
         assert all(0 < e["pct"] <= 100 for e in rcv["top"])
     # profiled repetitions are not timed ones
     assert all(r["role"] != "profile" for r in exp["runs"])
+
+
+# -- io_uring senders ------------------------------------------------------------------------
+
+URING = ("c-uring", "c-uring-fixed")
+
+
+def _skip_without_uring(exp: dict[str, Any]) -> None:
+    """Skip when the experiment's io_uring rows say the mode cannot run here."""
+    for entry in exp["summary"]:
+        if entry["send_mode"] in URING and entry.get("unavailable"):
+            pytest.skip(f"{entry['send_mode']} unavailable here: {entry['unavailable']}")
+
+
+def _table_text(exp: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    from zcnet.bench.report import build_report, print_tables
+
+    out = io.StringIO()
+    print_tables(build_report([exp], {}), Console(file=out, width=220))
+    return out.getvalue()
+
+
+def test_c_uring_senders_move_verified_bytes(tmp_path: Path) -> None:
+    """SEND_ZC from the buffer and from the registered buffer: every byte checked by the
+    Python receiver (TCP), every notification counted, copies reported."""
+    _built()
+    out = tmp_path / "s.json"
+    assert main(["stream", "--modes", "c-zc,c-uring,c-uring-fixed", "--sizes", "4K,64K", *TINY,
+                 "--json", str(out)]) == 0
+    exp = _experiment(out)
+    _skip_without_uring(exp)
+    assert exp["status"] == "ok"
+    runs = [r for r in exp["runs"] if r["send_mode"] in URING]
+    assert {(r["send_mode"], r["msg_size"]) for r in runs if r["transport"] == "tcp"} == {
+        (m, size) for m in URING for size in (4096, 65536)}
+    for run in runs:
+        assert run["ok"], run["error"]
+        snd = run["sender"]
+        assert snd["sends_zerocopy"] >= 1
+        assert snd["completions"] == snd["sends_zerocopy"]  # every notification drained
+        assert 0 <= snd["completions_copied"] <= snd["completions"]
+        assert snd["bytes_zerocopy"] + snd["bytes_copied"] == snd["bytes"]
+        if run["transport"] == "tcp":  # the Python receiver checked every byte
+            assert run["receiver"]["verified"] == "full"
+            assert run["receiver"]["bytes"] == snd["bytes"] == 2 << 20
+            assert snd["source_bytes"] == 8 << 20
+            # loopback copies zero-copy frags for the receiver: the notifications say so
+            # (IORING_SEND_ZC_REPORT_USAGE)
+            assert snd["completions_copied"] == snd["completions"]
+            assert snd["bytes_copied"] == snd["bytes"]
+        else:  # the ifb sink frees the pages without copying
+            assert snd["bytes_zerocopy"] > 0
+    rows = {(e["transport"], e["msg_size"], e["send_mode"]): e for e in exp["summary"]}
+    for t, size in {(r["transport"], r["msg_size"]) for r in runs}:
+        uring, fixed = rows[(t, size, "c-uring")], rows[(t, size, "c-uring-fixed")]
+        assert uring["c_reference"] == "c-zc" and list(uring["sender_cpu_vs_c"]) == ["c-zc"]
+        assert fixed["c_reference"] == "c-zc"
+        assert list(fixed["sender_cpu_vs_c"]) == ["c-zc", "c-uring"]
+        assert None not in fixed["sender_cpu_vs_c"].values()
+        assert fixed["sender_cpu_vs_c_pct"] == fixed["sender_cpu_vs_c"]["c-zc"]
+        assert rows[(t, size, "c-zc")]["c_reference"] is None
+    text = _table_text(exp)  # both ratios of c-uring-fixed, side by side in its cell
+    assert "% c-zc" in text and "% c-uring" in text
+
+
+def _pattern_receiver(listener: socket.socket, total: int, result: dict[str, Any],
+                      delay: float) -> None:
+    """Accept one connection, wait ``delay`` s, then read and check ``total`` pattern bytes."""
+    import time
+
+    period = cref.pattern_period()
+    conn, _ = listener.accept()
+    with conn:
+        time.sleep(delay)  # the sender fills the socket buffers meanwhile
+        result["first_read"] = time.monotonic()
+        buf, got = bytearray(50000), 0
+        while got < total + 1:
+            k = conn.recv_into(buf)
+            if not k:
+                break
+            view, i = memoryview(buf)[:k], 0
+            while i < k:  # compare with the pattern, one period at a time
+                off = (got + i) % len(period)
+                n = min(k - i, len(period) - off)
+                if view[i:i + n] != period[off:off + n]:
+                    result["bad_offset"] = got + i
+                    return
+                i += n
+            got += k
+        result["bytes"] = got
+
+
+@pytest.mark.parametrize("mode", URING)
+def test_c_uring_sender_under_back_pressure(mode: str) -> None:
+    """Socket buffers far smaller than the stream, a receiver that starts late, messages of
+    200000 bytes (larger than the send buffer: the kernel continues them, MSG_WAITALL) from the
+    cache-hot buffer (unaligned offsets): every byte arrives, in order, after the sender waited."""
+    import time
+
+    built = _built()
+    warmup, nbytes = 300_000, 8 << 20
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=_pattern_receiver,
+                         args=(listener, warmup + nbytes, result, 0.3))
+    t.start()
+    with listener, socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.connect(listener.getsockname())
+        res = cref.run_sender(built.programs["send"], sock, mode=mode, transport="tcp",
+                              msg_size=200_000, warmup=warmup, nbytes=nbytes, source_bytes=0,
+                              timeout=120)
+        returned = time.monotonic()
+        sock.shutdown(socket.SHUT_WR)
+        t.join(60)
+    if res.get("unavailable"):
+        pytest.skip(f"{mode} unavailable here: {res['unavailable']}")
+    assert res["ok"], res.get("error")
+    assert "bad_offset" not in result, result
+    assert result["bytes"] == warmup + nbytes
+    assert returned > result["first_read"]  # it could not finish before the receiver read
+    assert res["bytes"] == nbytes and res["source_bytes"] == 0
+    assert res["completions"] == res["sends_zerocopy"] >= nbytes // 200_000
+
+
+_MEMLOCK_WRAPPER = """#!{python}
+# Run cref_send with RLIMIT_MEMLOCK {limit} bytes, and without CAP_IPC_LOCK (for root: dropped
+# from the bounding set before exec), so io_uring charges pinned pages to that limit.
+import ctypes, os, resource, sys
+ctypes.CDLL(None, use_errno=True).prctl(24, 14, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_IPC_LOCK
+resource.setrlimit(resource.RLIMIT_MEMLOCK, ({limit}, {limit}))
+os.execv({program!r}, [{program!r}, *sys.argv[1:]])
+"""
+
+
+def test_c_uring_with_little_memlock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RLIMIT_MEMLOCK 1 MiB without CAP_IPC_LOCK: ``c-uring`` meets -ENOMEM as back-pressure
+    (sends in flight hold their pages' charge) and still delivers every byte; ``c-uring-fixed``
+    cannot register its 8 MiB buffer, so its rows say ``unavailable: ...`` and the experiment
+    is ok."""
+    built = _built()
+    wrapper = tmp_path / "cref_send_memlock"
+    wrapper.write_text(_MEMLOCK_WRAPPER.format(python=sys.executable, limit=1 << 20,
+                                               program=built.programs["send"]))
+    wrapper.chmod(0o755)
+    fake = cref.CBuild(programs={**built.programs, "send": str(wrapper)},
+                       compiler=built.compiler, cache=built.cache)
+    monkeypatch.setattr(cref, "_BUILD", fake)
+    out = tmp_path / "s.json"
+    assert main(["stream", "--modes", "c-uring,c-uring-fixed", "--sizes", "64K",
+                 "--transports", "tcp", *TINY, "--json", str(out)]) == 0
+    exp = _experiment(out)
+    rows = {e["send_mode"]: e for e in exp["summary"]}
+    why = str(rows["c-uring-fixed"].get("unavailable"))
+    if "IORING_REGISTER_BUFFERS" not in why:
+        pytest.skip(f"io_uring unavailable here: {why}")
+    assert exp["status"] == "ok"
+    assert rows["c-uring-fixed"]["metrics"] == {}
+    assert any("c-uring-fixed unavailable" in n and "RLIMIT_MEMLOCK" in n for n in exp["notes"])
+    fixed_runs = [r for r in exp["runs"] if r["send_mode"] == "c-uring-fixed"]
+    assert len(fixed_runs) == 1  # skipped after the first
+    assert fixed_runs[0]["sender"]["unavailable"] == why
+    assert "not available" in fixed_runs[0]["error"]
+    run = next(r for r in exp["runs"] if r["send_mode"] == "c-uring")
+    assert run["ok"], run["error"]
+    assert run["receiver"]["verified"] == "full" and run["receiver"]["bytes"] == 2 << 20
+    assert run["sender"]["enobufs"] > 0  # 32 sends of 64 KiB exceed 1 MiB: it waited
+    assert run["sender"]["completions"] == run["sender"]["sends_zerocopy"]
+    assert "unavailable: IORING_REGISTER_BUFFERS" in _table_text(exp)

@@ -139,7 +139,7 @@ def _profile(p: argparse.ArgumentParser) -> None:
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
     from zcnet.bench.dask import DASK_VARIANTS
-    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES
+    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES, URING_C_SEND_MODES
 
     bench = subparsers.add_parser(
         "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",
@@ -150,7 +150,9 @@ def add_subparsers(subparsers: Any) -> None:
     _common(p)
     p.add_argument("--sizes", type=_size_list, help="message sizes, e.g. 4K,16K,64K,256K,1M")
     p.add_argument("--modes", type=_choice_list(SEND_MODES),
-                   help=f"send modes, comma-separated from {','.join(SEND_MODES)}")
+                   help=f"send modes, comma-separated from {','.join(SEND_MODES)} (default: "
+                   f"all but raw-zerocopy and the io_uring C loops "
+                   f"{' and '.join(URING_C_SEND_MODES)})")
     p.add_argument("--transports", type=_choice_list(("tcp", "udp")),
                    help="tcp (loopback), udp (GSO toward the ifb sink); default both")
     p.add_argument("--batch", type=_positive_int, metavar="N",
@@ -223,7 +225,7 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     """The experiments to run, with their parameter objects."""
     from zcnet.bench.dask import DaskParams
     from zcnet.bench.memory import MemoryParams
-    from zcnet.bench.modes import SEND_MODES
+    from zcnet.bench.modes import QUICK_SEND_MODES
     from zcnet.bench.rpc import RpcParams
     from zcnet.bench.rx import RxParams
     from zcnet.bench.stream import StreamParams
@@ -243,7 +245,7 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
         q: dict[str, Any] = {"nbytes": 128 << 20, "warmup": 16 << 20, "reps": 3}
         q.update(over)
         return [
-            ("stream", StreamParams(send_modes=SEND_MODES, use_netns=use_netns, verify=verify,
+            ("stream", StreamParams(send_modes=QUICK_SEND_MODES, use_netns=use_netns, verify=verify,
                                     **q, **source, **profile)),
             ("rx", RxParams(use_netns=use_netns, verify=verify, **q, **source, **profile)),
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,

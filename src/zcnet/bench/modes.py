@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "RECEIVE_MODES",
-           "RX_SENDERS", "SEND_MODES", "UDP_ONLY_SEND_MODES", "UVLOOP_SUFFIX", "split_loop"]
+__all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DEFAULT_C_SEND_MODES",
+           "QUICK_SEND_MODES", "RECEIVE_MODES", "RX_SENDERS", "SEND_MODES",
+           "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "UVLOOP_SUFFIX", "split_loop"]
 
-#: The C reference senders (:mod:`zcnet.bench.cref`): plain ``send`` and ``send(MSG_ZEROCOPY)``.
-C_SEND_MODES: Final = ("c-copy", "c-zc")
+#: The C reference senders (:mod:`zcnet.bench.cref`) in the default lists: plain ``send`` and
+#: ``send(MSG_ZEROCOPY)``.
+DEFAULT_C_SEND_MODES: Final = ("c-copy", "c-zc")
+
+#: The io_uring C reference senders: ``IORING_OP_SEND_ZC``, 32 per ``io_uring_enter``, from the
+#: source buffer (``c-uring``) or from the same buffer registered once (``c-uring-fixed``).
+#: Asked for with ``--modes`` only (not in the default ``stream`` list nor in ``quick``).
+URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed")
+
+#: Every C reference sender.
+C_SEND_MODES: Final = (*DEFAULT_C_SEND_MODES, *URING_C_SEND_MODES)
 
 #: The C reference receivers: ``recv`` into one buffer and TCP_ZEROCOPY_RECEIVE (tcp_mmap.c).
 C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
@@ -16,9 +26,13 @@ C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
 #: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
 #: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
 #: (see :mod:`zcnet.bench.senders`); ``zcnet-batch``: ``Sender.send_batch`` (sendmmsg), UDP only;
-#: ``c-copy``/``c-zc``: the C reference loops.
+#: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``: the C reference loops.
 SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy", "zcnet-batch",
                      *C_SEND_MODES)
+
+#: The send modes of ``zcnet bench quick``: all but the io_uring C loops (64 more runs, about
+#: 30 s more on 2 cores; ``zcnet bench stream --modes`` runs them).
+QUICK_SEND_MODES: Final = tuple(m for m in SEND_MODES if m not in URING_C_SEND_MODES)
 
 #: Send modes that only mean something on UDP (on TCP ``send_batch`` loops over ``send``).
 UDP_ONLY_SEND_MODES: Final = ("zcnet-batch",)

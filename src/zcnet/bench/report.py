@@ -82,10 +82,14 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _vs_c(entry: dict[str, Any] | None, field: str) -> str:
-    """``"120% c-zc"``: the ratio to the C reference, naming it (— for the C rows)."""
+def _vs_c(entry: dict[str, Any] | None, field: str, every: str | None = None) -> str:
+    """``"120% c-zc"``: the ratio to the C reference, naming it (— for the C rows); with
+    ``every`` (``sender_cpu_vs_c``: {C mode: ratio}), one such line per C reference."""
     if entry is None or not entry.get("c_reference"):
         return DASH
+    ratios = entry.get(every) if every else None
+    if isinstance(ratios, dict) and ratios:
+        return "\n".join(f"{_pct(pct)} {ref}" for ref, pct in ratios.items())
     return f"{_pct(entry.get(field))} {entry['c_reference']}"
 
 
@@ -161,7 +165,8 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
                        _cell(_summary(zc, "sender_cpu_s_per_gb")),
                        _pct(ratio_percent(_summary(zc, "sender_cpu_s_per_gb"),
                                           _summary(std, "sender_cpu_s_per_gb"))),
-                       _vs_c(std, "sender_cpu_vs_c_pct"), _vs_c(zc, "sender_cpu_vs_c_pct"),
+                       _vs_c(std, "sender_cpu_vs_c_pct", "sender_cpu_vs_c"),
+                       _vs_c(zc, "sender_cpu_vs_c_pct", "sender_cpu_vs_c"),
                        _cell(_summary(zc, "sender_uncopied_pct"), "{:.0f}%")]
                 if transport == "tcp":
                     row += [_cell(_summary(std, "receiver_cpu_s_per_gb")),

@@ -19,10 +19,11 @@ copying send pays for cache misses as it does with real data. Modes:
   of ``batch`` with ``Sender.send_batch`` (``sendmmsg(2)``, one system call per group: Python's
   fixed cost per call is amortised; docs/transmit.md). On TCP it is ``zcnet``.
 
-- ``c-copy`` / ``c-zc``: the C reference loops (:mod:`zcnet.bench.cref`): the connection is
-  set up (and the header sent) here, then the socket is handed to the C program, which sends
-  the same bytes from the same source layout with plain ``send`` or ``send(MSG_ZEROCOPY)`` and
-  measures its own CPU.
+- ``c-copy`` / ``c-zc`` / ``c-uring`` / ``c-uring-fixed``: the C reference loops
+  (:mod:`zcnet.bench.cref`): the connection is set up (and the header sent) here, then the
+  socket is handed to the C program, which sends the same bytes from the same source layout
+  with plain ``send``, ``send(MSG_ZEROCOPY)`` or io_uring ``IORING_OP_SEND_ZC`` (from the buffer
+  as it is, or registered once) and measures its own CPU.
 
 - ``raw-zerocopy``: the reference for zcnet's own overhead: ``send(MSG_ZEROCOPY)`` in a bare
   loop that only counts completions (the buffers are immutable, so no per-send bookkeeping), as
@@ -218,9 +219,9 @@ def _c_send(cmd: dict[str, Any], sock: socket.socket, transport: str) -> dict[st
     program = cmd.get("cref")
     if not program:
         raise ModeUnavailable(f"C reference not available: {cref.build().reason}")
-    result = cref.run_sender(str(program), sock, zerocopy=cmd["send_mode"] == "c-zc",
-                             transport=transport, msg_size=int(cmd["msg_size"]),
-                             warmup=int(cmd["warmup"]), nbytes=int(cmd["bytes"]),
+    result = cref.run_sender(str(program), sock, mode=cmd["send_mode"], transport=transport,
+                             msg_size=int(cmd["msg_size"]), warmup=int(cmd["warmup"]),
+                             nbytes=int(cmd["bytes"]),
                              source_bytes=int(cmd.get("source_bytes", 0)))
     result.update(mode=cmd["send_mode"], msg_size=int(cmd["msg_size"]))
     return result

@@ -9,13 +9,16 @@ with ``UDP_SEGMENT`` toward the ``ifb`` sink measures the true transmit cost, si
 delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender.send_batch``
 (``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
 ``--connect HOST:PORT`` runs the TCP part against a remote
-``zcnet serve``. ``c-copy`` and ``c-zc`` are the C reference senders (:mod:`zcnet.bench.cref`),
-run in the same repetitions; every other mode's summary entry names its C reference
-(``c-copy`` for copying modes, ``c-zc`` for zero-copy ones, by what the sender did) and gives
-``sender_cpu_vs_c_pct``. With ``profile`` one more repetition per mode, at one message size per
-transport, runs under perf (:mod:`zcnet.bench.profile`). Repetitions alternate the order of
-the modes; with ``verify="sample"`` one extra untimed repetition per configuration checks
-every byte and the timed ones spot-check each chunk.
+``zcnet serve``. ``c-copy``, ``c-zc`` and, asked for, ``c-uring`` and ``c-uring-fixed`` (io_uring
+SEND_ZC) are the C reference senders (:mod:`zcnet.bench.cref`), run in the same repetitions;
+every other mode's summary entry names its C reference (``c-copy`` for copying modes, ``c-zc``
+for zero-copy ones, by what the sender did, or what :data:`C_REFERENCES` says) and gives
+``sender_cpu_vs_c_pct``, and ``sender_cpu_vs_c`` for every C reference that ran. A mode that
+cannot run here (``ModeUnavailable``, or a C program saying ``unavailable``) is skipped for
+the rest of the experiment and its rows say why. With ``profile`` one more repetition per
+mode, at one message size per transport, runs under perf (:mod:`zcnet.bench.profile`).
+Repetitions alternate the order of the modes; with ``verify="sample"`` one extra untimed
+repetition per configuration checks every byte and the timed ones spot-check each chunk.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from zcnet.bench.common import (
     s_per_gb,
 )
 from zcnet.bench.env import Environment, environment
-from zcnet.bench.modes import C_SEND_MODES, UDP_ONLY_SEND_MODES
+from zcnet.bench.modes import C_SEND_MODES, DEFAULT_C_SEND_MODES, UDP_ONLY_SEND_MODES
 from zcnet.bench.peers import client_worker, server_worker
 from zcnet.bench.profile import PerfSession, perf_unavailable_reason
 from zcnet.bench.workers import Worker, spawn
 
-__all__ = ["DEFAULT_SIZES", "StreamParams", "plan_count", "run_stream"]
+__all__ = ["C_REFERENCES", "DEFAULT_SIZES", "StreamParams", "c_reference_for",
+           "c_references_for", "plan_count", "run_stream"]
 
 KiB = 1024
 DEFAULT_SIZES = (4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, 1024 * KiB)
@@ -59,7 +63,7 @@ class StreamParams:
     warmup: int = 32 * 1024 * 1024
     reps: int = 3
     send_modes: tuple[str, ...] = ("sendall", "zcnet", "zcnet-forced", "zcnet-batch",
-                                   *C_SEND_MODES)
+                                   *DEFAULT_C_SEND_MODES)
     transports: tuple[str, ...] = ("tcp", "udp")
     recv_mode: str = "recv_into"
     recv_size: int = 256 * KiB
@@ -145,8 +149,13 @@ def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> d
     ok = bool(sender and sender.get("ok")) and (
         item["transport"] == "udp" or bool(receiver and receiver.get("ok")))
     run["ok"] = ok
-    run["error"] = None if ok else (res.get("error") or (receiver or {}).get("error")
-                                    or (sender or {}).get("error") or "failed")
+    if ok:
+        run["error"] = None
+    elif sender and sender.get("unavailable"):  # the receiver only saw no bytes come
+        run["error"] = sender.get("error") or f"not available: {sender['unavailable']}"
+    else:
+        run["error"] = (res.get("error") or (receiver or {}).get("error")
+                        or (sender or {}).get("error") or "failed")
     run["sender"], run["receiver"] = sender, receiver
     metrics: dict[str, float | None] = {m: None for m in METRICS}
     if ok and sender is not None:
@@ -237,8 +246,9 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                 run = _run_record(item, p, res)
                 runs.append(run)
                 err = run["error"] or ""
-                if "not available" in err or "ModeUnavailable" in err:
-                    unavailable[mode] = err
+                why = (run["sender"] or {}).get("unavailable")
+                if why or "not available" in err or "ModeUnavailable" in err:
+                    unavailable[mode] = str(why or err)
                 progress(f"stream {item['transport']} {item['msg_size'] // KiB}K {mode}")
         finally:
             if server is not None:
@@ -252,6 +262,13 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
     elif batched and "udp" not in transports:
         notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
     summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
+    have = {(e["transport"], e["msg_size"], e["send_mode"]) for e in summary}
+    for t in transports:  # a row per configuration a mode could not run, saying why
+        sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
+        summary += [{"transport": t, "msg_size": size, "send_mode": mode, "metrics": {},
+                     "unavailable": why}
+                    for size in sizes for mode, why in unavailable.items()
+                    if mode in p.modes_for(t) and (t, size, mode) not in have]
     if built is not None and not c_ok:
         notes.append(f"C reference senders unavailable: {built.reason}")
         for t in transports:
@@ -276,43 +293,65 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
     return result
 
 
-#: Modes measured against the C zero-copy sender whatever they did; ``sendall`` against c-copy.
-_ZEROCOPY_MODES = ("zcnet-forced", "raw-zerocopy")
+#: The C senders a mode is compared with, first its own ``c_reference``: every one that ran
+#: at the same transport and size gets a ratio in the summary's ``sender_cpu_vs_c`` and a line
+#: in the table's ``snd std/C`` / ``snd zc/C`` cell. One line per mode; modes not listed here
+#: (``zcnet``, ``zcnet-batch``) are compared with what their runs mostly did, and ``c-copy``
+#: and ``c-zc`` with nothing. A mode of zcnet's io_uring engine would be added as, e.g.,
+#: ``"zcnet-uring": ("c-uring-fixed", "c-zc"),``.
+C_REFERENCES: dict[str, tuple[str, ...]] = {
+    "sendall": ("c-copy",),
+    "zcnet-forced": ("c-zc",),
+    "raw-zerocopy": ("c-zc",),
+    "c-uring": ("c-zc",),
+    "c-uring-fixed": ("c-zc", "c-uring"),
+}
 
 
-def c_reference_for(mode: str, runs: list[dict[str, Any]]) -> str | None:
-    """The C sender a mode is compared with: ``c-copy`` for copies, ``c-zc`` for zero-copy.
+def c_references_for(mode: str, runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The C senders a mode is compared with (:data:`C_REFERENCES`), the first one its
+    ``c_reference``; ``()`` for ``c-copy`` and ``c-zc``.
 
     zcnet's default policy decides by itself (copies below the threshold, falls back to copies
     when the kernel reports copied completions, as over loopback), so ``zcnet`` and
     ``zcnet-batch`` are compared with what their timed runs mostly did.
     """
+    if mode in C_REFERENCES:
+        return C_REFERENCES[mode]
     if mode in C_SEND_MODES:
-        return None
-    if mode == "sendall":
-        return "c-copy"
-    if mode in _ZEROCOPY_MODES:
-        return "c-zc"
+        return ()
     zc = sum(int((r["sender"] or {}).get("sends_zerocopy", 0)) for r in runs)
     plain = sum(int((r["sender"] or {}).get("sends_plain", 0)) for r in runs)
-    return "c-zc" if zc > plain else "c-copy"
+    return ("c-zc",) if zc > plain else ("c-copy",)
+
+
+def c_reference_for(mode: str, runs: list[dict[str, Any]]) -> str | None:
+    """The C sender a mode is compared with first (``None`` for ``c-copy`` and ``c-zc``)."""
+    refs = c_references_for(mode, runs)
+    return refs[0] if refs else None
 
 
 def _c_ratios(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> None:
-    """``c_reference`` and ``sender_cpu_vs_c_pct`` (100 * median / the C row's median)."""
+    """``c_reference`` and ``sender_cpu_vs_c_pct`` (100 * median / the C row's median), and
+    ``sender_cpu_vs_c``: that ratio for each C reference in the summary (first one always)."""
     def median(entry: dict[str, Any] | None) -> float | None:
         m = None if entry is None else entry["metrics"].get("sender_cpu_s_per_gb")
         return None if m is None else float(m["median"])
 
+    rows = {(e["transport"], e["msg_size"], e["send_mode"]): e for e in summary}
     for entry in summary:
         key = (entry["transport"], entry["msg_size"])
         this = (*key, entry["send_mode"])
         members = [r for r in runs if r["role"] == "timed" and r["ok"]
                    and (r["transport"], r["msg_size"], r["send_mode"]) == this]
-        ref = c_reference_for(entry["send_mode"], members)
-        entry["c_reference"] = ref
-        base = next((median(e) for e in summary if ref is not None
-                     and (e["transport"], e["msg_size"], e["send_mode"]) == (*key, ref)), None)
+        refs = c_references_for(entry["send_mode"], members)
         value = median(entry)
-        entry["sender_cpu_vs_c_pct"] = (
-            None if value is None or not base else round(100.0 * value / base, 1))
+        ratios: dict[str, float | None] = {}
+        for i, ref in enumerate(refs):
+            if i and (*key, ref) not in rows:
+                continue  # a further reference that was not asked for
+            base = median(rows.get((*key, ref)))
+            ratios[ref] = None if value is None or not base else round(100.0 * value / base, 1)
+        entry["c_reference"] = refs[0] if refs else None
+        entry["sender_cpu_vs_c_pct"] = ratios[refs[0]] if refs else None
+        entry["sender_cpu_vs_c"] = ratios

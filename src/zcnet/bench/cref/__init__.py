@@ -4,10 +4,14 @@ Theory of operation: what a send or a receive costs at the level of C is the flo
 library can approach, so the benchmark measures it beside zcnet's rows, in the same
 repetitions and namespaces. Two small programs ship as package data next to this module:
 
-- ``cref_send.c`` (send modes ``c-copy`` and ``c-zc``): plain ``send`` or ``send(MSG_ZEROCOPY)``
-  on TCP or UDP (GSO), reading the error queue every 32 sends and on ``ENOBUFS``
-  (tools/testing/selftests/net/msg_zerocopy.c, udpgso_bench_tx.c); messages of the run's size
-  walk through the same source buffer as the Python senders (``zcnet.bench.pattern.Source``);
+- ``cref_send.c`` (send modes ``c-copy``, ``c-zc``, ``c-uring`` and ``c-uring-fixed``): plain
+  ``send`` or ``send(MSG_ZEROCOPY)`` on TCP or UDP (GSO), reading the error queue every 32 sends
+  and on ``ENOBUFS`` (tools/testing/selftests/net/msg_zerocopy.c, udpgso_bench_tx.c); or
+  io_uring ``IORING_OP_SEND_ZC`` (Linux 6.0), 32 per ``io_uring_enter`` (TCP: one linked chain
+  with ``MSG_WAITALL``), every notification awaited, from the source buffer or, for
+  ``uring-fixed``, from that buffer registered once (``IORING_REGISTER_BUFFERS``); raw system
+  calls, no liburing. Messages of the run's size walk through the same source buffer as the
+  Python senders (``zcnet.bench.pattern.Source``);
 - ``cref_recv.c`` (receive modes ``c-recv`` and ``c-zerocopy``): ``recv`` into one reused buffer,
   or ``TCP_ZEROCOPY_RECEIVE`` with one reused mmap'd window, a copy buffer below one page and
   ``recv`` for ``recv_skip_hint`` (tools/testing/selftests/net/tcp_mmap.c).
@@ -24,7 +28,10 @@ the one of :class:`zcnet._core.pattern.StreamPattern` (stream byte ``i`` is a fu
 :func:`build` compiles both programs once per process with ``$CC`` (default ``cc``) ``-O2`` into
 a per-user cache directory keyed by a hash of the compiler, flags and sources; without a
 compiler, or if compilation fails, it returns the reason instead, and the benchmark's C rows say
-``unavailable: <reason>``.
+``unavailable: <reason>``. A program that cannot run its mode on this machine (io_uring
+disabled or missing, SEND_ZC unsupported, buffers not registrable) prints
+``{"ok": false, "unavailable": REASON}`` and exits with :data:`EXIT_UNAVAILABLE`; that row then
+says ``unavailable: REASON`` too.
 """
 
 from __future__ import annotations
@@ -43,13 +50,18 @@ from typing import Any, Final
 
 from zcnet._core.pattern import StreamPattern
 
-__all__ = ["CFLAGS", "PROGRAMS", "CBuild", "build", "cache_dir", "pattern_period",
-           "run_receiver", "run_sender"]
+__all__ = ["CFLAGS", "EXIT_UNAVAILABLE", "PROGRAMS", "SEND_MODES", "CBuild", "build",
+           "cache_dir", "pattern_period", "run_receiver", "run_sender"]
 
 #: The programs: name -> source file (package data of this package).
 PROGRAMS: Final = {"send": "cref_send.c", "recv": "cref_recv.c"}
 CFLAGS: Final = ("-O2", "-Wall")
 _HOT_SPAN: Final = 4 * 1024 * 1024  # zcnet.bench.pattern.DEFAULT_SPAN: the hot buffer's limit
+#: The benchmark's C send modes -> the mode argument of ``cref_send``.
+SEND_MODES: Final = {"c-copy": "copy", "c-zc": "zc", "c-uring": "uring",
+                     "c-uring-fixed": "uring-fixed"}
+#: Exit status of a program whose mode cannot run here (its JSON line has ``unavailable``).
+EXIT_UNAVAILABLE: Final = 3
 
 
 @dataclass(frozen=True)
@@ -170,27 +182,38 @@ def _run(argv: list[str], fd: int, timeout: float) -> dict[str, Any]:
         err = proc.stderr.decode(errors="replace").strip()
         return {"ok": False, "error": f"{os.path.basename(argv[0])} exited "
                 f"{proc.returncode} without a result: {err[-300:]}"}
+    if not result.get("ok") and result.get("unavailable"):
+        result.setdefault("error", f"not available: {result['unavailable']}")
     if not result.get("ok") and "error" in result:
         result["error"] = f"{os.path.basename(argv[0])}: {result['error']}"
     return result
 
 
-def run_sender(program: str, sock: socket.socket, *, zerocopy: bool, transport: str,
-               msg_size: int, warmup: int, nbytes: int, source_bytes: int,
-               timeout: float = 600.0) -> dict[str, Any]:
+def run_sender(program: str, sock: socket.socket, *, transport: str, msg_size: int,
+               warmup: int, nbytes: int, source_bytes: int, mode: str | None = None,
+               zerocopy: bool = False, timeout: float = 600.0) -> dict[str, Any]:
     """Send ``warmup + nbytes`` pattern bytes on the connected ``sock`` from C.
 
-    The result has ``cpu``, ``user``, ``sys``, ``wall`` and ``bytes`` of the timed bytes, and
-    for ``zerocopy`` the completion counters (``sends_zerocopy``, ``completions``,
-    ``bytes_zerocopy``, ``bytes_copied``, ``enobufs``); ``source_bytes`` is what the messages
-    walked through (0 for the hot buffer, as the Python senders report it).
+    ``mode`` is one of :data:`SEND_MODES` (``"c-copy"``, ``"c-zc"``, ``"c-uring"``,
+    ``"c-uring-fixed"``); without it, ``zerocopy`` picks ``c-zc`` or ``c-copy``. The result has
+    ``cpu``, ``user``, ``sys``, ``wall`` and ``bytes`` of the timed bytes, and for the zero-copy
+    modes the completion counters (``sends_zerocopy``, ``completions``, ``completions_copied``:
+    those saying the kernel copied, ``bytes_zerocopy``, ``bytes_copied``, ``enobufs``: sends
+    retried for back-pressure); ``source_bytes`` is what the messages walked through (0 for the
+    hot buffer, as the Python senders report it). A mode that cannot run here gives
+    ``ok: false`` with ``unavailable`` (the reason) and ``error``.
     """
+    if mode is None:
+        mode = "c-zc" if zerocopy else "c-copy"
+    if mode not in SEND_MODES:
+        raise ValueError(f"unknown C send mode {mode!r}: one of {', '.join(SEND_MODES)}")
     fd = sock.fileno()
-    argv = [program, str(fd), "zc" if zerocopy else "copy", transport, str(msg_size),
+    argv = [program, str(fd), SEND_MODES[mode], transport, str(msg_size),
             str(warmup), str(nbytes), str(source_bytes)]
     result = _run(argv, fd, timeout)
-    if not zerocopy:  # a plain send has no completions (as sendall's record)
-        for key in ("sends_zerocopy", "completions", "bytes_zerocopy", "bytes_copied"):
+    if mode == "c-copy":  # a plain send has no completions (as sendall's record)
+        for key in ("sends_zerocopy", "completions", "completions_copied", "bytes_zerocopy",
+                    "bytes_copied"):
             result.pop(key, None)
     result["source_bytes"] = source_bytes if source_bytes > _HOT_SPAN else 0
     return result
