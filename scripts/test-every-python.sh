@@ -19,7 +19,12 @@
 # Each interpreter gets its own virtualenv (.venv for the default, .venv-3.X for the others) with
 # `pip install -e .[dev]`. Set ZCNET_TEST_PYTHONS="3.12 3.13" to test only those versions, and
 # ZCNET_TEST_IMPLEMENTATIONS="c" (or "python") to test only one implementation.
-# Extra arguments go to pytest.
+#
+# The Sender tests (tests/test_sender*.py) then run once more on the io_uring send engine
+# (ZCNET_SEND_ENGINE=io_uring: the default SendPolicy.engine; docs/ARCHITECTURE.md, 'Transmit:
+# the io_uring engine'), on the default interpreter with the compiled extension, which holds the
+# ring; where io_uring cannot be used the run is reported as skipped with the reason.
+# ZCNET_TEST_ENGINES="msg_zerocopy" leaves it out. Extra arguments go to pytest (not to that run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,17 +96,19 @@ make_venv() {
     fi
 }
 
-# run_suite V FULL IMPL VENV SETUP [env assignments...]: pytest in VENV, one summary line.
+# run_suite V FULL IMPL VENV SETUP [env assignments...]: pytest in VENV, one summary line
+# (labelled $SUITE_LABEL if set, else IMPL).
 run_suite() {
     local v=$1 full=$2 impl=$3 venv=$4 setup=$5; shift 5
-    echo "=== CPython $full, implementation $impl, in $venv ==="
+    echo "=== CPython $full, implementation ${SUITE_LABEL:-$impl}, in $venv ==="
     local start=$SECONDS
     env ZCNET_EXPECT_IMPLEMENTATION="$impl" "$@" "$venv/bin/python" -m pytest "${pytest_args[@]}"
     local rc=$? took=$((SECONDS - start))
     local result
     result=$([[ $rc -eq 0 ]] && echo passed || echo "FAILED (pytest exit $rc)")
     [[ $rc -eq 0 ]] || failed=1
-    summary+=("$(printf '%-6s %-8s %-7s %s: suite %dm%02ds (set-up %ds)' "$v" "$full" "$impl" \
+    summary+=("$(printf '%-6s %-8s %-7s %s: suite %dm%02ds (set-up %ds)' "$v" "$full" \
+              "${SUITE_LABEL:-$impl}" \
               "$result" $((took / 60)) $((took % 60)) "$setup")")
 }
 
@@ -140,6 +147,24 @@ for v in $versions; do
         fi
     done
 done
+
+# The Sender suite on the io_uring engine (see the top of this file).
+engines=${ZCNET_TEST_ENGINES:-msg_zerocopy io_uring}
+if [[ " $engines " == *" io_uring "* && " $implementations " == *" c "* \
+      && " $versions " == *" $default_minor "* && -x .venv/bin/python ]]; then
+    full=$(full_of "$default_path")
+    why=$(.venv/bin/python -c 'from zcnet.lowlevel.uring import unavailable_reason as u
+print(u() or "")' 2>&1)
+    if [[ -n "$why" ]]; then
+        summary+=("$(printf '%-6s %-8s %-7s skipped: the io_uring engine is unavailable: %s' \
+                  "$default_minor" "$full" io_uring "$why")")
+    else
+        pytest_args=(tests/test_sender.py tests/test_sender_batch.py tests/test_sender_errors.py
+                     tests/test_sender_netns.py tests/test_sender_safety.py)
+        SUITE_LABEL=c+uring run_suite "$default_minor" "$full" c .venv 0 \
+            ZCNET_SEND_ENGINE=io_uring
+    fi
+fi
 
 echo
 echo "=== test suite per interpreter and implementation ==="

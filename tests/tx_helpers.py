@@ -10,7 +10,20 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pytest
+
+from zcnet._core.txpolicy import resolve_engine
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_RCVBUFFORCE
+
+#: The send engine these tests run the Sender on: ``$ZCNET_SEND_ENGINE`` (the default policy's),
+#: else ``msg_zerocopy``; scripts/test-every-python.sh runs the Sender tests once per engine.
+ENGINE = resolve_engine(None, os.environ)
+ON_URING = ENGINE == "io_uring"
+
+
+def msg_zerocopy_only(why: str) -> pytest.MarkDecorator:
+    """Skip on the io_uring engine a test of a mechanism that only ``MSG_ZEROCOPY`` has."""
+    return pytest.mark.skipif(ON_URING, reason=f"MSG_ZEROCOPY engine only: {why}")
 
 # A random period; byte i of every test stream is PATTERN[i % PERIOD]. Doubled so that any slice
 # of up to PERIOD bytes starting anywhere in the period is one contiguous slice of PATTERN2.

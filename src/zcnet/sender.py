@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
 import operator
@@ -62,7 +63,15 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 from zcnet._accel import speedups
 from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, SendOp, Step
-from zcnet._core.txpolicy import REAP_EVERY, REAP_SHIFT, ZC_CHUNK, SenderStats, SendPolicy
+from zcnet._core.serial import MASK
+from zcnet._core.txpolicy import (
+    REAP_EVERY,
+    REAP_SHIFT,
+    ZC_CHUNK,
+    SenderStats,
+    SendPolicy,
+    resolve_engine,
+)
 from zcnet.errors import (
     ConcurrentUseError,
     InvalidBufferError,
@@ -72,6 +81,7 @@ from zcnet.errors import (
     TimeoutExpired,
     UnsupportedSocketError,
     ZcnetError,
+    ZerocopyUnavailable,
 )
 from zcnet.lowlevel.bufaddr import BufferAddresser
 from zcnet.lowlevel.constants import (
@@ -85,6 +95,7 @@ from zcnet.lowlevel.constants import (
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
+from zcnet.lowlevel.uring import SlabRegistry, open_ring
 from zcnet.pool import Lease
 
 if TYPE_CHECKING:
@@ -261,6 +272,9 @@ class Sender:
     Raises:
         UnsupportedSocketError: not an IPv4/IPv6 TCP or UDP socket, or not connected.
         SocketClosedError: the socket is already closed.
+        ZerocopyUnavailable: the engine is ``"io_uring"`` and io_uring cannot be used here
+            (the message says why in one line).
+        ValueError: the policy leaves the engine to ``$ZCNET_SEND_ENGINE``, which names none.
     """
 
     def __init__(self, sock: socket.socket, policy: SendPolicy | None = None) -> None:
@@ -283,6 +297,22 @@ class Sender:
         except OSError as e:
             raise UnsupportedSocketError(f"the socket is not connected: {e}") from e
         self.policy = policy if policy is not None else SendPolicy()
+        # The io_uring engine (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'): SEND_ZC
+        # on a ring of this Sender's, emulating MSG_ZEROCOPY's counter, so that the rest of the
+        # engine is the same; a refusal is known before the socket is touched.
+        self._ring: Any = None
+        self._slabs: SlabRegistry | None = None
+        self._engine_reason: str | None = None
+        wanted = resolve_engine(self.policy.engine, os.environ)
+        if wanted != "msg_zerocopy":
+            try:
+                self._ring = open_ring()
+            except ZerocopyUnavailable as e:
+                if wanted == "io_uring":
+                    raise
+                self._engine_reason = str(e)
+        self._fixed = -1  # the registered buffer of the lease being sent, or -1
+        self._sends_registered = 0
         engine: SendEngine[Ticket] = SendEngine(self.policy, stream=self._stream)
         self._engine = engine
         self._ctl = engine.ctl
@@ -301,7 +331,8 @@ class Sender:
         self._core: Any = None
         if _COMPILED and speedups is not None:
             self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
-            if type(self).send is Sender.send:  # not overridden by a subclass
+            # (its send and reap are MSG_ZEROCOPY's: on io_uring it only keeps the flags)
+            if type(self).send is Sender.send and self._ring is None:
                 self.__dict__["send"] = self._core.send
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
@@ -311,6 +342,8 @@ class Sender:
         self._send = sock.send
         if not sys.platform.startswith("linux"):
             self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
+        elif self._ring is not None:
+            self._slabs = SlabRegistry(self._ring)  # (SEND_ZC needs no SO_ZEROCOPY)
         elif not self._stream and _recverr_enabled(sock):
             # With IP_RECVERR a UDP send that the device queue drops fails with ENOBUFS *after*
             # it took a zero-copy counter value (udp_send_skb reports the error only with
@@ -344,7 +377,15 @@ class Sender:
     @property
     def stats(self) -> SenderStats:
         """A frozen snapshot of the counters (see :class:`SenderStats`)."""
-        return self._ctl.stats()
+        stats = self._ctl.stats()
+        slabs = self._slabs
+        if slabs is not None:
+            return dataclasses.replace(
+                stats, engine="io_uring", sends_registered=self._sends_registered,
+                registered_bytes=slabs.registered_bytes, registration_reason=slabs.refused)
+        if self._engine_reason is not None:
+            return dataclasses.replace(stats, engine_reason=self._engine_reason)
+        return stats
 
     @property
     def pending(self) -> int:
@@ -412,7 +453,7 @@ class Sender:
                 ticket.zerocopy = True
                 ticket._sender = self
                 ticket._view = mv
-                if nbytes > self._single_max:
+                if nbytes > self._single_max or self._ring is not None:
                     return self._drive(ticket, mv, None)
                 # The engine's first step, inline: the whole buffer in one zero-copy call.
                 # Between the call and record_single an exception can only strike at a call
@@ -476,9 +517,13 @@ class Sender:
             ticket._view = mv
         else:
             ticket = _plain_ticket(nbytes)
+        slabs = self._slabs
+        if slabs is not None and ticket.zerocopy:
+            self._fixed = slabs.index_of(lease._block.slab)
         try:
             self._drive(ticket, mv, None)
         finally:
+            self._fixed = -1
             # a ticket that is done (or never went zero-copy) holds no kernel reference
             if ticket.done or not ticket.zerocopy:
                 mv.release()
@@ -526,6 +571,7 @@ class Sender:
         engine = self._engine
         op = engine.begin(ticket, mv.nbytes, zerocopy=ticket.zerocopy)
         send = self._send
+        ring = self._ring
         try:
             if error is not None or first:
                 op.next()
@@ -540,7 +586,12 @@ class Sender:
                 if step is _SEND:
                     start, end = op.start, op.end
                     try:
-                        if start == 0 and end == mv.nbytes:
+                        if ring is not None and op.zerocopy:
+                            with mv[start:end] as piece:
+                                n = ring.send(self._fd, piece, self._fixed, self._stream)
+                            if self._fixed >= 0:
+                                self._sends_registered += 1
+                        elif start == 0 and end == mv.nbytes:
                             n = send(mv, MSG_ZEROCOPY if op.zerocopy else 0)
                         else:
                             with mv[start:end] as piece:
@@ -594,6 +645,14 @@ class Sender:
         queued = self._queued
         took = (queued.unrecorded(self._engine.handed)
                 if op.in_call and queued is not None else None)
+        ring = self._ring
+        if op.in_call and ring is not None and op.zerocopy and took is None:
+            # UDP on io_uring: what the call took is known exactly, from the ring (an exception
+            # inside its wait) or from whether it took a counter value (one after it returned)
+            took = ring.took
+            if took is None:
+                taken = (ring.counter - self._tracker.next_value) & MASK
+                took = op.end - op.start if taken else 0
         op.interrupted(exc, took)
         self._sync_unusable()
 
@@ -653,13 +712,15 @@ class Sender:
     def _send_batch_udp(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
         """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
         core = self._core
-        if core is not None:
+        if core is not None and self._ring is None:
             # the compiled path: a batch of zero-copy datagrams of plain buffers (else None)
             done: list[Ticket] | None = core.send_batch(bufs)
             if done is not None:
                 return done
         views: list[memoryview] = []
         leases: list[tuple[int, Lease]] = []
+        slabs = self._slabs
+        fixed: list[int] | None = None if slabs is None else []
         ro = self._addresser
         if ro is None:
             ro = self._addresser = BufferAddresser()
@@ -681,7 +742,11 @@ class Sender:
             for buf in bufs:
                 if type(buf) is Lease:
                     leases.append((len(views), buf))
+                    if fixed is not None and slabs is not None:
+                        fixed.append(slabs.index_of(buf._block.slab))
                     buf = buf.view
+                elif fixed is not None:
+                    fixed.append(-1)
                 mv = memoryview(buf)  # type: ignore[arg-type, unused-ignore]
                 add_view(mv)
                 nb = mv.nbytes
@@ -715,7 +780,8 @@ class Sender:
                     while k < j and tickets[k].zerocopy is zc:
                         k += 1
                     j = k
-                i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy)
+                i = self._batch_run(tickets, views, sizes, addrs, i, j, zc and ctl.zerocopy,
+                                    fixed)
         except BaseException as exc:
             self._batch_unsent(tickets, self._batch_pos, exc)
             raise
@@ -726,11 +792,13 @@ class Sender:
 
     def _batch_run(
         self, tickets: list[Ticket], views: list[memoryview], sizes: list[int], addrs: list[int],
-        i: int, j: int, zc: bool,
+        i: int, j: int, zc: bool, fixed: list[int] | None = None,
     ) -> int:
         """sendmmsg datagrams ``i .. j-1``, all zero-copy or all plain; returns where it stopped
         (``j``, or earlier if the socket switched to copy mode meanwhile). Progress is kept in
-        ``self._batch_pos``. A datagram the kernel refuses is sent on its own by the engine."""
+        ``self._batch_pos``. A datagram the kernel refuses is sent on its own by the engine.
+        On io_uring, zero-copy datagrams go as one linked submission of SEND_ZC per call
+        instead (``fixed``: each one's registered buffer, or -1)."""
         batch = self._mmsg
         if batch is None:
             batch = self._mmsg = MmsgBatch(BATCH_MAX)
@@ -742,10 +810,16 @@ class Sender:
         ctl = self._ctl
         engine = self._engine
         flags = MSG_ZEROCOPY if zc else 0
+        ring = self._ring if zc else None
         off = i
         while off < j:
             try:
-                sent = batch.send(fd, off - i, j - off, flags)
+                if ring is not None:
+                    sent: int = ring.send_many(fd, views, fixed, off, j)
+                    if fixed is not None:
+                        self._sends_registered += sum(1 for x in fixed[off:off + sent] if x >= 0)
+                else:
+                    sent = batch.send(fd, off - i, j - off, flags)
                 if zc:
                     self._tracker.record_batch(tickets[off:off + sent], sizes[off:off + sent])
             except OSError as e:
@@ -755,6 +829,11 @@ class Sender:
                     return off
                 continue
             except BaseException:
+                if ring is not None:  # the ring knows how many went: each took a value
+                    taken = (ring.counter - self._tracker.next_value) & MASK
+                    self._tracker.record_batch(tickets[off:off + taken], sizes[off:off + taken])
+                    self._batch_pos = off + taken
+                    raise
                 if zc:  # up to j - off datagrams may have taken counter values, in order
                     self._tracker.record_batch(tickets[off:j], sizes[off:j])
                     self._tracker.uncertain_tail = True
@@ -888,6 +967,9 @@ class Sender:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poller.unregister(self._fd)
             self._sock.close()
+            if self._ring is not None:
+                # in-flight notifications now never arrive: their tickets stay pending (above)
+                self._ring.close()
 
     # -- internals -------------------------------------------------------------------------
     def _enter(self, what: str) -> None:
@@ -913,7 +995,10 @@ class Sender:
     def _reap_wait(self, seconds: float) -> None:
         """Reap completions; if there were none, wait up to ``seconds`` (POLLERR) and reap."""
         if not self._reap_messages():
-            self._poller.poll(max(1, math.ceil(seconds * 1000)))
+            if self._ring is not None:
+                self._ring.wait(seconds)
+            else:
+                self._poller.poll(max(1, math.ceil(seconds * 1000)))
             self._reap()
 
     def _reap(self) -> int:
@@ -925,8 +1010,14 @@ class Sender:
         return self._read_errqueue()[0]
 
     def _read_errqueue(self) -> tuple[int, int]:
-        """Read the error queue and apply it: (messages read, tickets completed)."""
+        """Read the error queue (io_uring: the ring's notifications) and apply it: (messages
+        read, tickets completed)."""
         try:
+            ring = self._ring
+            if ring is not None:
+                self._ctl.reap_units = 0
+                events = ring.reap()
+                return len(events), self._engine.apply(events) if events else 0
             core = self._core
             if core is not None:
                 messages, finished = core.reap()
@@ -995,6 +1086,9 @@ class Sender:
                         f"after {timeout} s"
                     )
                 ms = max(1, math.ceil(remaining * 1000))
+            if self._ring is not None:  # notifications wake the ring, errors come as results
+                self._ring.wait(None if ms < 0 else ms / 1000)
+                continue
             if idle:
                 # poll(2) keeps reporting the hang-up: back off instead of spinning
                 time.sleep(min(0.0005 * (1 << min(idle, 7)), 0.05, ms / 1000 if ms > 0 else 1))

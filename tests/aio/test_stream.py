@@ -12,7 +12,12 @@ import pytest
 from zcnet._core.pattern import StreamPattern
 from zcnet._core.txpolicy import SenderStats
 from zcnet.aio import ZcStream, open_connection, start_server
-from zcnet.errors import ConnectionResetByPeer, SendError, SocketClosedError
+from zcnet.errors import (
+    ConnectionResetByPeer,
+    SendError,
+    SocketClosedError,
+    ZerocopyUnavailable,
+)
 from zcnet.netns import Netns
 from zcnet.pool import BufferPool
 from zcnet.receiver import RecvPolicy
@@ -463,5 +468,30 @@ def test_concurrent_receives_keep_their_order(run: Runner) -> None:
             assert 0 < n <= 1000 and P.matches(3000, late_into[:n])
             rest = await last
             assert P.matches(3000 + n, rest)
+
+    run(main())
+
+
+def test_io_uring_engine_is_refused_and_auto_says_why(run: Runner) -> None:
+    """The stream sends with MSG_ZEROCOPY: an explicit io_uring engine is refused before the
+    socket is touched (it stays blocking and usable), "auto" works and says why."""
+    async def main() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as ls:
+            a = socket.create_connection(ls.getsockname())
+            b, _ = ls.accept()
+        with a, b:
+            with pytest.raises(ZerocopyUnavailable, match="io_uring"):
+                ZcStream(a, send_policy=SendPolicy(engine="io_uring"))
+            assert a.getblocking()
+        client, server = await stream_pair(send_policy=SendPolicy(engine="auto"))
+        async with client, server:
+            reader = asyncio.create_task(read_verified(server, P))
+            await send_pattern(client, P, 0, 1024 * 1024)
+            await client.drain()
+            client.close()
+            assert await reader == 1024 * 1024
+            stats = client.send_stats
+        assert stats.engine == "msg_zerocopy"
+        assert stats.engine_reason is not None and "io_uring" in stats.engine_reason
 
     run(main())

@@ -28,7 +28,7 @@ def test_batch_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stream", "--batch", "2000"]) == 2
     assert "at most 1024" in capsys.readouterr().err
     assert main(["stream", "--modes", "sendall,zcnet", "--batch", "8"]) == 2
-    assert "zcnet-batch send mode only" in capsys.readouterr().err
+    assert "zcnet-batch and zcnet-uring-batch send modes only" in capsys.readouterr().err
 
 
 def test_modes_per_transport() -> None:

@@ -309,6 +309,11 @@ class SendOp(Generic[T]):
             self._next = Step.WAIT_WRITABLE
             return None
         ctl = self._ctl
+        if code == errno.EOPNOTSUPP and self.zerocopy:
+            # the protocol has no zero-copy send (io_uring's SEND_ZC on MPTCP, say: nothing
+            # was taken): copy mode for good, and this piece goes out as a copy
+            ctl.disable(f"the kernel refused a zero-copy send on this socket ({e.strerror})")
+            return None
         if code == errno.ENOBUFS:
             if self.zerocopy:  # notification or locked-memory budget: back-pressure
                 if ctl.on_enobufs(self._tracker.outstanding) is EnobufsAction.REAP_AND_RETRY:

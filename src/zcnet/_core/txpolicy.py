@@ -24,6 +24,7 @@ Theory of operation (Documentation/networking/msg_zerocopy.rst; docs/ARCHITECTUR
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -56,6 +57,26 @@ REAP_SHIFT: Final = 17
 PLAIN_ENOBUFS_ATTEMPTS: Final = 64
 
 Mode = Literal["zerocopy", "copy"]
+#: How zero-copy sends reach the kernel (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine').
+Engine = Literal["msg_zerocopy", "io_uring", "auto"]
+ENGINES: Final[tuple[str, ...]] = ("msg_zerocopy", "io_uring", "auto")
+#: The environment variable that sets :attr:`SendPolicy.engine` where the policy leaves it None.
+ENGINE_ENV: Final = "ZCNET_SEND_ENGINE"
+
+
+def resolve_engine(engine: Engine | None, environ: Mapping[str, str]) -> Engine:
+    """The engine a policy's ``engine`` means: itself, or (``None``) ``environ[ENGINE_ENV]``,
+    else ``"msg_zerocopy"``.
+
+    Raises:
+        ValueError: the environment names no engine.
+    """
+    if engine is not None:
+        return engine
+    value = environ.get(ENGINE_ENV) or "msg_zerocopy"
+    if value not in ENGINES:
+        raise ValueError(f"{ENGINE_ENV}={value!r}: expected one of {', '.join(ENGINES)}")
+    return value  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,13 @@ class SendPolicy:
         copied_fallback_after: zero-copy send calls reported copied before switching to copy.
         enobufs_retries: reap-and-retry rounds on ``ENOBUFS`` before a copying send.
         drain_timeout: seconds ``close()`` waits for outstanding completions.
+        engine: how zero-copy sends reach the kernel: ``"msg_zerocopy"`` (``send(2)`` with
+            ``MSG_ZEROCOPY``, completions on the error queue), ``"io_uring"`` (``SEND_ZC`` on an
+            io_uring, pool leases from registered memory; the Sender raises
+            :class:`~zcnet.errors.ZerocopyUnavailable` where it cannot be used) or ``"auto"``
+            (io_uring where it can be used, else ``MSG_ZEROCOPY``; ``stats.engine_reason``
+            says why). ``None`` (the default): ``$ZCNET_SEND_ENGINE`` when the Sender is
+            made, else ``"msg_zerocopy"``.
     """
 
     zerocopy_threshold: int = 10 * 1024
@@ -75,6 +103,7 @@ class SendPolicy:
     copied_fallback_after: int = 1
     enobufs_retries: int = 8
     drain_timeout: float = 5.0
+    engine: Engine | None = None
 
     def __post_init__(self) -> None:
         if self.zerocopy_threshold < 0:
@@ -85,6 +114,8 @@ class SendPolicy:
             raise ValueError("enobufs_retries must be >= 0")
         if self.drain_timeout < 0:
             raise ValueError("drain_timeout must be >= 0")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +129,10 @@ class SenderStats:
     what the kernel's zero-copy counter counts), ``completions`` the zero-copy calls completed,
     ``notifications`` the completion messages read, ``enobufs`` the ``ENOBUFS`` errors absorbed,
     ``other_errors`` the non-zero-copy messages seen on the error queue (e.g. ICMP errors).
+    ``engine`` is the send engine in use (``"msg_zerocopy"`` or ``"io_uring"``) and
+    ``engine_reason`` why ``"auto"`` did not pick io_uring; on io_uring, ``sends_registered``
+    counts zero-copy sends from registered memory, ``registered_bytes`` the pool slabs
+    registered with the ring, and ``registration_reason`` why leases go unregistered.
     """
 
     bytes_zerocopy: int
@@ -112,6 +147,11 @@ class SenderStats:
     other_errors: int
     mode: Mode
     fallback_reason: str | None
+    engine: str = "msg_zerocopy"
+    engine_reason: str | None = None
+    sends_registered: int = 0
+    registered_bytes: int = 0
+    registration_reason: str | None = None
 
 
 class EnobufsAction(enum.Enum):

@@ -132,5 +132,7 @@ int zc_rx_receive(PyObject *receive_call, PyObject *window, Py_ssize_t length, i
 PyObject *zc_rx_recv_copy(PyObject *receive_call, PyObject *buffer, Py_ssize_t nbytes);
 /* rxfast.c: the Receiver.recv fast path. */
 int zc_rxfast_init(PyObject *module);
+/* uring.c: the io_uring send ring (absent where <linux/io_uring.h> is). */
+int zc_uring_init(PyObject *module);
 
 #endif

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, Step
-from zcnet._core.txpolicy import ZC_CHUNK, SenderStats, SendPolicy
+from zcnet._core.txpolicy import ZC_CHUNK, SenderStats, SendPolicy, resolve_engine
 from zcnet.aio._ticket import AioTicket
 from zcnet.aio._watch import READABLE, WRITABLE, SocketWatcher
 from zcnet.errors import (
@@ -49,6 +51,7 @@ from zcnet.errors import (
     SocketClosedError,
     TimeoutExpired,
     ZcnetError,
+    ZerocopyUnavailable,
 )
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import drain_errqueue
@@ -77,19 +80,34 @@ class ZcStream:
 
     Args:
         sock: a connected IPv4/IPv6 TCP socket.
-        send_policy: see :class:`zcnet.sender.SendPolicy`.
+        send_policy: see :class:`zcnet.sender.SendPolicy`. The stream sends with
+            ``MSG_ZEROCOPY``: ``engine="auto"`` uses it (``send_stats.engine_reason`` says why)
+            and ``engine="io_uring"`` is refused.
         recv_policy: see :class:`zcnet.receiver.RecvPolicy`.
+
+    Raises:
+        ZerocopyUnavailable: ``send_policy.engine`` is ``"io_uring"``, which only the blocking
+            :class:`zcnet.sender.Sender` drives in this version.
     """
 
     def __init__(self, sock: socket.socket, *, send_policy: SendPolicy | None = None,
                  recv_policy: RecvPolicy | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        send_policy = send_policy if send_policy is not None else SendPolicy()
+        self._engine_reason: str | None = None
+        wanted = resolve_engine(send_policy.engine, os.environ)
+        if wanted != "msg_zerocopy":
+            why = ("zcnet.aio sends with MSG_ZEROCOPY: the io_uring engine is driven by the "
+                   "blocking zcnet.sender.Sender only, in this version")
+            if wanted == "io_uring":
+                raise ZerocopyUnavailable(why)
+            self._engine_reason = why
         # Validates the socket and makes it non-blocking. Driven with timeout=0: its instant
         # readiness check tells our own zero-copy completions (POLLERR) from data.
         self._rx = Receiver(sock, recv_policy)
         self._sock = sock
         self._fd = sock.fileno()
-        self.send_policy = send_policy if send_policy is not None else SendPolicy()
+        self.send_policy = send_policy
         self._engine: SendEngine[AioTicket] = SendEngine(self.send_policy, stream=True)
         self._ctl = self._engine.ctl
         self._tracker = self._engine.tracker
@@ -125,7 +143,10 @@ class ZcStream:
     @property
     def send_stats(self) -> SenderStats:
         """Send counters (the blocking Sender's :class:`SenderStats`)."""
-        return self._ctl.stats()
+        stats = self._ctl.stats()
+        if self._engine_reason is not None:
+            return dataclasses.replace(stats, engine_reason=self._engine_reason)
+        return stats
 
     @property
     def recv_stats(self) -> ReceiverStats:

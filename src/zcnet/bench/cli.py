@@ -139,7 +139,7 @@ def _profile(p: argparse.ArgumentParser) -> None:
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
     from zcnet.bench.dask import DASK_VARIANTS
-    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES, URING_C_SEND_MODES
+    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES, URING_SEND_MODES
 
     bench = subparsers.add_parser(
         "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",
@@ -151,12 +151,13 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--sizes", type=_size_list, help="message sizes, e.g. 4K,16K,64K,256K,1M")
     p.add_argument("--modes", type=_choice_list(SEND_MODES),
                    help=f"send modes, comma-separated from {','.join(SEND_MODES)} (default: "
-                   f"all but raw-zerocopy and the io_uring C loops "
-                   f"{' and '.join(URING_C_SEND_MODES)})")
+                   f"all but raw-zerocopy and the io_uring modes "
+                   f"{', '.join(URING_SEND_MODES)})")
     p.add_argument("--transports", type=_choice_list(("tcp", "udp")),
                    help="tcp (loopback), udp (GSO toward the ifb sink); default both")
     p.add_argument("--batch", type=_positive_int, metavar="N",
-                   help="zcnet-batch: datagrams per Sender.send_batch call (default 32, at "
+                   help="zcnet-batch, zcnet-uring-batch: datagrams per Sender.send_batch call "
+                   "(default 32, at "
                    "most 1024)")
     p.add_argument("--connect", type=_hostport, metavar="HOST:PORT",
                    help="two-host mode: stream TCP to a `zcnet serve` there")
@@ -270,8 +271,9 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
         if args.batch is not None:
             if args.batch > 1024:
                 raise _ArgError("--batch: at most 1024 datagrams per call")
-            if args.modes and "zcnet-batch" not in args.modes:
-                raise _ArgError("--batch applies to the zcnet-batch send mode only")
+            if args.modes and not {"zcnet-batch", "zcnet-uring-batch"} & set(args.modes):
+                raise _ArgError("--batch applies to the zcnet-batch and zcnet-uring-batch send "
+                                "modes only")
             kw["batch"] = args.batch
         if args.sizes and max(args.sizes) > 4 << 20:
             raise _ArgError("--sizes: the largest message size is 4M")

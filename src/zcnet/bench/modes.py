@@ -6,7 +6,8 @@ from typing import Final
 
 __all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DEFAULT_C_SEND_MODES",
            "QUICK_SEND_MODES", "RECEIVE_MODES", "RX_SENDERS", "SEND_MODES",
-           "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "UVLOOP_SUFFIX", "split_loop"]
+           "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES", "UVLOOP_SUFFIX",
+           "ZCNET_URING_SEND_MODES", "split_loop"]
 
 #: The C reference senders (:mod:`zcnet.bench.cref`) in the default lists: plain ``send`` and
 #: ``send(MSG_ZEROCOPY)``.
@@ -16,6 +17,14 @@ DEFAULT_C_SEND_MODES: Final = ("c-copy", "c-zc")
 #: source buffer (``c-uring``) or from the same buffer registered once (``c-uring-fixed``).
 #: Asked for with ``--modes`` only (not in the default ``stream`` list nor in ``quick``).
 URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed")
+
+#: zcnet's io_uring send engine (``SendPolicy(engine="io_uring")``): ``zcnet-uring`` is
+#: ``Sender.send`` of each message (default policy otherwise); ``zcnet-uring-batch`` (UDP) is
+#: ``Sender.send_batch`` of ``batch`` pool leases at a time, sent from registered memory.
+ZCNET_URING_SEND_MODES: Final = ("zcnet-uring", "zcnet-uring-batch")
+
+#: Every io_uring mode, zcnet's and C's: asked for with ``--modes`` only.
+URING_SEND_MODES: Final = (*ZCNET_URING_SEND_MODES, *URING_C_SEND_MODES)
 
 #: Every C reference sender.
 C_SEND_MODES: Final = (*DEFAULT_C_SEND_MODES, *URING_C_SEND_MODES)
@@ -28,14 +37,14 @@ C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
 #: (see :mod:`zcnet.bench.senders`); ``zcnet-batch``: ``Sender.send_batch`` (sendmmsg), UDP only;
 #: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``: the C reference loops.
 SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy", "zcnet-batch",
-                     *C_SEND_MODES)
+                     *ZCNET_URING_SEND_MODES, *C_SEND_MODES)
 
-#: The send modes of ``zcnet bench quick``: all but the io_uring C loops (64 more runs, about
-#: 30 s more on 2 cores; ``zcnet bench stream --modes`` runs them).
-QUICK_SEND_MODES: Final = tuple(m for m in SEND_MODES if m not in URING_C_SEND_MODES)
+#: The send modes of ``zcnet bench quick``: all but the io_uring ones (about 30 s more on 2
+#: cores; ``zcnet bench stream --modes`` runs them).
+QUICK_SEND_MODES: Final = tuple(m for m in SEND_MODES if m not in URING_SEND_MODES)
 
 #: Send modes that only mean something on UDP (on TCP ``send_batch`` loops over ``send``).
-UDP_ONLY_SEND_MODES: Final = ("zcnet-batch",)
+UDP_ONLY_SEND_MODES: Final = ("zcnet-batch", "zcnet-uring-batch")
 
 #: asyncio receive modes; each also runs on uvloop as ``NAME-uvloop``.
 ASYNCIO_RECEIVE_MODES: Final = ("asyncio-readexactly", "asyncio-read", "asyncio-buffered",

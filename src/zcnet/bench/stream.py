@@ -256,10 +256,14 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
     for mode, why in unavailable.items():
         notes.append(f"send mode {mode} unavailable: {why}")
     batched = [m for m in UDP_ONLY_SEND_MODES if m in p.send_modes]
-    if batched and "udp" in transports and "zcnet-batch" not in unavailable:
+    if "zcnet-batch" in batched and "udp" in transports and "zcnet-batch" not in unavailable:
         notes.append(f"zcnet-batch: Sender.send_batch of {p.batch} datagrams per call "
                      "(sendmmsg), default SendPolicy; UDP only (on TCP it is zcnet)")
-    elif batched and "udp" not in transports:
+    if ("zcnet-uring-batch" in batched and "udp" in transports
+            and "zcnet-uring-batch" not in unavailable):
+        notes.append(f"zcnet-uring-batch: Sender.send_batch of {p.batch} pool leases per call "
+                     "(io_uring engine, registered memory); UDP only")
+    if batched and "udp" not in transports:
         notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
     summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
     have = {(e["transport"], e["msg_size"], e["send_mode"]) for e in summary}
@@ -297,14 +301,16 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
 #: at the same transport and size gets a ratio in the summary's ``sender_cpu_vs_c`` and a line
 #: in the table's ``snd std/C`` / ``snd zc/C`` cell. One line per mode; modes not listed here
 #: (``zcnet``, ``zcnet-batch``) are compared with what their runs mostly did, and ``c-copy``
-#: and ``c-zc`` with nothing. A mode of zcnet's io_uring engine would be added as, e.g.,
-#: ``"zcnet-uring": ("c-uring-fixed", "c-zc"),``.
+#: and ``c-zc`` with nothing. zcnet's io_uring modes are compared with the C io_uring loop
+#: that does the same work (registered buffers for pool leases) and with C ``MSG_ZEROCOPY``.
 C_REFERENCES: dict[str, tuple[str, ...]] = {
     "sendall": ("c-copy",),
     "zcnet-forced": ("c-zc",),
     "raw-zerocopy": ("c-zc",),
     "c-uring": ("c-zc",),
     "c-uring-fixed": ("c-zc", "c-uring"),
+    "zcnet-uring": ("c-uring", "c-zc"),
+    "zcnet-uring-batch": ("c-uring-fixed", "c-zc"),
 }
 
 

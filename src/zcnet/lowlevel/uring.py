@@ -1,0 +1,144 @@
+"""io_uring for the send engine: whether this process can use it, and pool slabs registered once.
+
+Theory of operation (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'):
+
+* The ring itself is compiled code (``zcnet._speedups.Ring``, ``src/zcnet/_ext/uring.c``): raw
+  ``io_uring_setup``/``io_uring_enter``/``io_uring_register`` system calls, no liburing. Without
+  the extension, on a kernel without io_uring or ``IORING_OP_SEND_ZC`` (Linux 6.0), or where
+  ``io_uring_setup`` is refused (``kernel.io_uring_disabled``, a container's seccomp profile,
+  ``EPERM``), :func:`open_ring` raises :class:`~zcnet.errors.ZerocopyUnavailable` with a
+  one-line reason, and :func:`unavailable_reason` returns it.
+* :class:`SlabRegistry` registers each pool slab a Sender sends from with the ring the first
+  time one of its leases is sent (``IORING_REGISTER_BUFFERS_UPDATE`` into a sparse table), so
+  the kernel pins its pages once instead of at every send. Registration is charged to
+  ``RLIMIT_MEMLOCK`` unless the process has ``CAP_IPC_LOCK``; once the kernel refuses, leases
+  are sent unregistered (plain ``SEND_ZC``) and :attr:`SlabRegistry.refused` says why. The
+  registry holds the slab objects, so a registered address range is never matched by a later
+  mapping at the same address; the kernel keeps the pages pinned until the ring is closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Any, Final, Protocol
+
+from zcnet._accel import speedups
+from zcnet._core.tracker import ZerocopyCompletion
+from zcnet.errors import ZerocopyUnavailable
+
+__all__ = ["RING_ENTRIES", "TABLE_SIZE", "Slab", "SlabRegistry", "open_ring",
+           "unavailable_reason"]
+
+#: Submission queue entries of a Sender's ring (a send_batch submits at most one less).
+RING_ENTRIES: Final = 64
+#: Registered-buffer slots per ring: slabs beyond this many are sent unregistered.
+TABLE_SIZE: Final = 1024
+
+_SYSCTL: Final = "/proc/sys/kernel/io_uring_disabled"
+
+
+def _sysctl_hint() -> str:
+    try:
+        with open(_SYSCTL) as f:
+            value = f.read().strip()
+    except OSError:
+        return ""
+    if value == "2":
+        return " (kernel.io_uring_disabled=2: io_uring is off for every process)"
+    if value == "1":
+        return (" (kernel.io_uring_disabled=1: only processes in the group "
+                "kernel.io_uring_group may use it)")
+    return " (kernel.io_uring_disabled=0, so a seccomp filter, e.g. a container's, refused it)"
+
+
+def _reason(e: OSError) -> str:
+    if e.errno == errno.ENOSYS:
+        return "io_uring_setup: the kernel has no io_uring (ENOSYS)"
+    if e.errno == errno.EPERM:
+        return f"io_uring_setup refused with EPERM{_sysctl_hint()}"
+    if e.errno is None:  # the ring's own probe: no SEND_ZC
+        return str(e)
+    name = errno.errorcode.get(e.errno, str(e.errno))
+    return f"io_uring_setup failed: {os.strerror(e.errno)} ({name})"
+
+
+def open_ring(entries: int = RING_ENTRIES) -> Any:
+    """A new ``zcnet._speedups.Ring`` for ``SEND_ZC`` sends.
+
+    Raises:
+        ZerocopyUnavailable: io_uring or its ``SEND_ZC`` cannot be used here; the message says
+            why in one line.
+    """
+    if not sys.platform.startswith("linux"):
+        raise ZerocopyUnavailable(f"io_uring needs Linux (platform is {sys.platform})")
+    ring_type = getattr(speedups, "Ring", None) if speedups is not None else None
+    if ring_type is None:
+        why = ("zcnet runs without its compiled extension, which holds the io_uring engine"
+               if speedups is None else
+               "zcnet's extension was built without <linux/io_uring.h>")
+        raise ZerocopyUnavailable(why)
+    try:
+        return ring_type(ZerocopyCompletion, entries)
+    except OSError as e:
+        raise ZerocopyUnavailable(_reason(e)) from e
+
+
+def unavailable_reason() -> str | None:
+    """Why this process cannot use the io_uring send engine, or ``None`` if it can."""
+    try:
+        open_ring(2).close()
+    except ZerocopyUnavailable as e:
+        return str(e)
+    return None
+
+
+class Slab(Protocol):
+    """A mapped range that leases are carved from (``zcnet.pool``'s slabs)."""
+
+    @property
+    def address(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+
+class SlabRegistry:
+    """The pool slabs registered with one ring, registered the first time a lease is sent."""
+
+    __slots__ = ("_index", "_ring", "_slabs", "refused", "registered_bytes")
+
+    def __init__(self, ring: Any) -> None:
+        self._ring = ring
+        self._index: dict[int, int] = {}  # id(slab) -> table index
+        self._slabs: list[object] = []  # held: their ids stay unique while registered
+        self.refused: str | None = None
+        self.registered_bytes = 0
+        try:
+            ring.register_table(TABLE_SIZE)
+        except OSError as e:
+            self.refused = f"io_uring buffer table refused: {os.strerror(e.errno or 0)}"
+
+    def index_of(self, slab: Slab) -> int:
+        """The table index of ``slab`` (registering it now), or -1 to send it unregistered."""
+        index = self._index.get(id(slab))
+        if index is not None:
+            return index
+        if self.refused is not None:
+            return -1
+        index = len(self._slabs)
+        if index >= TABLE_SIZE:
+            return -1
+        try:
+            self._ring.register_buffer(index, slab.address, slab.size)
+        except OSError as e:
+            what = os.strerror(e.errno or 0)
+            if e.errno in (errno.ENOMEM, errno.EPERM):
+                what += (f": registration is charged to RLIMIT_MEMLOCK, which is too low for a "
+                         f"{slab.size}-byte slab without CAP_IPC_LOCK")
+            self.refused = f"io_uring buffer registration refused ({what})"
+            return -1
+        self._slabs.append(slab)
+        self._index[id(slab)] = index
+        self.registered_bytes += slab.size
+        return index

@@ -1,0 +1,247 @@
+"""The io_uring send engine's own behaviour: registered pool memory, its refusals, its limits.
+
+The rest of the Sender suite runs on this engine too (scripts/test-every-python.sh sets
+``ZCNET_SEND_ENGINE=io_uring`` for a second run of tests/test_sender*.py); these tests choose
+the engine explicitly. Refusals are made real in a child process only: a seccomp filter that
+refuses the io_uring system calls with EPERM (as a container's profile does), or nobody with a
+low RLIMIT_MEMLOCK (tests/restricted_child.py).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import requires_netns
+from tests.restricted_child import (
+    io_uring_refusal_unavailable_reason,
+    nobody_unavailable_reason,
+    run_child_json,
+)
+from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
+from tests.tx_helpers import PATTERN2, PERIOD, VerifyingReceiver, tcp_pair
+from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
+from zcnet.lowlevel.uring import unavailable_reason
+from zcnet.netns import Netns
+from zcnet.pool import BufferPool
+from zcnet.sender import Sender, SendPolicy
+
+MiB = 1 << 20
+URING_SKIP = unavailable_reason()
+requires_uring = pytest.mark.skipif(URING_SKIP is not None,
+                                    reason=f"the io_uring engine is unavailable: {URING_SKIP}")
+REFUSAL_SKIP = io_uring_refusal_unavailable_reason()
+requires_refusal = pytest.mark.skipif(REFUSAL_SKIP is not None, reason=REFUSAL_SKIP or "")
+NOBODY_SKIP = nobody_unavailable_reason()
+requires_nobody = pytest.mark.skipif(NOBODY_SKIP is not None, reason=NOBODY_SKIP or "")
+URING = SendPolicy(engine="io_uring", force_zerocopy=True)
+
+
+def _pattern(offset: int, n: int) -> bytes:
+    """Bytes ``offset .. offset+n`` of the pattern stream (``n`` <= its period)."""
+    start = offset % PERIOD
+    return PATTERN2[start:start + n]
+
+
+def test_engine_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad engine is a ValueError naming it, from the policy or, for the environment's, from
+    the Sender before it touches the socket; without either the engine is MSG_ZEROCOPY."""
+    with pytest.raises(ValueError, match="engine must be one of"):
+        SendPolicy(engine="uring")  # type: ignore[arg-type]
+    client, server = tcp_pair()
+    with client, server:
+        monkeypatch.setenv(ENGINE_ENV, "fast")
+        with pytest.raises(ValueError, match=f"{ENGINE_ENV}='fast'"):
+            Sender(client)
+        assert client.getblocking()
+        monkeypatch.delenv(ENGINE_ENV)
+        with Sender(client) as sender:
+            assert sender.stats.engine == "msg_zerocopy" and sender.stats.engine_reason is None
+    assert SendPolicy().engine is None
+    assert resolve_engine(None, {ENGINE_ENV: "auto"}) == "auto"
+    assert resolve_engine("io_uring", {ENGINE_ENV: "msg_zerocopy"}) == "io_uring"
+    assert resolve_engine(None, {}) == "msg_zerocopy"
+
+
+@requires_uring
+def test_tcp_leases_go_out_from_registered_memory() -> None:
+    """Pool leases over TCP on io_uring: sent with fixed-buffer SEND_ZC from their slab,
+    registered once; every byte arrives in order; every lease comes back to the pool."""
+    client, server = tcp_pair()
+    rx = VerifyingReceiver(server)
+    rx.start()
+    sizes = [MiB, 300_001, 4 * MiB - 3, 64 * 1024, 2 * MiB + 17] * 4
+    offset = 0
+    with BufferPool(hugepages=False) as pool:
+        leases = []
+        with Sender(client, URING) as sender:
+            for n in sizes:
+                lease = pool.acquire(n)
+                lease.view[:] = _pattern(offset, n)
+                offset += n
+                leases.append(lease)
+                sender.send(lease)
+            sender.flush(30)
+            st = sender.stats
+            sender.shutdown()
+        assert all(lease.released for lease in leases)
+    rx.finish(offset)
+    assert st.engine == "io_uring" and st.engine_reason is None
+    assert st.registration_reason is None and st.registered_bytes > 0
+    assert st.sends_registered >= len(sizes)  # a lease over 1 MiB goes in several sends
+    assert st.sends_zerocopy == st.completions and st.bytes_pending == 0
+    assert st.bytes_zerocopy + st.bytes_copied == offset  # (loopback copies: reported copied)
+
+
+@requires_uring
+@requires_netns
+def test_batches_of_leases_to_the_ifb_sink_are_registered_and_uncopied(ifb_netns: Netns) -> None:
+    """send_batch of pool leases toward the ifb sink: one linked submission per batch, every
+    datagram from registered memory, every completion not copied; the sink counted exactly
+    our datagrams."""
+    u = _gso_socket(ifb_netns)
+    count = 96
+    packets0, bytes0 = _ifb_rx(ifb_netns)
+    with BufferPool(hugepages=False) as pool:
+        leases = []
+        for k in range(count):
+            lease = pool.acquire(DATAGRAM)
+            lease.view[:] = bytes([k]) * DATAGRAM
+            leases.append(lease)
+        with Sender(u, SendPolicy(engine="io_uring")) as sender:
+            tickets = []
+            for k in range(0, count, 32):
+                tickets += sender.send_batch(leases[k:k + 32])
+            sender.flush(30)
+            st = sender.stats
+        assert all(lease.released for lease in leases)
+    total = count * DATAGRAM
+    assert all(t.done and t.zerocopy and t.copied is False and t.error is None for t in tickets)
+    assert st.sends_registered == count == st.sends_zerocopy == st.completions
+    assert (st.bytes_zerocopy, st.bytes_copied, st.bytes_plain) == (total, 0, 0)
+    packets1, bytes1 = _ifb_rx(ifb_netns)
+    assert packets1 - packets0 == count
+    assert bytes1 - bytes0 == total + _HEADERS * count
+
+
+# The child's transfer: ``nbytes`` of a known stream over TCP loopback through a Sender made
+# with ``policy``, read by a thread that checks every byte; prints the outcome as JSON.
+_CHILD_TRANSFER = """
+import json, os, socket, threading
+from zcnet.errors import ZerocopyUnavailable
+from zcnet.pool import BufferPool
+from zcnet.sender import Sender, SendPolicy
+
+ls = socket.create_server(("127.0.0.1", 0))
+c = socket.create_connection(ls.getsockname())
+s, _ = ls.accept()
+data = bytes(range(251)) * ({nbytes} // 251 + 1)
+data = data[:{nbytes}]
+got = bytearray()
+
+def read():
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            return
+        got.extend(b)
+
+reader = threading.Thread(target=read)
+reader.start()
+probe = socket.create_connection(ls.getsockname())
+try:
+    Sender(probe, SendPolicy(engine="io_uring")).close()
+    explicit = None
+except ZerocopyUnavailable as e:
+    explicit = str(e)
+    probe.close()
+out = {{"explicit": explicit}}
+with BufferPool(hugepages=False, slab_bytes=4 << 20) as pool:
+    with Sender(c, {policy}) as sender:
+        pos = 0
+        for n in {sizes}:
+            n = min(n, len(data) - pos)
+            if {leases}:
+                lease = pool.acquire(n)
+                lease.view[:] = data[pos:pos + n]
+                sender.send(lease)
+            else:
+                sender.send(data[pos:pos + n])
+            pos += n
+        sender.flush(30)
+        st = sender.stats
+        sender.shutdown()
+reader.join(30)
+out.update(intact=bytes(got) == data, received=len(got), engine=st.engine,
+           engine_reason=st.engine_reason, registration_reason=st.registration_reason,
+           sends_registered=st.sends_registered, sends_zerocopy=st.sends_zerocopy,
+           enobufs=st.enobufs, mode=st.mode)
+print(json.dumps(out))
+"""
+_CHILD_MODULES = ["encodings.idna", "json", "socket", "threading", "zcnet.errors", "zcnet.pool",
+                  "zcnet.sender"]
+
+
+@requires_uring
+@requires_refusal
+def test_io_uring_refused_auto_falls_back_explicit_raises() -> None:
+    """io_uring refused by a seccomp filter, in a child: an explicit ``engine="io_uring"``
+    raises ZerocopyUnavailable saying why; ``"auto"`` sends with MSG_ZEROCOPY and says why."""
+    code = _CHILD_TRANSFER.format(nbytes=8 * MiB, sizes=[MiB] * 8, leases=False,
+                                  policy='SendPolicy(engine="auto", force_zerocopy=True)')
+    out = run_child_json(code, refuse_io_uring=True)
+    assert out["explicit"] is not None and "EPERM" in out["explicit"]
+    assert out["engine"] == "msg_zerocopy"
+    assert out["engine_reason"] == out["explicit"]
+    assert out["intact"] and out["received"] == 8 * MiB
+    assert out["sends_zerocopy"] > 0
+
+
+@requires_uring
+@requires_nobody
+def test_registration_refused_under_a_low_memlock_limit() -> None:
+    """Nobody with a 1 MiB RLIMIT_MEMLOCK cannot register a 4 MiB slab: the leases go out
+    unregistered (plain SEND_ZC), every byte intact, and stats say why."""
+    code = _CHILD_TRANSFER.format(nbytes=6 * MiB, sizes=[256 * 1024] * 24, leases=True,
+                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)')
+    out = run_child_json(code, as_nobody=True, memlock_bytes=MiB, preimport=_CHILD_MODULES)
+    assert out["explicit"] is None and out["engine"] == "io_uring"
+    assert out["intact"] and out["received"] == 6 * MiB
+    assert out["registration_reason"] is not None
+    assert "RLIMIT_MEMLOCK" in out["registration_reason"]
+    assert out["sends_registered"] == 0 and out["sends_zerocopy"] > 0
+
+
+@requires_uring
+@requires_nobody
+def test_locked_memory_back_pressure_loses_nothing() -> None:
+    """Without CAP_IPC_LOCK, SEND_ZC charges the pages it sends to RLIMIT_MEMLOCK until their
+    notification: a 1 MiB send under a 768 KiB limit is refused (ENOMEM, handled as the
+    ENOBUFS back-pressure of MSG_ZEROCOPY: reap, retry, then copy that piece) while the smaller
+    ones go zero-copy; every byte arrives, in order."""
+    sizes = [256 * 1024, MiB, 128 * 1024] * 8
+    code = _CHILD_TRANSFER.format(nbytes=sum(sizes), sizes=sizes, leases=False,
+                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)')
+    out = run_child_json(code, as_nobody=True, memlock_bytes=768 * 1024,
+                         preimport=_CHILD_MODULES)
+    assert out["engine"] == "io_uring"
+    assert out["intact"] and out["received"] == sum(sizes)
+    assert out["enobufs"] > 0 and out["sends_zerocopy"] > 0
+
+
+@requires_uring
+def test_udp_datagrams_on_io_uring_keep_their_boundaries() -> None:
+    """Zero-copy datagrams on io_uring, one send each: every datagram arrives whole, in order."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
+        r.bind(("127.0.0.1", 0))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(r.getsockname())
+        payloads = [_pattern(k * 977, 12_000 + 3_001 * (k % 17)) for k in range(40)]
+        with Sender(u, URING) as sender:
+            for p in payloads:
+                sender.send(p)
+                assert r.recv(70_000) == p
+            sender.flush(10)
+            st = sender.stats
+    assert st.engine == "io_uring" and st.sends_zerocopy == len(payloads) == st.completions
