@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.tx_helpers import (
-    ON_URING,
     PATTERN,
     PERIOD,
     DatagramReceiver,
@@ -347,8 +346,6 @@ def test_compiled_send_path_is_installed_unless_overridden() -> None:
 
     if speedups is None:
         pytest.skip("the Python implementation is active (no compiled send path)")
-    if ON_URING:
-        pytest.skip("the io_uring engine sends through the Python driver around its ring")
 
     class Counting(Sender):
         calls = 0

@@ -9,7 +9,12 @@ low RLIMIT_MEMLOCK (tests/restricted_child.py).
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import threading
+import time
 
 import pytest
 
@@ -245,3 +250,44 @@ def test_udp_datagrams_on_io_uring_keep_their_boundaries() -> None:
             sender.flush(10)
             st = sender.stats
     assert st.engine == "io_uring" and st.sends_zerocopy == len(payloads) == st.completions
+
+
+@requires_uring
+@requires_netns
+def test_interrupted_batch_records_exactly_what_went() -> None:
+    """SIGINT while a send_batch waits for room (a slow qdisc in front of the ifb sink fills
+    the send buffer): the ring cancels the rest of the linked submission, the Sender counts
+    exactly the datagrams that went, their completions arrive, the sink sees exactly those, and
+    the Sender goes on sending."""
+    with Netns(ifb_sink=True) as ns:
+        subprocess.run(ns.exec_argv(["tc", "qdisc", "replace", "dev", "ifb0", "root", "tbf",
+                                     "rate", "20mbit", "burst", "64k", "limit", "8m"]),
+                       check=True, capture_output=True)
+        u = _gso_socket(ns)
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+        packets0, bytes0 = _ifb_rx(ns)
+        bufs = [bytes([k]) * DATAGRAM for k in range(60)]  # about 1.6 s at 20 Mbit/s
+        with Sender(u, URING) as sender:
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    sender.send_batch(bufs)
+            finally:
+                timer.cancel()
+            went = sender.stats.sends_zerocopy
+            assert 0 < went < len(bufs) and sender.failure is None
+            assert sender.stats.bytes_pending + sender.stats.bytes_zerocopy == went * DATAGRAM
+            more = sender.send_batch(bufs[:4])  # still usable
+            sender.flush(30)
+            st = sender.stats
+        assert all(t.done and t.error is None for t in more)
+        assert st.sends_zerocopy == st.completions == went + 4
+        total = (went + 4) * DATAGRAM
+        deadline = time.monotonic() + 10
+        while _ifb_rx(ns)[1] - bytes0 < total and time.monotonic() < deadline:
+            time.sleep(0.05)  # the qdisc drains at its rate
+        packets, nbytes = (a - b for a, b in zip(_ifb_rx(ns), (packets0, bytes0), strict=True))
+    # tbf cuts each GSO datagram into its 44 segments; each one carries 42 bytes of headers
+    assert packets == (went + 4) * 44
+    assert nbytes == total + packets * 42

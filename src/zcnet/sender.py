@@ -330,9 +330,9 @@ class Sender:
         # below (see _core_flag).
         self._core: Any = None
         if _COMPILED and speedups is not None:
-            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket)
-            # (its send and reap are MSG_ZEROCOPY's: on io_uring it only keeps the flags)
-            if type(self).send is Sender.send and self._ring is None:
+            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket,
+                                         ring=self._ring, waitall=self._stream)
+            if type(self).send is Sender.send:  # not overridden by a subclass
                 self.__dict__["send"] = self._core.send
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
@@ -712,7 +712,7 @@ class Sender:
     def _send_batch_udp(self, bufs: Sequence[Buffer | Lease]) -> list[Ticket]:
         """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
         core = self._core
-        if core is not None and self._ring is None:
+        if core is not None:
             # the compiled path: a batch of zero-copy datagrams of plain buffers (else None)
             done: list[Ticket] | None = core.send_batch(bufs)
             if done is not None:
@@ -1013,15 +1013,15 @@ class Sender:
         """Read the error queue (io_uring: the ring's notifications) and apply it: (messages
         read, tickets completed)."""
         try:
+            core = self._core
+            if core is not None:  # (it reads the ring on io_uring)
+                messages, finished = core.reap()
+                return messages, finished
             ring = self._ring
             if ring is not None:
                 self._ctl.reap_units = 0
                 events = ring.reap()
                 return len(events), self._engine.apply(events) if events else 0
-            core = self._core
-            if core is not None:
-                messages, finished = core.reap()
-                return messages, finished
             self._ctl.reap_units = 0
             events = drain_errqueue(self._sock)
             if not events:

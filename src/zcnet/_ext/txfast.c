@@ -251,6 +251,8 @@ typedef struct {
     zc_TrackerObject *tracker;
     PyTypeObject *ticket_type;  /* zcnet.sender.Ticket */
     PyObject *py_send;          /* type(sender).send: the Python path */
+    PyObject *ring;             /* the io_uring engine's zcnet._speedups.Ring, or NULL */
+    char waitall;               /* a stream: the ring's sends finish in the kernel */
 } zc_TxCoreObject;
 
 static int
@@ -262,6 +264,7 @@ core_traverse(zc_TxCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->tracker);
     Py_VISIT(c->ticket_type);
     Py_VISIT(c->py_send);
+    Py_VISIT(c->ring);
     return 0;
 }
 
@@ -274,6 +277,7 @@ core_clear(zc_TxCoreObject *c)
     Py_CLEAR(c->tracker);
     Py_CLEAR(c->ticket_type);
     Py_CLEAR(c->py_send);
+    Py_CLEAR(c->ring);
     return 0;
 }
 
@@ -288,13 +292,19 @@ core_dealloc(zc_TxCoreObject *c)
 static PyObject *
 core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"sender", "fd", "single_max", "engine", "ticket_type", NULL};
-    PyObject *sender, *engine, *ticket_type;
-    int fd;
+    static char *kwlist[] = {"sender", "fd", "single_max", "engine", "ticket_type", "ring",
+                             "waitall", NULL};
+    PyObject *sender, *engine, *ticket_type, *ring = Py_None;
+    int fd, waitall = 0;
     Py_ssize_t single_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OinOO!:TxCore", kwlist, &sender, &fd,
-                                     &single_max, &engine, &PyType_Type, &ticket_type))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OinOO!|Op:TxCore", kwlist, &sender, &fd,
+                                     &single_max, &engine, &PyType_Type, &ticket_type, &ring,
+                                     &waitall))
         return NULL;
+    if (ring != Py_None && !zc_ring_check(ring)) {
+        PyErr_SetString(PyExc_TypeError, "ring must be a zcnet._speedups.Ring or None");
+        return NULL;
+    }
     if (!PyType_IsSubtype((PyTypeObject *)ticket_type, &TicketBaseType)) {
         PyErr_SetString(PyExc_TypeError, "ticket_type must be a subclass of TicketBase");
         return NULL;
@@ -313,6 +323,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     c->fd = fd;
     c->single_max = single_max;
+    c->ring = ring != Py_None ? Py_NewRef(ring) : NULL;
+    c->waitall = (char)waitall;
     c->sender = Py_NewRef(sender);
     c->engine = Py_NewRef(engine);
     c->ticket_type = (PyTypeObject *)Py_NewRef(ticket_type);
@@ -335,21 +347,84 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)c;
 }
 
-/* The error queue, drained and applied: 0 (counts set), or -1 with an exception set (an OSError
- * of recvmsg, the first InvalidCompletionError, or an exception of a done callback). */
+/* Completions being applied by core_reap. */
+typedef struct {
+    zc_TxCoreObject *c;
+    PyObject *invalid;     /* the first InvalidCompletionError */
+    PyObject *pending_exc; /* an exception of a callback: raised once all is applied */
+    Py_ssize_t finished;
+} zc_Reaping;
+
+/* One completion range (lo .. hi, copied or not): its tickets finished, the counters and the
+ * policy told. 0, or -1 with an exception set that ends the reap (an impossible range is kept
+ * in st->invalid instead, and the rest are still applied). */
+static int
+apply_range(zc_Reaping *st, long long lo, long long hi, int copied)
+{
+    zc_TxCoreObject *c = st->c;
+    zc_TxCountersObject *ctl = c->ctl;
+    zc_Released rel;
+    if (zc_tracker_complete(c->tracker, lo, hi, copied, &rel) < 0) {
+        if (!PyErr_ExceptionMatches(zc_InvalidCompletionError))
+            return -1;
+        PyObject *exc = zc_get_raised();
+        if (st->invalid == NULL)
+            st->invalid = exc;
+        else
+            Py_DECREF(exc);
+        return 0;
+    }
+    if (!copied) { /* TxController.on_completion, not copied: counters only */
+        ctl->notifications++;
+        ctl->completions += rel.calls;
+        ctl->bytes_pending -= rel.nbytes;
+        ctl->bytes_zerocopy += rel.nbytes;
+    } else { /* the policy decides the fallback */
+        PyObject *res = PyObject_CallMethod((PyObject *)ctl, "on_completion", "LLO",
+                                            rel.calls, rel.nbytes, Py_True);
+        if (res == NULL) {
+            zc_released_clear(&rel);
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    for (Py_ssize_t i = 0; i < rel.ndone; i++) {
+        if (finish_token(rel.done[i], rel.done_copied[i], c->ticket_type) < 0
+            && st->pending_exc == NULL)
+            st->pending_exc = zc_get_raised();
+        PyErr_Clear();
+    }
+    st->finished += rel.ndone;
+    zc_released_clear(&rel);
+    return 0;
+}
+
+static int
+ring_range(void *arg, long long lo, long long hi, int copied)
+{
+    return apply_range((zc_Reaping *)arg, lo, hi, copied);
+}
+
+/* The completions, read and applied: from the error queue, or on the io_uring engine from the
+ * ring's notifications. 0 (counts set), or -1 with an exception set (an OSError of recvmsg,
+ * the first InvalidCompletionError, or an exception of a done callback). */
 static int
 core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out)
 {
     zc_TxCountersObject *ctl = c->ctl;
-    Py_ssize_t messages = 0, finished = 0;
-    PyObject *invalid = NULL;      /* the first InvalidCompletionError */
-    PyObject *pending_exc = NULL;  /* an exception of a callback: raised once all is applied */
+    Py_ssize_t messages = 0;
+    zc_Reaping st = {c, NULL, NULL, 0};
     ctl->reap_units = 0;
     union {
         char buf[256]; /* as zcnet.lowlevel.errqueue: sock_extended_err + offender fit easily */
         struct cmsghdr align;
     } control;
-    for (;;) {
+    if (c->ring != NULL) {
+        messages = zc_ring_drain(c->ring, ring_range, &st);
+        if (messages < 0)
+            goto fail;
+    }
+    while (c->ring == NULL) {
         struct msghdr msg;
         memset(&msg, 0, sizeof(msg));
         msg.msg_control = control.buf;
@@ -376,70 +451,40 @@ core_reap(zc_TxCoreObject *c, Py_ssize_t *messages_out, Py_ssize_t *finished_out
                 ctl->other_errors++; /* TxController.on_other_error */
                 continue;
             }
-            int copied = (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0;
-            zc_Released rel;
-            if (zc_tracker_complete(c->tracker, ee.ee_info, ee.ee_data, copied, &rel) < 0) {
-                if (!PyErr_ExceptionMatches(zc_InvalidCompletionError))
-                    goto fail;
-                PyObject *exc = zc_get_raised();
-                if (invalid == NULL)
-                    invalid = exc;
-                else
-                    Py_DECREF(exc);
-                continue;
-            }
-            if (!copied) { /* TxController.on_completion, not copied: counters only */
-                ctl->notifications++;
-                ctl->completions += rel.calls;
-                ctl->bytes_pending -= rel.nbytes;
-                ctl->bytes_zerocopy += rel.nbytes;
-            } else { /* the policy decides the fallback */
-                PyObject *res = PyObject_CallMethod((PyObject *)ctl, "on_completion", "LLO",
-                                                    rel.calls, rel.nbytes, Py_True);
-                if (res == NULL) {
-                    zc_released_clear(&rel);
-                    goto fail;
-                }
-                Py_DECREF(res);
-            }
-            for (Py_ssize_t i = 0; i < rel.ndone; i++) {
-                if (finish_token(rel.done[i], rel.done_copied[i], c->ticket_type) < 0 && pending_exc == NULL)
-                    pending_exc = zc_get_raised();
-                PyErr_Clear();
-            }
-            finished += rel.ndone;
-            zc_released_clear(&rel);
+            if (apply_range(&st, ee.ee_info, ee.ee_data,
+                            (ee.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0) < 0)
+                goto fail;
         }
     }
-    if (pending_exc != NULL) {
-        Py_XDECREF(invalid);
-        zc_set_raised(pending_exc);
+    if (st.pending_exc != NULL) {
+        Py_XDECREF(st.invalid);
+        zc_set_raised(st.pending_exc);
         return -1;
     }
-    if (invalid != NULL) { /* SendEngine.apply: the engine refuses further sends */
+    if (st.invalid != NULL) { /* SendEngine.apply: the engine refuses further sends */
         PyObject *failure = PyObject_GetAttr(c->engine, s_failure);
         if (failure == NULL) {
-            Py_DECREF(invalid);
+            Py_DECREF(st.invalid);
             return -1;
         }
         int unset = failure == Py_None;
         Py_DECREF(failure);
-        if (unset && PyObject_SetAttr(c->engine, s_failure, invalid) < 0) {
-            Py_DECREF(invalid);
+        if (unset && PyObject_SetAttr(c->engine, s_failure, st.invalid) < 0) {
+            Py_DECREF(st.invalid);
             return -1;
         }
-        zc_set_raised(invalid);
+        zc_set_raised(st.invalid);
         return -1;
     }
     *messages_out = messages;
-    *finished_out = finished;
+    *finished_out = st.finished;
     return 0;
 fail:
-    if (pending_exc != NULL) {
+    if (st.pending_exc != NULL) {
         PyErr_Clear();
-        zc_set_raised(pending_exc);
+        zc_set_raised(st.pending_exc);
     }
-    Py_XDECREF(invalid);
+    Py_XDECREF(st.invalid);
     return -1;
 }
 
@@ -504,15 +549,19 @@ new_ticket(zc_TxCoreObject *c, Py_ssize_t nbytes)
 
 /* After the first call did not simply succeed: the Python engine goes on (Sender._drive or
  * _drive_buf with the call's error or partial count), or settles an interruption
- * (_first_call_interrupted, then the exception goes on). */
+ * (_first_call_interrupted with what the call took, then the exception goes on). `n` as
+ * send_once or zc_ring_send1 returned it; -3 (the ring's exception): an OSError goes to the
+ * engine as the call's error, anything else propagates. */
 static PyObject *
 continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject *buf,
-                   Py_ssize_t n)
+                   Py_ssize_t n, Py_ssize_t took_bytes)
 {
+    if (n == -3 && !PyErr_ExceptionMatches(PyExc_OSError))
+        return NULL;
     if (n == -2) {
         PyObject *exc = zc_get_raised();
         PyObject *size = PyLong_FromSsize_t(((zc_TicketObject *)ticket)->nbytes);
-        PyObject *took = PyLong_FromLong(0); /* the call failed with EINTR: nothing was sent */
+        PyObject *took = PyLong_FromSsize_t(took_bytes);
         PyObject *r = size == NULL || took == NULL ? NULL : PyObject_CallMethodObjArgs(
             c->sender, s_first_call_interrupted, ticket, size, exc, took, NULL);
         Py_XDECREF(took);
@@ -526,8 +575,9 @@ continue_in_python(zc_TxCoreObject *c, PyObject *ticket, PyObject *mv, PyObject 
         return NULL;
     }
     PyObject *error = Py_None, *first = NULL, *r = NULL;
-    if (n == -1) {
-        PyErr_SetFromErrno(PyExc_OSError);
+    if (n == -1 || n == -3) {
+        if (n == -1)
+            PyErr_SetFromErrno(PyExc_OSError);
         error = zc_get_raised();
         first = PyLong_FromLong(0);
     } else {
@@ -588,7 +638,14 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     }
     c->active = 1;
     const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
-    Py_ssize_t n = send_once(c->fd, ptr, nbytes, zc ? MSG_ZEROCOPY : 0);
+    Py_ssize_t n, took = 0; /* (EINTR from send(2): nothing was sent) */
+    if (zc && c->ring != NULL) { /* the io_uring engine: one SEND_ZC */
+        n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes, -1, c->waitall);
+        if (n == -2)
+            took = zc_ring_took(c->ring);
+    } else {
+        n = send_once(c->fd, ptr, nbytes, zc ? MSG_ZEROCOPY : 0);
+    }
     if (zc && n == nbytes) /* at once: no Python code runs between the call and this */
         zc_tracker_record_reserved(c->tracker, ticket, nbytes);
     if (view.obj != NULL) {
@@ -596,21 +653,28 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
         view.obj = NULL;
     }
     if (n != nbytes) {
+        PyObject *raised = n < -1 ? zc_get_raised() : NULL; /* kept aside meanwhile */
         if (zc && mv == NULL) { /* the Python engine goes on with a memoryview, as its own */
             zc_TicketObject *t = (zc_TicketObject *)ticket;
             mv = PyMemoryView_FromObject(buf);
-            if (mv == NULL)
+            if (mv == NULL) {
+                Py_XDECREF(raised);
                 goto inactive;
+            }
             t->view = Py_NewRef(mv);
             PyBuffer_Release(&t->pin);
         }
         if (ticket == NULL) {
             ticket = new_ticket(c, nbytes);
-            if (ticket == NULL)
+            if (ticket == NULL) {
+                Py_XDECREF(raised);
                 goto inactive;
+            }
             ((zc_TicketObject *)ticket)->done = 1;
         }
-        result = continue_in_python(c, ticket, mv, buf, n);
+        if (raised != NULL)
+            zc_set_raised(raised);
+        result = continue_in_python(c, ticket, mv, buf, n, took);
         goto inactive;
     }
     ctl->handed += nbytes;
@@ -757,24 +821,51 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         }
         struct mmsghdr msgs[BATCH_MAX];
         struct iovec iov[BATCH_MAX];
-        unsigned int cnt = (unsigned int)(k - pos < BATCH_MAX ? k - pos : BATCH_MAX);
+        Py_ssize_t most = c->ring != NULL ? zc_ring_batch_max(c->ring) : BATCH_MAX;
+        unsigned int cnt = (unsigned int)(k - pos < most ? k - pos : most);
         /* room to record them, made right before the call (a reap may have used it) */
         if (zc_tracker_reserve(c->tracker, cnt) < 0) {
             batch_stopped(c, tickets, pos, zc_get_raised());
             goto out;
         }
-        memset(msgs, 0, cnt * sizeof(struct mmsghdr));
-        for (unsigned int j = 0; j < cnt; j++) {
-            iov[j].iov_base = (void *)ptrs[pos + j];
-            iov[j].iov_len = lens[pos + j];
-            msgs[j].msg_hdr.msg_iov = &iov[j];
-            msgs[j].msg_hdr.msg_iovlen = 1;
+        int sent, err = 0;
+        PyObject *stopped = NULL; /* the ring's exception: the rest of the batch is not sent */
+        if (c->ring != NULL) { /* the io_uring engine: one linked submission */
+            Py_ssize_t got = zc_ring_send_linked(c->ring, c->fd, ptrs + pos, lens + pos, NULL,
+                                                 (Py_ssize_t)cnt);
+            err = errno;
+            sent = (int)got;
+            if (got < -1) { /* the ones that went before it took counter values: record them */
+                stopped = zc_get_raised();
+                sent = got == -2 ? (int)zc_ring_took(c->ring) : 0;
+            }
+        } else {
+            memset(msgs, 0, cnt * sizeof(struct mmsghdr));
+            for (unsigned int j = 0; j < cnt; j++) {
+                iov[j].iov_base = (void *)ptrs[pos + j];
+                iov[j].iov_len = lens[pos + j];
+                msgs[j].msg_hdr.msg_iov = &iov[j];
+                msgs[j].msg_hdr.msg_iovlen = 1;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            sent = sendmmsg(c->fd, msgs, cnt, MSG_ZEROCOPY);
+            err = errno;
+            Py_END_ALLOW_THREADS
         }
-        int sent, err;
-        Py_BEGIN_ALLOW_THREADS
-        sent = sendmmsg(c->fd, msgs, cnt, MSG_ZEROCOPY);
-        err = errno;
-        Py_END_ALLOW_THREADS
+        if (stopped != NULL) {
+            long long nb = 0;
+            for (int j = 0; j < sent; j++) {
+                zc_tracker_record_reserved(c->tracker, PyList_GET_ITEM(tickets, pos + j),
+                                           (Py_ssize_t)lens[pos + j]);
+                nb += (long long)lens[pos + j];
+            }
+            pos += sent;
+            ctl->handed += nb;
+            ctl->sends_zerocopy += sent;
+            ctl->bytes_pending += nb;
+            batch_stopped(c, tickets, pos, stopped);
+            goto out;
+        }
         if (sent > 0) {
             /* at once: each datagram sent took the next counter value (sendmmsg.py) */
             long long nb = 0;

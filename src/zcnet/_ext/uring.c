@@ -91,6 +91,8 @@ typedef struct {
     long long took;              /* bytes taken by the last send ended by an exception, or -1 */
 } RingObject;
 
+static PyTypeObject RingType;
+
 /* PyLong_AsInt of Python 3.13, for 3.11 and 3.12 */
 static int
 as_int(PyObject *o)
@@ -325,6 +327,29 @@ submit_and_wait(RingObject *r, unsigned long long first, unsigned long long last
     memset(&ga, 0, sizeof(ga));
     ga.ts = (unsigned long long)(uintptr_t)&slice;
     ga.sigmask_sz = _NSIG / 8;
+    /* First a plain submit: a send the kernel can issue at once posts its result during the
+     * submit (io_uring/io_uring.c io_submit_flush_completions), so no wait is needed. */
+    unsigned queued = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    if (queued > 0) {
+        int rc, err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        rc = sys_enter(r->fd, queued, 0, 0, NULL, 0);
+        if (rc < 0)
+            err = errno;
+        if (drain_cq(r) < 0 && rc >= 0) {
+            rc = -1;
+            err = ENOMEM;
+        }
+        Py_END_ALLOW_THREADS
+        if (rc < 0 && err != EAGAIN && err != EBUSY && err != EINTR) {
+            r->broken = 1;
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (results_in(r, first, last))
+            return 0;
+    }
     for (;;) {
         unsigned submit = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
         int rc, err = 0;
@@ -424,10 +449,19 @@ ring_init(RingObject *r, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
         return -1;
     }
+    /* COOP_TASKRUN (5.19): completions that need task work (a notification, freed in softirq)
+     * wait for our next io_uring_enter instead of interrupting the thread, which cost about a
+     * microsecond per send; TASKRUN_FLAG says in sq_flags when such work is pending (reap
+     * then enters). Older kernels refuse the flags: without them. */
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
-    p.flags = IORING_SETUP_CLAMP;
+    p.flags = IORING_SETUP_CLAMP | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     int fd = sys_setup(entries, &p);
+    if (fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_CLAMP;
+        fd = sys_setup(entries, &p);
+    }
     if (fd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
@@ -592,6 +626,168 @@ make_room(RingObject *r, unsigned need)
     return submit_and_wait(r, r->next_seq, r->next_seq, &intr);
 }
 
+/* -- the C interface (zcnet_ext.h), used by the methods below and by TxCore (txfast.c) -- */
+
+int
+zc_ring_check(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &RingType);
+}
+
+Py_ssize_t
+zc_ring_took(PyObject *ring)
+{
+    return (Py_ssize_t)((RingObject *)ring)->took;
+}
+
+Py_ssize_t
+zc_ring_batch_max(PyObject *ring)
+{
+    RingObject *r = (RingObject *)ring;
+    Py_ssize_t n = (Py_ssize_t)r->sq_entries - 1; /* one entry left for a cancel */
+    return n < ZC_RING_BATCH_MAX ? n : ZC_RING_BATCH_MAX;
+}
+
+Py_ssize_t
+zc_ring_send1(PyObject *ring, int fd, const void *ptr, size_t len, int fixed, int waitall)
+{
+    RingObject *r = (RingObject *)ring;
+    if (ring_check(r) < 0)
+        return -3;
+    r->took = -1;
+    if (len > 0x7fffffffU) {
+        PyErr_SetString(PyExc_ValueError, "a send of more than 2 GiB - 1 bytes");
+        return -3;
+    }
+    if (make_room(r, 1) < 0)
+        return -3;
+    long long seq = queue_send(r, fd, ptr, len, fixed, waitall, 0);
+    if (seq < 0) {
+        PyErr_NoMemory();
+        return -3;
+    }
+    int interrupted;
+    int rc = submit_and_wait(r, (unsigned long long)seq, (unsigned long long)seq + 1,
+                             &interrupted);
+    if (rc < 0 && !interrupted)
+        return -3;
+    int res = consume(r, (unsigned long long)seq);
+    if (interrupted) {
+        r->took = res > 0 ? res : 0;
+        return -2; /* the handler's exception is set */
+    }
+    if (res < 0) {
+        errno = send_errno(res);
+        return -1;
+    }
+    return res;
+}
+
+Py_ssize_t
+zc_ring_send_linked(PyObject *ring, int fd, const char *const *ptrs, const size_t *lens,
+                    const int *fixed, Py_ssize_t n)
+{
+    RingObject *r = (RingObject *)ring;
+    if (ring_check(r) < 0)
+        return -3;
+    r->took = -1;
+    if (n < 1 || n > zc_ring_batch_max(ring)) {
+        PyErr_SetString(PyExc_ValueError, "send_many: 1 .. batch_max sends per call");
+        return -3;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (lens[k] > 0x7fffffffU) {
+            PyErr_SetString(PyExc_ValueError, "a send of more than 2 GiB - 1 bytes");
+            return -3;
+        }
+    }
+    if (make_room(r, (unsigned)n + 1) < 0)
+        return -3;
+    unsigned long long first = r->next_seq;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (queue_send(r, fd, ptrs[k], lens[k], fixed != NULL ? fixed[k] : -1, 0,
+                       k + 1 < n) < 0) { /* nothing submitted yet: take them back */
+            *r->sq_tail -= (unsigned)k;
+            for (unsigned long long q = first; q < r->next_seq; q++) {
+                r->slots[q & (unsigned long long)(r->cap - 1)].used = 0;
+                r->awaiting--;
+            }
+            r->next_seq = first;
+            table_trim(r);
+            PyErr_NoMemory();
+            return -3;
+        }
+    }
+    int interrupted;
+    int rc = submit_and_wait(r, first, first + (unsigned long long)n, &interrupted);
+    if (rc < 0 && !interrupted)
+        return -3;
+    /* in order, each one that went takes the next counter value; a failure cancels the rest of
+     * the chain (they report -ECANCELED) */
+    Py_ssize_t sent = 0;
+    int first_error = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int res = consume(r, first + (unsigned long long)k);
+        if (res > 0 && !first_error)
+            sent++;
+        else if (!first_error)
+            first_error = res < 0 ? send_errno(res) : EIO;
+    }
+    if (interrupted) {
+        r->took = sent;
+        return -2;
+    }
+    if (sent == 0) {
+        errno = first_error;
+        return -1;
+    }
+    return sent;
+}
+
+Py_ssize_t
+zc_ring_drain(PyObject *ring, zc_ring_range_fn fn, void *arg)
+{
+    RingObject *r = (RingObject *)ring;
+    if (ring_check(r) < 0)
+        return -1;
+    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE)
+        & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) {
+        /* completions the CQ had no room for wait in the kernel's overflow list; with
+         * COOP_TASKRUN, notifications wait for task work that an enter runs */
+        Py_BEGIN_ALLOW_THREADS
+        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+        Py_END_ALLOW_THREADS
+    }
+    if (drain_cq(r) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t i = 0, ranges = 0;
+    while (i < r->nready) {
+        long long lo = r->ready_value[i], hi = lo;
+        int copied = r->ready_copied[i];
+        Py_ssize_t j = i + 1;
+        while (j < r->nready && r->ready_copied[j] == copied
+               && r->ready_value[j] == ((hi + 1) & 0xffffffffLL)) {
+            hi = r->ready_value[j];
+            j++;
+        }
+        if (fn(arg, lo, hi, copied) < 0) { /* keep what was not handed out */
+            memmove(r->ready_value, r->ready_value + i,
+                    (size_t)(r->nready - i) * sizeof(long long));
+            memmove(r->ready_copied, r->ready_copied + i, (size_t)(r->nready - i));
+            r->nready -= i;
+            return -1;
+        }
+        ranges++;
+        i = j;
+    }
+    r->nready = 0;
+    return ranges;
+}
+
+/* -- methods ----------------------------------------------------------------------------- */
+
 PyDoc_STRVAR(ring_send_doc,
 "send(fd, buffer, fixed_index, waitall) -> int\n\n"
 "One SEND_ZC of `buffer` on socket `fd`, from registered buffer `fixed_index` (or -1), waiting\n"
@@ -606,8 +802,6 @@ ring_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send(fd, buffer, fixed_index, waitall)");
         return NULL;
     }
-    if (ring_check(r) < 0)
-        return NULL;
     int sockfd = as_int(args[0]);
     int fixed = as_int(args[2]);
     int waitall = PyObject_IsTrue(args[3]);
@@ -616,35 +810,14 @@ ring_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if ((size_t)view.len > 0x7fffffffU) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "a send of more than 2 GiB - 1 bytes");
-        return NULL;
-    }
-    r->took = -1;
-    if (make_room(r, 1) < 0) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    long long seq = queue_send(r, sockfd, view.buf, (size_t)view.len, fixed, waitall, 0);
-    if (seq < 0) {
-        PyBuffer_Release(&view);
-        return PyErr_NoMemory();
-    }
-    int interrupted;
-    int rc = submit_and_wait(r, (unsigned long long)seq, (unsigned long long)seq + 1,
-                             &interrupted);
+    Py_ssize_t n = zc_ring_send1((PyObject *)r, sockfd, view.buf, (size_t)view.len, fixed,
+                                 waitall);
     PyBuffer_Release(&view);
-    if (rc < 0 && !interrupted)
+    if (n == -1)
+        return oserror(errno);
+    if (n < 0)
         return NULL;
-    int res = consume(r, (unsigned long long)seq);
-    if (interrupted) {
-        r->took = res > 0 ? res : 0;
-        return NULL; /* the handler's exception is set */
-    }
-    if (res < 0)
-        return oserror(send_errno(res));
-    return PyLong_FromLong(res);
+    return PyLong_FromSsize_t(n);
 }
 
 PyDoc_STRVAR(ring_send_many_doc,
@@ -679,68 +852,49 @@ ring_send_many(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "send_many: bad range");
         return NULL;
     }
-    r->took = -1;
-    if (make_room(r, 2) < 0)
-        return NULL;
-    Py_ssize_t n = stop - start, room = (Py_ssize_t)sq_space(r) - 1;
-    if (n > room)
-        n = room;
-    Py_buffer views[64];
-    if (n > 64)
-        n = 64;
+    Py_ssize_t n = stop - start, most = zc_ring_batch_max((PyObject *)r);
+    if (n > most)
+        n = most;
+    Py_buffer views[ZC_RING_BATCH_MAX];
+    const char *ptrs[ZC_RING_BATCH_MAX];
+    size_t lens[ZC_RING_BATCH_MAX];
+    int indexes[ZC_RING_BATCH_MAX];
     Py_ssize_t got = 0;
-    unsigned long long first = r->next_seq;
     for (; got < n; got++) {
-        PyObject *b = PyList_GET_ITEM(bufs, start + got);
-        int index = -1;
+        indexes[got] = -1;
         if (fixed != Py_None) {
-            index = as_int(PyList_GET_ITEM(fixed, start + got));
-            if (index == -1 && PyErr_Occurred())
+            indexes[got] = as_int(PyList_GET_ITEM(fixed, start + got));
+            if (indexes[got] == -1 && PyErr_Occurred())
                 break;
         }
-        if (PyObject_GetBuffer(b, &views[got], PyBUF_SIMPLE) < 0)
+        if (PyObject_GetBuffer(PyList_GET_ITEM(bufs, start + got), &views[got],
+                               PyBUF_SIMPLE) < 0)
             break;
-        if (queue_send(r, sockfd, views[got].buf, (size_t)views[got].len, index, 0,
-                       got + 1 < n) < 0) {
-            PyBuffer_Release(&views[got]);
-            PyErr_NoMemory();
-            break;
-        }
+        ptrs[got] = views[got].buf;
+        lens[got] = (size_t)views[got].len;
     }
-    if (got < n) { /* nothing submitted yet: take the queued sends back */
-        for (Py_ssize_t k = 0; k < got; k++)
-            PyBuffer_Release(&views[k]);
-        *r->sq_tail -= (unsigned)got;
-        for (unsigned long long q = first; q < r->next_seq; q++) {
-            r->slots[q & (unsigned long long)(r->cap - 1)].used = 0;
-            r->awaiting--;
-        }
-        r->next_seq = first;
-        table_trim(r);
-        return NULL;
-    }
-    int interrupted;
-    int rc = submit_and_wait(r, first, first + (unsigned long long)n, &interrupted);
-    for (Py_ssize_t k = 0; k < n; k++)
+    Py_ssize_t sent = -3;
+    if (got == n)
+        sent = zc_ring_send_linked((PyObject *)r, sockfd, ptrs, lens, indexes, n);
+    for (Py_ssize_t k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
-    if (rc < 0 && !interrupted)
+    if (sent == -1)
+        return oserror(errno);
+    if (sent < 0)
         return NULL;
-    Py_ssize_t sent = 0;
-    int first_error = 0;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        int res = consume(r, first + (unsigned long long)k);
-        if (res > 0 && !first_error)
-            sent++;
-        else if (!first_error)
-            first_error = res < 0 ? send_errno(res) : EIO;
-    }
-    if (interrupted) {
-        r->took = sent;
-        return NULL;
-    }
-    if (sent == 0)
-        return oserror(first_error);
     return PyLong_FromSsize_t(sent);
+}
+
+static int
+append_completion(void *arg, long long lo, long long hi, int copied)
+{
+    PyObject **state = arg; /* {list, completion_type} */
+    PyObject *ev = PyObject_CallFunction(state[1], "LLO", lo, hi, copied ? Py_True : Py_False);
+    if (ev == NULL)
+        return -1;
+    int rc = PyList_Append(state[0], ev);
+    Py_DECREF(ev);
+    return rc;
 }
 
 PyDoc_STRVAR(ring_reap_doc,
@@ -751,45 +905,14 @@ PyDoc_STRVAR(ring_reap_doc,
 static PyObject *
 ring_reap(RingObject *r, PyObject *unused)
 {
-    if (ring_check(r) < 0)
+    PyObject *state[2] = {PyList_New(0), r->completion_type};
+    if (state[0] == NULL)
         return NULL;
-    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_CQ_OVERFLOW) {
-        /* completions the CQ had no room for wait in the kernel's overflow list */
-        Py_BEGIN_ALLOW_THREADS
-        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-        Py_END_ALLOW_THREADS
-    }
-    if (drain_cq(r) < 0)
-        return PyErr_NoMemory();
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
+    if (zc_ring_drain((PyObject *)r, append_completion, state) < 0) {
+        Py_DECREF(state[0]);
         return NULL;
-    Py_ssize_t i = 0;
-    while (i < r->nready) {
-        long long lo = r->ready_value[i], hi = lo;
-        int copied = r->ready_copied[i];
-        Py_ssize_t j = i + 1;
-        while (j < r->nready && r->ready_copied[j] == copied
-               && r->ready_value[j] == ((hi + 1) & 0xffffffffLL)) {
-            hi = r->ready_value[j];
-            j++;
-        }
-        PyObject *ev = PyObject_CallFunction(r->completion_type, "LLO", lo, hi,
-                                             copied ? Py_True : Py_False);
-        if (ev == NULL || PyList_Append(out, ev) < 0) {
-            Py_XDECREF(ev);
-            /* keep what was not handed out */
-            memmove(r->ready_value, r->ready_value + i, (size_t)(r->nready - i) * sizeof(long long));
-            memmove(r->ready_copied, r->ready_copied + i, (size_t)(r->nready - i));
-            r->nready -= i;
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(ev);
-        i = j;
     }
-    r->nready = 0;
-    return out;
+    return state[0];
 }
 
 PyDoc_STRVAR(ring_wait_doc,
@@ -941,8 +1064,7 @@ ring_get_counter(RingObject *r, void *c)
 static PyObject *
 ring_get_batch_max(RingObject *r, void *c)
 {
-    Py_ssize_t n = (Py_ssize_t)r->sq_entries - 1;
-    return PyLong_FromSsize_t(n < 64 ? n : 64);
+    return PyLong_FromSsize_t(zc_ring_batch_max((PyObject *)r));
 }
 
 static PyGetSetDef ring_getset[] = {
@@ -1000,6 +1122,47 @@ int
 zc_uring_init(PyObject *module)
 {
     return 0;
+}
+
+/* no ring ever exists: TxCore never calls the others */
+int
+zc_ring_check(PyObject *o)
+{
+    return 0;
+}
+
+Py_ssize_t
+zc_ring_took(PyObject *ring)
+{
+    return -1;
+}
+
+Py_ssize_t
+zc_ring_batch_max(PyObject *ring)
+{
+    return 0;
+}
+
+Py_ssize_t
+zc_ring_send1(PyObject *ring, int fd, const void *ptr, size_t len, int fixed, int waitall)
+{
+    PyErr_SetString(PyExc_SystemError, "no io_uring in this build");
+    return -3;
+}
+
+Py_ssize_t
+zc_ring_send_linked(PyObject *ring, int fd, const char *const *ptrs, const size_t *lens,
+                    const int *fixed, Py_ssize_t n)
+{
+    PyErr_SetString(PyExc_SystemError, "no io_uring in this build");
+    return -3;
+}
+
+Py_ssize_t
+zc_ring_drain(PyObject *ring, zc_ring_range_fn fn, void *arg)
+{
+    PyErr_SetString(PyExc_SystemError, "no io_uring in this build");
+    return -1;
 }
 
 #endif

@@ -135,4 +135,24 @@ int zc_rxfast_init(PyObject *module);
 /* uring.c: the io_uring send ring (absent where <linux/io_uring.h> is). */
 int zc_uring_init(PyObject *module);
 
+/* uring.c's ring for TxCore (txfast.c): zcnet._speedups.Ring, the io_uring send engine.
+ * zc_ring_send1 sends one buffer (fixed: a registered buffer index or -1; waitall: a stream,
+ * whose send the kernel finishes); zc_ring_send_linked up to zc_ring_batch_max datagrams as one
+ * linked submission. Both return what went (bytes; datagrams), each positive send having taken
+ * the next counter value; -1 with errno set (the send, or the first datagram, failed; nothing
+ * taken); -2 with a signal handler's exception set (zc_ring_took: what went before the
+ * cancel); -3 with another exception set (the ring is closed or broken, no memory).
+ * zc_ring_drain hands the notifications read so far to fn as merged (lo, hi, copied) ranges of
+ * counter values: their number, or -1 with an exception (fn's: the rest are kept). */
+#define ZC_RING_BATCH_MAX 63
+typedef int (*zc_ring_range_fn)(void *arg, long long lo, long long hi, int copied);
+int zc_ring_check(PyObject *o);
+Py_ssize_t zc_ring_took(PyObject *ring);
+Py_ssize_t zc_ring_batch_max(PyObject *ring);
+Py_ssize_t zc_ring_send1(PyObject *ring, int fd, const void *ptr, size_t len, int fixed,
+                         int waitall);
+Py_ssize_t zc_ring_send_linked(PyObject *ring, int fd, const char *const *ptrs,
+                               const size_t *lens, const int *fixed, Py_ssize_t n);
+Py_ssize_t zc_ring_drain(PyObject *ring, zc_ring_range_fn fn, void *arg);
+
 #endif
