@@ -291,3 +291,32 @@ def test_interrupted_batch_records_exactly_what_went() -> None:
     # tbf cuts each GSO datagram into its 44 segments; each one carries 42 bytes of headers
     assert packets == (went + 4) * 44
     assert nbytes == total + packets * 42
+
+
+@requires_uring
+def test_views_of_registered_memory_go_out_registered() -> None:
+    """Once a lease's slab is registered, any buffer inside it (another lease, a view of one)
+    goes out as a fixed-buffer send, from send() and send_batch() alike; every datagram
+    arrives whole."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, BufferPool(hugepages=False) as pool:
+        r.bind(("127.0.0.1", 0))
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(r.getsockname())
+        first = pool.acquire(40_000)
+        first.view[:] = _pattern(0, 40_000)
+        second = pool.acquire(60_000)  # the same slab
+        second.view[:] = _pattern(40_000, 60_000)
+        with Sender(u, URING) as sender:
+            sender.send_batch([first])
+            assert r.recv(70_000) == _pattern(0, 40_000)
+            assert sender.stats.sends_registered == 1
+            view = second.view
+            sender.send(view[:30_000])
+            sender.send_batch([view[30_000:], bytes(_pattern(0, 20_000))])
+            got = [r.recv(70_000) for _ in range(3)]
+            sender.flush(10)
+            st = sender.stats
+            del view
+            second.release()
+        assert got == [_pattern(40_000, 30_000), _pattern(70_000, 30_000), _pattern(0, 20_000)]
+        assert st.sends_registered == 3 and st.sends_zerocopy == 4 == st.completions

@@ -113,7 +113,8 @@ class TxCore:
 
     def __init__(
         self, sender: Any, fd: int, single_max: int, engine: Any, ticket_type: type[TicketBase],
-        ring: Ring | None = None, waitall: bool = False,
+        ring: Ring | None = None, waitall: bool = False, lease_type: type[Any] | None = None,
+        register_lease: Any = None,
     ) -> None: ...
     def send(self, buf: Buffer, /) -> Any: ...
     def reap(self) -> tuple[int, int]: ...
@@ -126,6 +127,7 @@ class Ring:
     awaiting: int
     counter: int
     batch_max: int
+    sends_registered: int
     def __init__(self, completion_type: type[Any], entries: int = 64) -> None: ...
     def send(self, fd: int, buffer: Buffer, fixed_index: int, waitall: bool, /) -> int: ...
     def send_many(self, fd: int, buffers: list[Any], fixed_indexes: list[int] | None,

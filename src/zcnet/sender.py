@@ -312,7 +312,6 @@ class Sender:
                     raise
                 self._engine_reason = str(e)
         self._fixed = -1  # the registered buffer of the lease being sent, or -1
-        self._sends_registered = 0
         engine: SendEngine[Ticket] = SendEngine(self.policy, stream=self._stream)
         self._engine = engine
         self._ctl = engine.ctl
@@ -330,8 +329,10 @@ class Sender:
         # below (see _core_flag).
         self._core: Any = None
         if _COMPILED and speedups is not None:
-            self._core = speedups.TxCore(self, self._fd, self._single_max, engine, Ticket,
-                                         ring=self._ring, waitall=self._stream)
+            self._core = speedups.TxCore(
+                self, self._fd, self._single_max, engine, Ticket, ring=self._ring,
+                waitall=self._stream, lease_type=Lease,
+                register_lease=None if self._ring is None else self._register_lease)
             if type(self).send is Sender.send:  # not overridden by a subclass
                 self.__dict__["send"] = self._core.send
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
@@ -381,7 +382,7 @@ class Sender:
         slabs = self._slabs
         if slabs is not None:
             return dataclasses.replace(
-                stats, engine="io_uring", sends_registered=self._sends_registered,
+                stats, engine="io_uring", sends_registered=self._ring.sends_registered,
                 registered_bytes=slabs.registered_bytes, registration_reason=slabs.refused)
         if self._engine_reason is not None:
             return dataclasses.replace(stats, engine_reason=self._engine_reason)
@@ -589,8 +590,6 @@ class Sender:
                         if ring is not None and op.zerocopy:
                             with mv[start:end] as piece:
                                 n = ring.send(self._fd, piece, self._fixed, self._stream)
-                            if self._fixed >= 0:
-                                self._sends_registered += 1
                         elif start == 0 and end == mv.nbytes:
                             n = send(mv, MSG_ZEROCOPY if op.zerocopy else 0)
                         else:
@@ -816,8 +815,6 @@ class Sender:
             try:
                 if ring is not None:
                     sent: int = ring.send_many(fd, views, fixed, off, j)
-                    if fixed is not None:
-                        self._sends_registered += sum(1 for x in fixed[off:off + sent] if x >= 0)
                 else:
                     sent = batch.send(fd, off - i, j - off, flags)
                 if zc:
@@ -972,6 +969,12 @@ class Sender:
                 self._ring.close()
 
     # -- internals -------------------------------------------------------------------------
+    def _register_lease(self, lease: Lease) -> int:
+        """The registered-buffer index of ``lease``'s slab on the ring, registering the slab now
+        (-1: sent unregistered; the compiled send_batch calls this for a new slab)."""
+        slabs = self._slabs
+        return -1 if slabs is None else slabs.index_of(lease._block.slab)
+
     def _enter(self, what: str) -> None:
         if self._active:
             raise ConcurrentUseError(f"Sender.{what} while this Sender is in use by another call")

@@ -253,6 +253,8 @@ typedef struct {
     PyObject *py_send;          /* type(sender).send: the Python path */
     PyObject *ring;             /* the io_uring engine's zcnet._speedups.Ring, or NULL */
     char waitall;               /* a stream: the ring's sends finish in the kernel */
+    PyTypeObject *lease_type;   /* zcnet.pool.Lease (a buffer), or NULL: send_batch takes it */
+    PyObject *register_lease;   /* lease -> its slab's registered index or -1 (ring), or NULL */
 } zc_TxCoreObject;
 
 static int
@@ -265,6 +267,8 @@ core_traverse(zc_TxCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->ticket_type);
     Py_VISIT(c->py_send);
     Py_VISIT(c->ring);
+    Py_VISIT(c->lease_type);
+    Py_VISIT(c->register_lease);
     return 0;
 }
 
@@ -278,6 +282,8 @@ core_clear(zc_TxCoreObject *c)
     Py_CLEAR(c->ticket_type);
     Py_CLEAR(c->py_send);
     Py_CLEAR(c->ring);
+    Py_CLEAR(c->lease_type);
+    Py_CLEAR(c->register_lease);
     return 0;
 }
 
@@ -293,14 +299,19 @@ static PyObject *
 core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"sender", "fd", "single_max", "engine", "ticket_type", "ring",
-                             "waitall", NULL};
-    PyObject *sender, *engine, *ticket_type, *ring = Py_None;
+                             "waitall", "lease_type", "register_lease", NULL};
+    PyObject *sender, *engine, *ticket_type, *ring = Py_None, *lease_type = Py_None;
+    PyObject *register_lease = Py_None;
     int fd, waitall = 0;
     Py_ssize_t single_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OinOO!|Op:TxCore", kwlist, &sender, &fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OinOO!|OpOO:TxCore", kwlist, &sender, &fd,
                                      &single_max, &engine, &PyType_Type, &ticket_type, &ring,
-                                     &waitall))
+                                     &waitall, &lease_type, &register_lease))
         return NULL;
+    if (lease_type != Py_None && !PyType_Check(lease_type)) {
+        PyErr_SetString(PyExc_TypeError, "lease_type must be a type or None");
+        return NULL;
+    }
     if (ring != Py_None && !zc_ring_check(ring)) {
         PyErr_SetString(PyExc_TypeError, "ring must be a zcnet._speedups.Ring or None");
         return NULL;
@@ -325,6 +336,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->single_max = single_max;
     c->ring = ring != Py_None ? Py_NewRef(ring) : NULL;
     c->waitall = (char)waitall;
+    c->lease_type = lease_type != Py_None ? (PyTypeObject *)Py_NewRef(lease_type) : NULL;
+    c->register_lease = register_lease != Py_None ? Py_NewRef(register_lease) : NULL;
     c->sender = Py_NewRef(sender);
     c->engine = Py_NewRef(engine);
     c->ticket_type = (PyTypeObject *)Py_NewRef(ticket_type);
@@ -640,7 +653,8 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
     Py_ssize_t n, took = 0; /* (EINTR from send(2): nothing was sent) */
     if (zc && c->ring != NULL) { /* the io_uring engine: one SEND_ZC */
-        n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes, -1, c->waitall);
+        n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes,
+                          zc_ring_fixed_index(c->ring, ptr, (size_t)nbytes), c->waitall);
         if (n == -2)
             took = zc_ring_took(c->ring);
     } else {
@@ -741,8 +755,34 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
     return NULL;
 }
 
+static PyObject *s_release_when_done;
+
+/* The leases among the first `upto` datagrams of a batch that was sent (or tried): each goes back
+ * to its pool when its ticket is done (Lease.release_when_done, as Sender._send_batch_udp does in
+ * its finally). An exception of one is raised unless another is already on its way. */
+static void
+leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssize_t upto)
+{
+    for (Py_ssize_t i = 0; i < upto; i++) {
+        if (!is_lease[i])
+            continue;
+        PyObject *raised = zc_get_raised();
+        PyObject *r = PyObject_CallMethodOneArg(PySequence_Fast_GET_ITEM(seq, i),
+                                                s_release_when_done,
+                                                PyList_GET_ITEM(tickets, i));
+        Py_XDECREF(r);
+        if (raised != NULL) {
+            if (r == NULL)
+                PyErr_WriteUnraisable(PySequence_Fast_GET_ITEM(seq, i));
+            zc_set_raised(raised);
+        }
+    }
+}
+
 /* Sender._send_batch_udp's common case: every element a bytes/bytearray/contiguous memoryview
- * at or above the threshold while zero-copy is on. Returns the tickets, or None (nothing done)
+ * or a pool lease, at or above the threshold, while zero-copy is on. On the io_uring engine each
+ * datagram in a registered buffer goes out as a fixed-buffer send (a lease's slab is
+ * registered on first use, through register_lease). Returns the tickets, or None (nothing done)
  * for any other batch: the Python path sends it. */
 static PyObject *
 core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
@@ -755,10 +795,14 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         return NULL;
     Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
     PyObject *tickets = PyList_New(k);
-    const char **ptrs = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(char *));
-    size_t *lens = PyMem_Malloc((size_t)(k ? k : 1) * sizeof(size_t));
+    size_t n1 = (size_t)(k ? k : 1);
+    const char **ptrs = PyMem_Malloc(n1 * sizeof(char *));
+    size_t *lens = PyMem_Malloc(n1 * sizeof(size_t));
+    int *fixed = PyMem_Malloc(n1 * sizeof(int));
+    char *is_lease = PyMem_Calloc(n1, 1);
+    Py_ssize_t lease_upto = 0; /* leases before this position are handed over when done */
     PyObject *result = NULL;
-    if (tickets == NULL || ptrs == NULL || lens == NULL) {
+    if (tickets == NULL || ptrs == NULL || lens == NULL || fixed == NULL || is_lease == NULL) {
         PyErr_NoMemory();
         goto out;
     }
@@ -766,7 +810,9 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         PyObject *buf = PySequence_Fast_GET_ITEM(seq, i);
         PyTypeObject *tb = Py_TYPE(buf);
         Py_buffer view;
-        if ((tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type)
+        is_lease[i] = c->lease_type != NULL && tb == c->lease_type;
+        if ((tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type
+             && !is_lease[i])
             || PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
             goto python;
@@ -795,10 +841,23 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
             ptrs[i] = view.buf;
         }
         lens[i] = (size_t)t->nbytes;
+        fixed[i] = -1;
+        if (c->ring != NULL) {
+            fixed[i] = zc_ring_fixed_index(c->ring, ptrs[i], lens[i]);
+            if (fixed[i] < 0 && is_lease[i] && c->register_lease != NULL) {
+                PyObject *r = PyObject_CallOneArg(c->register_lease, buf);
+                if (r == NULL)
+                    goto out;
+                Py_DECREF(r);
+                fixed[i] = zc_ring_fixed_index(c->ring, ptrs[i], lens[i]);
+            }
+        }
     }
+    lease_upto = k; /* from here on every lease is in flight, sent or not */
     Py_ssize_t pos = 0;
     while (pos < k) {
         if (!ctl->zerocopy) { /* copy mode since (a copied completion, ENOBUFS): Python */
+            lease_upto = pos; /* (it hands the rest's leases over itself) */
             PyObject *rest = PySequence_GetSlice(seq, pos, k);
             PyObject *more = rest == NULL ? NULL : PyObject_CallMethodOneArg(
                 c->sender, s_send_batch_udp, rest);
@@ -831,8 +890,8 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         int sent, err = 0;
         PyObject *stopped = NULL; /* the ring's exception: the rest of the batch is not sent */
         if (c->ring != NULL) { /* the io_uring engine: one linked submission */
-            Py_ssize_t got = zc_ring_send_linked(c->ring, c->fd, ptrs + pos, lens + pos, NULL,
-                                                 (Py_ssize_t)cnt);
+            Py_ssize_t got = zc_ring_send_linked(c->ring, c->fd, ptrs + pos, lens + pos,
+                                                 fixed + pos, (Py_ssize_t)cnt);
             err = errno;
             sent = (int)got;
             if (got < -1) { /* the ones that went before it took counter values: record them */
@@ -929,8 +988,14 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
 python:
     result = Py_NewRef(Py_None);
 out:
+    if (lease_upto > 0)
+        leases_in_flight(seq, tickets, is_lease, lease_upto);
+    if (result != NULL && PyErr_Occurred())
+        Py_CLEAR(result); /* a lease's hand-over failed */
     PyMem_Free(ptrs);
     PyMem_Free(lens);
+    PyMem_Free(fixed);
+    PyMem_Free(is_lease);
     Py_XDECREF(tickets); /* unsent tickets release their pins as they go */
     Py_DECREF(seq);
     return result;
@@ -980,6 +1045,7 @@ zc_txfast_init(PyObject *module)
         {&s_first_call_interrupted, "_first_call_interrupted"},
         {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
         {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},
+        {&s_release_when_done, "release_when_done"},
         {&s_finish, "_finish"}, {&s_failure, "failure"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)

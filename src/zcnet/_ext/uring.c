@@ -65,6 +65,7 @@ typedef struct {
     int res;         /* the result CQE's res */
     unsigned char state;
     unsigned char used;
+    unsigned char fixed; /* from a registered buffer */
 } Slot;
 
 typedef struct {
@@ -89,6 +90,12 @@ typedef struct {
     int broken;                  /* a system call failed in a way that left the ring unknown */
     PyObject *completion_type;   /* ZerocopyCompletion */
     long long took;              /* bytes taken by the last send ended by an exception, or -1 */
+    unsigned long long *reg_addr; /* the registered buffers: address and length by index */
+    unsigned long long *reg_len;
+    unsigned reg_count;          /* indexes 0 .. reg_count-1 may be set (reg_len 0: unset) */
+    unsigned reg_cap;            /* the table's size */
+    unsigned reg_hit;            /* the index found last */
+    unsigned long long sends_fixed; /* sends from a registered buffer that took bytes */
 } RingObject;
 
 static PyTypeObject RingType;
@@ -278,6 +285,7 @@ queue_send(RingObject *r, int sockfd, const char *ptr, size_t len, int fixed_ind
     s->res = 0;
     s->state = 0;
     s->used = 1;
+    s->fixed = fixed_index >= 0;
     r->awaiting++;
     r->sq_array[idx] = idx;
     __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
@@ -555,6 +563,8 @@ ring_dealloc(RingObject *r)
     PyMem_RawFree(r->slots);
     PyMem_RawFree(r->ready_value);
     PyMem_RawFree(r->ready_copied);
+    PyMem_RawFree(r->reg_addr);
+    PyMem_RawFree(r->reg_len);
     Py_CLEAR(r->completion_type);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -591,8 +601,10 @@ consume(RingObject *r, unsigned long long seq)
         return -ECANCELED; /* not seen (the ring is broken): nothing known to be taken */
     int res = s->res;
     s->state |= SLOT_CONSUMED;
-    if (res > 0)
+    if (res > 0) {
         s->value = (long long)(r->counter++ & 0xffffffffULL);
+        r->sends_fixed += s->fixed;
+    }
     if (slot_settle(r, s) < 0)
         r->broken = 1;
     return res;
@@ -646,6 +658,24 @@ zc_ring_batch_max(PyObject *ring)
     RingObject *r = (RingObject *)ring;
     Py_ssize_t n = (Py_ssize_t)r->sq_entries - 1; /* one entry left for a cancel */
     return n < ZC_RING_BATCH_MAX ? n : ZC_RING_BATCH_MAX;
+}
+
+int
+zc_ring_fixed_index(PyObject *ring, const void *ptr, size_t len)
+{
+    RingObject *r = (RingObject *)ring;
+    unsigned long long a = (unsigned long long)(uintptr_t)ptr;
+    unsigned i = r->reg_hit;
+    if (i < r->reg_count && a >= r->reg_addr[i] && a + len <= r->reg_addr[i] + r->reg_len[i])
+        return (int)i;
+    for (i = 0; i < r->reg_count; i++) {
+        if (r->reg_len[i] != 0 && a >= r->reg_addr[i]
+            && a + len <= r->reg_addr[i] + r->reg_len[i]) {
+            r->reg_hit = i;
+            return (int)i;
+        }
+    }
+    return -1;
 }
 
 Py_ssize_t
@@ -973,8 +1003,25 @@ ring_register_table(RingObject *r, PyObject *arg)
     memset(&reg, 0, sizeof(reg));
     reg.nr = n;
     reg.flags = IORING_RSRC_REGISTER_SPARSE;
-    if (sys_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg)) < 0)
+    if (r->reg_cap != 0) {
+        PyErr_SetString(PyExc_ValueError, "the ring already has a buffer table");
+        return NULL;
+    }
+    unsigned long long *addr = PyMem_RawCalloc(n ? n : 1, sizeof(unsigned long long));
+    unsigned long long *len = PyMem_RawCalloc(n ? n : 1, sizeof(unsigned long long));
+    if (addr == NULL || len == NULL) {
+        PyMem_RawFree(addr);
+        PyMem_RawFree(len);
+        return PyErr_NoMemory();
+    }
+    if (sys_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg)) < 0) {
+        PyMem_RawFree(addr);
+        PyMem_RawFree(len);
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    r->reg_addr = addr;
+    r->reg_len = len;
+    r->reg_cap = n;
     Py_RETURN_NONE;
 }
 
@@ -997,6 +1044,10 @@ ring_register_buffer(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long length = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
+    if (index >= r->reg_cap) {
+        PyErr_SetString(PyExc_ValueError, "register_buffer: index outside the table");
+        return NULL;
+    }
     struct iovec iov = {(void *)(uintptr_t)address, (size_t)length};
     struct io_uring_rsrc_update2 up;
     memset(&up, 0, sizeof(up));
@@ -1009,6 +1060,10 @@ ring_register_buffer(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     Py_END_ALLOW_THREADS
     if (rc < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
+    r->reg_addr[index] = address;
+    r->reg_len[index] = length;
+    if (index >= r->reg_count)
+        r->reg_count = index + 1;
     Py_RETURN_NONE;
 }
 
@@ -1062,6 +1117,12 @@ ring_get_counter(RingObject *r, void *c)
 }
 
 static PyObject *
+ring_get_sends_registered(RingObject *r, void *c)
+{
+    return PyLong_FromUnsignedLongLong(r->sends_fixed);
+}
+
+static PyObject *
 ring_get_batch_max(RingObject *r, void *c)
 {
     return PyLong_FromSsize_t(zc_ring_batch_max((PyObject *)r));
@@ -1076,6 +1137,8 @@ static PyGetSetDef ring_getset[] = {
      NULL},
     {"counter", (getter)ring_get_counter, NULL, "The counter value the next send takes.", NULL},
     {"batch_max", (getter)ring_get_batch_max, NULL, "Most sends one send_many submits.", NULL},
+    {"sends_registered", (getter)ring_get_sends_registered, NULL,
+     "Sends from a registered buffer that took bytes.", NULL},
     {NULL},
 };
 
@@ -1141,6 +1204,12 @@ Py_ssize_t
 zc_ring_batch_max(PyObject *ring)
 {
     return 0;
+}
+
+int
+zc_ring_fixed_index(PyObject *ring, const void *ptr, size_t len)
+{
+    return -1;
 }
 
 Py_ssize_t
