@@ -518,9 +518,8 @@ class Sender:
             ticket._view = mv
         else:
             ticket = _plain_ticket(nbytes)
-        slabs = self._slabs
-        if slabs is not None and ticket.zerocopy:
-            self._fixed = slabs.index_of(lease._block.slab)
+        if self._slabs is not None and ticket.zerocopy:
+            self._fixed = self._register_lease(lease)
         try:
             self._drive(ticket, mv, None)
         finally:
@@ -712,14 +711,14 @@ class Sender:
         """send_batch on UDP with sendmmsg(2) (the caller holds the re-entrancy flag)."""
         core = self._core
         if core is not None:
-            # the compiled path: a batch of zero-copy datagrams of plain buffers (else None)
+            # the compiled path: a batch of zero-copy datagrams, plain buffers or leases (else
+            # None)
             done: list[Ticket] | None = core.send_batch(bufs)
             if done is not None:
                 return done
         views: list[memoryview] = []
         leases: list[tuple[int, Lease]] = []
-        slabs = self._slabs
-        fixed: list[int] | None = None if slabs is None else []
+        fixed: list[int] | None = None if self._slabs is None else []
         ro = self._addresser
         if ro is None:
             ro = self._addresser = BufferAddresser()
@@ -741,8 +740,8 @@ class Sender:
             for buf in bufs:
                 if type(buf) is Lease:
                     leases.append((len(views), buf))
-                    if fixed is not None and slabs is not None:
-                        fixed.append(slabs.index_of(buf._block.slab))
+                    if fixed is not None:
+                        fixed.append(self._register_lease(buf))
                     buf = buf.view
                 elif fixed is not None:
                     fixed.append(-1)
