@@ -757,6 +757,25 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
 
 static PyObject *s_release_when_done;
 
+/* Datagrams pos .. pos+sent-1 went (sendmmsg or the ring), each having taken the next counter
+ * value: recorded at once, with no Python code in between (sendmmsg.py), and counted
+ * (TxController.on_zerocopy_batch). Returns their bytes. */
+static long long
+record_batch(zc_TxCoreObject *c, PyObject *tickets, const size_t *lens, Py_ssize_t pos, int sent)
+{
+    long long nb = 0;
+    for (int j = 0; j < sent; j++) {
+        zc_tracker_record_reserved(c->tracker, PyList_GET_ITEM(tickets, pos + j),
+                                   (Py_ssize_t)lens[pos + j]);
+        nb += (long long)lens[pos + j];
+    }
+    zc_TxCountersObject *ctl = c->ctl;
+    ctl->handed += nb;
+    ctl->sends_zerocopy += sent;
+    ctl->bytes_pending += nb;
+    return nb;
+}
+
 /* The leases among the first `upto` datagrams of a batch that was sent (or tried): each goes back
  * to its pool when its ticket is done (Lease.release_when_done, as Sender._send_batch_udp does in
  * its finally). An exception of one is raised unless another is already on its way. */
@@ -911,32 +930,15 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
             err = errno;
             Py_END_ALLOW_THREADS
         }
-        if (stopped != NULL) {
-            long long nb = 0;
-            for (int j = 0; j < sent; j++) {
-                zc_tracker_record_reserved(c->tracker, PyList_GET_ITEM(tickets, pos + j),
-                                           (Py_ssize_t)lens[pos + j]);
-                nb += (long long)lens[pos + j];
-            }
+        if (stopped != NULL) { /* the ones that went are recorded, the rest are unsent */
+            record_batch(c, tickets, lens, pos, sent);
             pos += sent;
-            ctl->handed += nb;
-            ctl->sends_zerocopy += sent;
-            ctl->bytes_pending += nb;
             batch_stopped(c, tickets, pos, stopped);
             goto out;
         }
         if (sent > 0) {
-            /* at once: each datagram sent took the next counter value (sendmmsg.py) */
-            long long nb = 0;
-            for (int j = 0; j < sent; j++) {
-                zc_tracker_record_reserved(c->tracker, PyList_GET_ITEM(tickets, pos + j),
-                                           (Py_ssize_t)lens[pos + j]);
-                nb += (long long)lens[pos + j];
-            }
+            long long nb = record_batch(c, tickets, lens, pos, sent);
             pos += sent;
-            ctl->handed += nb; /* TxController.on_zerocopy_batch and reap_due */
-            ctl->sends_zerocopy += sent;
-            ctl->bytes_pending += nb;
             ctl->enobufs_round = ctl->enobufs_copies = 0;
             ctl->reap_units += sent + (nb >> REAP_SHIFT);
             if (ctl->reap_units >= REAP_EVERY) {
