@@ -1016,14 +1016,9 @@ class Sender:
         read, tickets completed)."""
         try:
             core = self._core
-            if core is not None:  # (it reads the ring on io_uring)
+            if core is not None:  # (it reads the ring on io_uring: a ring implies a core)
                 messages, finished = core.reap()
                 return messages, finished
-            ring = self._ring
-            if ring is not None:
-                self._ctl.reap_units = 0
-                events = ring.reap()
-                return len(events), self._engine.apply(events) if events else 0
             self._ctl.reap_units = 0
             events = drain_errqueue(self._sock)
             if not events:

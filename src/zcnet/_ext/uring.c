@@ -6,8 +6,8 @@
  * The ring gives the engine what MSG_ZEROCOPY gives it, so that the rest of the send logic
  * (zcnet._core.sendop, the CompletionTracker) stays one: a send that took bytes takes the next
  * value of a 32-bit counter, as the kernel's sk_zckey does for a MSG_ZEROCOPY call
- * (net/core/skbuff.c msg_zerocopy_realloc), and reap() turns notification CQEs into the same
- * ZerocopyCompletion(lo, hi, copied) ranges the error queue carries. A send's user_data is a
+ * (net/core/skbuff.c msg_zerocopy_realloc), and zc_ring_drain turns notification CQEs into the
+ * same (lo, hi, copied) ranges of values the error queue carries, for TxCore's reap. A send's user_data is a
  * 64-bit sequence number of the ring; a table maps it to the value it took until its
  * notification arrived (io_uring/notif.c, io_uring/net.c io_send_zc). */
 #include "zcnet_ext.h"
@@ -88,7 +88,6 @@ typedef struct {
     Py_ssize_t nready, capready;
     Py_ssize_t awaiting;         /* sends whose notification has not arrived */
     int broken;                  /* a system call failed in a way that left the ring unknown */
-    PyObject *completion_type;   /* ZerocopyCompletion */
     long long took;              /* bytes taken by the last send ended by an exception, or -1 */
     unsigned long long *reg_addr; /* the registered buffers: address and length by index */
     unsigned long long *reg_len;
@@ -448,10 +447,9 @@ ring_unmap(RingObject *r)
 static int
 ring_init(RingObject *r, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"completion_type", "entries", NULL};
-    PyObject *completion_type;
+    static char *kwlist[] = {"entries", NULL};
     unsigned entries = 64;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|I", kwlist, &completion_type, &entries))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|I", kwlist, &entries))
         return -1;
     if (r->fd >= 0 || r->slots != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Ring.__init__ called twice");
@@ -538,7 +536,6 @@ ring_init(RingObject *r, PyObject *args, PyObject *kwds)
         return -1;
     }
     r->took = -1;
-    Py_XSETREF(r->completion_type, Py_NewRef(completion_type));
     return 0;
 fail:
     PyErr_SetFromErrno(PyExc_OSError);
@@ -558,22 +555,13 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static void
 ring_dealloc(RingObject *r)
 {
-    PyObject_GC_UnTrack(r);
     ring_unmap(r);
     PyMem_RawFree(r->slots);
     PyMem_RawFree(r->ready_value);
     PyMem_RawFree(r->ready_copied);
     PyMem_RawFree(r->reg_addr);
     PyMem_RawFree(r->reg_len);
-    Py_CLEAR(r->completion_type);
     Py_TYPE(r)->tp_free((PyObject *)r);
-}
-
-static int
-ring_traverse(RingObject *r, visitproc visit, void *arg)
-{
-    Py_VISIT(r->completion_type);
-    return 0;
 }
 
 static int
@@ -915,36 +903,6 @@ ring_send_many(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(sent);
 }
 
-static int
-append_completion(void *arg, long long lo, long long hi, int copied)
-{
-    PyObject **state = arg; /* {list, completion_type} */
-    PyObject *ev = PyObject_CallFunction(state[1], "LLO", lo, hi, copied ? Py_True : Py_False);
-    if (ev == NULL)
-        return -1;
-    int rc = PyList_Append(state[0], ev);
-    Py_DECREF(ev);
-    return rc;
-}
-
-PyDoc_STRVAR(ring_reap_doc,
-"reap() -> list\n\n"
-"The notifications that arrived, as completion_type(lo, hi, copied) ranges of counter values\n"
-"(consecutive values with the same copied flag merged), without blocking.");
-
-static PyObject *
-ring_reap(RingObject *r, PyObject *unused)
-{
-    PyObject *state[2] = {PyList_New(0), r->completion_type};
-    if (state[0] == NULL)
-        return NULL;
-    if (zc_ring_drain((PyObject *)r, append_completion, state) < 0) {
-        Py_DECREF(state[0]);
-        return NULL;
-    }
-    return state[0];
-}
-
 PyDoc_STRVAR(ring_wait_doc,
 "wait(timeout) -> None\n\n"
 "Sleep until a completion arrives or `timeout` seconds passed, at most 250 ms (then a signal\n"
@@ -1146,7 +1104,6 @@ static PyMethodDef ring_methods[] = {
     {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL, ring_send_doc},
     {"send_many", (PyCFunction)(void (*)(void))ring_send_many, METH_FASTCALL,
      ring_send_many_doc},
-    {"reap", (PyCFunction)ring_reap, METH_NOARGS, ring_reap_doc},
     {"wait", (PyCFunction)ring_wait, METH_O, ring_wait_doc},
     {"register_table", (PyCFunction)ring_register_table, METH_O, ring_register_table_doc},
     {"register_buffer", (PyCFunction)(void (*)(void))ring_register_buffer, METH_FASTCALL,
@@ -1160,13 +1117,12 @@ static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "zcnet._speedups.Ring",
     .tp_basicsize = sizeof(RingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Ring(completion_type, entries=64): an io_uring instance for SEND_ZC sends "
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ring(entries=64): an io_uring instance for SEND_ZC sends "
               "(uring.c).",
     .tp_new = ring_new,
     .tp_init = (initproc)ring_init,
     .tp_dealloc = (destructor)ring_dealloc,
-    .tp_traverse = (traverseproc)ring_traverse,
     .tp_methods = ring_methods,
     .tp_getset = ring_getset,
 };

@@ -25,7 +25,6 @@ import sys
 from typing import Any, Final, Protocol
 
 from zcnet._accel import speedups
-from zcnet._core.tracker import ZerocopyCompletion
 from zcnet.errors import ZerocopyUnavailable
 
 __all__ = ["RING_ENTRIES", "TABLE_SIZE", "Slab", "SlabRegistry", "open_ring",
@@ -80,7 +79,7 @@ def open_ring(entries: int = RING_ENTRIES) -> Any:
                "zcnet's extension was built without <linux/io_uring.h>")
         raise ZerocopyUnavailable(why)
     try:
-        return ring_type(ZerocopyCompletion, entries)
+        return ring_type(entries)
     except OSError as e:
         raise ZerocopyUnavailable(_reason(e)) from e
 
