@@ -16,11 +16,10 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.tx_helpers import (
-    PATTERN,
-    PERIOD,
     DatagramReceiver,
     VerifyingReceiver,
     msg_zerocopy_only,
+    pattern_bytes,
     tcp_pair,
 )
 from zcnet.errors import (
@@ -38,13 +37,6 @@ MiB = 1 << 20
 BIG = 256 * MiB
 
 
-def _pattern_bytes(offset: int, n: int) -> bytearray:
-    """Bytes ``offset .. offset+n`` of the pattern stream."""
-    reps = (offset % PERIOD + n) // PERIOD + 1
-    start = offset % PERIOD
-    return bytearray((PATTERN * reps)[start:start + n])
-
-
 def _handed(sender: Sender) -> int:
     s = sender.stats
     return s.bytes_plain + s.bytes_zerocopy + s.bytes_copied + s.bytes_pending
@@ -58,7 +50,7 @@ def _sigint_after(seconds: float) -> threading.Timer:
 
 @pytest.fixture
 def big() -> bytearray:
-    return _pattern_bytes(0, BIG)
+    return pattern_bytes(0, BIG)
 
 
 @requires_zerocopy
@@ -75,9 +67,9 @@ def test_sigint_during_blocking_send_breaks_the_sender(
     client, server = tcp_pair()
     policy = SendPolicy(force_zerocopy=forced, drain_timeout=1.0)
     sender = Sender(client, policy)
-    small = sender.send(_pattern_bytes(0, 100_000))  # a whole message before the big one
+    small = sender.send(pattern_bytes(0, 100_000))  # a whole message before the big one
     offset = 100_000
-    big[:] = _pattern_bytes(offset, BIG)
+    big[:] = pattern_bytes(offset, BIG)
     timer = _sigint_after(0.3)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -119,7 +111,7 @@ def test_exception_while_waiting_keeps_the_sender_usable() -> None:
     client.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 32 * MiB)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     with Sender(client, SendPolicy(force_zerocopy=True)) as sender:
-        sender.send(_pattern_bytes(0, 3 * MiB))  # fits the send buffer; the peer reads nothing
+        sender.send(pattern_bytes(0, 3 * MiB))  # fits the send buffer; the peer reads nothing
 
         def interrupt(*_: object) -> None:
             raise RuntimeError("from a signal handler")
@@ -135,7 +127,7 @@ def test_exception_while_waiting_keeps_the_sender_usable() -> None:
         assert sender.failure is None
         receiver = VerifyingReceiver(server)
         receiver.start()
-        sender.send(_pattern_bytes(3 * MiB, 3 * MiB))
+        sender.send(pattern_bytes(3 * MiB, 3 * MiB))
         sender.flush(10)
     receiver.finish(6 * MiB)
 
@@ -172,7 +164,7 @@ def test_done_callback_that_sends_is_refused(caplog: pytest.LogCaptureFixture) -
     receiver.start()
     caught: list[BaseException] = []
     with Sender(client, SendPolicy(force_zerocopy=True)) as sender:
-        ticket = sender.send(_pattern_bytes(0, 1 * MiB))
+        ticket = sender.send(pattern_bytes(0, 1 * MiB))
 
         def resend(_t: object) -> None:
             try:
@@ -202,7 +194,7 @@ def test_shutdown_half_closes_against_a_plain_peer(forced: bool) -> None:
             if not chunk:
                 break
             got += chunk
-        result["ok"] = got == _pattern_bytes(0, total)
+        result["ok"] = got == pattern_bytes(0, total)
         result["n"] = len(got)
         server.sendall(b"reply after EOF")
         server.close()
@@ -212,7 +204,7 @@ def test_shutdown_half_closes_against_a_plain_peer(forced: bool) -> None:
     sender = Sender(client, SendPolicy(force_zerocopy=forced))
     off = 0
     for n in sizes:
-        sender.send(_pattern_bytes(off, n))
+        sender.send(pattern_bytes(off, n))
         off += n
     sender.shutdown()
     sender.shutdown()  # idempotent
@@ -249,7 +241,7 @@ def test_send_lease_returns_it_to_the_pool(forced: bool) -> None:
         leases = []
         for n in sizes:
             lease = pool.acquire(n)
-            lease.view[:] = _pattern_bytes(off, n)
+            lease.view[:] = pattern_bytes(off, n)
             off += n
             leases.append(lease)
             sender.send(lease)
@@ -266,7 +258,7 @@ def test_send_batch_of_leases_over_udp() -> None:
         dgrams.start()
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.connect(r.getsockname())
-        expected = [bytes(_pattern_bytes(k * 1000, 1000 + 7000 * (k % 4))) for k in range(20)]
+        expected = [bytes(pattern_bytes(k * 1000, 1000 + 7000 * (k % 4))) for k in range(20)]
         with BufferPool(max_size=1 * MiB, hugepages=False) as pool:
             leases = []
             for data in expected:
@@ -288,11 +280,11 @@ def test_a_counter_out_of_step_stops_the_sender() -> None:
     tracker can no longer be trusted to say which buffers the kernel still reads."""
     client, server = tcp_pair()
     with server, Sender(client, SendPolicy(force_zerocopy=True)) as sender:
-        client.send(bytes(_pattern_bytes(0, 50_000)), MSG_ZEROCOPY)  # behind the Sender's back
+        client.send(bytes(pattern_bytes(0, 50_000)), MSG_ZEROCOPY)  # behind the Sender's back
         got = bytearray()
         while len(got) < 50_000:
             got += server.recv(1 << 20)
-        assert got == _pattern_bytes(0, 50_000)
+        assert got == pattern_bytes(0, 50_000)
         deadline = time.monotonic() + 5
         with pytest.raises(InvalidCompletionError):
             while time.monotonic() < deadline:
@@ -317,7 +309,7 @@ def test_sigint_during_a_one_call_send_that_sent_nothing(forced: bool) -> None:
     quiet = 0
     while quiet < 3:  # fill the send buffer and the peer's window until nothing moves
         try:
-            offset += client.send(_pattern_bytes(offset, 16 * 1024))
+            offset += client.send(pattern_bytes(offset, 16 * 1024))
             quiet = 0
         except BlockingIOError:
             quiet += 1
@@ -326,13 +318,13 @@ def test_sigint_during_a_one_call_send_that_sent_nothing(forced: bool) -> None:
     timer = _sigint_after(0.3)
     try:
         with pytest.raises(KeyboardInterrupt):
-            sender.send(_pattern_bytes(offset, MiB))
+            sender.send(pattern_bytes(offset, MiB))
     finally:
         timer.cancel()
     assert _handed(sender) == 0 and sender.failure is None and sender.pending == 0
     receiver = VerifyingReceiver(server)
     receiver.start()
-    ticket = sender.send(_pattern_bytes(offset, MiB))  # the same bytes again, now taken
+    ticket = sender.send(pattern_bytes(offset, MiB))  # the same bytes again, now taken
     sender.flush(30)
     assert ticket.done
     sender.close()

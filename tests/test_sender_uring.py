@@ -25,7 +25,7 @@ from tests.restricted_child import (
     run_child_json,
 )
 from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
-from tests.tx_helpers import PATTERN2, PERIOD, VerifyingReceiver, tcp_pair
+from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair
 from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
 from zcnet.lowlevel.uring import unavailable_reason
 from zcnet.netns import Netns
@@ -41,12 +41,6 @@ requires_refusal = pytest.mark.skipif(REFUSAL_SKIP is not None, reason=REFUSAL_S
 NOBODY_SKIP = nobody_unavailable_reason()
 requires_nobody = pytest.mark.skipif(NOBODY_SKIP is not None, reason=NOBODY_SKIP or "")
 URING = SendPolicy(engine="io_uring", force_zerocopy=True)
-
-
-def _pattern(offset: int, n: int) -> bytes:
-    """Bytes ``offset .. offset+n`` of the pattern stream (``n`` <= its period)."""
-    start = offset % PERIOD
-    return PATTERN2[start:start + n]
 
 
 def test_engine_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +77,7 @@ def test_tcp_leases_go_out_from_registered_memory() -> None:
         with Sender(client, URING) as sender:
             for n in sizes:
                 lease = pool.acquire(n)
-                lease.view[:] = _pattern(offset, n)
+                lease.view[:] = pattern_bytes(offset, n)
                 offset += n
                 leases.append(lease)
                 sender.send(lease)
@@ -242,7 +236,7 @@ def test_udp_datagrams_on_io_uring_keep_their_boundaries() -> None:
         r.bind(("127.0.0.1", 0))
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.connect(r.getsockname())
-        payloads = [_pattern(k * 977, 12_000 + 3_001 * (k % 17)) for k in range(40)]
+        payloads = [pattern_bytes(k * 977, 12_000 + 3_001 * (k % 17)) for k in range(40)]
         with Sender(u, URING) as sender:
             for p in payloads:
                 sender.send(p)
@@ -303,20 +297,21 @@ def test_views_of_registered_memory_go_out_registered() -> None:
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         u.connect(r.getsockname())
         first = pool.acquire(40_000)
-        first.view[:] = _pattern(0, 40_000)
+        first.view[:] = pattern_bytes(0, 40_000)
         second = pool.acquire(60_000)  # the same slab
-        second.view[:] = _pattern(40_000, 60_000)
+        second.view[:] = pattern_bytes(40_000, 60_000)
         with Sender(u, URING) as sender:
             sender.send_batch([first])
-            assert r.recv(70_000) == _pattern(0, 40_000)
+            assert r.recv(70_000) == pattern_bytes(0, 40_000)
             assert sender.stats.sends_registered == 1
             view = second.view
             sender.send(view[:30_000])
-            sender.send_batch([view[30_000:], bytes(_pattern(0, 20_000))])
+            sender.send_batch([view[30_000:], bytes(pattern_bytes(0, 20_000))])
             got = [r.recv(70_000) for _ in range(3)]
             sender.flush(10)
             st = sender.stats
             del view
             second.release()
-        assert got == [_pattern(40_000, 30_000), _pattern(70_000, 30_000), _pattern(0, 20_000)]
+        assert got == [pattern_bytes(40_000, 30_000), pattern_bytes(70_000, 30_000),
+                       pattern_bytes(0, 20_000)]
         assert st.sends_registered == 3 and st.sends_zerocopy == 4 == st.completions

@@ -33,6 +33,13 @@ PATTERN = os.urandom(PERIOD)
 PATTERN2 = PATTERN + PATTERN
 
 
+def pattern_bytes(offset: int, n: int) -> bytearray:
+    """Bytes ``offset .. offset+n`` of the pattern stream (a writable copy, any length)."""
+    reps = (offset % PERIOD + n) // PERIOD + 1
+    start = offset % PERIOD
+    return bytearray((PATTERN * reps)[start:start + n])
+
+
 def tcp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket]:
     """A connected (client, server-side) TCP pair over loopback."""
     addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
