@@ -20,7 +20,8 @@
 # `pip install -e .[dev]`. Set ZCNET_TEST_PYTHONS="3.12 3.13" to test only those versions, and
 # ZCNET_TEST_IMPLEMENTATIONS="c" (or "python") to test only one implementation.
 #
-# The Sender tests (tests/test_sender*.py) then run once more on the io_uring send engine
+# The Sender and ZcStream tests (tests/test_sender*.py, tests/aio/test_stream.py and the other
+# ZcStream suites) then run once more on the io_uring send engine
 # (ZCNET_SEND_ENGINE=io_uring: the default SendPolicy.engine; docs/ARCHITECTURE.md, 'Transmit:
 # the io_uring engine'), on the default interpreter with the compiled extension, which holds the
 # ring; where io_uring cannot be used the run is reported as skipped with the reason.
@@ -148,7 +149,7 @@ for v in $versions; do
     done
 done
 
-# The Sender suite on the io_uring engine (see the top of this file).
+# The Sender and ZcStream suites on the io_uring engine (see the top of this file).
 engines=${ZCNET_TEST_ENGINES:-msg_zerocopy io_uring}
 if [[ " $engines " == *" io_uring "* && " $implementations " == *" c "* \
       && " $versions " == *" $default_minor "* && -x .venv/bin/python ]]; then
@@ -160,7 +161,9 @@ print(u() or "")' 2>&1)
                   "$default_minor" "$full" io_uring "$why")")
     else
         pytest_args=(tests/test_sender.py tests/test_sender_batch.py tests/test_sender_errors.py
-                     tests/test_sender_netns.py tests/test_sender_safety.py)
+                     tests/test_sender_netns.py tests/test_sender_safety.py
+                     tests/aio/test_stream.py tests/aio/test_write_eof.py
+                     tests/aio/test_server_shutdown.py tests/aio/test_ticket.py)
         SUITE_LABEL=c+uring run_suite "$default_minor" "$full" c .venv 0 \
             ZCNET_SEND_ENGINE=io_uring
     fi

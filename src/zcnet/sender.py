@@ -381,9 +381,7 @@ class Sender:
         stats = self._ctl.stats()
         slabs = self._slabs
         if slabs is not None:
-            return dataclasses.replace(
-                stats, engine="io_uring", sends_registered=self._ring.sends_registered,
-                registered_bytes=slabs.registered_bytes, registration_reason=slabs.refused)
+            return slabs.stats_of(stats, self._ring.sends_registered)
         if self._engine_reason is not None:
             return dataclasses.replace(stats, engine_reason=self._engine_reason)
         return stats

@@ -317,6 +317,49 @@ results_in(RingObject *r, unsigned long long first, unsigned long long last)
     return 1;
 }
 
+/* Cancel sends first .. last-1 that have no result yet and read their results (a cancelled
+ * send reports what it took, io_uring/net.c io_sendrecv_fail), so that the caller knows exactly
+ * what reached the kernel. A send that an io-wq worker is running answers the cancel with
+ * -EALREADY and may go on waiting for room (it re-arms poll, io_uring/io_uring.c
+ * io_wq_submit_work), so the cancel is repeated every 20 ms, for at most 2 s; then the ring is
+ * broken (what they took is unknown). Signals are left pending meanwhile. Call with the GIL. */
+static void
+cancel_until_results(RingObject *r, unsigned long long first, unsigned long long last)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += 2;
+    Py_BEGIN_ALLOW_THREADS
+    while (!results_in(r, first, last)) {
+        for (unsigned long long s = first; s < last; s++) {
+            Slot *slot = slot_of(r, s);
+            if (slot != NULL && slot->used && !(slot->state & SLOT_RESULT) && sq_space(r) > 0)
+                queue_cancel(r, s);
+        }
+        struct __kernel_timespec pause = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
+        struct io_uring_getevents_arg ga;
+        memset(&ga, 0, sizeof(ga));
+        ga.ts = (unsigned long long)(uintptr_t)&pause;
+        ga.sigmask_sz = _NSIG / 8;
+        unsigned submit = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+        int rc = sys_enter(r->fd, submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &ga,
+                           sizeof(ga));
+        int enter_err = rc < 0 ? errno : 0;
+        drain_cq(r);
+        if (rc < 0 && enter_err != EINTR && enter_err != EAGAIN && enter_err != EBUSY
+            && enter_err != ETIME)
+            break;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > deadline.tv_sec
+            || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (!results_in(r, first, last))
+        r->broken = 1;
+}
+
 /* Submit what is queued and wait until sends first .. last-1 have their results.
  * 0; or -1 with an exception set: a signal handler raised (`interrupted` set to 1; the sends
  * were cancelled and their results read before returning), or a system call failed. */
@@ -380,47 +423,11 @@ submit_and_wait(RingObject *r, unsigned long long first, unsigned long long last
             return 0;
         if (PyErr_CheckSignals() == 0)
             continue;
-        /* A signal handler raised: cancel what has no result yet and read the results (a
-         * cancelled send reports what it took, io_uring/net.c io_sendrecv_fail), so that the
-         * caller knows exactly what reached the kernel. A send that an io-wq worker is running
-         * answers the cancel with -EALREADY and may go on waiting for room (it re-arms poll,
-         * io_uring/io_uring.c io_wq_submit_work), so the cancel is repeated every 20 ms, for at
-         * most 2 s. Signals are left pending meanwhile. */
+        /* A signal handler raised: the sends without a result are cancelled, and their
+         * results read, before the exception propagates */
         *interrupted = 1;
         PyObject *exc = zc_get_raised();
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += 2;
-        Py_BEGIN_ALLOW_THREADS
-        while (!results_in(r, first, last)) {
-            for (unsigned long long s = first; s < last; s++) {
-                Slot *slot = slot_of(r, s);
-                if (slot != NULL && slot->used && !(slot->state & SLOT_RESULT)
-                    && sq_space(r) > 0)
-                    queue_cancel(r, s);
-            }
-            struct __kernel_timespec pause = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
-            struct io_uring_getevents_arg ga;
-            memset(&ga, 0, sizeof(ga));
-            ga.ts = (unsigned long long)(uintptr_t)&pause;
-            ga.sigmask_sz = _NSIG / 8;
-            submit = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
-            rc = sys_enter(r->fd, submit, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                           &ga, sizeof(ga));
-            int enter_err = rc < 0 ? errno : 0;
-            drain_cq(r);
-            if (rc < 0 && enter_err != EINTR && enter_err != EAGAIN && enter_err != EBUSY
-                && enter_err != ETIME)
-                break;
-            struct timespec now;
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > deadline.tv_sec
-                || (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec))
-                break;
-        }
-        Py_END_ALLOW_THREADS
-        if (!results_in(r, first, last))
-            r->broken = 1; /* never seen: what they took is unknown */
+        cancel_until_results(r, first, last);
         zc_set_raised(exc);
         return -1;
     }
@@ -458,7 +465,10 @@ ring_init(RingObject *r, PyObject *args, PyObject *kwds)
     /* COOP_TASKRUN (5.19): completions that need task work (a notification, freed in softirq)
      * wait for our next io_uring_enter instead of interrupting the thread, which cost about a
      * microsecond per send; TASKRUN_FLAG says in sq_flags when such work is pending (reap
-     * then enters). Older kernels refuse the flags: without them. */
+     * then enters). Older kernels refuse the flags: without them. An event loop sleeping in
+     * epoll_wait for the ring's eventfd still gets its completions: the task work's
+     * notification (TWA_SIGNAL_NO_IPI, kernel/task_work.c) wakes a sleeping task and only skips
+     * the interrupt of a running one, which runs it at its next system call. */
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
     p.flags = IORING_SETUP_CLAMP | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
@@ -1025,6 +1035,167 @@ ring_register_buffer(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
+/* -- sends an event loop drives: submitted without waiting, their results read later ------ */
+
+PyDoc_STRVAR(ring_start_send_doc,
+"start_send(fd, buffer, fixed_index, waitall) -> int\n\n"
+"Submit one SEND_ZC of `buffer` on socket `fd` (from registered buffer `fixed_index`, or -1)\n"
+"without waiting for it; returns its sequence number for result() and cancel(). The caller\n"
+"keeps `buffer`'s memory alive and unchanged until the send's notification.");
+
+static PyObject *
+ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "start_send(fd, buffer, fixed_index, waitall)");
+        return NULL;
+    }
+    if (ring_check(r) < 0)
+        return NULL;
+    int sockfd = as_int(args[0]);
+    int fixed = as_int(args[2]);
+    int waitall = PyObject_IsTrue(args[3]);
+    if ((sockfd == -1 || fixed == -1 || waitall < 0) && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    void *ptr = view.buf;
+    size_t len = (size_t)view.len;
+    PyBuffer_Release(&view);
+    if (len > 0x7fffffffU) {
+        PyErr_SetString(PyExc_ValueError, "a send of more than 2 GiB - 1 bytes");
+        return NULL;
+    }
+    if (make_room(r, 1) < 0)
+        return NULL;
+    long long seq = queue_send(r, sockfd, ptr, len, fixed, waitall, 0);
+    if (seq < 0)
+        return PyErr_NoMemory();
+    /* submit only: unlike submit_and_wait, no wait for the result */
+    int rc, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sys_enter(r->fd, 1, 0, 0, NULL, 0);
+    if (rc < 0)
+        err = errno;
+    if (drain_cq(r) < 0 && rc >= 0) {
+        rc = -1;
+        err = ENOMEM;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0 && err != EAGAIN && err != EBUSY && err != EINTR) {
+        r->broken = 1;
+        return oserror(err);
+    }
+    return PyLong_FromLongLong(seq);
+}
+
+/* Read the CQ, entering the kernel first where completions wait for it (overflow, task work). */
+static int
+refresh(RingObject *r)
+{
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE)
+        & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+    rc = drain_cq(r);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        PyErr_NoMemory();
+    return rc;
+}
+
+static int
+seq_arg(RingObject *r, PyObject *arg, unsigned long long *seq)
+{
+    *seq = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return -1;
+    Slot *s = slot_of(r, *seq);
+    if (s == NULL || !s->used || (s->state & SLOT_CONSUMED)) {
+        PyErr_SetString(PyExc_ValueError, "not a send of this ring whose result is unread");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(ring_result_doc,
+"result(seq) -> int | None\n\n"
+"The result of send `seq` (from start_send): None while it has none; else the bytes it took\n"
+"(then it took the next counter value), or OSError. Read results in submission order.");
+
+static PyObject *
+ring_result(RingObject *r, PyObject *arg)
+{
+    unsigned long long seq;
+    if (ring_check(r) < 0 || seq_arg(r, arg, &seq) < 0)
+        return NULL;
+    if (!(slot_of(r, seq)->state & SLOT_RESULT)) {
+        if (refresh(r) < 0)
+            return NULL;
+        if (!(slot_of(r, seq)->state & SLOT_RESULT))
+            Py_RETURN_NONE;
+    }
+    int res = consume(r, seq);
+    if (res < 0)
+        return oserror(send_errno(res));
+    return PyLong_FromLong(res);
+}
+
+PyDoc_STRVAR(ring_cancel_doc,
+"cancel(seq) -> int\n\n"
+"Cancel send `seq` (from start_send) if it has no result yet, wait for its result (blocking,\n"
+"normally at once; at most about 2 s) and return what it took: bytes, 0 if nothing.");
+
+static PyObject *
+ring_cancel(RingObject *r, PyObject *arg)
+{
+    unsigned long long seq;
+    if (ring_check(r) < 0 || seq_arg(r, arg, &seq) < 0)
+        return NULL;
+    if (refresh(r) < 0)
+        return NULL;
+    cancel_until_results(r, seq, seq + 1);
+    if (!(slot_of(r, seq)->state & SLOT_RESULT)) {
+        PyErr_SetString(PyExc_OSError, "the cancelled send never reported its result: what it "
+                                       "took is unknown");
+        return NULL;
+    }
+    int res = consume(r, seq);
+    return PyLong_FromLong(res > 0 ? res : 0);
+}
+
+static int
+append_range(void *arg, long long lo, long long hi, int copied)
+{
+    PyObject *t = Py_BuildValue("(LLO)", lo, hi, copied ? Py_True : Py_False);
+    if (t == NULL)
+        return -1;
+    int rc = PyList_Append((PyObject *)arg, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+PyDoc_STRVAR(ring_completions_doc,
+"completions() -> list[tuple[int, int, bool]]\n\n"
+"The notifications read so far, without waiting, as merged (lo, hi, copied) ranges of counter\n"
+"values: what the error queue gives a MSG_ZEROCOPY socket.");
+
+static PyObject *
+ring_completions(RingObject *r, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    if (zc_ring_drain((PyObject *)r, append_range, out) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 PyDoc_STRVAR(ring_register_eventfd_doc,
 "register_eventfd(fd) -> None\n\nSignal every completion on eventfd `fd`.");
 
@@ -1109,6 +1280,11 @@ static PyMethodDef ring_methods[] = {
     {"register_buffer", (PyCFunction)(void (*)(void))ring_register_buffer, METH_FASTCALL,
      ring_register_buffer_doc},
     {"register_eventfd", (PyCFunction)ring_register_eventfd, METH_O, ring_register_eventfd_doc},
+    {"start_send", (PyCFunction)(void (*)(void))ring_start_send, METH_FASTCALL,
+     ring_start_send_doc},
+    {"result", (PyCFunction)ring_result, METH_O, ring_result_doc},
+    {"cancel", (PyCFunction)ring_cancel, METH_O, ring_cancel_doc},
+    {"completions", (PyCFunction)ring_completions, METH_NOARGS, ring_completions_doc},
     {"close", (PyCFunction)ring_close, METH_NOARGS, "Close the ring (idempotent)."},
     {NULL, NULL, 0, NULL},
 };

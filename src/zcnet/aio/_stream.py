@@ -16,6 +16,9 @@ Readiness and completions come from a :class:`~zcnet.aio._watch.SocketWatcher`: 
 in a private edge-triggered epoll, so pending completions (``EPOLLERR``) neither spin asyncio nor
 close uvloop's watcher. Each ``EPOLLERR`` edge reaps the error queue on the loop and finishes
 tickets; an ``EPOLLERR`` with an empty queue is a real socket error and wakes readers and writers.
+On the io_uring engine (``SendPolicy.engine``) the engine's sends are ``SEND_ZC`` on a ring of the
+stream's own, and its results and notifications wake the loop through the ring's eventfd
+(:mod:`zcnet.aio._ring`); the rest is the same.
 
 Cancellation: a send that is cancelled (or fails) after some of its bytes were handed to the
 kernel leaves a partial message on the wire, so the stream refuses further sends
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from zcnet._core.buffers import byte_view
 from zcnet._core.sendop import SendEngine, Step
 from zcnet._core.txpolicy import ZC_CHUNK, SenderStats, SendPolicy, resolve_engine
+from zcnet.aio._ring import RingSends
 from zcnet.aio._ticket import AioTicket
 from zcnet.aio._watch import READABLE, WRITABLE, SocketWatcher
 from zcnet.errors import (
@@ -80,14 +84,15 @@ class ZcStream:
 
     Args:
         sock: a connected IPv4/IPv6 TCP socket.
-        send_policy: see :class:`zcnet.sender.SendPolicy`. The stream sends with
-            ``MSG_ZEROCOPY``: ``engine="auto"`` uses it (``send_stats.engine_reason`` says why)
-            and ``engine="io_uring"`` is refused.
+        send_policy: see :class:`zcnet.sender.SendPolicy`. Its ``engine`` chooses
+            ``MSG_ZEROCOPY`` or io_uring ``SEND_ZC`` sends, as for the blocking Sender; on
+            io_uring the ring's completions wake the loop through an eventfd
+            (:mod:`zcnet.aio._ring`).
         recv_policy: see :class:`zcnet.receiver.RecvPolicy`.
 
     Raises:
-        ZerocopyUnavailable: ``send_policy.engine`` is ``"io_uring"``, which only the blocking
-            :class:`zcnet.sender.Sender` drives in this version.
+        ZerocopyUnavailable: ``send_policy.engine`` is ``"io_uring"`` and io_uring cannot be
+            used here (the message says why; ``"auto"`` then uses ``MSG_ZEROCOPY``).
     """
 
     def __init__(self, sock: socket.socket, *, send_policy: SendPolicy | None = None,
@@ -95,16 +100,25 @@ class ZcStream:
         self._loop = asyncio.get_running_loop()
         send_policy = send_policy if send_policy is not None else SendPolicy()
         self._engine_reason: str | None = None
+        # The io_uring engine: a ring of the stream's own, known (or refused) before the socket
+        # is touched.
+        self._ring: RingSends | None = None
         wanted = resolve_engine(send_policy.engine, os.environ)
         if wanted != "msg_zerocopy":
-            why = ("zcnet.aio sends with MSG_ZEROCOPY: the io_uring engine is driven by the "
-                   "blocking zcnet.sender.Sender only, in this version")
-            if wanted == "io_uring":
-                raise ZerocopyUnavailable(why)
-            self._engine_reason = why
-        # Validates the socket and makes it non-blocking. Driven with timeout=0: its instant
-        # readiness check tells our own zero-copy completions (POLLERR) from data.
-        self._rx = Receiver(sock, recv_policy)
+            try:
+                self._ring = RingSends(sock.fileno(), self._loop, self._on_ring_completions)
+            except ZerocopyUnavailable as e:
+                if wanted == "io_uring":
+                    raise
+                self._engine_reason = str(e)
+        try:
+            # Validates the socket and makes it non-blocking. Driven with timeout=0: its instant
+            # readiness check tells our own zero-copy completions (POLLERR) from data.
+            self._rx = Receiver(sock, recv_policy)
+        except BaseException:
+            if self._ring is not None:
+                self._ring.close()
+            raise
         self._sock = sock
         self._fd = sock.fileno()
         self.send_policy = send_policy
@@ -112,10 +126,11 @@ class ZcStream:
         self._ctl = self._engine.ctl
         self._tracker = self._engine.tracker
         self._queued = QueuedSince(sock)  # see Sender._interrupted
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
-        except OSError as e:
-            self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
+        if self._ring is None:  # (SEND_ZC needs no SO_ZEROCOPY)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+            except OSError as e:
+                self._ctl.disable(f"SO_ZEROCOPY unavailable: {e}")
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
         self._receivers = 0  # receive calls holding or waiting for _recv_lock
@@ -144,6 +159,8 @@ class ZcStream:
     def send_stats(self) -> SenderStats:
         """Send counters (the blocking Sender's :class:`SenderStats`)."""
         stats = self._ctl.stats()
+        if self._ring is not None:
+            return self._ring.slabs.stats_of(stats, self._ring.sends_registered)
         if self._engine_reason is not None:
             return dataclasses.replace(stats, engine_reason=self._engine_reason)
         return stats
@@ -216,7 +233,10 @@ class ZcStream:
             async with self._send_lock:
                 self._check_sendable()
                 ticket = AioTicket(self._loop, mv.nbytes, False)
-                await self._send_locked(ticket, mv)
+                fixed = -1
+                if lease is not None and self._ring is not None:
+                    fixed = self._ring.fixed_index(lease)
+                await self._send_locked(ticket, mv, fixed)
                 return ticket
         finally:
             if ticket is None or ticket._view is not mv:
@@ -263,19 +283,27 @@ class ZcStream:
                 raise self._engine.translate(e) from e
             self._eof = True
 
-    async def _send_locked(self, ticket: AioTicket, mv: memoryview) -> None:
-        """Perform the engine's steps for one send (the send lock is held)."""
+    async def _send_locked(self, ticket: AioTicket, mv: memoryview, fixed: int = -1) -> None:
+        """Perform the engine's steps for one send (the send lock is held); ``fixed``: the
+        registered buffer holding ``mv`` (io_uring engine), or -1."""
         engine = self._engine
         op = engine.begin(ticket, mv.nbytes)
         if op.ticket.zerocopy:
             ticket._view = mv  # exported until the kernel releases it
+        ring = self._ring
+        via_ring = False  # the call in progress is the ring's
         try:
             while True:
                 step = op.next()
                 if step is Step.SEND:
+                    via_ring = ring is not None and op.zerocopy
                     try:
-                        n = self._send_call(mv, op.start, op.end,
-                                            MSG_ZEROCOPY if op.zerocopy else 0)
+                        if ring is not None and via_ring:
+                            with mv[op.start:op.end] as piece:
+                                n = await ring.send(piece, fixed)
+                        else:
+                            n = self._send_call(mv, op.start, op.end,
+                                                MSG_ZEROCOPY if op.zerocopy else 0)
                     except OSError as e:  # EAGAIN included: the engine says to wait
                         err = op.failed(e)
                         if err is not None:
@@ -292,8 +320,12 @@ class ZcStream:
                     break
         except BaseException as exc:
             if not op.ended:  # cancelled, or an exception raised on the loop meanwhile
-                op.interrupted(exc, self._queued.unrecorded(self._engine.handed)
-                               if op.in_call else None)
+                took = None
+                if op.in_call:  # the ring knows what its cancelled send took; else the kernel
+                    took = ring.took if ring is not None and via_ring else None
+                    if took is None:
+                        took = self._queued.unrecorded(self._engine.handed)
+                op.interrupted(exc, took)
             raise
         engine.finish(op)
 
@@ -339,6 +371,11 @@ class ZcStream:
             await self._completed.wait()
 
     # -- completions -----------------------------------------------------------------------
+    def _on_ring_completions(self) -> None:
+        """Ring callback (a completion was posted): reap."""
+        with contextlib.suppress(ZcnetError):
+            self._reap()
+
     def _on_epollerr(self) -> bool:
         """Watcher callback: reap; True (wake everyone) if the queue held no completion."""
         try:
@@ -347,12 +384,13 @@ class ZcStream:
             return True
 
     def _reap(self) -> int:
-        """Read the error queue and finish tickets; returns the messages read."""
+        """Read the error queue (io_uring: the ring's notifications) and finish tickets;
+        returns the messages read."""
         if self._watch.closed:
             return 0
         self._ctl.reaped()
         try:
-            events = drain_errqueue(self._sock)
+            events = drain_errqueue(self._sock) if self._ring is None else self._ring.completions()
         except OSError as e:
             self._engine.translate(e)
             self._completed.set()
@@ -556,5 +594,7 @@ class ZcStream:
         self._engine.fail_remaining(
             SocketClosedError("the stream was closed before the kernel released this buffer"))
         self._watch.close()
+        if self._ring is not None:
+            self._ring.close()
         self._rx.close()
         self._completed.set()

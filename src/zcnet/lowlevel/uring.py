@@ -19,12 +19,14 @@ Theory of operation (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
 from typing import Any, Final, Protocol
 
 from zcnet._accel import speedups
+from zcnet._core.txpolicy import SenderStats
 from zcnet.errors import ZerocopyUnavailable
 
 __all__ = ["RING_ENTRIES", "TABLE_SIZE", "Slab", "SlabRegistry", "open_ring",
@@ -141,3 +143,10 @@ class SlabRegistry:
         self._index[id(slab)] = index
         self.registered_bytes += slab.size
         return index
+
+    def stats_of(self, stats: SenderStats, sends_registered: int) -> SenderStats:
+        """``stats`` of a sender on this ring's io_uring engine, with the registration figures
+        (``sends_registered``: the ring's count of sends from registered memory)."""
+        return dataclasses.replace(stats, engine="io_uring", sends_registered=sends_registered,
+                                   registered_bytes=self.registered_bytes,
+                                   registration_reason=self.refused)
