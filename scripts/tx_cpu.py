@@ -12,6 +12,14 @@ per GB, alternating the variants, several repetitions; prints medians and min-ma
   Python sender. ``udp-copy-bN`` / ``udp-zc-bN``: ``Sender.send_batch`` of N datagrams
   (sendmmsg), copy mode / default policy. ``c-copy`` / ``c-zc``: scripts/tx_ref.c, the same
   sends from C (compiled with ``cc`` into a temporary directory; skipped without a compiler).
+* Engines and memory, for the UDP zcnet variants, as dash-separated options after
+  ``udp-zc`` / ``udp-copy``: ``uring`` (``SendPolicy(engine="io_uring")``, else
+  ``"msg_zerocopy"``), ``bN`` (``send_batch`` of N), ``pool`` (the buffers are the views of
+  ``BufferPool`` leases held for the run, registered with the ring before the timed window, as
+  the C io_uring loop registers its buffer), ``leases`` (each send takes fresh leases from a
+  pool and hands them to the Sender, which returns them on completion: the lease flight is
+  timed too; they are not refilled, as the C loop sends whatever its buffer holds). E.g.
+  ``udp-zc-uring-b32-leases``. The engine is chosen explicitly, whatever ``ZCNET_SEND_ENGINE`` says.
 * ``tcp-*``: TCP over loopback, a receiver in the parent process reading with ``recv_into``.
   ``tcp-sendall``: plain ``sock.sendall``; ``tcp-sender``: zcnet Sender default policy (falls back
   to copy after the kernel reports copied completions).
@@ -44,12 +52,22 @@ DGRAM = 44 * GSO
 def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> None:
     from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
     from zcnet.netns import IFB_SINK_ADDR
+    from zcnet.pool import BufferPool
     from zcnet.sender import Sender, SendPolicy
 
+    parts = variant.split("-")  # udp-zc[-uring][-bN][-pool|-leases]
+    opts = parts[2:] if variant.startswith("udp-") else []
     # a pool of distinct buffers larger than the caches, as real data would be
     nbuf = max(8, pool // send_size)
-    backing = memoryview(bytearray(os.urandom(1 << 20)) * (nbuf * send_size // (1 << 20) + 1))
-    bufs = [backing[i * send_size : (i + 1) * send_size] for i in range(nbuf)]
+    buffer_pool = BufferPool() if "pool" in opts or "leases" in opts else None
+    if buffer_pool is not None and "pool" in opts:
+        held = [buffer_pool.acquire(send_size) for _ in range(nbuf)]
+        for lease in held:
+            lease.view[:] = os.urandom(send_size)
+        bufs = [lease.view for lease in held]
+    else:
+        backing = memoryview(bytearray(os.urandom(1 << 20)) * (nbuf * send_size // (1 << 20) + 1))
+        bufs = [backing[i * send_size : (i + 1) * send_size] for i in range(nbuf)]
     if variant.startswith("udp"):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect((IFB_SINK_ADDR, 9000))
@@ -78,11 +96,32 @@ def _worker(variant: str, nbytes: int, port: int, send_size: int, pool: int) -> 
         for i in range(count):
             send(bufs[i % nbuf])
     else:
-        base, _, b = variant.partition("-b")
-        policy = SendPolicy(zerocopy_threshold=1 << 30) if base == "udp-copy" else None
+        base = "-".join(parts[:2])
+        batch = next((int(o[1:]) for o in opts if o[:1] == "b" and o[1:].isdigit()), 0)
+        engine = "io_uring" if "uring" in opts else "msg_zerocopy"
+        copy_only = {"zerocopy_threshold": 1 << 30} if base == "udp-copy" else {}
+        policy = SendPolicy(engine=engine, **copy_only)  # type: ignore[arg-type]
         with Sender(sock, policy) as sender:
-            if b:  # send_batch of `batch` datagrams per call
-                batch = int(b)
+            if buffer_pool is not None:
+                acquire = buffer_pool.acquire
+                if "pool" in opts:
+                    sender.register_pool(buffer_pool)  # outside the timed window
+                else:  # the pool's slabs, mapped and registered before the window
+                    for _ in range(4):
+                        sender.send_batch([acquire(send_size) for _ in range(max(batch, 1))])
+                    sender.flush(30)
+            t0 = resource.getrusage(resource.RUSAGE_SELF)
+            w0 = time.perf_counter()
+            if "leases" in opts and batch:
+                sb = sender.send_batch
+                for _ in range(count // batch):
+                    sb([acquire(send_size) for _ in range(batch)])
+                count = count // batch * batch
+            elif "leases" in opts:
+                s = sender.send
+                for _ in range(count):
+                    s(acquire(send_size))
+            elif batch:  # send_batch of `batch` datagrams per call
                 sb = sender.send_batch
                 groups = [bufs[k : k + batch] for k in range(0, nbuf - batch + 1, batch)]
                 ngroups = len(groups)
@@ -263,8 +302,9 @@ def main() -> int:
                 ("udp-copy-b32", DGRAM), ("udp-zc-b32", DGRAM),
                 ("c-copy", DGRAM), ("c-zc", DGRAM),
                 ("tcp-sendall", a.tcp_send_size), ("tcp-sender", a.tcp_send_size)]
-        if a.only:
-            runs = [r for r in runs if r[0] in a.only.split(",")]
+        if a.only:  # in the order given; any UDP variant the options above spell
+            runs = [(v, a.tcp_send_size if v.startswith("tcp") else DGRAM)
+                    for v in a.only.split(",")]
         if a.baseline:
             runs = [x for r in runs for x in
                     ([r, ("base:" + r[0], r[1])] if r[0] in _ZCNET_VARIANTS else [r])]
@@ -284,10 +324,10 @@ def main() -> int:
                       f"{int(r['bytes']) / float(r['wall']) / 1e9:.2f} GB/s, mode={r['mode']} "
                       f"bytes_zerocopy={r['bytes_zerocopy']}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in results.items()}
-    print(f"{'variant':<18} {'CPU s/GB median':>16} {'min':>8} {'max':>8} "
+    print(f"{'variant':<26} {'CPU s/GB median':>16} {'min':>8} {'max':>8} "
           f"{'user med':>9} {'sys med':>8}")
     for k, v in results.items():
-        print(f"{k:<18} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f} "
+        print(f"{k:<26} {med[k]:>16.4f} {min(v):>8.4f} {max(v):>8.4f} "
               f"{statistics.median(user_gb[k]):>9.4f} {statistics.median(sys_gb[k]):>8.4f}")
     for label, num, den in (
         ("udp zero-copy / zcnet copy path", "udp-zc", "udp-copy"),

@@ -27,6 +27,7 @@ from tests.restricted_child import (
 from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
 from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair
 from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
+from zcnet.errors import PoolError, SocketClosedError
 from zcnet.lowlevel.uring import unavailable_reason
 from zcnet.netns import Netns
 from zcnet.pool import BufferPool
@@ -94,6 +95,51 @@ def test_tcp_leases_go_out_from_registered_memory() -> None:
 
 
 @requires_uring
+@pytest.mark.parametrize("engine", ["io_uring", "msg_zerocopy"])
+def test_register_pool_registers_the_mapped_slabs_up_front(engine: str) -> None:
+    """register_pool registers every slab mapped so far, once (a second call registers
+    nothing); the leases then go out from registered memory, every byte in order. On the
+    MSG_ZEROCOPY engine nothing is registered. A closed pool or Sender is refused."""
+    client, server = tcp_pair()
+    rx = VerifyingReceiver(server)
+    rx.start()
+    slab = 4 * MiB
+    with BufferPool(hugepages=False, slab_bytes=slab) as pool:
+        leases = []
+        offset = 0
+        for _ in range(10):  # 10 MiB of 1 MiB leases: three slabs
+            lease = pool.acquire(MiB)
+            lease.view[:] = pattern_bytes(offset, MiB)
+            offset += MiB
+            leases.append(lease)
+        policy = SendPolicy(engine=engine, force_zerocopy=True)  # type: ignore[arg-type]
+        with Sender(client, policy) as sender:
+            took = sender.register_pool(pool)
+            assert took == (3 * slab if engine == "io_uring" else 0)
+            assert sender.register_pool(pool) == 0
+            before = sender.stats.registered_bytes
+            for lease in leases:
+                sender.send(lease)
+            sender.flush(30)
+            st = sender.stats
+            sender.shutdown()
+        assert all(lease.released for lease in leases)
+    rx.finish(offset)
+    assert st.registered_bytes == before  # nothing registered while sending
+    if engine == "io_uring":
+        assert st.registered_bytes == 3 * slab and st.sends_registered >= len(leases)
+    else:
+        assert st.registered_bytes == 0 and st.sends_registered == 0
+    assert st.bytes_zerocopy + st.bytes_copied == offset
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", 9))
+    with Sender(udp, policy) as other, pytest.raises(PoolError, match="closed"):
+        other.register_pool(pool)
+    with BufferPool() as unused, pytest.raises(SocketClosedError):
+        other.register_pool(unused)
+
+
+@requires_uring
 @requires_netns
 def test_batches_of_leases_to_the_ifb_sink_are_registered_and_uncopied(ifb_netns: Netns) -> None:
     """send_batch of pool leases toward the ifb sink: one linked submission per batch, every
@@ -129,6 +175,7 @@ def test_batches_of_leases_to_the_ifb_sink_are_registered_and_uncopied(ifb_netns
 _CHILD_TRANSFER = """
 import json, os, socket, threading
 from zcnet.errors import ZerocopyUnavailable
+from zcnet.errors import PoolError, SocketClosedError
 from zcnet.pool import BufferPool
 from zcnet.sender import Sender, SendPolicy
 

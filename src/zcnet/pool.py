@@ -587,6 +587,13 @@ class _PoolBase:
         self._current[cls] = slab
         return slab
 
+    def _mapped_slabs(self) -> list[_Slab]:
+        """The slabs mapped so far (for registering them with an io_uring ring)."""
+        with self._lock:
+            if self._closed:
+                raise PoolError("the pool is closed")
+            return list(self._slabs)
+
     # -- lease lifetime ---------------------------------------------------------------------
     def _check_mine(self, lease: Lease) -> None:
         if not isinstance(lease, Lease):

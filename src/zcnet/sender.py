@@ -96,7 +96,7 @@ from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
 from zcnet.lowlevel.uring import SlabRegistry, open_ring
-from zcnet.pool import Lease
+from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
@@ -529,6 +529,30 @@ class Sender:
             # still holds an export of it (a plain release would raise after the bytes went out)
             lease.release_when_done(ticket)
         return ticket
+
+    def register_pool(self, pool: BufferPool | LockedFreeListPool) -> int:
+        """Register the slabs ``pool`` has mapped so far with this Sender's io_uring ring now.
+
+        On the io_uring engine a slab is otherwise registered by the first send of one of its
+        leases, inside that send (the kernel pins its pages then: about 5 ms for a 4 MiB slab
+        whose pages were never touched). Registering up front, e.g. after acquiring and filling
+        the leases of a transfer, takes that out of the sending loop. Slabs the pool maps later
+        are still registered by their first send.
+
+        Returns the bytes this call registered: 0 on the ``MSG_ZEROCOPY`` engine (nothing is
+        registered there), for slabs already registered, or when the kernel refused
+        (:attr:`SenderStats.registration_reason` then says why; leases go out unregistered).
+
+        Raises:
+            SocketClosedError: the Sender is closed.
+            PoolError: ``pool`` is closed.
+        """
+        if self._closed:
+            raise SocketClosedError("the Sender is closed")
+        slabs = pool._mapped_slabs()
+        if self._slabs is None:
+            return 0
+        return self._slabs.register_all(slabs)
 
     def shutdown(self) -> None:
         """Half-close a TCP connection: the peer reads end-of-file after every byte sent.

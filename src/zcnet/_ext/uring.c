@@ -1040,9 +1040,10 @@ ring_register_buffer(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(ring_start_send_doc,
 "start_send(fd, buffer, fixed_index, waitall) -> int\n\n"
-"Submit one SEND_ZC of `buffer` on socket `fd` (from registered buffer `fixed_index`, or -1)\n"
-"without waiting for it; returns its sequence number for result() and cancel(). The caller\n"
-"keeps `buffer`'s memory alive and unchanged until the send's notification.");
+"Submit one SEND_ZC of `buffer` on socket `fd` (from registered buffer `fixed_index`; -1: the\n"
+"registered buffer that holds it, if any) without waiting for it; returns its sequence number\n"
+"for result() and cancel(). The caller keeps `buffer`'s memory alive and unchanged until the\n"
+"send's notification.");
 
 static PyObject *
 ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
@@ -1070,6 +1071,8 @@ ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     }
     if (make_room(r, 1) < 0)
         return NULL;
+    if (fixed < 0) /* a view of registered memory goes out registered too */
+        fixed = zc_ring_fixed_index((PyObject *)r, ptr, len);
     long long seq = queue_send(r, sockfd, ptr, len, fixed, waitall, 0);
     if (seq < 0)
         return PyErr_NoMemory();

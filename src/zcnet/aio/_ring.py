@@ -84,7 +84,8 @@ class RingSends:
 
     async def send(self, piece: memoryview, fixed: int) -> int:
         """Hand all of ``piece`` to the kernel as one ``SEND_ZC`` (``fixed``: its registered
-        buffer, or -1); returns the bytes it took, fewer only if an error stopped it.
+        buffer; -1: the registered buffer that holds it, if any); returns the bytes it took,
+        fewer only if an error stopped it.
 
         The caller keeps ``piece``'s memory unchanged until the send's notification. If the
         wait is interrupted (cancelled), the send is cancelled in the ring, :attr:`took` is set

@@ -60,7 +60,7 @@ from zcnet.errors import (
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
-from zcnet.pool import Lease
+from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
 
 if TYPE_CHECKING:
@@ -246,6 +246,20 @@ class ZcStream:
                     lease.release()
                 else:
                     lease.release_when_done(ticket)
+
+    def register_pool(self, pool: BufferPool | LockedFreeListPool) -> int:
+        """Register the slabs ``pool`` has mapped so far with the stream's io_uring ring now,
+        as :meth:`zcnet.sender.Sender.register_pool` does; returns the bytes registered (0 on
+        the ``MSG_ZEROCOPY`` engine).
+
+        Raises:
+            SocketClosedError: the stream is closing.
+            PoolError: ``pool`` is closed.
+        """
+        if self._closing:
+            raise SocketClosedError("the stream is closed")
+        slabs = pool._mapped_slabs()
+        return 0 if self._ring is None else self._ring.slabs.register_all(slabs)
 
     def _check_sendable(self) -> None:
         if self._closing:

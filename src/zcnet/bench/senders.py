@@ -22,8 +22,9 @@ copying send pays for cache misses as it does with real data. Modes:
 - ``zcnet-uring``: ``Sender`` on the io_uring engine (``SendPolicy(engine="io_uring")``, the
   default policy otherwise), one ``send`` per message. ``zcnet-uring-batch`` (UDP): the same
   Sender, ``send_batch`` of ``batch`` pool leases at a time, so the datagrams go out from
-  registered memory (the leases are acquired and filled before the timed window, as the other
-  modes' messages are listed before it). Where io_uring cannot be used, the rows say why.
+  registered memory (the leases are acquired and filled, and their slabs registered with
+  ``Sender.register_pool``, before the timed window, as the other modes' messages are listed
+  and the C loop's buffer registered before it). Where io_uring cannot be used, the rows say why.
 
 - ``c-copy`` / ``c-zc`` / ``c-uring`` / ``c-uring-fixed``: the C reference loops
   (:mod:`zcnet.bench.cref`): the connection is set up (and the header sent) here, then the
@@ -320,7 +321,11 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
                 groups = [[source.window(off, msg) for off in offsets[i:i + batch]]
                           for i in range(0, len(offsets), batch)]
                 if engine.pool is not None:
-                    return [engine.leases(group) for group in groups]
+                    leased = [engine.leases(group) for group in groups]
+                    # registered now, as the C reference registers its buffer before it
+                    # times (not at the first send of each slab, inside the timed window)
+                    engine.sender.register_pool(engine.pool)
+                    return leased
                 return groups
 
             send = engine.sender.send_batch if batch else engine.send

@@ -23,6 +23,7 @@ import dataclasses
 import errno
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from zcnet._accel import speedups
@@ -143,6 +144,15 @@ class SlabRegistry:
         self._index[id(slab)] = index
         self.registered_bytes += slab.size
         return index
+
+    def register_all(self, slabs: Sequence[Slab]) -> int:
+        """Register each of ``slabs`` not registered yet (see :meth:`index_of`); returns the
+        bytes this call registered."""
+        before = self.registered_bytes
+        for slab in slabs:
+            if self.index_of(slab) < 0:
+                break  # refused (see refused) or the table is full
+        return self.registered_bytes - before
 
     def stats_of(self, stats: SenderStats, sends_registered: int) -> SenderStats:
         """``stats`` of a sender on this ring's io_uring engine, with the registration figures
