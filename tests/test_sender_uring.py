@@ -28,7 +28,12 @@ from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
 from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair
 from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
 from zcnet.errors import PoolError, SocketClosedError
-from zcnet.lowlevel.uring import unavailable_reason
+from zcnet.lowlevel.constants import IP_RECVERR, SOL_IP
+from zcnet.lowlevel.uring import (
+    AUTO_KEEPS_MSG_ZEROCOPY,
+    msg_zerocopy_obstacle,
+    unavailable_reason,
+)
 from zcnet.netns import Netns
 from zcnet.pool import BufferPool
 from zcnet.sender import Sender, SendPolicy
@@ -219,11 +224,29 @@ with BufferPool(hugepages=False, slab_bytes=4 << 20) as pool:
         st = sender.stats
         sender.shutdown()
 reader.join(30)
+{extra}
 out.update(intact=bytes(got) == data, received=len(got), engine=st.engine,
            engine_reason=st.engine_reason, registration_reason=st.registration_reason,
            sends_registered=st.sends_registered, sends_zerocopy=st.sends_zerocopy,
            enobufs=st.enobufs, mode=st.mode)
 print(json.dumps(out))
+"""
+# Appended to the transfer: a UDP Sender with IP_RECVERR, where "auto" wants io_uring.
+_CHILD_AUTO_WANTS_URING = """
+from zcnet.lowlevel.constants import IP_RECVERR, SOL_IP
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+r.bind(("127.0.0.1", 0))
+r.settimeout(10)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(r.getsockname())
+u.setsockopt(SOL_IP, IP_RECVERR, 1)
+with Sender(u, SendPolicy(engine="auto", force_zerocopy=True)) as us:
+    us.send(data[:60000])
+    us.flush(10)
+    ust = us.stats
+out.update(udp_engine=ust.engine, udp_reason=ust.engine_reason, udp_mode=ust.mode,
+           udp_intact=r.recv(65536) == data[:60000])
+r.close()
 """
 _CHILD_MODULES = ["encodings.idna", "json", "socket", "threading", "zcnet.errors", "zcnet.pool",
                   "zcnet.sender"]
@@ -235,13 +258,65 @@ def test_io_uring_refused_auto_falls_back_explicit_raises() -> None:
     """io_uring refused by a seccomp filter, in a child: an explicit ``engine="io_uring"``
     raises ZerocopyUnavailable saying why; ``"auto"`` sends with MSG_ZEROCOPY and says why."""
     code = _CHILD_TRANSFER.format(nbytes=8 * MiB, sizes=[MiB] * 8, leases=False,
-                                  policy='SendPolicy(engine="auto", force_zerocopy=True)')
+                                  policy='SendPolicy(engine="auto", force_zerocopy=True)',
+                                  extra=_CHILD_AUTO_WANTS_URING)
     out = run_child_json(code, refuse_io_uring=True)
     assert out["explicit"] is not None and "EPERM" in out["explicit"]
-    assert out["engine"] == "msg_zerocopy"
-    assert out["engine_reason"] == out["explicit"]
+    # TCP: auto keeps MSG_ZEROCOPY by measurement, without trying io_uring
+    assert out["engine"] == "msg_zerocopy" and out["engine_reason"] == AUTO_KEEPS_MSG_ZEROCOPY
     assert out["intact"] and out["received"] == 8 * MiB
     assert out["sends_zerocopy"] > 0
+    # UDP with IP_RECVERR: auto wants io_uring, which is refused: MSG_ZEROCOPY, and why
+    assert out["udp_engine"] == "msg_zerocopy" and out["udp_reason"] == out["explicit"]
+    assert out["udp_intact"] and out["udp_mode"] == "copy"
+
+
+@requires_uring
+def test_auto_keeps_msg_zerocopy_unless_it_cannot_send_uncopied() -> None:
+    """"auto" sends with MSG_ZEROCOPY (measured as cheap or cheaper) and says why; on a UDP
+    socket with IP_RECVERR, where MSG_ZEROCOPY would copy, it takes io_uring: every datagram
+    arrives whole."""
+    client, server = tcp_pair()
+    with client, server, Sender(client, SendPolicy(engine="auto")) as sender:
+        assert sender.stats.engine == "msg_zerocopy"
+        assert sender.stats.engine_reason == AUTO_KEEPS_MSG_ZEROCOPY
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        r.bind(("127.0.0.1", 0))
+        r.settimeout(10)
+        u.connect(r.getsockname())
+        u.setsockopt(SOL_IP, IP_RECVERR, 1)
+        assert msg_zerocopy_obstacle(u) is not None
+        with Sender(u, SendPolicy(engine="auto", force_zerocopy=True)) as sender:
+            sizes = [20_000, 60_000, 33_333]
+            for k, n in enumerate(sizes):
+                sender.send(pattern_bytes(k * 65536, n))
+            sender.flush(10)
+            st = sender.stats
+        for k, n in enumerate(sizes):
+            assert r.recv(65536) == pattern_bytes(k * 65536, n)
+    assert st.engine == "io_uring" and st.engine_reason is None and st.sends_zerocopy == 3
+
+
+@requires_uring
+@requires_netns
+def test_auto_takes_io_uring_where_optmem_holds_no_notification(netns: Netns) -> None:
+    """With net.core.optmem_max 0 every MSG_ZEROCOPY call would fail with ENOBUFS; io_uring's
+    notifications are not charged there, so "auto" takes io_uring: zero-copy, every byte in
+    order, no ENOBUFS."""
+    netns.sysctl("net.core.optmem_max", 0)
+    with netns.entered():
+        client, server = tcp_pair()
+        rx = VerifyingReceiver(server)
+        rx.start()
+        with Sender(client, SendPolicy(engine="auto", force_zerocopy=True)) as sender:
+            for k in range(6):
+                sender.send(pattern_bytes(k * MiB, MiB))
+            sender.flush(30)
+            st = sender.stats
+            sender.shutdown()
+        rx.finish(6 * MiB)
+    assert st.engine == "io_uring" and st.enobufs == 0 and st.sends_zerocopy > 0
 
 
 @requires_uring
@@ -250,7 +325,8 @@ def test_registration_refused_under_a_low_memlock_limit() -> None:
     """Nobody with a 1 MiB RLIMIT_MEMLOCK cannot register a 4 MiB slab: the leases go out
     unregistered (plain SEND_ZC), every byte intact, and stats say why."""
     code = _CHILD_TRANSFER.format(nbytes=6 * MiB, sizes=[256 * 1024] * 24, leases=True,
-                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)')
+                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)',
+                                  extra="")
     out = run_child_json(code, as_nobody=True, memlock_bytes=MiB, preimport=_CHILD_MODULES)
     assert out["explicit"] is None and out["engine"] == "io_uring"
     assert out["intact"] and out["received"] == 6 * MiB
@@ -268,7 +344,8 @@ def test_locked_memory_back_pressure_loses_nothing() -> None:
     ones go zero-copy; every byte arrives, in order."""
     sizes = [256 * 1024, MiB, 128 * 1024] * 8
     code = _CHILD_TRANSFER.format(nbytes=sum(sizes), sizes=sizes, leases=False,
-                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)')
+                                  policy='SendPolicy(engine="io_uring", force_zerocopy=True)',
+                                  extra="")
     out = run_child_json(code, as_nobody=True, memlock_bytes=768 * 1024,
                          preimport=_CHILD_MODULES)
     assert out["engine"] == "io_uring"

@@ -81,21 +81,16 @@ from zcnet.errors import (
     TimeoutExpired,
     UnsupportedSocketError,
     ZcnetError,
-    ZerocopyUnavailable,
 )
 from zcnet.lowlevel.bufaddr import BufferAddresser
 from zcnet.lowlevel.constants import (
-    IP_RECVERR,
-    IPV6_RECVERR,
     MSG_ZEROCOPY,
     SO_ZEROCOPY,
-    SOL_IP,
-    SOL_IPV6,
 )
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
-from zcnet.lowlevel.uring import SlabRegistry, open_ring
+from zcnet.lowlevel.uring import SlabRegistry, open_engine_ring, recverr_enabled
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 
 if TYPE_CHECKING:
@@ -120,16 +115,6 @@ _WAIT_COMPLETIONS: Final = Step.WAIT_COMPLETIONS
 _WAIT_WRITABLE: Final = Step.WAIT_WRITABLE
 #: The compiled send path (zcnet._speedups.TxCore) serves every Sender.
 _COMPILED: Final = speedups is not None and sys.platform.startswith("linux")
-
-
-def _recverr_enabled(sock: socket.socket) -> bool:
-    """Whether ``IP_RECVERR`` (or ``IPV6_RECVERR``) is set on ``sock``."""
-    level, name = ((SOL_IPV6, IPV6_RECVERR) if sock.family == socket.AF_INET6
-                   else (SOL_IP, IP_RECVERR))
-    try:
-        return bool(sock.getsockopt(level, name))
-    except OSError:
-        return False
 
 
 class _PyTicketBase:
@@ -300,17 +285,9 @@ class Sender:
         # The io_uring engine (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'): SEND_ZC
         # on a ring of this Sender's, emulating MSG_ZEROCOPY's counter, so that the rest of the
         # engine is the same; a refusal is known before the socket is touched.
-        self._ring: Any = None
         self._slabs: SlabRegistry | None = None
-        self._engine_reason: str | None = None
-        wanted = resolve_engine(self.policy.engine, os.environ)
-        if wanted != "msg_zerocopy":
-            try:
-                self._ring = open_ring()
-            except ZerocopyUnavailable as e:
-                if wanted == "io_uring":
-                    raise
-                self._engine_reason = str(e)
+        self._ring, self._engine_reason = open_engine_ring(
+            resolve_engine(self.policy.engine, os.environ), sock)
         self._fixed = -1  # the registered buffer of the lease being sent, or -1
         engine: SendEngine[Ticket] = SendEngine(self.policy, stream=self._stream)
         self._engine = engine
@@ -345,7 +322,7 @@ class Sender:
             self._ctl.disable(f"MSG_ZEROCOPY needs Linux (platform is {sys.platform})")
         elif self._ring is not None:
             self._slabs = SlabRegistry(self._ring)  # (SEND_ZC needs no SO_ZEROCOPY)
-        elif not self._stream and _recverr_enabled(sock):
+        elif not self._stream and recverr_enabled(sock):
             # With IP_RECVERR a UDP send that the device queue drops fails with ENOBUFS *after*
             # it took a zero-copy counter value (udp_send_skb reports the error only with
             # recverr); an ENOBUFS from the notification budget takes none. The two cannot be

@@ -14,10 +14,12 @@ import struct
 
 import pytest
 
+from tests.conftest import requires_netns
 from tests.restricted_child import io_uring_refusal_unavailable_reason, run_child_json
 from zcnet._core.pattern import StreamPattern
 from zcnet.errors import ConnectionResetByPeer, SendError, SocketClosedError
-from zcnet.lowlevel.uring import unavailable_reason
+from zcnet.lowlevel.uring import AUTO_KEEPS_MSG_ZEROCOPY, unavailable_reason
+from zcnet.netns import Netns
 from zcnet.pool import BufferPool
 from zcnet.sender import SendPolicy
 
@@ -211,12 +213,36 @@ print(json.dumps(asyncio.run(main())))
 
 
 @pytest.mark.skipif(REFUSAL_SKIP is not None, reason=REFUSAL_SKIP or "")
-def test_io_uring_refused_auto_falls_back_explicit_raises() -> None:
+def test_io_uring_refused_explicit_raises_auto_keeps_msg_zerocopy() -> None:
     """io_uring refused by a seccomp filter, in a child: an explicit ``engine="io_uring"``
     raises ZerocopyUnavailable saying why before the socket is touched; ``"auto"`` sends with
-    MSG_ZEROCOPY and says why."""
+    MSG_ZEROCOPY (as it does wherever MSG_ZEROCOPY can send uncopied) and says why."""
     out = run_child_json(_CHILD, refuse_io_uring=True)
     assert out["explicit"] is not None and "EPERM" in out["explicit"]
     assert out["blocking"] is True
     assert out["intact"] and out["engine"] == "msg_zerocopy"
-    assert out["engine_reason"] == out["explicit"]
+    assert out["engine_reason"] == AUTO_KEEPS_MSG_ZEROCOPY
+
+
+@requires_netns
+def test_auto_takes_io_uring_where_optmem_holds_no_notification(run: Runner,
+                                                                netns: Netns) -> None:
+    """net.core.optmem_max 0: MSG_ZEROCOPY would get ENOBUFS on every call, so "auto" takes
+    io_uring, whose notifications are not charged there: zero-copy, every byte in order."""
+    netns.sysctl("net.core.optmem_max", 0)
+
+    async def main() -> None:
+        auto = SendPolicy(engine="auto", force_zerocopy=True)
+        client, server = await stream_pair(send_policy=auto)
+        async with client, server:
+            reader = asyncio.create_task(read_verified(server, P))
+            await send_pattern(client, P, 0, 6 * MiB)
+            await client.drain()
+            client.close()
+            await client.wait_closed()
+            assert await reader == 6 * MiB
+            tx = client.send_stats
+        assert tx.engine == "io_uring" and tx.enobufs == 0 and tx.sends_zerocopy > 0
+
+    with netns.entered():
+        run(main())

@@ -93,9 +93,11 @@ class SendPolicy:
             ``MSG_ZEROCOPY``, completions on the error queue), ``"io_uring"`` (``SEND_ZC`` on an
             io_uring, pool leases from registered memory; the Sender raises
             :class:`~zcnet.errors.ZerocopyUnavailable` where it cannot be used) or ``"auto"``
-            (io_uring where it can be used, else ``MSG_ZEROCOPY``; ``stats.engine_reason``
-            says why). ``None`` (the default): ``$ZCNET_SEND_ENGINE`` when the Sender is
-            made, else ``"msg_zerocopy"``.
+            (``MSG_ZEROCOPY``, which measures as cheap or cheaper, unless it cannot send the
+            socket's data uncopied and io_uring can: ``IP_RECVERR`` on a UDP socket,
+            ``net.core.optmem_max`` too small for a notification; ``stats.engine_reason``
+            says why io_uring was not taken). ``None`` (the default): ``$ZCNET_SEND_ENGINE``
+            when the Sender is made, else ``"msg_zerocopy"``.
     """
 
     zerocopy_threshold: int = 10 * 1024

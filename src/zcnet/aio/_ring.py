@@ -23,7 +23,7 @@ from typing import Any
 
 from zcnet._core.tracker import ZerocopyCompletion
 from zcnet.errors import SocketClosedError
-from zcnet.lowlevel.uring import SlabRegistry, open_ring
+from zcnet.lowlevel.uring import SlabRegistry
 from zcnet.pool import Lease
 
 __all__ = ["RingSends"]
@@ -33,18 +33,17 @@ class RingSends:
     """One stream's io_uring ring on an event loop.
 
     Args:
+        ring: a ``zcnet._speedups.Ring`` (``zcnet.lowlevel.uring.open_engine_ring``); closed by
+            :meth:`close`, also when this constructor fails.
         fd: the connected stream socket (the caller keeps owning it).
         loop: the loop that watches the ring's eventfd.
         on_completions: called on the loop after every wake-up (reap the notifications there
             with :meth:`completions`).
-
-    Raises:
-        ZerocopyUnavailable: io_uring cannot be used here (the message says why).
     """
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop,
+    def __init__(self, ring: Any, fd: int, loop: asyncio.AbstractEventLoop,
                  on_completions: Callable[[], object]) -> None:
-        self._ring: Any = open_ring()
+        self._ring: Any = ring
         self._fd = fd
         self._loop = loop
         self._on_completions = on_completions

@@ -55,11 +55,11 @@ from zcnet.errors import (
     SocketClosedError,
     TimeoutExpired,
     ZcnetError,
-    ZerocopyUnavailable,
 )
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
+from zcnet.lowlevel.uring import open_engine_ring
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
 
@@ -103,14 +103,10 @@ class ZcStream:
         # The io_uring engine: a ring of the stream's own, known (or refused) before the socket
         # is touched.
         self._ring: RingSends | None = None
-        wanted = resolve_engine(send_policy.engine, os.environ)
-        if wanted != "msg_zerocopy":
-            try:
-                self._ring = RingSends(sock.fileno(), self._loop, self._on_ring_completions)
-            except ZerocopyUnavailable as e:
-                if wanted == "io_uring":
-                    raise
-                self._engine_reason = str(e)
+        ring, self._engine_reason = open_engine_ring(resolve_engine(send_policy.engine, os.environ),
+                                                     sock)
+        if ring is not None:
+            self._ring = RingSends(ring, sock.fileno(), self._loop, self._on_ring_completions)
         try:
             # Validates the socket and makes it non-blocking. Driven with timeout=0: its instant
             # readiness check tells our own zero-copy completions (POLLERR) from data.

@@ -8,6 +8,11 @@ Theory of operation (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'):
   ``io_uring_setup`` is refused (``kernel.io_uring_disabled``, a container's seccomp profile,
   ``EPERM``), :func:`open_ring` raises :class:`~zcnet.errors.ZerocopyUnavailable` with a
   one-line reason, and :func:`unavailable_reason` returns it.
+* Choosing: ``engine="auto"`` takes io_uring only where ``MSG_ZEROCOPY`` cannot send a socket's
+  data uncopied and ``SEND_ZC`` can (:func:`msg_zerocopy_obstacle`: ``IP_RECVERR`` on a UDP
+  socket, an ``optmem_max`` too small for one notification). Elsewhere ``MSG_ZEROCOPY`` measures
+  as cheap or cheaper on this kind of machine (docs/ARCHITECTURE.md, 'Transmit: the io_uring
+  engine'), and :func:`open_engine_ring` says so in the Sender's ``engine_reason``.
 * :class:`SlabRegistry` registers each pool slab a Sender sends from with the ring the first
   time one of its leases is sent (``IORING_REGISTER_BUFFERS_UPDATE`` into a sparse table), so
   the kernel pins its pages once instead of at every send. Registration is charged to
@@ -22,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
@@ -29,9 +35,11 @@ from typing import Any, Final, Protocol
 from zcnet._accel import speedups
 from zcnet._core.txpolicy import SenderStats
 from zcnet.errors import ZerocopyUnavailable
+from zcnet.lowlevel.constants import IP_RECVERR, IPV6_RECVERR, SOL_IP, SOL_IPV6
 
-__all__ = ["RING_ENTRIES", "TABLE_SIZE", "Slab", "SlabRegistry", "open_ring",
-           "unavailable_reason"]
+__all__ = ["AUTO_KEEPS_MSG_ZEROCOPY", "OPTMEM_FOR_ONE_NOTIFICATION", "RING_ENTRIES", "TABLE_SIZE",
+           "Slab", "SlabRegistry", "msg_zerocopy_obstacle", "open_engine_ring", "open_ring",
+           "recverr_enabled", "unavailable_reason"]
 
 #: Submission queue entries of a Sender's ring (a send_batch submits at most one less).
 RING_ENTRIES: Final = 64
@@ -39,6 +47,16 @@ RING_ENTRIES: Final = 64
 TABLE_SIZE: Final = 1024
 
 _SYSCTL: Final = "/proc/sys/kernel/io_uring_disabled"
+_OPTMEM: Final = "/proc/sys/net/core/optmem_max"
+#: ``net.core.optmem_max`` below this cannot hold one ``MSG_ZEROCOPY`` notification: each is an
+#: empty skb charged to the socket's option memory (net/core/skbuff.c ``msg_zerocopy_alloc``,
+#: ``sock_omalloc`` in net/core/sock.c; about 600 bytes on x86-64), so every zero-copy call
+#: would fail with ``ENOBUFS``. io_uring's notifications are not charged there.
+OPTMEM_FOR_ONE_NOTIFICATION: Final = 1024
+#: ``engine_reason`` when ``"auto"`` keeps ``MSG_ZEROCOPY``.
+AUTO_KEEPS_MSG_ZEROCOPY: Final = (
+    "auto: MSG_ZEROCOPY, which costs as little as io_uring or less here except for batches of "
+    "fresh pool leases (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine')")
 
 
 def _sysctl_hint() -> str:
@@ -85,6 +103,51 @@ def open_ring(entries: int = RING_ENTRIES) -> Any:
         return ring_type(entries)
     except OSError as e:
         raise ZerocopyUnavailable(_reason(e)) from e
+
+
+def recverr_enabled(sock: socket.socket) -> bool:
+    """Whether ``IP_RECVERR`` (or ``IPV6_RECVERR``) is set on ``sock``."""
+    level, name = ((SOL_IPV6, IPV6_RECVERR) if sock.family == socket.AF_INET6
+                   else (SOL_IP, IP_RECVERR))
+    try:
+        return bool(sock.getsockopt(level, name))
+    except OSError:
+        return False
+
+
+def msg_zerocopy_obstacle(sock: socket.socket) -> str | None:
+    """Why ``MSG_ZEROCOPY`` cannot send ``sock``'s data uncopied where io_uring's ``SEND_ZC``
+    can, or ``None``."""
+    if sock.type == socket.SOCK_DGRAM and recverr_enabled(sock):
+        return "IP_RECVERR is set on this UDP socket (MSG_ZEROCOPY would copy)"
+    try:
+        with open(_OPTMEM) as f:
+            optmem = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if optmem < OPTMEM_FOR_ONE_NOTIFICATION:
+        return (f"net.core.optmem_max={optmem} holds no MSG_ZEROCOPY notification (every "
+                "zero-copy call would fail with ENOBUFS)")
+    return None
+
+
+def open_engine_ring(engine: str, sock: socket.socket) -> tuple[Any, str | None]:
+    """The ring of a sender on ``sock`` whose resolved engine is ``engine`` (None: send with
+    ``MSG_ZEROCOPY``), and why ``"auto"`` did not take io_uring.
+
+    Raises:
+        ZerocopyUnavailable: ``engine`` is ``"io_uring"`` and io_uring cannot be used here.
+    """
+    if engine == "msg_zerocopy":
+        return None, None
+    if engine == "auto" and msg_zerocopy_obstacle(sock) is None:
+        return None, AUTO_KEEPS_MSG_ZEROCOPY
+    try:
+        return open_ring(), None
+    except ZerocopyUnavailable as e:
+        if engine == "io_uring":
+            raise
+        return None, str(e)
 
 
 def unavailable_reason() -> str | None:
