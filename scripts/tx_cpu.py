@@ -206,8 +206,10 @@ def _drain(ls: socket.socket, done: list[int]) -> None:
 
 _C_BINARY: list[str] = []
 #: the variants that run zcnet code (the others are references)
-_ZCNET_VARIANTS = ("udp-copy", "udp-zc", "udp-copy-b8", "udp-zc-b8", "udp-copy-b32", "udp-zc-b32",
-                   "tcp-sender")
+def _is_zcnet(variant: str) -> bool:
+    """Whether ``variant`` runs zcnet's Sender (so ``--baseline`` runs it a second time)."""
+    return (variant.startswith(("udp-zc", "udp-copy")) and variant != "udp-rawzc") or (
+        variant == "tcp-sender")
 
 
 def _c_reference() -> str:
@@ -307,7 +309,7 @@ def main() -> int:
                     for v in a.only.split(",")]
         if a.baseline:
             runs = [x for r in runs for x in
-                    ([r, ("base:" + r[0], r[1])] if r[0] in _ZCNET_VARIANTS else [r])]
+                    ([r, ("base:" + r[0], r[1])] if _is_zcnet(r[0]) else [r])]
         if shutil.which("cc") is None:
             runs = [r for r in runs if not r[0].startswith("c-")]
         for rep in range(a.reps):
@@ -340,7 +342,7 @@ def main() -> int:
         ("C reference: zero-copy / copy", "c-zc", "c-copy"),
         ("udp zc batch 32 / C copy", "udp-zc-b32", "c-copy"),
         ("tcp Sender / plain sendall", "tcp-sender", "tcp-sendall"),
-        *((f"{v} / baseline {v}", v, "base:" + v) for v in _ZCNET_VARIANTS),
+        *((f"{v} / baseline {v}", v, "base:" + v) for v in results if _is_zcnet(v)),
     ):
         if num in med and den in med:
             pairs = sorted(x / y for x, y in zip(results[num], results[den], strict=True))

@@ -110,7 +110,7 @@ def test_udp_loopback_datagrams_verified() -> None:
 
 
 @requires_zerocopy
-def test_buffer_export_held_until_done_and_callbacks() -> None:
+def test_buffer_export_held_until_done_and_callbacks(caplog: pytest.LogCaptureFixture) -> None:
     c, s = tcp_pair()
     with s, Sender(c, SendPolicy(force_zerocopy=True)) as sender:
         ba = bytearray(PATTERN[:MiB])  # large: small sends may be copied into the receiver
@@ -121,12 +121,15 @@ def test_buffer_export_held_until_done_and_callbacks() -> None:
         calls: list[Ticket] = []
         t.add_done_callback(calls.append)
         t.add_done_callback(lambda _t: 1 / 0)  # logged, not raised
+        after: list[Ticket] = []
+        t.add_done_callback(after.append)  # runs although the one before raised
         got = bytearray()
         while len(got) < len(ba):
             got += s.recv(MiB)
         assert got == PATTERN[: len(ba)]
         t.wait(10)
-        assert t.done and t.copied is True and calls == [t]
+        assert t.done and t.copied is True and calls == [t] and after == [t]
+        assert "Ticket done callback" in caplog.text and "ZeroDivisionError" in caplog.text
         ba.extend(b"x")  # released
         later: list[Ticket] = []
         t.add_done_callback(later.append)  # already done: runs at once

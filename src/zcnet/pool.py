@@ -643,7 +643,8 @@ class _PoolBase:
         raise NotImplementedError
 
     def _begin_flight(self, lease: Lease, ticket: object) -> None:
-        self._check_mine(lease)
+        if type(lease) is not Lease or lease._pool is not self:
+            self._check_mine(lease)
         if lease._state != _LEASED:
             raise BufferLifetimeError(f"{lease!r} cannot go in flight: it is not simply leased")
         if self._account is not None:

@@ -222,8 +222,14 @@ class Ticket(_TicketBase):
     def _run(self, fn: Callable[[Ticket], None]) -> None:
         try:
             fn(self)
-        except Exception:
-            _log.exception("Ticket done callback %r failed", fn)
+        except Exception as e:
+            self._callback_failed(fn, e)
+
+    @staticmethod
+    def _callback_failed(fn: Callable[[Ticket], None], exc: Exception) -> None:
+        """A done callback raised ``exc``: logged, not propagated (the compiled finish calls
+        this too)."""
+        _log.error("Ticket done callback %r failed", fn, exc_info=exc)
 
     def _fail(self, error: ZcnetError) -> None:
         if self.error is None:

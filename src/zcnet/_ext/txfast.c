@@ -42,7 +42,7 @@
 #define REAP_EVERY 64
 #define REAP_SHIFT 17
 
-static PyObject *s_release, *s_run, *s_drive, *s_drive_buf,
+static PyObject *s_release, *s_callback_failed, *s_drive, *s_drive_buf,
     *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure;
 
 /* -- TicketBase ----------------------------------------------------------------------------- */
@@ -96,7 +96,7 @@ ticket_dealloc(zc_TicketObject *t)
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
-/* Ticket._finish: done; copied; the view released; no sender; callbacks run (Ticket._run). */
+/* Ticket._finish: done; copied; the view released; no sender; callbacks run (as Ticket._run). */
 static int
 ticket_finish(zc_TicketObject *t, int copied)
 {
@@ -122,8 +122,15 @@ ticket_finish(zc_TicketObject *t, int copied)
         if (fast == NULL)
             return -1;
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-            PyObject *r = PyObject_CallMethodOneArg((PyObject *)t, s_run,
-                                                    PySequence_Fast_GET_ITEM(fast, i));
+            /* Ticket._run in C: fn(ticket); an Exception is logged (Ticket._callback_failed)
+             * and the others still run; a BaseException propagates */
+            PyObject *fn = PySequence_Fast_GET_ITEM(fast, i);
+            PyObject *r = PyObject_CallOneArg(fn, (PyObject *)t);
+            if (r == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+                PyObject *exc = zc_get_raised();
+                r = PyObject_CallMethodObjArgs((PyObject *)t, s_callback_failed, fn, exc, NULL);
+                Py_XDECREF(exc);
+            }
             if (r == NULL) {
                 Py_DECREF(fast);
                 return -1;
@@ -1043,7 +1050,7 @@ zc_txfast_init(PyObject *module)
 {
     static const zc_InternedName names[] = {
         {&s_release, "release"},
-        {&s_run, "_run"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
+        {&s_callback_failed, "_callback_failed"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
         {&s_first_call_interrupted, "_first_call_interrupted"},
         {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
         {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},
