@@ -23,6 +23,7 @@ from tests.tx_helpers import (
     tcp_pair,
 )
 from zcnet.errors import (
+    BufferLifetimeError,
     ConcurrentUseError,
     InvalidCompletionError,
     SendError,
@@ -271,6 +272,39 @@ def test_send_batch_of_leases_over_udp() -> None:
             assert all(t.done and t.error is None for t in tickets)
             assert all(lease.released for lease in leases)
         dgrams.finish(expected)
+
+
+def test_send_batch_of_leases_from_two_pools_and_a_lease_twice() -> None:
+    """Leases of two pools in one batch each go back to their own pool; a lease given twice is
+    sent twice, is in flight once, and the batch raises BufferLifetimeError after sending."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
+        r.bind(("127.0.0.1", 0))
+        dgrams = DatagramReceiver(r)
+        dgrams.start()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.connect(r.getsockname())
+        expected = [bytes(pattern_bytes(k * 1000, 9000 + k)) for k in range(6)]
+        with BufferPool(hugepages=False) as one, BufferPool(hugepages=False) as two:
+            leases = []
+            for k, data in enumerate(expected[:4]):
+                lease = (one if k % 2 else two).acquire(len(data))
+                lease.view[:] = data
+                leases.append(lease)
+            twice = one.acquire(len(expected[4]))
+            twice.view[:] = expected[4]
+            policy = SendPolicy(force_zerocopy=True, zerocopy_threshold=4096)
+            with Sender(u, policy) as sender:
+                tickets = sender.send_batch(leases)
+                with pytest.raises(BufferLifetimeError):
+                    sender.send_batch([twice, twice])
+                sender.flush(10)
+            assert all(t.done and t.error is None for t in tickets)
+            assert all(lease.released for lease in leases)
+            assert two.stats().outstanding == 0
+            # its first completion found the second send's export of it alive: held back (out
+            # of the pool) until that is gone, never handed out twice
+            assert not twice.in_flight and (twice.released or twice.held_back)
+        dgrams.finish([*expected[:4], expected[4], expected[4]])
 
 
 @requires_zerocopy

@@ -81,7 +81,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
@@ -459,8 +459,7 @@ class Lease(_LeaseBase):
         reaps that Sender's completions. If the ticket completes while an export of the buffer is
         still alive, the lease is held back (:attr:`held_back`) instead of returning to the pool.
         """
-        self._pool._begin_flight(self, ticket)
-        ticket.add_done_callback(self._on_done)
+        self._pool._begin_flights((self,), (ticket,))
 
     def _on_done(self, _ticket: object) -> None:
         self._pool._end_flight(self)
@@ -642,23 +641,34 @@ class _PoolBase:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
         raise NotImplementedError
 
-    def _begin_flight(self, lease: Lease, ticket: object) -> None:
-        if type(lease) is not Lease or lease._pool is not self:
-            self._check_mine(lease)
-        if lease._state != _LEASED:
-            raise BufferLifetimeError(f"{lease!r} cannot go in flight: it is not simply leased")
+    def _begin_flights(self, leases: Sequence[Lease], tickets: Sequence[TicketLike]) -> None:
+        """:meth:`Lease.release_when_done` of ``leases[i]`` with ``tickets[i]``, for a batch at
+        once (one account move, one lock; the tickets share one Sender). Every lease is
+        checked first: if one cannot go in flight, nothing changes and it raises."""
+        for lease in leases:
+            if type(lease) is not Lease or lease._pool is not self:
+                self._check_mine(lease)
+            if lease._state != _LEASED:
+                raise BufferLifetimeError(
+                    f"{lease!r} cannot go in flight: it is not simply leased")
+        if len(set(map(id, leases))) != len(leases):
+            raise BufferLifetimeError("the same lease twice in one batch")
         if self._account is not None:
-            self._account.move(lease.capacity, POOL, PINNED)
-        sender = _reaper_of(ticket)
+            classes = self._classes
+            self._account.move(sum(classes[lease._block.cls] for lease in leases), POOL, PINNED)
+        sender = _reaper_of(tickets[0]) if tickets else None
+        key = None
         with self._lock:
-            self._in_flight += 1
-            self._flying[lease] = ticket
+            self._in_flight += len(leases)
+            self._flying.update(zip(leases, tickets, strict=True))
             if sender is not None:
                 key = (threading.get_ident(), id(sender))
                 entry = self._reapers.setdefault(key, [sender, 0])
-                entry[1] += 1
-                lease._reaper = key
-        lease._state = _IN_FLIGHT
+                entry[1] += len(leases)
+        for lease, ticket in zip(leases, tickets, strict=True):
+            lease._reaper = key
+            lease._state = _IN_FLIGHT
+            ticket.add_done_callback(lease._on_done)
 
     def _end_flight(self, lease: Lease) -> None:
         if lease._state != _IN_FLIGHT:

@@ -762,7 +762,7 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
     return NULL;
 }
 
-static PyObject *s_release_when_done;
+static PyObject *s_release_when_done, *s_begin_flights, *s_pool;
 
 /* Datagrams pos .. pos+sent-1 went (sendmmsg or the ring), each having taken the next counter
  * value: recorded at once, with no Python code in between (sendmmsg.py), and counted
@@ -785,24 +785,54 @@ record_batch(zc_TxCoreObject *c, PyObject *tickets, const size_t *lens, Py_ssize
 
 /* The leases among the first `upto` datagrams of a batch that was sent (or tried): each goes back
  * to its pool when its ticket is done (Lease.release_when_done, as Sender._send_batch_udp does in
- * its finally). An exception of one is raised unless another is already on its way. */
+ * its finally). All at once through the first lease's pool (BufferPool._begin_flights: one
+ * account move, one lock); if that refuses (leases of several pools, one lease twice), one at a
+ * time, so that each that can go does. An exception of one is raised unless another is already
+ * on its way. */
 static void
 leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssize_t upto)
 {
-    for (Py_ssize_t i = 0; i < upto; i++) {
-        if (!is_lease[i])
-            continue;
-        PyObject *raised = zc_get_raised();
-        PyObject *r = PyObject_CallMethodOneArg(PySequence_Fast_GET_ITEM(seq, i),
-                                                s_release_when_done,
-                                                PyList_GET_ITEM(tickets, i));
-        Py_XDECREF(r);
-        if (raised != NULL) {
-            if (r == NULL)
-                PyErr_WriteUnraisable(PySequence_Fast_GET_ITEM(seq, i));
-            zc_set_raised(raised);
+    PyObject *raised = zc_get_raised();
+    PyObject *leases = PyList_New(0), *their = PyList_New(0), *r = NULL;
+    if (leases != NULL && their != NULL) {
+        for (Py_ssize_t i = 0; i < upto; i++) {
+            if (is_lease[i] && (PyList_Append(leases, PySequence_Fast_GET_ITEM(seq, i)) < 0
+                                || PyList_Append(their, PyList_GET_ITEM(tickets, i)) < 0))
+                goto one_by_one;
+        }
+        if (PyList_GET_SIZE(leases) == 0) {
+            r = Py_NewRef(Py_None);
+            goto out;
+        }
+        PyObject *pool = PyObject_GetAttr(PyList_GET_ITEM(leases, 0), s_pool);
+        if (pool != NULL) {
+            r = PyObject_CallMethodObjArgs(pool, s_begin_flights, leases, their, NULL);
+            Py_DECREF(pool);
         }
     }
+one_by_one:
+    if (r == NULL) {
+        PyErr_Clear();
+        for (Py_ssize_t i = 0; i < upto; i++) {
+            if (!is_lease[i])
+                continue;
+            PyObject *one = PyObject_CallMethodOneArg(PySequence_Fast_GET_ITEM(seq, i),
+                                                      s_release_when_done,
+                                                      PyList_GET_ITEM(tickets, i));
+            if (one != NULL)
+                Py_DECREF(one);
+            else if (raised == NULL)
+                raised = zc_get_raised();
+            else
+                PyErr_WriteUnraisable(PySequence_Fast_GET_ITEM(seq, i));
+        }
+    }
+out:
+    Py_XDECREF(r);
+    Py_XDECREF(leases);
+    Py_XDECREF(their);
+    if (raised != NULL)
+        zc_set_raised(raised);
 }
 
 /* Sender._send_batch_udp's common case: every element a bytes/bytearray/contiguous memoryview
@@ -1055,6 +1085,8 @@ zc_txfast_init(PyObject *module)
         {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
         {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},
         {&s_release_when_done, "release_when_done"},
+        {&s_begin_flights, "_begin_flights"},
+        {&s_pool, "_pool"},
         {&s_finish, "_finish"}, {&s_failure, "failure"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)

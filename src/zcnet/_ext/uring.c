@@ -360,6 +360,31 @@ cancel_until_results(RingObject *r, unsigned long long first, unsigned long long
         r->broken = 1;
 }
 
+/* Submit what is queued, without waiting, and read the CQ: 0, or -1 with OSError set (the ring
+ * is then broken). */
+static int
+submit_queued(RingObject *r)
+{
+    unsigned queued = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    int rc, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sys_enter(r->fd, queued, 0, 0, NULL, 0);
+    if (rc < 0)
+        err = errno;
+    if (drain_cq(r) < 0 && rc >= 0) {
+        rc = -1;
+        err = ENOMEM;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0 && err != EAGAIN && err != EBUSY && err != EINTR) {
+        r->broken = 1;
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
 /* Submit what is queued and wait until sends first .. last-1 have their results.
  * 0; or -1 with an exception set: a signal handler raised (`interrupted` set to 1; the sends
  * were cancelled and their results read before returning), or a system call failed. */
@@ -379,24 +404,9 @@ submit_and_wait(RingObject *r, unsigned long long first, unsigned long long last
     ga.sigmask_sz = _NSIG / 8;
     /* First a plain submit: a send the kernel can issue at once posts its result during the
      * submit (io_uring/io_uring.c io_submit_flush_completions), so no wait is needed. */
-    unsigned queued = *r->sq_tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
-    if (queued > 0) {
-        int rc, err = 0;
-        Py_BEGIN_ALLOW_THREADS
-        rc = sys_enter(r->fd, queued, 0, 0, NULL, 0);
-        if (rc < 0)
-            err = errno;
-        if (drain_cq(r) < 0 && rc >= 0) {
-            rc = -1;
-            err = ENOMEM;
-        }
-        Py_END_ALLOW_THREADS
-        if (rc < 0 && err != EAGAIN && err != EBUSY && err != EINTR) {
-            r->broken = 1;
-            errno = err;
-            PyErr_SetFromErrno(PyExc_OSError);
+    if (*r->sq_tail != __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE)) {
+        if (submit_queued(r) < 0)
             return -1;
-        }
         if (results_in(r, first, last))
             return 0;
     }
@@ -823,20 +833,31 @@ PyDoc_STRVAR(ring_send_doc,
 "signal handler raises meanwhile, the send is cancelled and its result read, `took` says\n"
 "how many bytes it took, and the exception propagates.");
 
+/* The arguments (fd, buffer, fixed_index, waitall) of send and start_send: 0 with `view` held
+ * (release it), or -1 with an exception set. */
+static int
+send_args(const char *usage, PyObject *const *args, Py_ssize_t nargs, int *sockfd,
+          Py_buffer *view, int *fixed, int *waitall)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *sockfd = as_int(args[0]);
+    *fixed = as_int(args[2]);
+    *waitall = PyObject_IsTrue(args[3]);
+    if ((*sockfd == -1 || *fixed == -1 || *waitall < 0) && PyErr_Occurred())
+        return -1;
+    return PyObject_GetBuffer(args[1], view, PyBUF_SIMPLE);
+}
+
 static PyObject *
 ring_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "send(fd, buffer, fixed_index, waitall)");
-        return NULL;
-    }
-    int sockfd = as_int(args[0]);
-    int fixed = as_int(args[2]);
-    int waitall = PyObject_IsTrue(args[3]);
-    if ((sockfd == -1 || fixed == -1 || waitall < 0) && PyErr_Occurred())
-        return NULL;
+    int sockfd, fixed, waitall;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+    if (send_args("send(fd, buffer, fixed_index, waitall)", args, nargs, &sockfd, &view, &fixed,
+                  &waitall) < 0)
         return NULL;
     Py_ssize_t n = zc_ring_send1((PyObject *)r, sockfd, view.buf, (size_t)view.len, fixed,
                                  waitall);
@@ -1048,19 +1069,11 @@ PyDoc_STRVAR(ring_start_send_doc,
 static PyObject *
 ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "start_send(fd, buffer, fixed_index, waitall)");
-        return NULL;
-    }
-    if (ring_check(r) < 0)
-        return NULL;
-    int sockfd = as_int(args[0]);
-    int fixed = as_int(args[2]);
-    int waitall = PyObject_IsTrue(args[3]);
-    if ((sockfd == -1 || fixed == -1 || waitall < 0) && PyErr_Occurred())
-        return NULL;
+    int sockfd, fixed, waitall;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+    if (ring_check(r) < 0
+        || send_args("start_send(fd, buffer, fixed_index, waitall)", args, nargs, &sockfd, &view,
+                     &fixed, &waitall) < 0)
         return NULL;
     void *ptr = view.buf;
     size_t len = (size_t)view.len;
@@ -1076,21 +1089,8 @@ ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     long long seq = queue_send(r, sockfd, ptr, len, fixed, waitall, 0);
     if (seq < 0)
         return PyErr_NoMemory();
-    /* submit only: unlike submit_and_wait, no wait for the result */
-    int rc, err = 0;
-    Py_BEGIN_ALLOW_THREADS
-    rc = sys_enter(r->fd, 1, 0, 0, NULL, 0);
-    if (rc < 0)
-        err = errno;
-    if (drain_cq(r) < 0 && rc >= 0) {
-        rc = -1;
-        err = ENOMEM;
-    }
-    Py_END_ALLOW_THREADS
-    if (rc < 0 && err != EAGAIN && err != EBUSY && err != EINTR) {
-        r->broken = 1;
-        return oserror(err);
-    }
+    if (submit_queued(r) < 0) /* no wait for the result: result() reads it */
+        return NULL;
     return PyLong_FromLongLong(seq);
 }
 
