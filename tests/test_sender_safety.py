@@ -295,10 +295,12 @@ def test_send_batch_of_leases_from_two_pools_and_a_lease_twice() -> None:
             policy = SendPolicy(force_zerocopy=True, zerocopy_threshold=4096)
             with Sender(u, policy) as sender:
                 tickets = sender.send_batch(leases)
+                seen: list[bool] = []  # a done callback runs after the lease is back
+                tickets[0].add_done_callback(lambda _t: seen.append(leases[0].released))
                 with pytest.raises(BufferLifetimeError):
                     sender.send_batch([twice, twice])
                 sender.flush(10)
-            assert all(t.done and t.error is None for t in tickets)
+            assert all(t.done and t.error is None for t in tickets) and seen == [True]
             assert all(lease.released for lease in leases)
             assert two.stats().outstanding == 0
             # its first completion found the second send's export of it alive: held back (out

@@ -645,6 +645,8 @@ class _PoolBase:
         """:meth:`Lease.release_when_done` of ``leases[i]`` with ``tickets[i]``, for a batch at
         once (one account move, one lock; the tickets share one Sender). Every lease is
         checked first: if one cannot go in flight, nothing changes and it raises."""
+        if len(leases) != len(tickets):
+            raise ValueError(f"{len(leases)} leases for {len(tickets)} tickets")
         for lease in leases:
             if type(lease) is not Lease or lease._pool is not self:
                 self._check_mine(lease)
@@ -660,12 +662,12 @@ class _PoolBase:
         key = None
         with self._lock:
             self._in_flight += len(leases)
-            self._flying.update(zip(leases, tickets, strict=True))
+            self._flying.update(zip(leases, tickets))  # noqa: B905 (lengths checked above)
             if sender is not None:
                 key = (threading.get_ident(), id(sender))
                 entry = self._reapers.setdefault(key, [sender, 0])
                 entry[1] += len(leases)
-        for lease, ticket in zip(leases, tickets, strict=True):
+        for lease, ticket in zip(leases, tickets):  # noqa: B905 (lengths checked above)
             lease._reaper = key
             lease._state = _IN_FLIGHT
             ticket.add_done_callback(lease._on_done)

@@ -782,24 +782,30 @@ zc_ring_send_linked(PyObject *ring, int fd, const char *const *ptrs, const size_
     return sent;
 }
 
+/* Read the CQ: 0, or -1 with MemoryError set. Completions the CQ had no room for wait in the
+ * kernel's overflow list, and with COOP_TASKRUN notifications wait for task work: an enter first
+ * runs them where sq_flags says so. */
+static int
+refresh(RingObject *r)
+{
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE)
+        & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+    rc = drain_cq(r);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        PyErr_NoMemory();
+    return rc;
+}
+
 Py_ssize_t
 zc_ring_drain(PyObject *ring, zc_ring_range_fn fn, void *arg)
 {
     RingObject *r = (RingObject *)ring;
-    if (ring_check(r) < 0)
+    if (ring_check(r) < 0 || refresh(r) < 0)
         return -1;
-    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE)
-        & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) {
-        /* completions the CQ had no room for wait in the kernel's overflow list; with
-         * COOP_TASKRUN, notifications wait for task work that an enter runs */
-        Py_BEGIN_ALLOW_THREADS
-        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-        Py_END_ALLOW_THREADS
-    }
-    if (drain_cq(r) < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
     Py_ssize_t i = 0, ranges = 0;
     while (i < r->nready) {
         long long lo = r->ready_value[i], hi = lo;
@@ -1092,22 +1098,6 @@ ring_start_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     if (submit_queued(r) < 0) /* no wait for the result: result() reads it */
         return NULL;
     return PyLong_FromLongLong(seq);
-}
-
-/* Read the CQ, entering the kernel first where completions wait for it (overflow, task work). */
-static int
-refresh(RingObject *r)
-{
-    int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE)
-        & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
-        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
-    rc = drain_cq(r);
-    Py_END_ALLOW_THREADS
-    if (rc < 0)
-        PyErr_NoMemory();
-    return rc;
 }
 
 static int
