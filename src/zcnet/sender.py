@@ -654,8 +654,7 @@ class Sender:
             # inside its wait) or from whether it took a counter value (one after it returned)
             took = ring.took
             if took is None:
-                taken = (ring.counter - self._tracker.next_value) & MASK
-                took = op.end - op.start if taken else 0
+                took = op.end - op.start if self._unrecorded_ring_sends() else 0
         op.interrupted(exc, took)
         self._sync_unusable()
 
@@ -831,7 +830,7 @@ class Sender:
                 continue
             except BaseException:
                 if ring is not None:  # the ring knows how many went: each took a value
-                    taken = (ring.counter - self._tracker.next_value) & MASK
+                    taken = self._unrecorded_ring_sends()
                     self._tracker.record_batch(tickets[off:off + taken], sizes[off:off + taken])
                     self._batch_pos = off + taken
                     raise
@@ -978,6 +977,10 @@ class Sender:
         (-1: sent unregistered; the compiled send_batch calls this for a new slab)."""
         slabs = self._slabs
         return -1 if slabs is None else slabs.index_of(lease._block.slab)
+
+    def _unrecorded_ring_sends(self) -> int:
+        """Sends of the ring that took a counter value the tracker has not recorded yet."""
+        return int((self._ring.counter - self._tracker.next_value) & MASK)
 
     def _enter(self, what: str) -> None:
         if self._active:

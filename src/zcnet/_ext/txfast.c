@@ -1080,7 +1080,8 @@ zc_txfast_init(PyObject *module)
 {
     static const zc_InternedName names[] = {
         {&s_release, "release"},
-        {&s_callback_failed, "_callback_failed"}, {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
+        {&s_callback_failed, "_callback_failed"},
+        {&s_drive, "_drive"}, {&s_drive_buf, "_drive_buf"},
         {&s_first_call_interrupted, "_first_call_interrupted"},
         {&s_reap_failed, "_reap_failed"}, {&s_batch_failed, "_batch_failed"},
         {&s_batch_unsent, "_batch_unsent"}, {&s_send_batch_udp, "_send_batch_udp"},

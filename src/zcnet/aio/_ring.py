@@ -63,11 +63,6 @@ class RingSends:
         self.wakeups = 0  # times the loop called us back (for tests: no spinning)
 
     @property
-    def counter(self) -> int:
-        """The counter value the next send takes (see ``zcnet._speedups.Ring``)."""
-        return int(self._ring.counter)
-
-    @property
     def sends_registered(self) -> int:
         """Sends from a registered pool slab that took bytes."""
         return int(self._ring.sends_registered)
