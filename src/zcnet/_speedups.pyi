@@ -43,6 +43,46 @@ def end_lease(buf: BufferBase, view: memoryview | None, /) -> bool:
 
 def new_buffer(cls: type[_B], source: Buffer, offset: int, length: int, /) -> _B:
     """A new writable ``cls`` over ``length`` bytes of ``source`` at ``offset`` (no __init__)."""
+
+# -- lease.c ----------------------------------------------------------------------------------
+
+class LeaseBase(BufferBase):
+    """The data of a zcnet.pool.Lease (its base class in the compiled implementation)."""
+
+    _reaper: tuple[int, int] | None
+    _view: memoryview | None
+    _state: int
+    @property
+    def _pool(self) -> Any: ...
+    @property
+    def _block(self) -> Any: ...
+    @property
+    def _owner(self) -> Any: ...
+    @property
+    def _size(self) -> int: ...
+
+_L = TypeVar("_L", bound=LeaseBase)
+
+def new_lease(cls: type[_L], pool: Any, block: Any, size: int, owner: Any, /) -> _L:
+    """A new leased ``cls`` over ``size`` bytes of ``block`` (no __init__)."""
+
+def claim_lease(lease: Any, from_flight: bool = False, /) -> None:
+    """Take the right to give ``lease`` back and end it (zcnet.pool._py_claim)."""
+
+class FlightBook:
+    """zcnet._core.flight.FlightBook in C."""
+
+    def __init__(self, lock: Any = None) -> None: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def flying(self) -> dict[Any, object]: ...
+    @property
+    def reapers(self) -> dict[tuple[int, int], list[Any]]: ...
+    def check(self, pool: Any, leases: Sequence[Any], /) -> int: ...
+    def take_off(self, leases: Sequence[Any], tickets: Sequence[Any],
+                 key: tuple[int, int] | None, sender: object, /) -> None: ...
+    def land(self, lease: Any, /) -> None: ...
 # -- tracker.c --------------------------------------------------------------------------------
 
 _T = TypeVar("_T", bound=Hashable)
@@ -85,6 +125,7 @@ class TicketBase:
     _sender: Any
     _view: memoryview | None
     _callbacks: list[Any] | None
+    _lease: Any
     def _finish(self, copied: bool) -> None: ...
 
 class TxCounters:

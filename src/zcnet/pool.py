@@ -26,12 +26,14 @@ Theory of operation:
   register on the view's *managed buffer* (Objects/memoryobject.c ``mbuf_add_view``), shared by
   every view derived from one exporter.
 - **Compiled implementation** (``zcnet._speedups``, docs/ARCHITECTURE.md 'Compiled fast path').
-  A :class:`Lease` is a ``BufferBase`` over its block: a writable buffer on every Python version
-  that counts its own exports and holds an export of the slab's mmap until it is finalized (so
-  ``close()`` cannot unmap a slab under a lease or an export of one). Its view is
-  ``memoryview(lease)``, made on first use. ``_speedups.end_lease`` reads the lease's exports,
-  the view's managed buffer's count of live views and the view's own exports exactly, and if
-  only the view uses the memory releases it and ends the lease, in one step.
+  A :class:`Lease` is a ``LeaseBase`` (a ``BufferBase``) over its block: a writable buffer on
+  every Python version that counts its own exports and holds an export of the slab's mmap until
+  it is finalized (so ``close()`` cannot unmap a slab under a lease or an export of one). Its view
+  is ``memoryview(lease)``, made on first use. ``_speedups.claim_lease`` (:func:`_py_claim` in
+  C) reads the lease's exports, the view's managed buffer's count of live views and the view's
+  own exports exactly, and if only the view uses the memory releases it and ends the lease, in
+  one step. The leases in flight are kept in a :class:`zcnet._core.flight.FlightBook` (its C
+  twin when compiled), and a compiled ticket lands the lease it carries without a callback.
 - **Pure Python** (the reference). Each block gets a managed buffer of its own (a
   memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
   a release first reads that managed buffer's count of live views, which must be exactly the
@@ -87,6 +89,12 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from zcnet._accel import speedups
 from zcnet._core.accounting import PINNED, POOL
+from zcnet._core.flight import HELD as _HELD
+from zcnet._core.flight import IN_FLIGHT as _IN_FLIGHT
+from zcnet._core.flight import LEASED as _LEASED
+from zcnet._core.flight import MIN_CLASS
+from zcnet._core.flight import RELEASED as _RELEASED
+from zcnet._core.flight import FlightBook as _PyFlightBook
 from zcnet.accounting import Account, Waiter
 from zcnet.errors import BufferLifetimeError, LimitExceeded, LimitWaitTimeout, PoolError
 
@@ -100,12 +108,6 @@ __all__ = [
 
 PAGE: Final = mmap.PAGESIZE
 HUGE: Final = 2 * 1024 * 1024
-MIN_CLASS: Final = 4096
-
-_LEASED: Final = 0
-_IN_FLIGHT: Final = 1
-_RELEASED: Final = 2
-_HELD: Final = 3  # its ticket completed while an export was alive: out of the pool until it dies
 
 _log = logging.getLogger(__name__)
 
@@ -346,9 +348,13 @@ if TYPE_CHECKING:
 else:
     # Compiled: a Lease is a buffer over its block (zcnet/_ext/buffer.c) on every Python
     # version; its exports are counted exactly and it holds an export of the slab's mmap while
-    # it lives (so close() cannot unmap under it).
-    _LeaseBase = object if speedups is None else speedups.BufferBase
-_new_buffer: Final[Any] = None if speedups is None else speedups.new_buffer
+    # it lives (so close() cannot unmap under it). Its fields, state and claim are C fields
+    # (zcnet/_ext/lease.c).
+    _LeaseBase = object if speedups is None else speedups.LeaseBase
+#: Compiled: a new Lease without __init__ (new_lease(Lease, pool, block, size, owner)).
+_new_lease: Final[Any] = None if speedups is None else speedups.new_lease
+#: A pool's book of its leases in flight (zcnet._core.flight).
+_FlightBook: Final[Any] = _PyFlightBook if speedups is None else speedups.FlightBook
 
 
 class Lease(_LeaseBase):
@@ -360,28 +366,37 @@ class Lease(_LeaseBase):
     ``zcnet.implementation()`` says which one is active; :attr:`view` works everywhere.
     """
 
-    # the compiled base has its own weak-reference slot
-    __slots__ = ("_block", "_claim", "_owner", "_pool", "_reaper", "_size", "_state",
-                 "_view") + (("__weakref__",) if speedups is None else ())
+    # compiled: the fields are the C base's, and so is the weak-reference slot
+    __slots__ = () if speedups is not None else (
+        "__weakref__", "_block", "_claim", "_owner", "_pool", "_reaper", "_size", "_state",
+        "_view")
 
-    if speedups is not None:
-        def __new__(cls, pool: _PoolBase, block: _Block, size: int,
-                    owner: _ThreadCache | None) -> Self:
-            lease: Self = _new_buffer(cls, block.slab.mm, block.start, size)
+    _pool: _PoolBase
+    _block: _Block
+    _size: int
+    _owner: _ThreadCache | None
+    _state: int
+    _claim: list[bool]  # pure Python: list.pop is atomic, exactly one releaser wins
+    _reaper: tuple[int, int] | None  # (thread, Sender) to reap while in flight
+    # compiled: made on first use (memoryview(self)); Python: a view of the block's own managed
+    # buffer (see _Block)
+    _view: memoryview | None
+
+    def __new__(cls, pool: _PoolBase, block: _Block, size: int,
+                owner: _ThreadCache | None) -> Self:
+        if _new_lease is not None:
+            lease: Self = _new_lease(cls, pool, block, size, owner)
             return lease
-
-    def __init__(self, pool: _PoolBase, block: _Block, size: int,
-                 owner: _ThreadCache | None) -> None:
+        self = object.__new__(cls)
         self._pool = pool
         self._block = block
         self._size = size
         self._owner = owner
         self._state = _LEASED
-        self._claim = [True]  # list.pop is atomic: exactly one releaser wins
-        self._reaper: tuple[int, int] | None = None  # (thread, Sender) to reap while in flight
-        # compiled: made on first use (memoryview(self)); Python: a view of the block's own
-        # managed buffer (see _Block)
-        self._view: memoryview | None = None if block.full is None else block.full[:size]
+        self._claim = [True]
+        self._reaper = None
+        self._view = None if block.full is None else block.full[:size]
+        return self
 
     @property
     def view(self) -> memoryview:
@@ -495,6 +510,37 @@ class Lease(_LeaseBase):
         return f"<Lease {self._size}/{self.capacity} bytes at {self.address:#x} ({state})>"
 
 
+def _py_claim(lease: Lease, from_flight: bool = False) -> None:
+    """Take the right to return ``lease`` (exactly once) and kill its view (the reference of
+    ``zcnet._speedups.claim_lease``).
+
+    Raises :class:`BufferLifetimeError`, with nothing changed, if the lease is not simply
+    leased (unless ``from_flight``) or its memory is still exported.
+    """
+    state = lease._state
+    if state != _LEASED and not from_flight:
+        if state == _IN_FLIGHT:
+            raise BufferLifetimeError(
+                f"{lease!r} is in flight; it returns to the pool when its ticket is done")
+        if state == _HELD:
+            raise BufferLifetimeError(
+                f"{lease!r} was handed to release_when_done; it returns to the pool by "
+                "itself once the export of its memory is gone")
+    claim = lease._claim
+    try:
+        claim.pop()
+    except IndexError:
+        raise BufferLifetimeError(f"{lease!r} was released twice") from None
+    # Views derived from its view and exports of the view, counted by the block's managed
+    # buffer (_Block); the compiled claim_lease counts them exactly in C (zcnet/_ext/views.c).
+    if not lease._block.end_lease(lease):
+        claim.append(True)
+        raise BufferLifetimeError(
+            f"{lease!r} is still in use: a memoryview, array or other object made from it or "
+            "its view is alive; release or drop it first")
+    lease._state = _RELEASED
+
+
 class _PoolBase:
     """Slabs, size classes, accounting and lease checks shared by both pools."""
 
@@ -526,13 +572,10 @@ class _PoolBase:
         self._current: list[_Slab | None] = [None] * len(self._classes)
         self._slabs: list[_Slab] = []
         self._charges: list[Any] = []
-        self._in_flight = 0
         self._closed = False
         self._waiters: set[Waiter] = set()  # threads in a waiting acquire; returns wake them
         self._held: list[Lease] = []  # completed while exported (see Lease.held_back)
-        # (thread, id(Sender)) -> [Sender, leases in flight]: what a waiting thread may reap
-        self._reapers: dict[tuple[int, int], list[Any]] = {}
-        self._flying: dict[Lease, object] = {}  # lease in flight -> its ticket
+        self._book = _FlightBook(self._lock)  # the leases in flight (zcnet._core.flight)
 
     @property
     def size_classes(self) -> tuple[int, ...]:
@@ -607,35 +650,9 @@ class _PoolBase:
             self._check_mine(lease)
         self._claim(lease)
 
-    def _claim(self, lease: Lease, *, from_flight: bool = False) -> None:
-        """Take the right to return ``lease`` (exactly once) and kill its view.
-
-        Raises :class:`BufferLifetimeError`, with nothing changed, if the lease is not simply
-        leased (unless ``from_flight``) or its memory is still exported.
-        """
-        state = lease._state
-        if state != _LEASED and not from_flight:
-            if state == _IN_FLIGHT:
-                raise BufferLifetimeError(
-                    f"{lease!r} is in flight; it returns to the pool when its ticket is done")
-            if state == _HELD:
-                raise BufferLifetimeError(
-                    f"{lease!r} was handed to release_when_done; it returns to the pool by "
-                    "itself once the export of its memory is gone")
-        claim = lease._claim
-        try:
-            claim.pop()
-        except IndexError:
-            raise BufferLifetimeError(f"{lease!r} was released twice") from None
-        # Exports of the lease, views derived from its view and exports of the view: counted
-        # exactly in C (zcnet/_ext/views.c), or by the block's managed buffer (_Block).
-        end = _end_lease
-        if not (lease._block.end_lease(lease) if end is None else end(lease, lease._view)):
-            claim.append(True)
-            raise BufferLifetimeError(
-                f"{lease!r} is still in use: a memoryview, array or other object made from it or "
-                "its view is alive; release or drop it first")
-        lease._state = _RELEASED
+    #: Take the right to return a lease (exactly once) and kill its view:
+    #: ``_claim(lease, from_flight=False)``; see :func:`_py_claim`.
+    _claim = staticmethod(_py_claim if speedups is None else speedups.claim_lease)
 
     def release(self, lease: Lease) -> None:
         """Return ``lease`` to this pool; see :meth:`Lease.release`."""
@@ -643,51 +660,26 @@ class _PoolBase:
 
     def _begin_flights(self, leases: Sequence[Lease], tickets: Sequence[TicketLike]) -> None:
         """:meth:`Lease.release_when_done` of ``leases[i]`` with ``tickets[i]``, for a batch at
-        once (one account move, one lock; the tickets share one Sender). Every lease is
-        checked first: if one cannot go in flight, nothing changes and it raises."""
+        once (one account move; the tickets share one Sender). Every lease is checked first: if
+        one cannot go in flight, nothing changes and it raises."""
         if len(leases) != len(tickets):
             raise ValueError(f"{len(leases)} leases for {len(tickets)} tickets")
-        for lease in leases:
-            if type(lease) is not Lease or lease._pool is not self:
-                self._check_mine(lease)
-            if lease._state != _LEASED:
-                raise BufferLifetimeError(
-                    f"{lease!r} cannot go in flight: it is not simply leased")
-        if len(set(map(id, leases))) != len(leases):
-            raise BufferLifetimeError("the same lease twice in one batch")
+        book = self._book
+        capacity = book.check(self, leases)
         if self._account is not None:
-            classes = self._classes
-            self._account.move(sum(classes[lease._block.cls] for lease in leases), POOL, PINNED)
+            self._account.move(capacity, POOL, PINNED)
         sender = _reaper_of(tickets[0]) if tickets else None
-        key = None
-        with self._lock:
-            self._in_flight += len(leases)
-            self._flying.update(zip(leases, tickets))  # noqa: B905 (lengths checked above)
-            if sender is not None:
-                key = (threading.get_ident(), id(sender))
-                entry = self._reapers.setdefault(key, [sender, 0])
-                entry[1] += len(leases)
-        for lease, ticket in zip(leases, tickets):  # noqa: B905 (lengths checked above)
-            lease._reaper = key
-            lease._state = _IN_FLIGHT
-            ticket.add_done_callback(lease._on_done)
+        key = None if sender is None else (threading.get_ident(), id(sender))
+        book.take_off(leases, tickets, key, sender)
 
     def _end_flight(self, lease: Lease) -> None:
-        if lease._state != _IN_FLIGHT:
-            raise BufferLifetimeError(f"{lease!r}: completion for a lease not in flight")
+        """The ticket of ``lease`` is done: the lease comes back (or is held back while an
+        export of its memory is alive)."""
+        self._book.land(lease)
         if self._account is not None:
             self._account.move(lease.capacity, PINNED, POOL)
-        with self._lock:
-            self._in_flight -= 1
-            self._flying.pop(lease, None)
-            key, lease._reaper = lease._reaper, None
-            if key is not None:
-                entry = self._reapers[key]
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._reapers[key]
         try:
-            self._claim(lease, from_flight=True)
+            self._claim(lease, True)
         except BufferLifetimeError:
             # The kernel is done but the program still holds a view of the buffer: handing it
             # out again would let that view write into the next lease.
@@ -706,7 +698,7 @@ class _PoolBase:
         kept: list[Lease] = []
         for lease in held:
             try:
-                self._claim(lease, from_flight=True)
+                self._claim(lease, True)
             except BufferLifetimeError:
                 kept.append(lease)
                 continue
@@ -749,7 +741,8 @@ class _PoolBase:
 
         def senders() -> list[Any]:
             with self._lock:
-                return [e[0] for k, e in self._reapers.items() if k[0] == me]
+                entries = list(self._book.reapers.items())  # one step: the book changes
+            return [e[0] for k, e in entries if k[0] == me]
 
         # timeout=None waits only while returns are on their way: leases in flight whose
         # tickets have not failed come back by completions (this thread reaps its own Senders'
@@ -800,9 +793,10 @@ class _PoolBase:
         ``AioTicket``'s completions are reaped by its loop, which cannot run while we block)."""
         running = _running_loop()
         with self._lock:
-            return any(getattr(t, "error", None) is None
-                       and (running is None or getattr(t, "_loop", None) is not running)
-                       for t in self._flying.values())
+            tickets = list(self._book.flying.values())  # one step: the book changes
+        return any(getattr(t, "error", None) is None
+                   and (running is None or getattr(t, "_loop", None) is not running)
+                   for t in tickets)
 
     @contextlib.contextmanager
     def _waiting(self, waiter: Waiter) -> Iterator[None]:
@@ -837,8 +831,8 @@ class _PoolBase:
             self._reclaim_held()
         with self._lock:
             out = self._outstanding()
-            if self._in_flight:
-                raise PoolError(f"{self._in_flight} leases are still in flight; flush the "
+            if self._book.in_flight:
+                raise PoolError(f"{self._book.in_flight} leases are still in flight; flush the "
                                 "sender before closing the pool")
             if out and not force:
                 held = f" ({len(self._held)} held back: an export of their memory is alive)" \
@@ -935,7 +929,7 @@ class LockedFreeListPool(_PoolBase):
                 kind=self._kind, slabs=len(self._slabs),
                 slab_bytes=sum(s.size for s in self._slabs),
                 hugepage_slabs=sum(s.huge for s in self._slabs),
-                outstanding=self._acquires - self._releases, in_flight=self._in_flight,
+                outstanding=self._acquires - self._releases, in_flight=self._book.in_flight,
                 idle_blocks=sum(len(x) for x in self._shared), acquires=self._acquires,
                 releases=self._releases, cross_thread_releases=0, deferred_drained=0,
                 reclaimed_from_dead_threads=0, threads=0, held_back=len(self._held),
@@ -1164,6 +1158,9 @@ class BufferPool(_PoolBase):
         except IndexError:
             block = self._refill(cache, cls, timeout)
         cache.acquires += 1
+        if _new_lease is not None:  # Lease(...) without the frame of __new__
+            lease: Lease = _new_lease(Lease, self, block, size, cache)
+            return lease
         return Lease(self, block, size, cache)
 
     def release(self, lease: Lease) -> None:
@@ -1217,7 +1214,7 @@ class BufferPool(_PoolBase):
                 kind=self._kind, slabs=len(self._slabs),
                 slab_bytes=sum(s.size for s in self._slabs),
                 hugepage_slabs=sum(s.huge for s in self._slabs),
-                outstanding=self._outstanding(), in_flight=self._in_flight, idle_blocks=idle,
+                outstanding=self._outstanding(), in_flight=self._book.in_flight, idle_blocks=idle,
                 acquires=self._dead[0] + sum(c.acquires for c in caches),
                 releases=self._dead[1] + sum(c.releases + len(c.deferred) for c in caches),
                 cross_thread_releases=self._dead[2] + sum(c.cross_releases for c in caches),

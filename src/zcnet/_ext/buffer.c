@@ -49,8 +49,8 @@ PyTypeObject zc_PinGroupType = {
 
 /* -- BufferBase ---------------------------------------------------------------------------- */
 
-static void
-buffer_finalize(zc_BufferBaseObject *self)
+void
+zc_buffer_finalize(zc_BufferBaseObject *self)
 {
     if (self->source.obj != NULL)
         PyBuffer_Release(&self->source);
@@ -120,7 +120,7 @@ buffer_dealloc(zc_BufferBaseObject *self)
     /* no export can be alive: each one holds a reference to us */
     if (self->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)self);
-    buffer_finalize(self);
+    zc_buffer_finalize(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -145,7 +145,7 @@ buffer_releasebuffer(zc_BufferBaseObject *self, Py_buffer *view)
 {
     (void)view;
     if (--self->exports == 0 && self->ended)
-        buffer_finalize(self);
+        zc_buffer_finalize(self);
 }
 
 static PyBufferProcs buffer_as_buffer = {
@@ -168,7 +168,7 @@ buffer_end(zc_BufferBaseObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->ended = 1;
     if (self->exports == 0) {
-        buffer_finalize(self);
+        zc_buffer_finalize(self);
         Py_RETURN_TRUE;
     }
     Py_RETURN_FALSE;
@@ -180,7 +180,7 @@ buffer_end_if_unexported(zc_BufferBaseObject *self, PyObject *Py_UNUSED(ignored)
     if (self->exports != 0)
         Py_RETURN_FALSE;
     self->ended = 1;
-    buffer_finalize(self);
+    zc_buffer_finalize(self);
     Py_RETURN_TRUE;
 }
 

@@ -43,7 +43,7 @@
 #define REAP_SHIFT 17
 
 static PyObject *s_release, *s_callback_failed, *s_drive, *s_drive_buf,
-    *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure;
+    *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure, *s_end_flight, *s_pool;
 
 /* -- TicketBase ----------------------------------------------------------------------------- */
 
@@ -57,6 +57,8 @@ typedef struct {
     PyObject *sender;
     PyObject *view;
     PyObject *callbacks;
+    PyObject *lease; /* a pool lease flying with this ticket (BufferPool._begin_flights): landed
+                      * by the pool's _end_flight when the ticket is done, before the callbacks */
     Py_buffer pin; /* the fast path's export of a bytes/bytearray (pin.obj NULL if none): what
                     * _view holds otherwise, without a memoryview object */
 } zc_TicketObject;
@@ -71,6 +73,7 @@ ticket_traverse(zc_TicketObject *t, visitproc visit, void *arg)
     Py_VISIT(t->sender);
     Py_VISIT(t->view);
     Py_VISIT(t->callbacks);
+    Py_VISIT(t->lease);
     Py_VISIT(t->pin.obj);
     return 0;
 }
@@ -83,6 +86,7 @@ ticket_clear(zc_TicketObject *t)
     Py_CLEAR(t->sender);
     Py_CLEAR(t->view);
     Py_CLEAR(t->callbacks);
+    Py_CLEAR(t->lease);
     if (t->pin.obj != NULL)
         PyBuffer_Release(&t->pin);
     return 0;
@@ -96,7 +100,40 @@ ticket_dealloc(zc_TicketObject *t)
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
-/* Ticket._finish: done; copied; the view released; no sender; callbacks run (as Ticket._run). */
+/* A done callback's result `r` (NULL: it raised) as Ticket._run treats it: an Exception is
+ * logged (Ticket._callback_failed, naming `fn`) and the others still run; 0, or -1 when a
+ * BaseException (or a failure to log) propagates. */
+static int
+done_callback_result(zc_TicketObject *t, PyObject *fn, PyObject *r)
+{
+    if (r == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *exc = zc_get_raised();
+        r = PyObject_CallMethodObjArgs((PyObject *)t, s_callback_failed, fn, exc, NULL);
+        Py_XDECREF(exc);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The lease flying with `t` goes back to its pool: lease._pool._end_flight(lease), the work of
+ * Lease._on_done without its frame or a callback list. */
+static int
+land_lease(zc_TicketObject *t)
+{
+    PyObject *lease = t->lease;
+    t->lease = NULL;
+    PyObject *pool = PyObject_GetAttr(lease, s_pool);
+    PyObject *r = pool == NULL ? NULL : PyObject_CallMethodOneArg(pool, s_end_flight, lease);
+    Py_XDECREF(pool);
+    int rc = done_callback_result(t, lease, r);
+    Py_DECREF(lease);
+    return rc;
+}
+
+/* Ticket._finish: done; copied; the view released; no sender; its lease landed; callbacks run
+ * (as Ticket._run). */
 static int
 ticket_finish(zc_TicketObject *t, int copied)
 {
@@ -114,6 +151,8 @@ ticket_finish(zc_TicketObject *t, int copied)
         Py_DECREF(r);
     }
     Py_CLEAR(t->sender);
+    if (t->lease != NULL && land_lease(t) < 0)
+        return -1;
     PyObject *callbacks = t->callbacks;
     if (callbacks != NULL && callbacks != Py_None) {
         t->callbacks = NULL;
@@ -122,24 +161,27 @@ ticket_finish(zc_TicketObject *t, int copied)
         if (fast == NULL)
             return -1;
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-            /* Ticket._run in C: fn(ticket); an Exception is logged (Ticket._callback_failed)
-             * and the others still run; a BaseException propagates */
             PyObject *fn = PySequence_Fast_GET_ITEM(fast, i);
-            PyObject *r = PyObject_CallOneArg(fn, (PyObject *)t);
-            if (r == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
-                PyObject *exc = zc_get_raised();
-                r = PyObject_CallMethodObjArgs((PyObject *)t, s_callback_failed, fn, exc, NULL);
-                Py_XDECREF(exc);
-            }
-            if (r == NULL) {
+            if (done_callback_result(t, fn, PyObject_CallOneArg(fn, (PyObject *)t)) < 0) {
                 Py_DECREF(fast);
                 return -1;
             }
-            Py_DECREF(r);
         }
         Py_DECREF(fast);
     }
     return 0;
+}
+
+int
+zc_ticket_carry(PyObject *ticket, PyObject *lease)
+{
+    if (!PyObject_TypeCheck(ticket, &TicketBaseType))
+        return 0;
+    zc_TicketObject *t = (zc_TicketObject *)ticket;
+    if (t->done || t->lease != NULL)
+        return 0;
+    t->lease = Py_NewRef(lease);
+    return 1;
 }
 
 static PyObject *
@@ -181,6 +223,7 @@ static PyMemberDef ticket_members[] = {
     {"_sender", T_OBJECT, offsetof(zc_TicketObject, sender), 0, NULL},
     {"_view", T_OBJECT, offsetof(zc_TicketObject, view), 0, NULL},
     {"_callbacks", T_OBJECT, offsetof(zc_TicketObject, callbacks), 0, NULL},
+    {"_lease", T_OBJECT, offsetof(zc_TicketObject, lease), 0, NULL},
     {NULL},
 };
 
@@ -762,7 +805,7 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
     return NULL;
 }
 
-static PyObject *s_release_when_done, *s_begin_flights, *s_pool;
+static PyObject *s_release_when_done, *s_begin_flights;
 
 /* Datagrams pos .. pos+sent-1 went (sendmmsg or the ring), each having taken the next counter
  * value: recorded at once, with no Python code in between (sendmmsg.py), and counted
@@ -1088,7 +1131,7 @@ zc_txfast_init(PyObject *module)
         {&s_release_when_done, "release_when_done"},
         {&s_begin_flights, "_begin_flights"},
         {&s_pool, "_pool"},
-        {&s_finish, "_finish"}, {&s_failure, "failure"},
+        {&s_finish, "_finish"}, {&s_failure, "failure"}, {&s_end_flight, "_end_flight"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;

@@ -21,7 +21,56 @@
 #include "zcnet_ext.h"
 
 static PyObject *str_release = NULL;
-static PyObject *str_end_if_unexported = NULL;
+
+int
+zc_end_lease(PyObject *buf, PyObject *view)
+{
+    if (!PyObject_TypeCheck(buf, &zc_BufferBaseType)) {
+        PyErr_Format(PyExc_TypeError, "end_lease() needs a BufferBase, not %.100s",
+                     Py_TYPE(buf)->tp_name);
+        return -1;
+    }
+    zc_BufferBaseObject *b = (zc_BufferBaseObject *)buf;
+    if (b->ended) {
+        PyErr_Format(zc_BufferLifetimeError, "%.100s already ended", Py_TYPE(buf)->tp_name);
+        return -1;
+    }
+    Py_ssize_t own = 0; /* exports of `buf` that belong to its live view */
+    if (view != Py_None) {
+        if (!PyMemoryView_Check(view)) {
+            PyErr_Format(PyExc_TypeError, "end_lease() needs a memoryview or None, not %.100s",
+                         Py_TYPE(view)->tp_name);
+            return -1;
+        }
+        PyMemoryViewObject *mv = (PyMemoryViewObject *)view;
+        if (!(mv->flags & _Py_MEMORYVIEW_RELEASED)) {
+            if (mv->mbuf->master.obj != buf) {
+                PyErr_SetString(PyExc_ValueError, "end_lease(): the view is not a view of the "
+                                                  "buffer");
+                return -1;
+            }
+            if (mv->exports != 0 || mv->mbuf->exports != 1)
+                return 0;
+            own = 1;
+        }
+    }
+    if (b->exports != own)
+        return 0;
+    if (own) {
+        /* cannot fail: nothing is exported from the view. Its managed buffer then has no view
+         * left and releases its export of `buf` (mbuf_release). */
+        PyObject *r = PyObject_CallMethodNoArgs(view, str_release);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    if (b->exports != 0)
+        return 0;
+    /* no export left: refuses new ones from now on and lets go of the slab */
+    b->ended = 1;
+    zc_buffer_finalize(b);
+    return 1;
+}
 
 static PyObject *
 views_end_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -30,48 +79,8 @@ views_end_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         PyErr_Format(PyExc_TypeError, "end_lease() takes 2 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *buf = args[0], *view = args[1];
-    if (!PyObject_TypeCheck(buf, &zc_BufferBaseType)) {
-        PyErr_Format(PyExc_TypeError, "end_lease() needs a BufferBase, not %.100s",
-                     Py_TYPE(buf)->tp_name);
-        return NULL;
-    }
-    zc_BufferBaseObject *b = (zc_BufferBaseObject *)buf;
-    if (b->ended) {
-        PyErr_Format(zc_BufferLifetimeError, "%.100s already ended", Py_TYPE(buf)->tp_name);
-        return NULL;
-    }
-    Py_ssize_t own = 0; /* exports of `buf` that belong to its live view */
-    if (view != Py_None) {
-        if (!PyMemoryView_Check(view)) {
-            PyErr_Format(PyExc_TypeError, "end_lease() needs a memoryview or None, not %.100s",
-                         Py_TYPE(view)->tp_name);
-            return NULL;
-        }
-        PyMemoryViewObject *mv = (PyMemoryViewObject *)view;
-        if (!(mv->flags & _Py_MEMORYVIEW_RELEASED)) {
-            if (mv->mbuf->master.obj != buf) {
-                PyErr_SetString(PyExc_ValueError, "end_lease(): the view is not a view of the "
-                                                  "buffer");
-                return NULL;
-            }
-            if (mv->exports != 0 || mv->mbuf->exports != 1)
-                Py_RETURN_FALSE;
-            own = 1;
-        }
-    }
-    if (b->exports != own)
-        Py_RETURN_FALSE;
-    if (own) {
-        /* cannot fail: nothing is exported from the view. Its managed buffer then has no view
-         * left and releases its export of `buf` (mbuf_release). */
-        PyObject *r = PyObject_CallMethodNoArgs(view, str_release);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-    }
-    /* no export left: refuses new ones from now on and lets go of the slab */
-    return PyObject_CallMethodNoArgs(buf, str_end_if_unexported);
+    int ended = zc_end_lease(args[0], args[1]);
+    return ended < 0 ? NULL : PyBool_FromLong(ended);
 }
 
 static PyObject *
@@ -112,7 +121,7 @@ int
 zc_views_init(PyObject *module)
 {
     static const zc_InternedName names[] = {
-        {&str_release, "release"}, {&str_end_if_unexported, "_end_if_unexported"},
+        {&str_release, "release"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;

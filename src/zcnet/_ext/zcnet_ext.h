@@ -62,10 +62,19 @@ extern PyTypeObject zc_BufferBaseType;
 PyObject *zc_buffer_new(PyTypeObject *type, PyObject *source, Py_ssize_t offset,
                         Py_ssize_t length, int readonly, zc_PinGroupObject *group);
 
+/* Drop the object's export of its memory's owner and leave its group (once no export is alive). */
+void zc_buffer_finalize(zc_BufferBaseObject *self);
+
 int zc_buffer_init(PyObject *module);
 
 /* views.c: whether a pool lease's memory is still used (end_lease). */
 int zc_views_init(PyObject *module);
+/* End the lease `buf` (a BufferBase) and release `view` (its own memoryview, or Py_None) if
+ * nothing else uses its memory: 1; 0 with nothing changed if something does; -1 with an
+ * exception set. */
+int zc_end_lease(PyObject *buf, PyObject *view);
+/* lease.c: LeaseBase, claim_lease and FlightBook (a pool's leases in flight). */
+int zc_lease_init(PyObject *module);
 /* tracker.c: the zero-copy completion counter (zcnet._core.tracker.CompletionTracker in C). */
 typedef struct {
     PyObject *token;   /* NULL once completed */
@@ -113,6 +122,9 @@ int zc_tracker_init(PyObject *module);
 
 /* txfast.c: the send fast path (Ticket base, the policy's counters, the per-Sender send core). */
 int zc_txfast_init(PyObject *module);
+/* `ticket` carries `lease` and lands it when done (BufferPool._end_flight): 1 if it is a pending
+ * compiled ticket carrying no lease yet; 0, with nothing changed, otherwise. */
+int zc_ticket_carry(PyObject *ticket, PyObject *lease);
 /* rx.c: ChunkBase and the receive calls (TCP_ZEROCOPY_RECEIVE, copy-mode recv). */
 int zc_rx_init(PyObject *module);
 extern PyTypeObject zc_ZerocopyReceiveType;

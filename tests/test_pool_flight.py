@@ -1,0 +1,131 @@
+"""The book of leases in flight (zcnet._core.flight.FlightBook and its compiled twin) and the
+compiled ticket that carries its lease: both books, driven with real pool leases, behave alike."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from zcnet._accel import speedups
+from zcnet._core.flight import IN_FLIGHT, LEASED, FlightBook
+from zcnet.errors import BufferLifetimeError, PoolError
+from zcnet.pool import BufferPool
+from zcnet.sender import Ticket, _new
+
+from .test_pool import SMALL, FakeTicket
+
+BOOKS: list[Any] = [FlightBook] + ([] if speedups is None else [speedups.FlightBook])
+
+
+@pytest.fixture(params=BOOKS, ids=[b.__module__.rsplit(".", 1)[-1] for b in BOOKS])
+def book(request: pytest.FixtureRequest) -> Any:
+    return request.param(threading.Lock())
+
+
+@pytest.fixture
+def pool() -> Iterator[BufferPool]:
+    p = BufferPool(**SMALL)
+    yield p
+    p.close(force=True)
+
+
+def test_check_sums_the_size_classes_and_changes_nothing(book: Any, pool: BufferPool) -> None:
+    leases = [pool.acquire(n) for n in (1, 4096, 4097, 65536)]
+    assert book.check(pool, leases) == 4096 + 4096 + 8192 + 65536
+    assert book.in_flight == 0 and all(lease._state == LEASED for lease in leases)
+    for lease in leases:
+        lease.release()
+
+
+def test_check_refuses_with_nothing_changed(book: Any, pool: BufferPool) -> None:
+    other = BufferPool(**SMALL)
+    try:
+        mine, theirs = pool.acquire(100), other.acquire(100)
+        with pytest.raises(PoolError, match="another pool"):
+            book.check(pool, [mine, theirs])
+        with pytest.raises(PoolError, match="expected a Lease"):
+            book.check(pool, [mine, b"bytes"])
+        with pytest.raises(BufferLifetimeError, match="twice in one batch"):
+            book.check(pool, [mine, pool.acquire(10), mine])
+        gone = pool.acquire(100)
+        gone.release()
+        with pytest.raises(BufferLifetimeError, match="not simply leased"):
+            book.check(pool, [mine, gone])
+        assert mine._state == LEASED
+        mine.release()  # still simply leased: the refusals changed nothing
+        theirs.release()
+    finally:
+        other.close(force=True)
+
+
+def test_take_off_and_land_keep_the_counts(book: Any, pool: BufferPool) -> None:
+    leases = [pool.acquire(1000) for _ in range(3)]
+    tickets = [FakeTicket() for _ in leases]
+    sender = object()
+    key = (threading.get_ident(), id(sender))
+    book.take_off(leases, tickets, key, sender)
+    assert book.in_flight == 3
+    assert book.flying == dict(zip(leases, tickets, strict=True))
+    assert book.reapers == {key: [sender, 3]}
+    assert all(lease._state == IN_FLIGHT and lease._reaper == key for lease in leases)
+    book.land(leases[0])
+    book.land(leases[1])
+    assert book.in_flight == 1 and book.reapers == {key: [sender, 1]}
+    assert list(book.flying) == [leases[2]]
+    book.land(leases[2])
+    assert book.in_flight == 0 and book.flying == {} and book.reapers == {}
+    assert leases[2]._reaper is None
+    with pytest.raises(BufferLifetimeError, match="not in flight"):
+        book.land(pool.acquire(10))
+    # the landed leases are still "in flight" until the pool claims them: the test does it
+    for lease, ticket in zip(leases, tickets, strict=True):
+        assert ticket._callbacks == [lease._on_done]  # a plain ticket is told by callback
+
+
+def test_a_compiled_ticket_carries_its_lease_back(pool: BufferPool) -> None:
+    if speedups is None:
+        pytest.skip("the pure-Python Ticket lands its lease through a done callback")
+    lease = pool.acquire(5000)
+    lease.view[:] = b"x" * 5000
+    ticket = _new(Ticket)
+    ticket.nbytes = 5000
+    seen: list[bool] = []
+    lease.release_when_done(ticket)
+    assert ticket._lease is lease and ticket._callbacks is None  # carried, no callback
+    ticket.add_done_callback(lambda t: seen.append(lease.released))
+    second = pool.acquire(100)
+    second.release_when_done(ticket)  # the ticket already carries one: a callback for this one
+    assert ticket._callbacks is not None and len(ticket._callbacks) == 2
+    assert pool.stats().in_flight == 2
+    ticket._finish(False)
+    assert ticket._lease is None and lease.released and second.released
+    assert seen == [True]  # the lease was back before the callbacks ran
+    assert pool.stats().in_flight == 0 and pool.stats().outstanding == 0
+
+
+def test_a_ticket_done_already_lands_its_lease_at_once(pool: BufferPool) -> None:
+    ticket = _new(Ticket)
+    ticket.nbytes = 1
+    ticket.done = True
+    lease = pool.acquire(1)
+    lease.release_when_done(ticket)
+    assert lease.released and pool.stats().in_flight == 0
+
+
+def test_a_lease_in_flight_and_its_pool_are_collected() -> None:
+    # lease -> pool -> book -> lease, and the ticket: a cycle the collector must see through the
+    # compiled lease's fields (LeaseBase supports GC)
+    p = BufferPool(**SMALL)
+    lease = p.acquire(100)
+    ticket = _new(Ticket)
+    ticket.nbytes = 100
+    lease.release_when_done(ticket)
+    refs = weakref.ref(p), weakref.ref(lease), weakref.ref(ticket)
+    del p, lease, ticket
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
