@@ -309,8 +309,15 @@ def test_child_memlock_limit_and_non_root() -> None:
     assert "Needs root" in _check(child, "limits.privileges")["evidence"]
     ifb = _check(child, "selftest.udp_ifb")
     assert ifb["status"] == "skipped" and "root" in ifb["evidence"]
+    # 256 KiB sends pin more than 64 KiB: the kernel refuses each zero-copy send (ENOBUFS from
+    # mm_account_pinned_pages), zcnet copies them, and the doctor says so
     loop = _check(child, "selftest.msg_zerocopy_loopback")
     assert loop["data"]["verified"] is True
+    assert loop["status"] == "no" and loop["data"]["enobufs"] > 0
+    assert loop["data"]["completions"] == 0 and loop["data"]["bytes_plain"] == loop["data"]["bytes"]
+    assert "RLIMIT_MEMLOCK" in loop["evidence"]
+    transmit = _verdict(child, "transmit")
+    assert transmit["status"] == "no" and "ulimit -l" in transmit["next_step"]
 
 
 #: What ``zcnet.cli.build_parser`` imports (the benchmark's parser too), for a child as nobody.
@@ -361,6 +368,16 @@ def test_so_zerocopy_checks_match_the_kernel() -> None:
     for name in ("raw", "packet"):
         check = _check(doc, f"kernel.so_zerocopy.{name}")
         assert (check["status"], check["data"]["errno"]) == ("no", "EOPNOTSUPP")
+
+
+def test_selftest_without_namespaces_skips_the_ifb_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in a container without namespaces: the ifb part is skipped with the reason."""
+    from zcnet.doctor import selftest
+
+    monkeypatch.setattr(selftest, "netns_unavailable_reason",
+                        lambda: "the kernel has no network namespaces")
+    ifb = {c.id: c for c in selftest.run_selftest()}["selftest.udp_ifb"]
+    assert ifb.status == "skipped" and "the kernel has no network namespaces" in ifb.evidence
 
 
 def test_selftest_moves_verified_bytes() -> None:

@@ -96,6 +96,7 @@ def _msg_zerocopy_loopback() -> Check:
         "bytes": got, "verified": ok and got == _TCP_BYTES,
         "sends_zerocopy": st.sends_zerocopy, "completions": st.completions,
         "bytes_copied": st.bytes_copied, "bytes_zerocopy": st.bytes_zerocopy,
+        "bytes_plain": st.bytes_plain, "enobufs": st.enobufs,
         "mode": st.mode, "fallback_reason": st.fallback_reason}
     subject = "MSG_ZEROCOPY over loopback"
     if errors:
@@ -105,9 +106,13 @@ def _msg_zerocopy_loopback() -> Check:
         return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "no",
                      f"received bytes did not match ({got} of {_TCP_BYTES})", None, data)
     if st.completions == 0:
+        why = (f"the kernel refused every zero-copy send with ENOBUFS ({st.enobufs} times) and "
+               f"all {st.bytes_plain} bytes were copied: the notification budget (optmem_max) "
+               "or the pinned-page charge against RLIMIT_MEMLOCK ran out"
+               if st.enobufs else st.fallback_reason or "no reason given")
         return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "no",
-                     f"no completion arrived; {st.fallback_reason or 'no reason given'}",
-                     "see net.core.optmem_max and RLIMIT_MEMLOCK above", data)
+                     f"{got} bytes verified, but no zero-copy send completed: {why}",
+                     "raise net.core.optmem_max or RLIMIT_MEMLOCK (see the limits above)", data)
     return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "ok",
                  f"{got} bytes verified; {st.sends_zerocopy} zero-copy sends, {st.completions} "
                  f"completed, {st.bytes_copied} bytes marked copied (expected over loopback: "

@@ -395,6 +395,7 @@ def _verdicts(f: Facts, checks: Sequence[Check]) -> list[Verdict]:
     optmem = _find(checks, "limits.optmem_max")
     memlock = _find(checks, "limits.memlock")
     ifb = _find(checks, "selftest.udp_ifb")
+    loop = _find(checks, "selftest.msg_zerocopy_loopback")
     devices = [c for c in checks if c.id.endswith(".transmit") and c.id.startswith("interface.")
                and c.status == "ok"]
     if tcp is None or tcp.status != "ok":
@@ -402,6 +403,11 @@ def _verdicts(f: Facts, checks: Sequence[Check]) -> list[Verdict]:
                            + (tcp.evidence if tcp else "not probed"), tcp.fix if tcp else None))
     elif optmem is not None and optmem.status == "no":
         out.append(Verdict("transmit", "no", optmem.evidence, optmem.fix))
+    elif loop is not None and loop.status == "no":
+        limit = next((c for c in (optmem, memlock) if c is not None and c.status != "ok"), None)
+        out.append(Verdict("transmit", "no", "the kernel accepts SO_ZEROCOPY, but in the "
+                           f"self-test: {loop.evidence}",
+                           limit.fix if limit is not None else loop.fix))
     else:
         proof = ("; zero-copy confirmed toward an ifb sink" if ifb and ifb.status == "ok" else "")
         where = (", on " + ", ".join(c.data["name"] for c in devices)) if devices else (
