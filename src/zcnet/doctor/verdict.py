@@ -409,13 +409,16 @@ def _verdicts(f: Facts, checks: Sequence[Check]) -> list[Verdict]:
                            f"self-test: {loop.evidence}",
                            limit.fix if limit is not None else loop.fix))
     else:
-        proof = ("; zero-copy confirmed toward an ifb sink" if ifb and ifb.status == "ok" else "")
-        where = (", on " + ", ".join(c.data["name"] for c in devices)) if devices else (
-            "; no scatter-gather device here, only loopback, which always copies")
+        proven = ifb is not None and ifb.status == "ok"
+        proof = "; real zero-copy confirmed toward an ifb sink (self-test)" if proven else ""
+        where = ("; it can send uncopied through " + ", ".join(c.data["name"] for c in devices)
+                 + " (scatter-gather)") if devices else (
+            "" if proven else
+            "; no scatter-gather device checked, only loopback, which always copies")
         limits = [c for c in (optmem, memlock) if c is not None and c.status == "warn"]
         out.append(Verdict(
-            "transmit", "warn" if limits or not devices else "ok",
-            f"MSG_ZEROCOPY works{where}{proof}" + "".join(f"; {c.evidence}" for c in limits),
+            "transmit", "warn" if limits or not (devices or proven) else "ok",
+            f"MSG_ZEROCOPY accepted{where}{proof}" + "".join(f"; {c.evidence}" for c in limits),
             limits[0].fix if limits else None))
     rx = _find(checks, "kernel.tcp_zerocopy_receive")
     mapped = _find(checks, "selftest.mapped_receive")
