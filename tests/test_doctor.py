@@ -395,3 +395,82 @@ def test_selftest_moves_verified_bytes() -> None:
     else:
         assert ifb.status == "ok", ifb.evidence
         assert ifb.data["bytes_copied"] == 0 and ifb.data["bytes_at_sink"] >= ifb.data["bytes"]
+
+
+# -- offloads and header split against the ethtool program ----------------------------------------
+
+ETHTOOL = next((p for p in ("/usr/sbin/ethtool", "/sbin/ethtool") if Path(p).exists()), None)
+needs_ethtool = pytest.mark.skipif(
+    ETHTOOL is None, reason="the ethtool program is not installed (scripts/ensure-system-deps.sh)")
+
+
+def _ethtool(*args: str, netns: Netns | None = None) -> subprocess.CompletedProcess[str]:
+    assert ETHTOOL is not None
+    argv = [ETHTOOL, *args]
+    if netns is not None:
+        argv = netns.exec_argv(argv)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _ethtool_features(name: str, netns: Netns | None = None) -> dict[str, bool]:
+    """scatter-gather, TSO (``tx-tcp-segmentation``) and GSO as ``ethtool -k`` shows them."""
+    out = _ethtool("-k", name, netns=netns)
+    assert out.returncode == 0, out.stderr
+    lines = {k.strip(): v.split()[0] for k, _, v in
+             (ln.partition(":") for ln in out.stdout.splitlines()[1:]) if v.strip()}
+    return {"scatter_gather": lines["scatter-gather"] == "on",
+            "tso": lines["tx-tcp-segmentation"] == "on",
+            "gso": lines["generic-segmentation-offload"] == "on"}
+
+
+def _ethtool_split(name: str) -> str:
+    """TCP data split as ``ethtool -g`` shows it, in the doctor's words: ethtool's "n/a" for a
+    driver that does not report it is the doctor's "unknown"; no ring parameters at all is
+    "n/a"."""
+    out = _ethtool("-g", name)
+    if out.returncode != 0:
+        assert "Operation not supported" in out.stderr, out.stderr
+        return "n/a"
+    m = re.search(r"^TCP data split:\s*(\S+)", out.stdout, re.MULTILINE)
+    assert m, out.stdout
+    return {"n/a": "unknown"}.get(m.group(1), m.group(1))
+
+
+@needs_ethtool
+def test_host_interfaces_match_ethtool() -> None:
+    doc = json.loads(_zcnet("doctor", "--json", "--no-selftest").stdout)
+    assert doc["interfaces"]
+    for i in doc["interfaces"]:
+        name = i["name"]
+        assert {k: i[k] for k in ("scatter_gather", "tso", "gso")} == _ethtool_features(name)
+        assert i["header_split"] == _ethtool_split(name), name
+        info = _ethtool("-i", name)
+        if info.returncode == 0:
+            assert f"driver: {i['driver']}" in info.stdout
+
+
+@needs_ethtool
+@needs_netns
+def test_scatter_gather_off_is_seen_and_fixed() -> None:
+    """A veth end with scatter-gather turned off by ethtool: the doctor reads it off (as ethtool
+    does), says TCP would copy, and proposes the ethtool command that turns it back on."""
+    with Netns(lo_mtu=None) as ns:
+        made = subprocess.run(["ip", "-n", ns.name, "link", "add", "zveth0", "type", "veth",
+                               "peer", "name", "zveth1"], capture_output=True, text=True,
+                              check=False)
+        if made.returncode != 0:
+            pytest.skip(f"no veth interfaces: {made.stderr.strip()}")
+        before = json.loads(_zcnet("doctor", "--json", "--no-selftest", "--interface", "zveth0",
+                                   netns=ns).stdout)
+        truth_before = _ethtool_features("zveth0", ns)
+        assert _ethtool("-K", "zveth0", "sg", "off", netns=ns).returncode == 0
+        after = json.loads(_zcnet("doctor", "--json", "--no-selftest", "--interface", "zveth0",
+                                  netns=ns).stdout)
+        truth_after = _ethtool_features("zveth0", ns)
+    for doc, truth in ((before, truth_before), (after, truth_after)):
+        (iface,) = doc["interfaces"]
+        assert {k: iface[k] for k in truth} == truth
+    assert truth_before["scatter_gather"] and not truth_after["scatter_gather"]
+    assert _check(before, "interface.zveth0.transmit")["status"] == "ok"
+    tx = _check(after, "interface.zveth0.transmit")
+    assert tx["status"] == "no" and tx["fix"] == "ethtool -K zveth0 sg on"
