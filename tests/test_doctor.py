@@ -31,6 +31,7 @@ from zcnet.doctor.verdict import (
     mappable_mtu,
 )
 from zcnet.lowlevel.probes import ProbeResult, UringProbe
+from zcnet.lowlevel.uring import unavailable_reason
 from zcnet.netns import Netns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +352,7 @@ def test_seccomp_child_reports_io_uring_refused() -> None:
     child = run_child_json("""
         import json
         from zcnet.doctor import report
-        print(json.dumps(report(selftest=False)))
+        print(json.dumps(report(namespace=False)))
     """, refuse_io_uring=True)
     ring = _check(child, "kernel.io_uring")
     assert ring["status"] == "no" and ring["data"]["setup_errno"] == "EPERM"
@@ -359,6 +360,9 @@ def test_seccomp_child_reports_io_uring_refused() -> None:
     assert _check(child, "limits.seccomp")["data"]["refuses_io_uring"] is True
     assert _verdict(child, "io_uring")["status"] == "no"
     assert _check(child, "kernel.so_zerocopy.tcp")["status"] == "ok"  # the rest still works
+    live = _check(child, "selftest.send_zc_loopback")
+    assert live["status"] == "skipped" and "EPERM" in live["evidence"]
+    assert _check(child, "selftest.msg_zerocopy_loopback")["status"] == "ok"
 
 
 def test_so_zerocopy_checks_match_the_kernel() -> None:
@@ -387,6 +391,12 @@ def test_selftest_moves_verified_bytes() -> None:
     loop = checks["selftest.msg_zerocopy_loopback"]
     assert loop.status == "ok" and loop.data["verified"]
     assert loop.data["completions"] > 0 and loop.data["bytes_copied"] == loop.data["bytes"]
+    uring = checks["selftest.send_zc_loopback"]
+    if unavailable_reason() is None:
+        assert uring.status == "ok" and uring.data["verified"] and uring.data["completions"] > 0
+        assert uring.data["engine"] == "io_uring"
+    else:
+        assert uring.status == "skipped"
     mapped = checks["selftest.mapped_receive"]
     assert mapped.status == "ok" and mapped.data["verified"] and mapped.data["bytes_mapped"] > 0
     ifb = checks["selftest.udp_ifb"]

@@ -1,12 +1,14 @@
 """The doctor's live self-test: a few MiB moved with zcnet itself, every byte checked.
 
-Theory of operation: three parts, each skipped with its reason when it cannot run here, each a
+Theory of operation: four parts, each skipped with its reason when it cannot run here, each a
 :class:`~zcnet.doctor.verdict.Check` of section ``selftest``:
 
 * ``msg_zerocopy_loopback``: a :class:`~zcnet.sender.Sender` forced to ``MSG_ZEROCOPY`` sends a
   pattern over loopback TCP, a plain socket receives and checks it. Completions must arrive and
   say "copied": the kernel copies zero-copy frags of locally delivered packets
   (net/core/skbuff.c ``skb_orphan_frags_rx``), so that is the expected, healthy result here.
+* ``send_zc_loopback``: the same with the io_uring engine (``IORING_OP_SEND_ZC``), skipped with
+  the reason where io_uring cannot be used.
 * ``mapped_receive``: a :class:`~zcnet.receiver.Receiver` on a connection accepted from
   :func:`~zcnet.receiver.make_mappable_listener` (``TCP_MAXSEG`` 4108: one page of payload per
   segment, no root needed), fed by a ``MSG_ZEROCOPY`` sender; reports the share of bytes mapped.
@@ -23,11 +25,11 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from zcnet._core.pattern import StreamPattern
 from zcnet.doctor.verdict import Check, Status
-from zcnet.errors import NetnsUnavailable, ZcnetError
+from zcnet.errors import NetnsUnavailable, ZcnetError, ZerocopyUnavailable
 from zcnet.lowlevel.constants import SOL_UDP, UDP_SEGMENT
 from zcnet.netns import IFB_SINK_ADDR, Netns, netns_unavailable_reason
 from zcnet.receiver import Receiver, make_mappable_listener
@@ -72,13 +74,24 @@ def _pump(sender: Sender, total: int, errors: list[BaseException]) -> None:
         errors.append(e)
 
 
-def _msg_zerocopy_loopback() -> Check:
+def _tcp_loopback(engine: Literal["msg_zerocopy", "io_uring"]) -> Check:
+    """4 MiB over loopback TCP from a Sender on ``engine``, received with plain ``recv``."""
+    uring = engine == "io_uring"
+    cid = "selftest.send_zc_loopback" if uring else "selftest.msg_zerocopy_loopback"
+    subject = "io_uring SEND_ZC over loopback" if uring else "MSG_ZEROCOPY over loopback"
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     client, server = _loopback_pair(listener)
+    try:
+        sender = Sender(client, SendPolicy(engine=engine, force_zerocopy=True))
+    except ZerocopyUnavailable as e:
+        client.close()
+        server.close()
+        return Check(cid, "selftest", subject, "skipped", f"io_uring unavailable: {e}",
+                     "see kernel.io_uring above")
     errors: list[BaseException] = []
-    with server, Sender(client, SendPolicy(force_zerocopy=True)) as sender:
+    with server, sender:
         pump = threading.Thread(target=_pump, args=(sender, _TCP_BYTES, errors),
                                 name="zcnet-doctor-send")
         pump.start()
@@ -93,27 +106,28 @@ def _msg_zerocopy_loopback() -> Check:
         pump.join()
         st = sender.stats
     data: dict[str, Any] = {
-        "bytes": got, "verified": ok and got == _TCP_BYTES,
+        "bytes": got, "verified": ok and got == _TCP_BYTES, "engine": st.engine,
         "sends_zerocopy": st.sends_zerocopy, "completions": st.completions,
         "bytes_copied": st.bytes_copied, "bytes_zerocopy": st.bytes_zerocopy,
         "bytes_plain": st.bytes_plain, "enobufs": st.enobufs,
         "mode": st.mode, "fallback_reason": st.fallback_reason}
-    subject = "MSG_ZEROCOPY over loopback"
     if errors:
-        return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "no",
-                     f"the send failed: {errors[0]}", None, data)
+        return Check(cid, "selftest", subject, "no", f"the send failed: {errors[0]}", None, data)
     if not data["verified"]:
-        return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "no",
+        return Check(cid, "selftest", subject, "no",
                      f"received bytes did not match ({got} of {_TCP_BYTES})", None, data)
     if st.completions == 0:
+        budget = "the pinned-page charge against RLIMIT_MEMLOCK" if uring else (
+            "the notification budget (optmem_max) or the pinned-page charge against "
+            "RLIMIT_MEMLOCK")
         why = (f"the kernel refused every zero-copy send with ENOBUFS ({st.enobufs} times) and "
-               f"all {st.bytes_plain} bytes were copied: the notification budget (optmem_max) "
-               "or the pinned-page charge against RLIMIT_MEMLOCK ran out"
+               f"all {st.bytes_plain} bytes were copied: {budget} ran out"
                if st.enobufs else st.fallback_reason or "no reason given")
-        return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "no",
+        return Check(cid, "selftest", subject, "no",
                      f"{got} bytes verified, but no zero-copy send completed: {why}",
-                     "raise net.core.optmem_max or RLIMIT_MEMLOCK (see the limits above)", data)
-    return Check("selftest.msg_zerocopy_loopback", "selftest", subject, "ok",
+                     "raise RLIMIT_MEMLOCK" + ("" if uring else " or net.core.optmem_max")
+                     + " (see the limits above)", data)
+    return Check(cid, "selftest", subject, "ok",
                  f"{got} bytes verified; {st.sends_zerocopy} zero-copy sends, {st.completions} "
                  f"completed, {st.bytes_copied} bytes marked copied (expected over loopback: "
                  "local delivery copies)", None, data)
@@ -210,7 +224,9 @@ def _guarded(cid: str, subject: str, part: Callable[[], Check]) -> Check:
 def run_selftest(*, root_parts: bool = True) -> list[Check]:
     """Run the self-test; ``root_parts=False`` skips the namespace part even as root."""
     out = [_guarded("selftest.msg_zerocopy_loopback", "MSG_ZEROCOPY over loopback",
-                    _msg_zerocopy_loopback),
+                    lambda: _tcp_loopback("msg_zerocopy")),
+           _guarded("selftest.send_zc_loopback", "io_uring SEND_ZC over loopback",
+                    lambda: _tcp_loopback("io_uring")),
            _guarded("selftest.mapped_receive", "mapped receive (TCP_MAXSEG 4108 listener)",
                     _mapped_receive)]
     if root_parts:

@@ -446,7 +446,13 @@ def _verdicts(f: Facts, checks: Sequence[Check]) -> list[Verdict]:
                            ring.fix if ring else None))
     else:
         assert szc is not None
-        out.append(Verdict("io_uring", szc.status, szc.evidence, szc.fix))
+        live = _find(checks, "selftest.send_zc_loopback")
+        if live is not None and live.status == "no" and szc.status == "ok":
+            out.append(Verdict("io_uring", "no", f"SEND_ZC is there, but in the self-test: "
+                               f"{live.evidence}", live.fix))
+        else:
+            shown = "; self-test sends verified" if live and live.status == "ok" else ""
+            out.append(Verdict("io_uring", szc.status, szc.evidence + shown, szc.fix))
     return out
 
 
