@@ -14,7 +14,6 @@ import dataclasses
 import mmap
 import os
 import platform
-import resource
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from zcnet.lowlevel.probes import (
 from zcnet.lowlevel.uring import unavailable_reason
 from zcnet.netns import netns_unavailable_reason
 
-__all__ = ["SOCKET_KINDS", "Facts", "InterfaceFacts", "gather", "interface_names", "is_linux"]
+__all__ = ["SOCKET_KINDS", "Facts", "InterfaceFacts", "cgroup_facts", "gather", "interface_names",
+           "is_linux"]
 
 #: The sockets whose ``SO_ZEROCOPY`` the doctor tries: (name, family, type, protocol).
 SOCKET_KINDS: Final = (
@@ -146,8 +146,10 @@ def _thp() -> str | None:
     return text
 
 
-def _cgroup() -> tuple[int | None, str | None, bool | None, str]:
+def cgroup_facts(root: str = "/") -> tuple[int | None, str | None, bool | None, str]:
     """cgroup version, this process's cgroup, whether socket memory is charged, and how known.
+
+    ``root`` is where ``proc/`` and ``sys/`` are found (``/``; a test gives a tree of its own).
 
     v2: socket memory is charged to the memory controller of the process's cgroup
     (mm/memcontrol.c ``mem_cgroup_charge_skmem``; ``memory.stat`` has a ``sock`` line) unless the
@@ -155,8 +157,8 @@ def _cgroup() -> tuple[int | None, str | None, bool | None, str]:
     ``memory.kmem.tcp.limit_in_bytes`` is set for the cgroup (Documentation/admin-guide/
     cgroup-v1/memory.rst).
     """
-    cmdline = _read("/proc/cmdline") or ""
-    lines = (_read("/proc/self/cgroup") or "").splitlines()
+    cmdline = _read(root + "proc/cmdline") or ""
+    lines = (_read(root + "proc/self/cgroup") or "").splitlines()
     unified = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
     v1_memory = next((ln.split(":", 2)[2] for ln in lines
                       if ":memory:" in ln or ln.split(":")[1:2] == ["memory"]), None)
@@ -164,7 +166,7 @@ def _cgroup() -> tuple[int | None, str | None, bool | None, str]:
         version = 2 if v1_memory is None else 1
         return version, unified or v1_memory, False, "booted with cgroup.memory=nosocket"
     if v1_memory is None and unified is not None:
-        base = "/sys/fs/cgroup" + unified.rstrip("/")
+        base = root + "sys/fs/cgroup" + unified.rstrip("/")
         stat = _read(base + "/memory.stat")
         if stat is None:
             return 2, unified, False, (f"no memory controller at {base} (memory.stat missing): "
@@ -172,12 +174,18 @@ def _cgroup() -> tuple[int | None, str | None, bool | None, str]:
         sock = next((ln.split()[1] for ln in stat.splitlines() if ln.startswith("sock ")), "?")
         return 2, unified, True, f"{base}/memory.stat: sock {sock} bytes charged now"
     if v1_memory is not None:
-        base = "/sys/fs/cgroup/memory" + v1_memory.rstrip("/")
+        # v1 starts charging TCP memory the first time a limit is written, whatever its value
+        # (mm/memcontrol-v1.c memcg_update_tcp_max): a usage above 0 proves it; a limit below
+        # the maximum too; otherwise it was most likely never written.
+        base = root + "sys/fs/cgroup/memory" + v1_memory.rstrip("/")
         limit = _read(base + "/memory.kmem.tcp.limit_in_bytes")
+        usage = _read(base + "/memory.kmem.tcp.usage_in_bytes")
         if limit is None:
             return 1, v1_memory, False, "cgroup v1 without kmem.tcp accounting"
-        charged = int(limit) < 2**62 if limit.isdigit() else None
-        return 1, v1_memory, charged, f"memory.kmem.tcp.limit_in_bytes={limit}"
+        limited = limit.isdigit() and int(limit) < 2**62
+        used = usage is not None and usage.isdigit() and int(usage) > 0
+        return 1, v1_memory, limited or used, (f"memory.kmem.tcp.limit_in_bytes={limit}, "
+                                               f"usage_in_bytes={usage}")
     return None, None, None, "no cgroup information in /proc/self/cgroup"
 
 
@@ -223,9 +231,11 @@ def gather(interface: str | None = None) -> Facts:
                   implementation=implementation().name, page_size=mmap.PAGESIZE)
     if not facts.linux:
         return facts
+    import resource  # not on every system: only read on Linux
+
     status = _status()
     cap_eff = int(status.get("CapEff", "0"), 16) if "CapEff" in status else None
-    version, path, charged, note = _cgroup()
+    version, path, charged, note = cgroup_facts()
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     maps = _read("/proc/self/maps")
     return dataclasses.replace(

@@ -151,7 +151,11 @@ def probe_so_zerocopy(family: int, type_: int, proto: int = 0) -> ProbeResult:
 
 def probe_udp_segment() -> ProbeResult:
     """Try ``setsockopt(SOL_UDP, UDP_SEGMENT, 1400)`` on a new UDP socket (value: read back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as e:
+        return ProbeResult(None, f"cannot create a UDP socket: {e.strerror}", errno_name(e.errno))
+    with sock:
         try:
             sock.setsockopt(SOL_UDP, UDP_SEGMENT, 1400)
             value = sock.getsockopt(SOL_UDP, UDP_SEGMENT)
@@ -172,7 +176,11 @@ def probe_tcp_zerocopy_receive() -> ProbeResult:
         ctypes.c_int)
     buf = ctypes.create_string_buffer(_ZC_STRUCT_PROBE_LEN)
     optlen = ctypes.c_uint32(_ZC_STRUCT_PROBE_LEN)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        return ProbeResult(None, f"cannot create a TCP socket: {e.strerror}", errno_name(e.errno))
+    with sock:
         rc = getsockopt(sock.fileno(), socket.IPPROTO_TCP, TCP_ZEROCOPY_RECEIVE,
                         ctypes.addressof(buf), ctypes.addressof(optlen))
         err = ctypes.get_errno() if rc != 0 else 0
