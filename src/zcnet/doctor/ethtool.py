@@ -8,7 +8,7 @@ Theory of operation:
   Each answers a ``struct ethtool_value {u32 cmd; u32 data}`` through ``ifreq.ifr_data``.
 * TCP header/data split, which a NIC needs so that received TCP payload lands in whole pages
   that can be mapped: only the ethtool netlink family has it (``ETHTOOL_MSG_RINGS_GET``,
-  attribute ``ETHTOOL_A_RINGS_TCP_DATA_SPLIT``, Linux 6.0; include/uapi/linux/ethtool_netlink.h,
+  attribute ``ETHTOOL_A_RINGS_TCP_DATA_SPLIT``, 2022; include/uapi/linux/ethtool_netlink.h,
   net/ethtool/rings.c, which leaves the attribute out when the driver does not report it). The
   request is made with a generic netlink socket of the standard library's ``socket`` module
   (``AF_NETLINK``), after resolving the family's id with ``CTRL_CMD_GETFAMILY``

@@ -117,10 +117,10 @@ def _kernel_checks(f: Facts) -> list[Check]:
                              "none for this socket type: send over UDP or TCP (zcnet refuses "
                              "RAW and PACKET sockets with this rule)", data))
         else:
-            since = {"TCP": "4.14", "UDP": "5.0", "VSOCK": "6.7"}.get(name, "?")
+            since = {"TCP": " (Linux 4.14+)", "UDP": " (Linux 5.0+)"}.get(name, "")
             out.append(Check(cid, "kernel", subject, "no",
                              f"refused with {probe.errno}: {probe.detail}",
-                             f"a kernel with SO_ZEROCOPY on {name} (Linux {since}+)", data))
+                             f"a kernel with SO_ZEROCOPY on {name}{since}", data))
     if f.udp_segment is not None:
         p = f.udp_segment
         out.append(Check("kernel.udp_segment", "kernel", "UDP_SEGMENT (UDP GSO)",

@@ -12,10 +12,10 @@ Kernel facts used (checked on Linux 6.18):
 
 * ``SO_ZEROCOPY``: net/core/sock.c ``sk_setsockopt`` accepts it on ``AF_INET``/``AF_INET6`` TCP
   and UDP sockets and on ``AF_RDS``; net/vmw_vsock/af_vsock.c accepts it on ``AF_VSOCK``
-  (Linux 6.7). Every other socket, ``SOCK_RAW`` and ``AF_PACKET`` included, gets
-  ``EOPNOTSUPP`` (errno 95, which Python names ``ENOTSUP``: the same number on Linux), although
-  ``MSG_ZEROCOPY`` once covered them (tools/testing/selftests/net/msg_zerocopy.c still lists
-  them).
+  (the vsock ``MSG_ZEROCOPY`` support of 2023). Every other socket, ``SOCK_RAW`` and
+  ``AF_PACKET`` included, gets ``EOPNOTSUPP`` (errno 95, which Python names ``ENOTSUP``: the
+  same number on Linux), although ``MSG_ZEROCOPY`` once covered them
+  (tools/testing/selftests/net/msg_zerocopy.c still lists them).
 * ``UDP_SEGMENT`` (UDP GSO, Linux 4.18): net/ipv4/udp.c ``udp_lib_setsockopt``.
 * ``TCP_ZEROCOPY_RECEIVE`` (Linux 4.18): net/ipv4/tcp.c ``do_tcp_getsockopt`` writes back the
   size of the ``struct tcp_zerocopy_receive`` it knows when given a longer, zeroed one, before
@@ -167,8 +167,8 @@ def probe_udp_segment() -> ProbeResult:
 def probe_tcp_zerocopy_receive() -> ProbeResult:
     """``getsockopt(TCP_ZEROCOPY_RECEIVE)`` with nothing queued, on an unconnected TCP socket.
 
-    ``value`` is the size of ``struct tcp_zerocopy_receive`` the kernel knows (64 on 5.14+); at
-    least :data:`TCP_ZC_COPYBUF_END` means the copy-buffer fields are there.
+    ``value`` is the size of ``struct tcp_zerocopy_receive`` the kernel knows (64 on recent
+    kernels); at least :data:`TCP_ZC_COPYBUF_END` means the copy-buffer fields are there.
     """
     getsockopt = libc_function(
         "getsockopt",
