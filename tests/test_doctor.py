@@ -150,40 +150,36 @@ def test_loopback_recipe_and_nic_fix() -> None:
     assert "eth9" in _verdict(doc, "transmit")["summary"]
 
 
-def _tree(root: Path, files: dict[str, str]) -> str:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return f"{root}/"
-
-
 def test_cgroup_facts_v2_v1_and_nosocket(tmp_path: Path) -> None:
-    """The cgroup rules on made-up /proc and /sys trees (the machine's own cgroups are not ours
-    to change)."""
-    v2 = _tree(tmp_path / "v2", {"proc/cmdline": "ro quiet", "proc/self/cgroup": "0::/app\n",
-                                 "sys/fs/cgroup/app/memory.stat": "anon 1\nsock 8192\n"})
-    assert facts_mod.cgroup_facts(v2)[:3] == (2, "/app", True)
-    assert "sock 8192" in facts_mod.cgroup_facts(v2)[3]
-    no_mem = _tree(tmp_path / "v2n", {"proc/self/cgroup": "0::/app\n"})
-    assert facts_mod.cgroup_facts(no_mem)[:3] == (2, "/app", False)
-    nosocket = _tree(tmp_path / "ns", {"proc/cmdline": "cgroup.memory=nosocket",
-                                       "proc/self/cgroup": "0::/app\n",
-                                       "sys/fs/cgroup/app/memory.stat": "sock 0\n"})
-    assert facts_mod.cgroup_facts(nosocket)[2] is False
-    base = "sys/fs/cgroup/memory/job/memory.kmem.tcp."
-    never = _tree(tmp_path / "v1", {"proc/self/cgroup": "4:memory:/job\n1:cpu:/job\n",
-                                    base + "limit_in_bytes": str(2**63 - 4096),
-                                    base + "usage_in_bytes": "0"})
-    assert facts_mod.cgroup_facts(never)[:3] == (1, "/job", False)
-    limited = _tree(tmp_path / "v1l", {"proc/self/cgroup": "4:memory:/job\n",
-                                       base + "limit_in_bytes": "1048576",
-                                       base + "usage_in_bytes": "0"})
-    assert facts_mod.cgroup_facts(limited)[2] is True
-    used = _tree(tmp_path / "v1u", {"proc/self/cgroup": "4:memory:/job\n",
-                                    base + "limit_in_bytes": str(2**63 - 4096),
-                                    base + "usage_in_bytes": "4096"})
-    assert facts_mod.cgroup_facts(used)[2] is True
-    assert facts_mod.cgroup_facts(f"{tmp_path}/none/")[0] is None
+    """The cgroup rules on made-up /proc files and cgroup trees (the machine's own cgroups are
+    not ours to change)."""
+    def write(rel: str, text: str) -> str:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path)
+
+    v2_mounts = write("v2/mountinfo", f"30 1 0:26 / {tmp_path}/cg2 rw - cgroup2 cgroup2 rw\n")
+    v2_self = write("v2/cgroup", "0::/app\n")
+    write("cg2/app/memory.stat", "anon 1\nsock 8192\n")
+    plain = write("cmdline", "ro quiet\n")
+    version, path, charged, note = facts_mod.cgroup_facts(v2_self, v2_mounts, plain)
+    assert (version, charged) == (2, True) and path and path.endswith("app/memory.stat")
+    assert "8192" in note
+    nosocket = write("nosocket", "ro cgroup.memory=nosocket\n")
+    assert facts_mod.cgroup_facts(v2_self, v2_mounts, nosocket)[2] is False
+    no_memory = write("v2/other", "0::/elsewhere\n")
+    assert facts_mod.cgroup_facts(no_memory, v2_mounts, plain)[::2] == (2, False)
+
+    v1_mounts = write("v1/mountinfo", f"35 31 0:32 / {tmp_path}/mem rw - cgroup cgroup rw,memory\n")
+    v1_self = write("v1/cgroup", "4:memory:/job\n1:cpu:/job\n")
+    tcp = "mem/job/memory.kmem.tcp."
+    for limit, usage, charged_now in ((2**63 - 4096, 0, False), (1048576, 0, True),
+                                      (2**63 - 4096, 4096, True)):
+        write(tcp + "limit_in_bytes", f"{limit}\n")
+        write(tcp + "usage_in_bytes", f"{usage}\n")
+        assert facts_mod.cgroup_facts(v1_self, v1_mounts, plain)[::2] == (1, charged_now)
+    assert facts_mod.cgroup_facts(f"{tmp_path}/none", v1_mounts, plain)[0] is None
 
 
 # -- the document and its documentation -----------------------------------------------------------

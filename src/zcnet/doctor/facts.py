@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from zcnet._accel import implementation
+from zcnet.lowlevel.meminfo import read_cgroup_sock_memory
 from zcnet.lowlevel.probes import (
     ProbeResult,
     UringProbe,
@@ -146,47 +147,29 @@ def _thp() -> str | None:
     return text
 
 
-def cgroup_facts(root: str = "/") -> tuple[int | None, str | None, bool | None, str]:
-    """cgroup version, this process's cgroup, whether socket memory is charged, and how known.
-
-    ``root`` is where ``proc/`` and ``sys/`` are found (``/``; a test gives a tree of its own).
+def cgroup_facts(proc_cgroup: str = "/proc/thread-self/cgroup",
+                 mountinfo: str = "/proc/self/mountinfo",
+                 cmdline: str = "/proc/cmdline") -> tuple[int | None, str | None, bool | None, str]:
+    """cgroup version, the memory cgroup's file read, whether socket memory is charged, and how
+    that is known (:func:`zcnet.lowlevel.meminfo.read_cgroup_sock_memory` reads the cgroup).
 
     v2: socket memory is charged to the memory controller of the process's cgroup
     (mm/memcontrol.c ``mem_cgroup_charge_skmem``; ``memory.stat`` has a ``sock`` line) unless the
-    kernel was booted with ``cgroup.memory=nosocket``. v1: only once
-    ``memory.kmem.tcp.limit_in_bytes`` is set for the cgroup (Documentation/admin-guide/
-    cgroup-v1/memory.rst).
+    kernel was booted with ``cgroup.memory=nosocket``. v1: only once a TCP limit was written for
+    the cgroup (mm/memcontrol-v1.c ``memcg_update_tcp_max``), which a usage above 0 or a limit
+    below the maximum shows.
     """
-    cmdline = _read(root + "proc/cmdline") or ""
-    lines = (_read(root + "proc/self/cgroup") or "").splitlines()
-    unified = next((ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")), None)
-    v1_memory = next((ln.split(":", 2)[2] for ln in lines
-                      if ":memory:" in ln or ln.split(":")[1:2] == ["memory"]), None)
-    if "cgroup.memory=nosocket" in cmdline.split():
-        version = 2 if v1_memory is None else 1
-        return version, unified or v1_memory, False, "booted with cgroup.memory=nosocket"
-    if v1_memory is None and unified is not None:
-        base = root + "sys/fs/cgroup" + unified.rstrip("/")
-        stat = _read(base + "/memory.stat")
-        if stat is None:
-            return 2, unified, False, (f"no memory controller at {base} (memory.stat missing): "
-                                       "socket memory is not charged to a cgroup")
-        sock = next((ln.split()[1] for ln in stat.splitlines() if ln.startswith("sock ")), "?")
-        return 2, unified, True, f"{base}/memory.stat: sock {sock} bytes charged now"
-    if v1_memory is not None:
-        # v1 starts charging TCP memory the first time a limit is written, whatever its value
-        # (mm/memcontrol-v1.c memcg_update_tcp_max): a usage above 0 proves it; a limit below
-        # the maximum too; otherwise it was most likely never written.
-        base = root + "sys/fs/cgroup/memory" + v1_memory.rstrip("/")
-        limit = _read(base + "/memory.kmem.tcp.limit_in_bytes")
-        usage = _read(base + "/memory.kmem.tcp.usage_in_bytes")
-        if limit is None:
-            return 1, v1_memory, False, "cgroup v1 without kmem.tcp accounting"
-        limited = limit.isdigit() and int(limit) < 2**62
-        used = usage is not None and usage.isdigit() and int(usage) > 0
-        return 1, v1_memory, limited or used, (f"memory.kmem.tcp.limit_in_bytes={limit}, "
-                                               f"usage_in_bytes={usage}")
-    return None, None, None, "no cgroup information in /proc/self/cgroup"
+    nosocket = "cgroup.memory=nosocket" in (_read(cmdline) or "").split()
+    probe = read_cgroup_sock_memory(proc_cgroup, mountinfo)
+    if probe.value is None:
+        lines = (_read(proc_cgroup) or "").splitlines()
+        version = (2 if any(ln.startswith("0::") for ln in lines) else 1) if lines else None
+        return version, None, False if version else None, probe.reason or ""
+    v = probe.value
+    if nosocket:
+        return v.version, v.path, False, "booted with cgroup.memory=nosocket"
+    note = v.note or f"{v.sock_bytes} bytes charged now"
+    return v.version, v.path, v.active, note
 
 
 def interface_names() -> list[str]:
