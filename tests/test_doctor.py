@@ -5,8 +5,10 @@ refusing io_uring, a child running as nobody), the JSON schema, the CLI and non-
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +26,14 @@ from zcnet.doctor import SCHEMA, SCHEMA_VERSION, report
 from zcnet.doctor import facts as facts_mod
 from zcnet.doctor.facts import Facts, InterfaceFacts
 from zcnet.doctor.verdict import (
-    NOTIFICATION_CHARGE,
     STATUSES,
     build_report,
     interface_figures,
     mappable_mtu,
+    notification_budget,
 )
-from zcnet.lowlevel.probes import ProbeResult, UringProbe
+from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
+from zcnet.lowlevel.probes import NOTIFICATION_ADMISSION, ProbeResult, UringProbe
 from zcnet.lowlevel.uring import unavailable_reason
 from zcnet.netns import Netns
 
@@ -73,13 +76,19 @@ def _verdict(doc: dict[str, Any], direction: str) -> dict[str, Any]:
     return next(v for v in doc["verdicts"] if v["direction"] == direction)
 
 
-@pytest.mark.parametrize(("optmem", "status"), [
-    (131072, "ok"), (NOTIFICATION_CHARGE * 5, "warn"), (NOTIFICATION_CHARGE - 1, "no")])
-def test_optmem_budget_judged(optmem: int, status: str) -> None:
-    doc = build_report(_facts(optmem_max=optmem))
+_CHARGE = 800  # a made-up measured charge
+
+
+@pytest.mark.parametrize(("optmem", "status", "budget"), [
+    (131072, "ok", 164), (NOTIFICATION_ADMISSION + _CHARGE * 4, "warn", 5),
+    (NOTIFICATION_ADMISSION, "warn", 1), (NOTIFICATION_ADMISSION - 1, "no", 0)])
+def test_optmem_budget_judged(optmem: int, status: str, budget: int) -> None:
+    charge = ProbeResult(True, "measured", value=_CHARGE)
+    doc = build_report(_facts(optmem_max=optmem, notification_charge=charge))
     check = _check(doc, "limits.optmem_max")
     assert check["status"] == status
-    assert check["data"]["notifications"] == optmem // NOTIFICATION_CHARGE
+    assert check["data"]["notifications"] == budget == notification_budget(optmem, _CHARGE)
+    assert check["data"]["charge_measured"] is True
     assert (_verdict(doc, "transmit")["status"] == "no") is (status == "no")
     if status != "ok":
         assert "optmem_max" in (check["fix"] or "")
@@ -272,23 +281,51 @@ def test_cli_json_and_table() -> None:
 needs_netns = pytest.mark.skipif(NETNS_SKIP is not None, reason=NETNS_SKIP or "")
 
 
+def _notifications_admitted(ns: Netns) -> int:
+    """MSG_ZEROCOPY datagrams one UDP socket gets queued before ENOBUFS, with every notification
+    outstanding: they wait for an ARP answer that never comes (the neighbour queue holds far
+    more bytes than this). Needs the veth zveth0 up in ``ns``."""
+    for args in (("link", "set", "zveth0", "up"), ("link", "set", "zveth1", "up"),
+                 ("addr", "add", "198.19.7.1/24", "dev", "zveth0")):
+        subprocess.run(["ip", "-n", ns.name, *args], check=True)
+    with ns.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        sock.connect(("198.19.7.77", 9000))
+        sock.setblocking(False)
+        for sent in range(1000):
+            try:
+                sock.send(bytes(1000), MSG_ZEROCOPY)
+            except OSError as e:
+                assert e.errno == errno.ENOBUFS, e
+                return sent
+    raise AssertionError("1000 notifications admitted: nothing held them")
+
+
 @needs_netns
 def test_namespace_optmem_and_interface_mtu_reported() -> None:
-    """In a namespace: optmem_max set to 7 notifications, a veth end at MTU 4148 (IPv4 payload
-    one page with timestamps), its peer at 1500; doctor run there sees exactly that."""
+    """In a namespace: optmem_max set to a small budget, a veth end at MTU 4148 (IPv4 payload
+    one page with timestamps), its peer at 1500; doctor run there sees exactly that. The budget
+    it reports is the number of notifications the kernel then really admits: UDP datagrams to
+    an address on the veth's subnet that nobody answers wait for ARP, each holding its
+    notification, until a send fails with ENOBUFS."""
+    optmem = NOTIFICATION_ADMISSION + 6 * 832 + 100
     with Netns(lo_mtu=None) as ns:
-        ns.sysctl("net.core.optmem_max", NOTIFICATION_CHARGE * 7 + 100)
+        ns.sysctl("net.core.optmem_max", optmem)
         made = subprocess.run(["ip", "-n", ns.name, "link", "add", "zveth0", "mtu", "4148",
                                "type", "veth", "peer", "name", "zveth1", "mtu", "1500"],
                               capture_output=True, text=True, check=False)
         if made.returncode != 0:
             pytest.skip(f"no veth interfaces: {made.stderr.strip()}")
         out = _zcnet("doctor", "--json", "--no-selftest", netns=ns)
+        admitted = _notifications_admitted(ns)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    optmem = _check(doc, "limits.optmem_max")
-    assert optmem["data"]["optmem_max"] == NOTIFICATION_CHARGE * 7 + 100
-    assert optmem["data"]["notifications"] == 7 and optmem["status"] == "warn"
+    check = _check(doc, "limits.optmem_max")
+    assert check["data"]["optmem_max"] == optmem and check["data"]["charge_measured"] is True
+    assert check["data"]["notifications"] == admitted and check["status"] == "warn"
+    assert 1 < admitted < 32
     ifaces = {i["name"]: i for i in doc["interfaces"]}
     assert set(ifaces) == {"lo", "zveth0", "zveth1"}
     d0, d1 = ifaces["zveth0"], ifaces["zveth1"]
@@ -306,7 +343,7 @@ def test_namespace_optmem_too_small_fails_the_selftest_honestly() -> None:
     """optmem_max below one notification: doctor says transmit 'no', and its own loopback
     self-test, run in that namespace, sees no completion (every send was copied)."""
     with Netns(lo_mtu=None) as ns:
-        ns.sysctl("net.core.optmem_max", NOTIFICATION_CHARGE - 1)
+        ns.sysctl("net.core.optmem_max", NOTIFICATION_ADMISSION - 1)
         out = _zcnet("doctor", "--json", "--no-namespace", netns=ns)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)

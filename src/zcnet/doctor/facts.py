@@ -24,6 +24,7 @@ from zcnet.lowlevel.meminfo import read_cgroup_sock_memory
 from zcnet.lowlevel.probes import (
     ProbeResult,
     UringProbe,
+    measure_notification_charge,
     probe_io_uring,
     probe_so_zerocopy,
     probe_tcp_zerocopy_receive,
@@ -96,6 +97,7 @@ class Facts:
     io_uring_disabled: int | None = None
     engine_reason: str | None = None
     optmem_max: int | None = None
+    notification_charge: ProbeResult | None = None
     memlock: tuple[int, int] | None = None  # soft, hard; -1 = unlimited
     cap_ipc_lock: bool | None = None
     cap_net_admin: bool | None = None
@@ -231,6 +233,7 @@ def gather(interface: str | None = None) -> Facts:
         io_uring_disabled=_read_int("/proc/sys/kernel/io_uring_disabled"),
         engine_reason=unavailable_reason(),
         optmem_max=_read_int("/proc/sys/net/core/optmem_max"),
+        notification_charge=measure_notification_charge(),
         memlock=(-1 if soft == resource.RLIM_INFINITY else soft,
                  -1 if hard == resource.RLIM_INFINITY else hard),
         cap_ipc_lock=None if cap_eff is None else bool(cap_eff >> _CAP_IPC_LOCK & 1),

@@ -10,10 +10,13 @@ Kernel facts behind the judgements (cited where they are used):
 
 * Each outstanding ``MSG_ZEROCOPY`` notification holds an empty skb charged to the socket's
   option memory (net/core/skbuff.c ``msg_zerocopy_alloc`` -> net/core/sock.c ``sock_omalloc``,
-  which refuses once ``sk_omem_alloc + SKB_TRUESIZE(0)`` would pass ``net.core.optmem_max``):
-  :data:`NOTIFICATION_CHARGE` bytes each (measured on Linux 6.18 x86-64 as the least
-  ``optmem_max`` that lets one send through). Consecutive TCP sends share one notification while
-  it is still open, so this is a floor on the sends in flight, not a ceiling.
+  which refuses once ``sk_omem_alloc + SKB_TRUESIZE(0)`` would pass ``net.core.optmem_max``).
+  So a socket may hold :func:`notification_budget` of them: the first needs
+  :data:`~zcnet.lowlevel.probes.NOTIFICATION_ADMISSION` bytes of room, each holds its skb's
+  truesize (measured live by :func:`~zcnet.lowlevel.probes.measure_notification_charge`; 832
+  bytes on Linux 6.18 x86-64). A namespace test counts the sends the kernel admits and finds
+  this number. Consecutive TCP sends share one notification while it is still open, so this is
+  a floor on the sends in flight, not a ceiling.
 * Pages pinned by ``MSG_ZEROCOPY`` are charged to the user's ``RLIMIT_MEMLOCK`` unless the
   process has ``CAP_IPC_LOCK`` (net/core/skbuff.c ``mm_account_pinned_pages``; over the limit
   the send fails with ``ENOBUFS`` and zcnet copies); io_uring buffer registration is charged the
@@ -37,14 +40,17 @@ from zcnet.doctor.facts import Facts, InterfaceFacts
 from zcnet.lowlevel.probes import (
     IORING_OP_RECV_ZC,
     IORING_OP_SEND_ZC,
+    NOTIFICATION_ADMISSION,
+    NOTIFICATION_CHARGE_HERE,
     SO_ZEROCOPY_RULE,
     TCP_ZC_COPYBUF_END,
 )
 from zcnet.netns import LO_MTU_IPV6_MSS_61440
 from zcnet.receiver import MAPPABLE_MAXSEG, RecvPolicy
 
-__all__ = ["NOTIFICATION_CHARGE", "SCHEMA", "SCHEMA_VERSION", "STATUSES", "Check", "Status",
-           "Verdict", "build_report", "interface_figures", "mappable_mtu", "not_linux_report"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "STATUSES", "Check", "Status",
+           "Verdict", "build_report", "interface_figures", "mappable_mtu", "not_linux_report",
+           "notification_budget"]
 
 SCHEMA: Final = "zcnet-doctor"
 #: Bumped when a key changes meaning or goes away (new keys keep the version).
@@ -53,8 +59,6 @@ SCHEMA_VERSION: Final = 1
 Status = Literal["ok", "warn", "no", "unknown", "skipped", "info"]
 STATUSES: Final = ("ok", "warn", "no", "unknown", "skipped", "info")
 
-#: Bytes of ``optmem_max`` one outstanding notification takes (``SKB_TRUESIZE(0)``, see above).
-NOTIFICATION_CHARGE: Final = 576
 #: Fewer outstanding notifications than this: zero-copy gives way to copies under load.
 _FEW_NOTIFICATIONS: Final = 32
 #: Less locked memory than this without CAP_IPC_LOCK: a warning.
@@ -199,21 +203,34 @@ def _uring_checks(f: Facts) -> list[Check]:
 
 # -- limits ---------------------------------------------------------------------------------------
 
+def notification_budget(optmem_max: int, charge: int,
+                        admission: int = NOTIFICATION_ADMISSION) -> int:
+    """Outstanding ``MSG_ZEROCOPY`` notifications one socket may hold under ``optmem_max``."""
+    if optmem_max < admission:
+        return 0
+    return (optmem_max - admission) // charge + 1
+
+
 def _limit_checks(f: Facts) -> list[Check]:
     out: list[Check] = []
     if f.optmem_max is not None:
-        n = f.optmem_max // NOTIFICATION_CHARGE
+        value = f.notification_charge.value if f.notification_charge is not None else None
+        measured = value is not None
+        charge = value if value is not None else NOTIFICATION_CHARGE_HERE
+        n = notification_budget(f.optmem_max, charge)
         status: Status = "no" if n == 0 else "warn" if n < _FEW_NOTIFICATIONS else "ok"
+        how = "measured" if measured else "as on Linux 6.18 x86-64: not measurable here"
         out.append(Check(
             "limits.optmem_max", "limits", "net.core.optmem_max", status,
-            f"{f.optmem_max} bytes: about {n} outstanding MSG_ZEROCOPY notifications per socket "
-            f"({NOTIFICATION_CHARGE} bytes each); beyond that sends fail with ENOBUFS and zcnet "
-            "copies" + (": every zero-copy send would" if n == 0 else ""),
+            f"{f.optmem_max} bytes: {n} outstanding MSG_ZEROCOPY notifications per socket (the "
+            f"first needs {NOTIFICATION_ADMISSION} bytes, each holds {charge}, {how}); beyond "
+            "that sends fail with ENOBUFS and zcnet copies"
+            + (": every zero-copy send would" if n == 0 else ""),
             None if status == "ok" else
             "sysctl -w net.core.optmem_max=1048576 (per network namespace), or the io_uring "
             "engine, whose notifications are not charged there",
-            {"optmem_max": f.optmem_max, "notifications": n,
-             "notification_charge": NOTIFICATION_CHARGE}))
+            {"optmem_max": f.optmem_max, "notifications": n, "notification_charge": charge,
+             "charge_measured": measured, "notification_admission": NOTIFICATION_ADMISSION}))
     if f.memlock is not None:
         soft, hard = f.memlock
         bypass = bool(f.cap_ipc_lock)

@@ -32,11 +32,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Final
 
 from zcnet.lowlevel._libc import libc_function
 from zcnet.lowlevel.constants import (
+    MSG_ZEROCOPY,
+    SO_MEMINFO,
     SO_ZEROCOPY,
     SOL_UDP,
     TCP_ZEROCOPY_RECEIVE,
@@ -47,11 +50,14 @@ __all__ = [
     "IORING_OP_RECV_ZC",
     "IORING_OP_SENDMSG_ZC",
     "IORING_OP_SEND_ZC",
+    "NOTIFICATION_ADMISSION",
+    "NOTIFICATION_CHARGE_HERE",
     "SO_ZEROCOPY_RULE",
     "TCP_ZC_COPYBUF_END",
     "ProbeResult",
     "UringProbe",
     "errno_name",
+    "measure_notification_charge",
     "probe_io_uring",
     "probe_so_zerocopy",
     "probe_tcp_zerocopy_receive",
@@ -64,6 +70,16 @@ __all__ = [
 SO_ZEROCOPY_RULE: Final = (
     "SO_ZEROCOPY is supported by the kernel only on TCP, UDP, RDS and VSOCK sockets "
     "(net/core/sock.c sk_setsockopt); RAW and PACKET sockets refuse it with EOPNOTSUPP")
+
+#: The least ``net.core.optmem_max`` that admits one ``MSG_ZEROCOPY`` notification:
+#: net/core/sock.c ``sock_omalloc`` refuses once ``sk_omem_alloc + SKB_TRUESIZE(0)`` would pass
+#: it. 576 bytes on Linux 6.18 x86-64, found by bisecting ``optmem_max`` in a namespace.
+NOTIFICATION_ADMISSION: Final = 576
+#: What one outstanding notification then holds of ``sk_omem_alloc`` (its skb's real truesize,
+#: more than ``SKB_TRUESIZE(0)``): 832 bytes on Linux 6.18 x86-64. Used only where
+#: :func:`measure_notification_charge` cannot measure it.
+NOTIFICATION_CHARGE_HERE: Final = 832
+_SK_MEMINFO_OPTMEM: Final = 6
 
 IORING_OP_SEND_ZC: Final = 47
 IORING_OP_SENDMSG_ZC: Final = 48
@@ -194,6 +210,50 @@ def probe_tcp_zerocopy_receive() -> ProbeResult:
     copybuf = "with" if size >= TCP_ZC_COPYBUF_END else "without"
     return ProbeResult(True, f"struct tcp_zerocopy_receive of {size} bytes ({copybuf} the "
                        "copy-buffer fields)", errno_name(err) if rc else None, size)
+
+
+def measure_notification_charge() -> ProbeResult:
+    """Bytes of option memory one outstanding ``MSG_ZEROCOPY`` notification holds, measured.
+
+    A loopback TCP connection whose receiver reads nothing through a tiny receive buffer keeps
+    the sender's bytes in its write queue; a ``MSG_ZEROCOPY`` send appended there allocates a
+    notification (net/core/skbuff.c ``msg_zerocopy_alloc``) that stays charged to the sender's
+    ``sk_omem_alloc`` until those bytes are acknowledged, and ``SO_MEMINFO``'s
+    ``SK_MEMINFO_OPTMEM`` shows it. ``value`` is that charge; ``supported`` is ``None`` when it
+    could not be measured (no ``SO_ZEROCOPY``, an ``optmem_max`` too small, ...).
+    """
+    try:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        return ProbeResult(None, f"cannot create a TCP socket: {e.strerror}", errno_name(e.errno))
+    client: socket.socket | None = None
+    server: socket.socket | None = None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by server
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+        client.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        client.setblocking(False)
+        client.send(bytes(128 * 1024))  # more than the receiver's window: most stays queued
+        client.send(bytes(4096), MSG_ZEROCOPY)
+        raw = client.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (_SK_MEMINFO_OPTMEM + 1))
+        charge = int.from_bytes(raw[4 * _SK_MEMINFO_OPTMEM:4 * _SK_MEMINFO_OPTMEM + 4],
+                                sys.byteorder)
+    except OSError as e:
+        return ProbeResult(None, f"not measurable here: {e.strerror} ({errno_name(e.errno)})",
+                           errno_name(e.errno))
+    finally:
+        for sock in (client, server, listener):
+            if sock is not None:
+                sock.close()
+    if charge <= 0:
+        return ProbeResult(None, "not measurable here: no option memory charged")
+    return ProbeResult(True, f"{charge} bytes per outstanding notification (measured)",
+                       value=charge)
 
 
 class _IoUringParams(ctypes.Structure):
