@@ -191,6 +191,33 @@ def test_cgroup_facts_v2_v1_and_nosocket(tmp_path: Path) -> None:
     assert facts_mod.cgroup_facts(f"{tmp_path}/none", v1_mounts, plain)[0] is None
 
 
+def test_map_count_thp_and_a_ready_nic() -> None:
+    doc = build_report(_facts(max_map_count=1000, map_count=100, thp="never"))
+    maps = _check(doc, "limits.max_map_count")
+    assert maps["data"]["connections"] == 90 and maps["status"] == "warn"
+    assert "vm.max_map_count" in maps["fix"]
+    thp = _check(doc, "limits.thp")
+    assert thp["status"] == "info" and "madvise" in thp["fix"]
+    ready = InterfaceFacts("eth7", 4148, "up", "device", "bnxt_en", True, True, True, None,
+                           "on", "test")
+    doc = build_report(_facts(interfaces=(ready,)))
+    rx = _check(doc, "interface.eth7.receive")
+    assert rx["status"] == "ok" and rx["fix"] is None
+    assert rx["data"]["page_multiple_ipv4"] is True
+    assert _verdict(doc, "receive")["status"] == "ok"
+    assert "eth7" in _verdict(doc, "receive")["summary"]
+
+
+def test_plain_rendering_without_rich() -> None:
+    from zcnet.doctor.render import render_plain
+
+    doc = build_report(_facts(optmem_max=100))
+    text = render_plain(doc)
+    assert "[  NO] net.core.optmem_max" in text
+    assert "change: sysctl -w net.core.optmem_max" in text
+    assert "Next step:" in text and "transmit:" in text
+
+
 # -- the document and its documentation -----------------------------------------------------------
 
 _TOP_KEYS = {"schema", "version", "zcnet", "platform", "checks", "interfaces", "verdicts",
@@ -376,7 +403,9 @@ def test_child_memlock_limit_and_non_root() -> None:
     memlock = _check(child, "limits.memlock")
     assert memlock["data"] == {"soft": 65536, "hard": 65536, "cap_ipc_lock": False}
     assert memlock["status"] == "warn"
-    assert "Needs root" in _check(child, "limits.privileges")["evidence"]
+    privileges = _check(child, "limits.privileges")
+    assert "Needs root" in privileges["evidence"]
+    assert privileges["data"]["cap_net_admin"] is False and privileges["data"]["netns"] is False
     ifb = _check(child, "selftest.udp_ifb")
     assert ifb["status"] == "skipped" and "root" in ifb["evidence"]
     # 256 KiB sends pin more than 64 KiB: the kernel refuses each zero-copy send (ENOBUFS from
@@ -426,7 +455,9 @@ def test_seccomp_child_reports_io_uring_refused() -> None:
     ring = _check(child, "kernel.io_uring")
     assert ring["status"] == "no" and ring["data"]["setup_errno"] == "EPERM"
     assert "seccomp" in ring["evidence"]
-    assert _check(child, "limits.seccomp")["data"]["refuses_io_uring"] is True
+    seccomp = _check(child, "limits.seccomp")["data"]
+    assert seccomp["refuses_io_uring"] is True
+    assert seccomp["mode"] == 2 and seccomp["filters"] >= 1  # as /proc/self/status says
     assert _verdict(child, "io_uring")["status"] == "no"
     assert _check(child, "kernel.so_zerocopy.tcp")["status"] == "ok"  # the rest still works
     live = _check(child, "selftest.send_zc_loopback")
