@@ -332,13 +332,14 @@ def _notifications_admitted(ns: Netns) -> int:
 
 @needs_netns
 def test_namespace_optmem_and_interface_mtu_reported() -> None:
-    """In a namespace: optmem_max set to a small budget, a veth end at MTU 4148 (IPv4 payload
-    one page with timestamps), its peer at 1500; doctor run there sees exactly that. The budget
+    """In a namespace: optmem_max set to a small budget, loopback at MTU 61512, a veth end at
+    MTU 4148 (IPv4 payload one page with timestamps), its peer at 1500; doctor run there sees
+    exactly that. The budget
     it reports is the number of notifications the kernel then really admits: UDP datagrams to
     an address on the veth's subnet that nobody answers wait for ARP, each holding its
     notification, until a send fails with ENOBUFS."""
     optmem = NOTIFICATION_ADMISSION + 6 * 832 + 100
-    with Netns(lo_mtu=None) as ns:
+    with Netns() as ns:  # lo MTU 61512: IPv6 payload 15 pages
         ns.sysctl("net.core.optmem_max", optmem)
         made = subprocess.run(["ip", "-n", ns.name, "link", "add", "zveth0", "mtu", "4148",
                                "type", "veth", "peer", "name", "zveth1", "mtu", "1500"],
@@ -362,7 +363,9 @@ def test_namespace_optmem_and_interface_mtu_reported() -> None:
     assert (d1["mtu"], d1["mss_ipv4"], d1["page_multiple_ipv4"]) == (1500, 1460, False)
     assert d0["kind"] == "virtual" and d0["driver"] == "veth"
     assert d0["scatter_gather"] is True  # veth's default features (drivers/net/veth.c)
-    assert ifaces["lo"]["kind"] == "loopback"
+    assert ifaces["lo"]["kind"] == "loopback" and ifaces["lo"]["mtu"] == 61512
+    lo = _check(doc, "interface.lo.receive")
+    assert lo["status"] == "ok" and lo["data"]["page_multiple_ipv6"] is True
 
 
 @needs_netns

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     from zcnet.doctor.cli import add_parser as add_doctor
 
     parser = argparse.ArgumentParser(
-        prog="zcnet", description="Linux zero-copy networking for Python: demo and benchmarks.")
+        prog="zcnet",
+        description="Linux zero-copy networking for Python: demo, doctor and benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="send data both ways, report zero-copy vs copied bytes")
     demo.add_argument("--mib", type=_megabytes, default=64, help="MiB to send each way")

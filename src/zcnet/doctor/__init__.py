@@ -24,7 +24,8 @@ def report(interface: str | None = None, *, selftest: bool = True,
     """The doctor's report as the JSON document ``zcnet doctor --json`` prints (docs/doctor.md).
 
     Args:
-        interface: limit the interface part to this interface (``None``: all of them).
+        interface: limit the interface part to this interface (``None``: all of them; a name
+            this network namespace does not have gives none).
         selftest: run the live self-test (a few MiB over loopback; about a second).
         namespace: as root, let the self-test create (and delete) a network namespace with an
             ifb sink for the transmit part.
