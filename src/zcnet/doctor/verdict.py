@@ -240,7 +240,8 @@ def _limit_checks(f: Facts) -> list[Check]:
             "warn" if low else "ok",
             f"soft {_limit(soft)}, hard {_limit(hard)}; CAP_IPC_LOCK "
             f"{'yes: the limit does not apply' if bypass else 'no'}. Pages pinned by "
-            "MSG_ZEROCOPY and io_uring registered buffers are charged to it",
+            "MSG_ZEROCOPY sends in flight and io_uring registered buffers are charged to it "
+            "(per user, all their processes together); over it sends fail with ENOBUFS",
             "raise it: ulimit -l unlimited, LimitMEMLOCK=infinity (systemd), "
             "--ulimit memlock=-1 (docker), or grant CAP_IPC_LOCK" if low else None,
             {"soft": soft, "hard": hard, "cap_ipc_lock": f.cap_ipc_lock}))
