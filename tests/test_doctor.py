@@ -409,8 +409,9 @@ def test_child_memlock_limit_and_non_root() -> None:
     privileges = _check(child, "limits.privileges")
     assert "Needs root" in privileges["evidence"]
     assert privileges["data"]["cap_net_admin"] is False and privileges["data"]["netns"] is False
-    ifb = _check(child, "selftest.udp_ifb")
-    assert ifb["status"] == "skipped" and "root" in ifb["evidence"]
+    for cid in ("selftest.udp_ifb", "selftest.send_zc_ifb"):
+        ifb = _check(child, cid)
+        assert ifb["status"] == "skipped" and "root" in ifb["evidence"]
     # 256 KiB sends pin more than 64 KiB: the kernel refuses each zero-copy send (ENOBUFS from
     # mm_account_pinned_pages), zcnet copies them, and the doctor says so
     loop = _check(child, "selftest.msg_zerocopy_loopback")
@@ -483,8 +484,15 @@ def test_selftest_without_namespaces_skips_the_ifb_part(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(selftest, "netns_unavailable_reason",
                         lambda: "the kernel has no network namespaces")
-    ifb = {c.id: c for c in selftest.run_selftest()}["selftest.udp_ifb"]
-    assert ifb.status == "skipped" and "the kernel has no network namespaces" in ifb.evidence
+    checks = {c.id: c for c in selftest.run_selftest()}
+    for cid in ("selftest.udp_ifb", "selftest.send_zc_ifb"):
+        assert checks[cid].status == "skipped"
+        assert "the kernel has no network namespaces" in checks[cid].evidence
+
+
+def _netns_names() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
 def test_selftest_moves_verified_bytes() -> None:
@@ -502,12 +510,15 @@ def test_selftest_moves_verified_bytes() -> None:
         assert uring.status == "skipped"
     mapped = checks["selftest.mapped_receive"]
     assert mapped.status == "ok" and mapped.data["verified"] and mapped.data["bytes_mapped"] > 0
-    ifb = checks["selftest.udp_ifb"]
-    if NETNS_SKIP:
-        assert ifb.status == "skipped"
-    else:
+    for cid, engine in (("selftest.udp_ifb", "msg_zerocopy"), ("selftest.send_zc_ifb", "io_uring")):
+        ifb = checks[cid]
+        if NETNS_SKIP or (engine == "io_uring" and unavailable_reason() is not None):
+            assert ifb.status == "skipped"
+            continue
         assert ifb.status == "ok", ifb.evidence
+        assert ifb.data["engine"] == engine
         assert ifb.data["bytes_copied"] == 0 and ifb.data["bytes_at_sink"] >= ifb.data["bytes"]
+    assert not [n for n in _netns_names() if n.startswith("zcdoctor")]  # deleted again
 
 
 # -- offloads and header split against the ethtool program ----------------------------------------

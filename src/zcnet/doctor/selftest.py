@@ -1,6 +1,6 @@
 """The doctor's live self-test: a few MiB moved with zcnet itself, every byte checked.
 
-Theory of operation: four parts, each skipped with its reason when it cannot run here, each a
+Theory of operation: five parts, each skipped with its reason when it cannot run here, each a
 :class:`~zcnet.doctor.verdict.Check` of section ``selftest``:
 
 * ``msg_zerocopy_loopback``: a :class:`~zcnet.sender.Sender` forced to ``MSG_ZEROCOPY`` sends a
@@ -12,20 +12,22 @@ Theory of operation: four parts, each skipped with its reason when it cannot run
 * ``mapped_receive``: a :class:`~zcnet.receiver.Receiver` on a connection accepted from
   :func:`~zcnet.receiver.make_mappable_listener` (``TCP_MAXSEG`` 4108: one page of payload per
   segment, no root needed), fed by a ``MSG_ZEROCOPY`` sender; reports the share of bytes mapped.
-* ``udp_ifb`` (root only): in a network namespace that it creates and deletes, UDP GSO datagrams
-  toward an ``ifb`` sink, which frees packets without copying them: completions must say "not
-  copied", real transmit zero-copy. The sink drops the bytes, so they are checked as counted by
+* ``udp_ifb`` and ``send_zc_ifb`` (root only): in a network namespace that it creates and
+  deletes, UDP GSO datagrams toward an ``ifb`` sink, which frees packets without copying them,
+  from a ``MSG_ZEROCOPY`` and an io_uring Sender: completions must say "not copied", real
+  transmit zero-copy. The sink drops the bytes, so they are checked as counted by
   the sink (``ip -s link``), not by content.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from zcnet._core.pattern import StreamPattern
 from zcnet.doctor.verdict import Check, Status
@@ -170,48 +172,71 @@ def _ifb_rx_bytes(ns: Netns) -> int:
     return int(json.loads(out)[0]["stats64"]["rx"]["bytes"])
 
 
-def _udp_ifb() -> Check:
-    subject = "UDP toward an ifb sink (namespace)"
-    reason = netns_unavailable_reason()
-    if reason is not None:
-        return Check("selftest.udp_ifb", "selftest", subject, "skipped",
-                     f"needs root and namespaces: {reason}",
-                     "run `zcnet doctor` as root to see real transmit zero-copy")
+_IFB: Final = {"msg_zerocopy": ("selftest.udp_ifb", "UDP toward an ifb sink (namespace)"),
+               "io_uring": ("selftest.send_zc_ifb", "io_uring SEND_ZC toward an ifb sink")}
+
+
+def _ifb_round(ns: Netns, engine: Literal["msg_zerocopy", "io_uring"]) -> Check:
+    """UDP GSO datagrams from a Sender on ``engine`` toward the sink of ``ns``."""
+    cid, subject = _IFB[engine]
+    with ns.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        ns = Netns(lo_mtu=None, ifb_sink=True, name_prefix="zcdoctor").create()
-    except NetnsUnavailable as e:
-        return Check("selftest.udp_ifb", "selftest", subject, "skipped",
-                     f"cannot set up the namespace: {e}")
-    try:
-        with ns.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect((IFB_SINK_ADDR, 9000))
         sock.setsockopt(SOL_UDP, UDP_SEGMENT, _GSO_SIZE)
-        before = _ifb_rx_bytes(ns)
-        buffers = [_PATTERN.block(i * _DATAGRAM, _DATAGRAM) for i in range(4)]
-        with Sender(sock) as sender:
-            tickets = [sender.send(buffers[i % 4]) for i in range(_DATAGRAMS)]
-            sender.flush(timeout=_TIMEOUT)
-            st = sender.stats
-        sunk = _ifb_rx_bytes(ns) - before
-    finally:
-        ns.delete()
+        sender = Sender(sock, SendPolicy(engine=engine))
+    except ZerocopyUnavailable as e:
+        sock.close()
+        return Check(cid, "selftest", subject, "skipped", f"io_uring unavailable: {e}",
+                     "see kernel.io_uring above")
+    except BaseException:
+        sock.close()
+        raise
+    before = _ifb_rx_bytes(ns)
+    buffers = [_PATTERN.block(i * _DATAGRAM, _DATAGRAM) for i in range(4)]
+    with sender:
+        tickets = [sender.send(buffers[i % 4]) for i in range(_DATAGRAMS)]
+        sender.flush(timeout=_TIMEOUT)
+        st = sender.stats
+    sunk = _ifb_rx_bytes(ns) - before
     total = _DATAGRAMS * _DATAGRAM
     uncopied = all(t.done and t.zerocopy and t.copied is False for t in tickets)
     data = {"bytes": total, "bytes_at_sink": sunk, "verified": sunk >= total,
-            "bytes_zerocopy": st.bytes_zerocopy, "bytes_copied": st.bytes_copied,
-            "completions": st.completions, "mode": st.mode,
+            "engine": st.engine, "bytes_zerocopy": st.bytes_zerocopy,
+            "bytes_copied": st.bytes_copied, "completions": st.completions, "mode": st.mode,
             "fallback_reason": st.fallback_reason}
     if not data["verified"]:
-        return Check("selftest.udp_ifb", "selftest", subject, "no",
+        return Check(cid, "selftest", subject, "no",
                      f"the sink counted {sunk} of {total} bytes", None, data)
     if uncopied and st.bytes_zerocopy == total:
-        return Check("selftest.udp_ifb", "selftest", subject, "ok",
+        return Check(cid, "selftest", subject, "ok",
                      f"{total} bytes reached the sink; all {st.completions} completions "
                      "not copied: real transmit zero-copy", None, data)
-    return Check("selftest.udp_ifb", "selftest", subject, "warn",
+    return Check(cid, "selftest", subject, "warn",
                  f"{total} bytes reached the sink, {st.bytes_copied} marked copied, "
                  f"{st.bytes_zerocopy} zero-copy; {st.fallback_reason or ''}", None, data)
+
+
+def _ifb_parts() -> list[Check]:
+    """Both engines toward an ifb sink, in one namespace created and deleted here."""
+    reason = netns_unavailable_reason()
+    why = f"needs root and namespaces: {reason}" if reason is not None else None
+    ns = None
+    if why is None:
+        try:
+            ns = Netns(lo_mtu=None, ifb_sink=True, name_prefix="zcdoctor").create()
+        except NetnsUnavailable as e:
+            why = f"cannot set up the namespace: {e}"
+    if ns is None:
+        return [Check(cid, "selftest", subject, "skipped", why or "",
+                      "run `zcnet doctor` as root to see real transmit zero-copy")
+                for cid, subject in _IFB.values()]
+    engines: tuple[Literal["msg_zerocopy", "io_uring"], ...] = ("msg_zerocopy", "io_uring")
+    try:
+        return [_guarded(*_IFB[engine], functools.partial(_ifb_round, ns, engine))
+                for engine in engines]
+    finally:
+        ns.delete()
 
 
 def _guarded(cid: str, subject: str, part: Callable[[], Check]) -> Check:
@@ -230,8 +255,8 @@ def run_selftest(*, root_parts: bool = True) -> list[Check]:
            _guarded("selftest.mapped_receive", "mapped receive (TCP_MAXSEG 4108 listener)",
                     _mapped_receive)]
     if root_parts:
-        out.append(_guarded("selftest.udp_ifb", "UDP toward an ifb sink (namespace)", _udp_ifb))
+        out += _ifb_parts()
     else:
-        out.append(Check("selftest.udp_ifb", "selftest", "UDP toward an ifb sink (namespace)",
-                         "skipped", "not asked for (--no-namespace)"))
+        out += [Check(cid, "selftest", subject, "skipped", "not asked for (--no-namespace)")
+                for cid, subject in _IFB.values()]
     return out

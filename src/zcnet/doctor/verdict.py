@@ -469,7 +469,10 @@ def _verdicts(f: Facts, checks: Sequence[Check]) -> list[Verdict]:
             out.append(Verdict("io_uring", "no", f"SEND_ZC is there, but in the self-test: "
                                f"{live.evidence}", live.fix))
         else:
-            shown = "; self-test sends verified" if live and live.status == "ok" else ""
+            ifb_zc = _find(checks, "selftest.send_zc_ifb")
+            shown = ("; real zero-copy confirmed toward an ifb sink (self-test)"
+                     if ifb_zc and ifb_zc.status == "ok" else
+                     "; self-test sends verified" if live and live.status == "ok" else "")
             out.append(Verdict("io_uring", szc.status, szc.evidence + shown, szc.fix))
     return out
 
