@@ -490,6 +490,19 @@ def test_selftest_without_namespaces_skips_the_ifb_part(monkeypatch: pytest.Monk
         assert "the kernel has no network namespaces" in checks[cid].evidence
 
 
+def test_a_failing_selftest_part_is_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zcnet.doctor import selftest
+
+    def broken() -> selftest.Check:
+        raise RuntimeError("the receive part broke")
+
+    monkeypatch.setattr(selftest, "_mapped_receive", broken)
+    checks = {c.id: c for c in selftest.run_selftest(root_parts=False)}
+    assert checks["selftest.mapped_receive"].status == "no"
+    assert "RuntimeError: the receive part broke" in checks["selftest.mapped_receive"].evidence
+    assert checks["selftest.msg_zerocopy_loopback"].status == "ok"
+
+
 def _netns_names() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
