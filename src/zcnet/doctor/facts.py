@@ -194,7 +194,10 @@ def _interface(name: str) -> InterfaceFacts:
     else:
         kind = "virtual"
     off = offloads(name)
-    split, source = header_split(name)
+    try:
+        split, source = header_split(name)
+    except Exception as e:  # a reply this parser does not expect: not knowing is the finding
+        split, source = None, f"ethtool netlink reply not understood ({type(e).__name__}: {e})"
     return InterfaceFacts(name, _read_int(base + "/mtu"), _read(base + "/operstate"), kind,
                           driver_name(name), off.scatter_gather, off.tso, off.gso, off.reason,
                           split, source)
