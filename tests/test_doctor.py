@@ -156,6 +156,10 @@ def test_loopback_recipe_and_nic_fix() -> None:
     assert eth["status"] == "no"
     assert "4148" in eth["fix"] and "tcp-data-split on" in eth["fix"]
     assert _check(doc, "interface.eth9.transmit")["status"] == "ok"
+    ifb = InterfaceFacts("ifb3", 1500, "up", "virtual", "ifb", True, True, True, None, "n/a",
+                         "test")
+    fix = _check(build_report(_facts(interfaces=(ifb,))), "interface.ifb3.receive")["fix"]
+    assert "ifb has no ring parameters" in fix and "ethtool -G" not in fix
     assert "eth9" in _verdict(doc, "transmit")["summary"]
 
 

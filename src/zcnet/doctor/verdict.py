@@ -382,8 +382,11 @@ def _interface_checks(i: InterfaceFacts, f: Facts) -> list[Check]:
         steps = []
         if not page:
             steps.append(f"MTU {v4} (IPv4) or {v6} (IPv6) on both ends")
-        if not split:
-            steps.append(f"ethtool -G {i.name} tcp-data-split on (a NIC that supports it)")
+        if i.header_split == "n/a":
+            steps.append(f"a NIC whose driver does TCP header/data split ({i.driver or i.name} "
+                         "has no ring parameters)")
+        elif not split:
+            steps.append(f"ethtool -G {i.name} tcp-data-split on (if the NIC supports it)")
         rx_fix = "; ".join(steps) or None
     tx_status: Status
     if i.kind == "loopback":
