@@ -23,6 +23,7 @@ from zcnet.lowlevel.probes import (
     raw_or_packet_refusal,
     so_zerocopy_refusal,
 )
+from zcnet.lowlevel.uring import unavailable_reason
 
 INET_KINDS = [
     (socket.AF_INET, socket.SOCK_STREAM, 0),
@@ -128,6 +129,8 @@ def test_io_uring_probe_here_and_under_a_seccomp_refusal() -> None:
     here = probe_io_uring()
     assert here.setup_errno is None
     assert here.supports(0)  # IORING_OP_NOP, in every io_uring
+    if unavailable_reason() is None:  # zcnet's own ring (its C probe) found SEND_ZC here
+        assert here.supports(IORING_OP_SEND_ZC)
     reason = io_uring_refusal_unavailable_reason()
     if reason:
         pytest.skip(reason)
