@@ -60,7 +60,7 @@ def print_report(doc: dict[str, Any], out: IO[str] | None = None) -> None:
     console.print(Text(_header(doc), style="bold"))
     table = Table(show_lines=False, expand=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("item", ratio=2, min_width=22, overflow="fold")
+    table.add_column("item", width=22, overflow="fold")
     table.add_column("evidence", ratio=5, overflow="fold")
     table.add_column("change that would enable it", ratio=3, overflow="fold")
     section = None
