@@ -68,6 +68,7 @@ from zcnet.errors import (
     translate_os_error,
 )
 from zcnet.lowlevel.constants import SO_RCVBUFFORCE, SO_RCVLOWAT, TCP_MAXSEG
+from zcnet.lowlevel.probes import raw_or_packet_refusal
 from zcnet.lowlevel.zerocopy_rx import PAGE_SIZE, CopyBuffers, Window, ZerocopyCall, zerocopy_call
 
 if TYPE_CHECKING:
@@ -338,6 +339,9 @@ def _check_socket(sock: socket.socket) -> None:
         raise UnsupportedSocketError(f"Receiver needs a socket.socket, got {type(sock).__name__}")
     if sock.fileno() < 0:
         raise SocketClosedError("the socket is closed")
+    refusal = raw_or_packet_refusal(sock.family, sock.type)  # zcnet doctor's rule too
+    if refusal is not None:
+        raise UnsupportedSocketError(f"Receiver needs a TCP socket: {refusal}")
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
         raise UnsupportedSocketError(
             f"Receiver needs a TCP socket, got family={sock.family!r} type={sock.type!r}")

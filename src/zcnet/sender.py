@@ -88,6 +88,7 @@ from zcnet.lowlevel.constants import (
     SO_ZEROCOPY,
 )
 from zcnet.lowlevel.errqueue import drain_errqueue
+from zcnet.lowlevel.probes import raw_or_packet_refusal
 from zcnet.lowlevel.sendmmsg import MmsgBatch, sendmmsg_available
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
 from zcnet.lowlevel.uring import SlabRegistry, open_engine_ring, recverr_enabled
@@ -261,7 +262,8 @@ class Sender:
     context manager.
 
     Raises:
-        UnsupportedSocketError: not an IPv4/IPv6 TCP or UDP socket, or not connected.
+        UnsupportedSocketError: not an IPv4/IPv6 TCP or UDP socket (for a RAW or ``AF_PACKET``
+            socket the message states the kernel's ``SO_ZEROCOPY`` rule), or not connected.
         SocketClosedError: the socket is already closed.
         ZerocopyUnavailable: the engine is ``"io_uring"`` and io_uring cannot be used here
             (the message says why in one line).
@@ -273,6 +275,10 @@ class Sender:
             raise UnsupportedSocketError(f"expected a socket.socket, got {type(sock).__name__}")
         if sock.fileno() < 0:
             raise SocketClosedError("the socket is closed")
+        refusal = raw_or_packet_refusal(sock.family, sock.type)  # zcnet doctor's rule too
+        if refusal is not None:
+            raise UnsupportedSocketError(
+                f"{refusal}; a Sender sends on TCP and UDP sockets only, copies included")
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             raise UnsupportedSocketError(
                 f"{sock.family!r}: only AF_INET and AF_INET6 are supported"
