@@ -29,7 +29,8 @@ def test_uring_modes_are_asked_for_not_default() -> None:
         assert mode not in p.send_modes and mode not in QUICK_SEND_MODES
     assert "zcnet-uring-batch" in UDP_ONLY_SEND_MODES
     assert c_references_for("zcnet-uring", []) == ("c-uring", "c-zc")
-    assert c_references_for("zcnet-uring-batch", []) == ("c-uring-fixed", "c-zc")
+    assert c_references_for("zcnet-uring-batch", []) == ("c-uring-fixed-linked", "c-uring-fixed",
+                                                         "c-zc")
 
 
 def test_uring_modes_run_or_say_why(tmp_path: Path) -> None:

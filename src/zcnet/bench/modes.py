@@ -14,9 +14,11 @@ __all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DEFAULT_
 DEFAULT_C_SEND_MODES: Final = ("c-copy", "c-zc")
 
 #: The io_uring C reference senders: ``IORING_OP_SEND_ZC``, 32 per ``io_uring_enter``, from the
-#: source buffer (``c-uring``) or from the same buffer registered once (``c-uring-fixed``).
+#: source buffer (``c-uring``) or from the same buffer registered once (``c-uring-fixed``), and
+#: that with each batch's UDP sends linked (``IOSQE_IO_LINK``), in order whatever the kernel
+#: must wait for, as zcnet's ``send_batch`` promises (``c-uring-fixed-linked``).
 #: Asked for with ``--modes`` only (not in the default ``stream`` list nor in ``quick``).
-URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed")
+URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked")
 
 #: zcnet's io_uring send engine (``SendPolicy(engine="io_uring")``): ``zcnet-uring`` is
 #: ``Sender.send`` of each message (default policy otherwise); ``zcnet-uring-batch`` (UDP) is
@@ -35,7 +37,7 @@ C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
 #: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
 #: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
 #: (see :mod:`zcnet.bench.senders`); ``zcnet-batch``: ``Sender.send_batch`` (sendmmsg), UDP only;
-#: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``: the C reference loops.
+#: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``/``c-uring-fixed-linked``: the C loops.
 SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy", "zcnet-batch",
                      *ZCNET_URING_SEND_MODES, *C_SEND_MODES)
 

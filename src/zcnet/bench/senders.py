@@ -26,11 +26,12 @@ copying send pays for cache misses as it does with real data. Modes:
   ``Sender.register_pool``, before the timed window, as the other modes' messages are listed
   and the C loop's buffer registered before it). Where io_uring cannot be used, the rows say why.
 
-- ``c-copy`` / ``c-zc`` / ``c-uring`` / ``c-uring-fixed``: the C reference loops
+- ``c-copy`` / ``c-zc`` / ``c-uring`` / ``c-uring-fixed`` / ``c-uring-fixed-linked``: the C loops
   (:mod:`zcnet.bench.cref`): the connection is set up (and the header sent) here, then the
   socket is handed to the C program, which sends the same bytes from the same source layout
   with plain ``send``, ``send(MSG_ZEROCOPY)`` or io_uring ``IORING_OP_SEND_ZC`` (from the buffer
-  as it is, or registered once) and measures its own CPU.
+  as it is, or registered once, and then with each batch's datagrams linked in order) and
+  measures its own CPU.
 
 - ``raw-zerocopy``: the reference for zcnet's own overhead: ``send(MSG_ZEROCOPY)`` in a bare
   loop that only counts completions (the buffers are immutable, so no per-send bookkeeping), as

@@ -1,6 +1,7 @@
 /* zcnet bench C reference sender: the same sends as the Python send modes, from C.
  *
- * Usage: cref_send FD copy|zc|uring|uring-fixed tcp|udp MSG WARMUP NBYTES SOURCE_BYTES
+ * Usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked tcp|udp MSG WARMUP NBYTES
+ *        SOURCE_BYTES
  *        < pattern-period
  *
  * FD is a connected socket set up by the Python side (TCP: the benchmark header is already
@@ -18,7 +19,10 @@
  * pending notifications), polled and drained before retrying
  * (Documentation/networking/msg_zerocopy.rst, tools/testing/selftests/net/msg_zerocopy.c).
  * uring, uring-fixed: io_uring IORING_OP_SEND_ZC, BATCH sends per io_uring_enter (see "io_uring"
- * below); uring-fixed sends from the buffer registered once with IORING_REGISTER_BUFFERS.
+ * below); uring-fixed sends from the buffer registered once with IORING_REGISTER_BUFFERS;
+ * uring-fixed-linked also links each batch's UDP sends (IOSQE_IO_LINK, as TCP's always are),
+ * so a datagram the kernel must wait for (a full send buffer) holds back the ones after it, as
+ * an ordered sender needs.
  * Prints one JSON line: {"ok": true, ...}; {"ok": false, "error": ...} (exit 1) on failure;
  * {"ok": false, "unavailable": REASON} (exit 3) when io_uring or SEND_ZC cannot be used here.
  */
@@ -64,7 +68,7 @@
 #define EXIT_UNAVAILABLE 3
 
 static int fd, udp;
-static int zc, uring, fixed;
+static int zc, uring, fixed, linked;
 /* zero-copy sends made, notifications received, those saying "copied", back-pressure retries */
 static long long calls, done, copied, enobufs;
 
@@ -295,7 +299,7 @@ static void uring_flush(void) {
             s->addr = (uintptr_t)q[i].p;
             s->len = q[i].len;
             s->msg_flags = MSG_NOSIGNAL | (udp ? 0 : MSG_WAITALL); /* errors in res */
-            s->flags = !udp && i < n - 1 ? IOSQE_IO_LINK : 0;
+            s->flags = (!udp || linked) && i < n - 1 ? IOSQE_IO_LINK : 0;
             s->ioprio = IORING_SEND_ZC_REPORT_USAGE | (fixed ? IORING_RECVSEND_FIXED_BUF : 0);
             s->buf_index = 0;
             s->user_data = seq++ << 8 | (unsigned)i;
@@ -390,13 +394,15 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 8) {
-        fprintf(stderr, "usage: cref_send FD copy|zc|uring|uring-fixed tcp|udp MSG WARMUP NBYTES "
+        fprintf(stderr, "usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked tcp|udp "
+                "MSG WARMUP NBYTES "
                 "SOURCE_BYTES\n");
         return 2;
     }
     fd = atoi(argv[1]);
     zc = strcmp(argv[2], "zc") == 0;
-    fixed = strcmp(argv[2], "uring-fixed") == 0;
+    linked = strcmp(argv[2], "uring-fixed-linked") == 0;
+    fixed = linked || strcmp(argv[2], "uring-fixed") == 0;
     uring = fixed || strcmp(argv[2], "uring") == 0;
     if (!zc && !uring && strcmp(argv[2], "copy") != 0) {
         fprintf(stderr, "cref_send: unknown mode %s\n", argv[2]);
