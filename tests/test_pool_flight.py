@@ -129,3 +129,72 @@ def test_a_lease_in_flight_and_its_pool_are_collected() -> None:
     del p, lease, ticket
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+# -- the compiled common cases (PoolCore) and the Python methods they hand over to ----------------
+
+def test_acquire_refuses_as_the_python_one_does(pool: BufferPool) -> None:
+    with pytest.raises(PoolError, match="outside this pool's range"):
+        pool.acquire(SMALL["max_size"] + 1)
+    with pytest.raises(PoolError, match="outside this pool's range"):
+        pool.acquire(-1)
+    with pytest.raises(TypeError, match="size must be an int"):
+        pool.acquire(True)
+    with pytest.raises(TypeError, match="size must be an int"):
+        pool.acquire(4096.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        pool.acquire(10, timeout=-1)
+    lease = pool.acquire(10, timeout=None)
+    second = pool.acquire(size=20)
+    assert (lease.size, second.size) == (10, 20)
+    lease.release()
+    second.release()
+    pool.close()
+    with pytest.raises(PoolError, match="closed"):
+        pool.acquire(10)
+
+
+def test_a_block_comes_back_to_the_list_it_left(pool: BufferPool) -> None:
+    first = pool.acquire(5000)
+    address = first.address
+    first.view[:4] = b"abcd"
+    ticket = _new(Ticket)
+    ticket.nbytes = 5000
+    first.release_when_done(ticket)
+    ticket._finish(False)  # landed on this thread: back on its free list, on top
+    again = pool.acquire(5000)
+    assert again.address == address and again is not first and first.released
+    stats = pool.stats()
+    assert (stats.acquires, stats.releases, stats.in_flight) == (2, 1, 0)
+    again.release()
+
+
+def test_a_lease_landed_on_another_thread_goes_back_to_its_owner(pool: BufferPool) -> None:
+    lease = pool.acquire(5000)
+    address = lease.address
+    ticket = _new(Ticket)
+    ticket.nbytes = 5000
+    lease.release_when_done(ticket)
+    done = threading.Thread(target=ticket._finish, args=(False,))
+    done.start()
+    done.join()
+    assert lease.released
+    stats = pool.stats()
+    assert stats.cross_thread_releases == 1 and stats.outstanding == 0
+    assert pool.acquire(5000).address == address  # the owner drained its deferred returns
+
+
+def test_a_subclass_keeps_its_own_acquire() -> None:
+    class Counting(BufferPool):
+        calls = 0
+
+        def acquire(self, size: int, timeout: float | None = None) -> Any:
+            Counting.calls += 1
+            return super().acquire(size, timeout)
+
+    p = Counting(**SMALL)
+    try:
+        p.acquire(100).release()
+        assert Counting.calls == 1
+    finally:
+        p.close(force=True)

@@ -63,11 +63,38 @@ class LeaseBase(BufferBase):
 
 _L = TypeVar("_L", bound=LeaseBase)
 
-def new_lease(cls: type[_L], pool: Any, block: Any, size: int, owner: Any, /) -> _L:
+def new_lease(cls: type[_L], pool: Any, block: Any, size: int, owner: Any,
+              core: PoolCore | None = None, /) -> _L:
     """A new leased ``cls`` over ``size`` bytes of ``block`` (no __init__)."""
 
 def claim_lease(lease: Any, from_flight: bool = False, /) -> None:
     """Take the right to give ``lease`` back and end it (zcnet.pool._py_claim)."""
+
+class ThreadCache:
+    """zcnet.pool._ThreadCache in C: one thread's free lists, deferred returns and counters."""
+
+    acquires: int
+    releases: int
+    cross_releases: int
+    drained: int
+    def __init__(self, nclasses: int, token: object, name: str) -> None: ...
+    @property
+    def free(self) -> list[list[Any]]: ...
+    @property
+    def deferred(self) -> Any: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def ident(self) -> int: ...
+    def alive(self) -> bool: ...
+
+class PoolCore:
+    """A BufferPool's acquire and landing, their common cases in C."""
+
+    def __init__(self, pool: Any, lease_type: type[LeaseBase], local: Any, book: FlightBook,
+                 account: Any, waiters: set[Any], cap: list[int], max_size: int,
+                 fallback: Any) -> None: ...
+    def acquire(self, size: int, timeout: float | None = None) -> Any: ...
 
 class FlightBook:
     """zcnet._core.flight.FlightBook in C."""

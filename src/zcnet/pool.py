@@ -33,7 +33,10 @@ Theory of operation:
   C) reads the lease's exports, the view's managed buffer's count of live views and the view's
   own exports exactly, and if only the view uses the memory releases it and ends the lease, in
   one step. The leases in flight are kept in a :class:`zcnet._core.flight.FlightBook` (its C
-  twin when compiled), and a compiled ticket lands the lease it carries without a callback.
+  twin when compiled), and a compiled ticket lands the lease it carries without a callback. A
+  thread's free lists are a ``_speedups.ThreadCache``, and ``_speedups.PoolCore`` runs
+  :meth:`BufferPool.acquire` from this thread's list and a landing onto the owner's list in C,
+  handing everything else to the Python methods below.
 - **Pure Python** (the reference). Each block gets a managed buffer of its own (a
   memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
   a release first reads that managed buffer's count of live views, which must be exactly the
@@ -304,7 +307,8 @@ class _Token:
 
 
 class _ThreadCache:
-    """One thread's free lists and deferred-return queue (owner-written counters)."""
+    """One thread's free lists and deferred-return queue (owner-written counters); the
+    compiled implementation's is ``zcnet._speedups.ThreadCache``."""
 
     __slots__ = ("acquires", "cross_releases", "deferred", "drained", "free", "name",
                  "releases", "token_ref")
@@ -353,6 +357,8 @@ else:
     _LeaseBase = object if speedups is None else speedups.LeaseBase
 #: Compiled: a new Lease without __init__ (new_lease(Lease, pool, block, size, owner)).
 _new_lease: Final[Any] = None if speedups is None else speedups.new_lease
+#: A thread's free lists (compiled: the C twin, whose owner the C landing recognises).
+_ThreadCacheImpl: Final[Any] = _ThreadCache if speedups is None else speedups.ThreadCache
 #: A pool's book of its leases in flight (zcnet._core.flight).
 _FlightBook: Final[Any] = _PyFlightBook if speedups is None else speedups.FlightBook
 
@@ -576,6 +582,7 @@ class _PoolBase:
         self._waiters: set[Waiter] = set()  # threads in a waiting acquire; returns wake them
         self._held: list[Lease] = []  # completed while exported (see Lease.held_back)
         self._book = _FlightBook(self._lock)  # the leases in flight (zcnet._core.flight)
+        self._core: Any = None  # BufferPool: its common cases in C (speedups.PoolCore)
 
     @property
     def size_classes(self) -> tuple[int, ...]:
@@ -681,15 +688,19 @@ class _PoolBase:
         try:
             self._claim(lease, True)
         except BufferLifetimeError:
-            # The kernel is done but the program still holds a view of the buffer: handing it
-            # out again would let that view write into the next lease.
-            lease._state = _HELD
-            with self._lock:
-                self._held.append(lease)
-            _log.warning("%r completed while a view of its memory is alive; it stays out of the "
-                         "pool until that view is released", lease)
+            self._hold_back(lease)
             return
         self._return(lease)
+
+    def _hold_back(self, lease: Lease) -> None:
+        """The kernel is done with ``lease`` but the program still holds a view of its buffer:
+        handing it out again would let that view write into the next lease, so it stays out of
+        the pool until the view is gone (:attr:`Lease.held_back`)."""
+        lease._state = _HELD
+        with self._lock:
+            self._held.append(lease)
+        _log.warning("%r completed while a view of its memory is alive; it stays out of the "
+                     "pool until that view is released", lease)
 
     def _reclaim_held(self) -> None:
         """Return the held-back leases whose exports are gone (call without the lock)."""
@@ -971,13 +982,21 @@ class BufferPool(_PoolBase):
         self._deferred_limit = max(1, deferred_limit)
         self._dead = [0, 0, 0, 0]  # acquires, releases, cross, drained of reclaimed caches
         self._reclaimed = 0
+        if speedups is not None:
+            # acquire from this thread's list and a lease's landing on its owner's list, in C;
+            # whatever else, in the Python methods below
+            self._core = speedups.PoolCore(
+                self, Lease, self._local, self._book, self._account, self._waiters, self._cap,
+                self._max_size, BufferPool.acquire)
+            if type(self).acquire is BufferPool.acquire:  # not overridden by a subclass
+                self.__dict__["acquire"] = self._core.acquire
 
     # -- per-thread state -------------------------------------------------------------------
     def _cache(self) -> _ThreadCache:
         cache: _ThreadCache | None = getattr(self._local, "cache", None)
         if cache is None:
             token = _Token()
-            cache = _ThreadCache(len(self._classes), token, threading.current_thread().name)
+            cache = _ThreadCacheImpl(len(self._classes), token, threading.current_thread().name)
             self._local.token = token  # only the thread-local holds it: dies with the thread
             self._local.cache = cache
             with self._lock:
@@ -1159,7 +1178,7 @@ class BufferPool(_PoolBase):
             block = self._refill(cache, cls, timeout)
         cache.acquires += 1
         if _new_lease is not None:  # Lease(...) without the frame of __new__
-            lease: Lease = _new_lease(Lease, self, block, size, cache)
+            lease: Lease = _new_lease(Lease, self, block, size, cache, self._core)
             return lease
         return Lease(self, block, size, cache)
 

@@ -1,7 +1,9 @@
 /* Pool leases in C (docs/ARCHITECTURE.md, 'Compiled fast path'): a lease's fields and state
- * (LeaseBase), its claim (the right to give it back, taken exactly once: claim_lease) and a
- * pool's book of the leases in flight (FlightBook). The pure-Python reference is zcnet/pool.py
- * (Lease, _py_claim) and zcnet/_core/flight.py (FlightBook); one test suite runs on both.
+ * (LeaseBase), its claim (the right to give it back, taken exactly once: claim_lease), a pool's
+ * book of the leases in flight (FlightBook), a thread's free lists (ThreadCache) and a
+ * BufferPool's acquire and landing in their common cases (PoolCore). The pure-Python reference
+ * is zcnet/pool.py (Lease, _py_claim, _ThreadCache, BufferPool.acquire and _end_flight) and
+ * zcnet/_core/flight.py (FlightBook); one test suite runs on both.
  *
  * Each function runs with the GIL held and calls no Python code between the first field it reads
  * and the last it writes (a repr for an error message only after everything is restored), so it
@@ -16,6 +18,7 @@ enum { LEASED = 0, IN_FLIGHT = 1, RELEASED = 2, HELD = 3, MARKED = -1 /* check()
 typedef struct {
     zc_BufferBaseObject base;
     PyObject *pool, *block, *owner, *reaper, *view;
+    PyObject *core; /* the pool's PoolCore (NULL: landed by the pool's Python _end_flight) */
     Py_ssize_t size;
     int state;
     int cls;
@@ -39,6 +42,7 @@ lease_traverse(zc_LeaseObject *self, visitproc visit, void *arg)
     Py_VISIT(self->owner);
     Py_VISIT(self->reaper);
     Py_VISIT(self->view);
+    Py_VISIT(self->core);
     return 0;
 }
 
@@ -50,6 +54,7 @@ lease_clear(zc_LeaseObject *self)
     Py_CLEAR(self->owner);
     Py_CLEAR(self->reaper);
     Py_CLEAR(self->view);
+    Py_CLEAR(self->core);
     return 0;
 }
 
@@ -89,23 +94,13 @@ static PyTypeObject LeaseBaseType = {
     /* tp_new: none; new_lease makes them */
 };
 
-/* new_lease(cls, pool, block, size, owner): a leased `cls` over `size` bytes of the block
- * (block.slab.mm at block.start, size class block.cls), without __init__. */
+/* A leased `type` over `size` bytes of `block` (block.slab.mm at block.start, size class
+ * block.cls), owned by the thread cache `owner`, landed through `core` (may be NULL), without
+ * __init__: a new reference, or NULL with an exception set. */
 static PyObject *
-lease_new_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+make_lease(PyTypeObject *type, PyObject *pool, PyObject *block, Py_ssize_t size, PyObject *owner,
+           PyObject *core)
 {
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "new_lease() takes 5 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    PyObject *type = args[0], *block = args[2];
-    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &LeaseBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "new_lease() needs a subclass of LeaseBase");
-        return NULL;
-    }
-    Py_ssize_t size = PyLong_AsSsize_t(args[3]);
-    if (size == -1 && PyErr_Occurred())
-        return NULL;
     PyObject *slab = PyObject_GetAttr(block, s_slab);
     PyObject *mm = slab == NULL ? NULL : PyObject_GetAttr(slab, s_mm);
     PyObject *start = mm == NULL ? NULL : PyObject_GetAttr(block, s_start);
@@ -115,12 +110,13 @@ lease_new_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         Py_ssize_t offset = PyLong_AsSsize_t(start);
         long k = PyLong_AsLong(cls);
         if (!PyErr_Occurred())
-            lease = zc_buffer_new((PyTypeObject *)type, mm, offset, size, 0, NULL);
+            lease = zc_buffer_new(type, mm, offset, size, 0, NULL);
         if (lease != NULL) {
             zc_LeaseObject *l = AS_LEASE(lease);
-            l->pool = Py_NewRef(args[1]);
+            l->pool = Py_NewRef(pool);
             l->block = Py_NewRef(block);
-            l->owner = Py_NewRef(args[4]);
+            l->owner = Py_NewRef(owner);
+            l->core = Py_XNewRef(core);
             l->size = size;
             l->state = LEASED;
             l->cls = (int)k;
@@ -131,6 +127,57 @@ lease_new_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     Py_XDECREF(start);
     Py_XDECREF(cls);
     return lease;
+}
+
+/* new_lease(cls, pool, block, size, owner, core=None): make_lease for Python. */
+static PyObject *
+lease_new_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 && nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "new_lease() takes 5 or 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *type = args[0];
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &LeaseBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "new_lease() needs a subclass of LeaseBase");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[3]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    return make_lease((PyTypeObject *)type, args[1], args[2], size, args[4],
+                      nargs == 6 && args[5] != Py_None ? args[5] : NULL);
+}
+
+/* Take the right to give `obj` (a lease) back and end it: 1; 0 if its memory is still used
+ * (nothing changed, no exception); -1 with BufferLifetimeError (not simply leased unless
+ * `from_flight`, or claimed before) or another exception, nothing changed. */
+static int
+claim(PyObject *obj, int from_flight)
+{
+    zc_LeaseObject *l = AS_LEASE(obj);
+    if (l->state != LEASED && !from_flight) {
+        if (l->state == IN_FLIGHT) {
+            PyErr_Format(zc_BufferLifetimeError, "%R is in flight; it returns to the pool when "
+                         "its ticket is done", obj);
+            return -1;
+        }
+        if (l->state == HELD) {
+            PyErr_Format(zc_BufferLifetimeError, "%R was handed to release_when_done; it returns "
+                         "to the pool by itself once the export of its memory is gone", obj);
+            return -1;
+        }
+    }
+    if (l->claimed) {
+        PyErr_Format(zc_BufferLifetimeError, "%R was released twice", obj);
+        return -1;
+    }
+    int ended = zc_end_lease(obj, l->view == NULL ? Py_None : l->view);
+    if (ended == 1) {
+        l->claimed = 1;
+        l->state = RELEASED;
+    }
+    return ended;
 }
 
 /* claim_lease(lease, from_flight=False): take the right to give `lease` back and end it, or
@@ -151,27 +198,13 @@ lease_claim(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
                      Py_TYPE(obj)->tp_name);
         return NULL;
     }
-    zc_LeaseObject *l = AS_LEASE(obj);
-    if (l->state != LEASED && !from_flight) {
-        if (l->state == IN_FLIGHT)
-            return PyErr_Format(zc_BufferLifetimeError, "%R is in flight; it returns to the pool "
-                                "when its ticket is done", obj);
-        if (l->state == HELD)
-            return PyErr_Format(zc_BufferLifetimeError, "%R was handed to release_when_done; it "
-                                "returns to the pool by itself once the export of its memory is "
-                                "gone", obj);
-    }
-    if (l->claimed)
-        return PyErr_Format(zc_BufferLifetimeError, "%R was released twice", obj);
-    int ended = zc_end_lease(obj, l->view == NULL ? Py_None : l->view);
+    int ended = claim(obj, from_flight);
     if (ended < 0)
         return NULL;
     if (!ended)
         return PyErr_Format(zc_BufferLifetimeError, "%R is still in use: a memoryview, array or "
                             "other object made from it or its view is alive; release or drop it "
                             "first", obj);
-    l->claimed = 1;
-    l->state = RELEASED;
     Py_RETURN_NONE;
 }
 
@@ -382,6 +415,36 @@ out:
     return r;
 }
 
+/* The flight of the lease `obj` is over: 0, or -1 with an exception set (BufferLifetimeError if
+ * it was not in flight, nothing changed). */
+static int
+book_land_one(zc_FlightBookObject *b, PyObject *obj)
+{
+    zc_LeaseObject *l = AS_LEASE(obj);
+    if (l->state != IN_FLIGHT) {
+        PyErr_Format(zc_BufferLifetimeError, "%R: completion for a lease not in flight", obj);
+        return -1;
+    }
+    b->in_flight--;
+    if (PyDict_DelItem(b->flying, obj) < 0)
+        PyErr_Clear(); /* unlisted (memory at take-off) */
+    PyObject *key = l->reaper;
+    l->reaper = NULL;
+    if (key == NULL)
+        return 0;
+    PyObject *entry = PyDict_GetItemWithError(b->reapers, key);
+    Py_ssize_t left = entry == NULL ? -1 : entry_add(entry, -1);
+    if (left == 0 && PyDict_DelItem(b->reapers, key) < 0)
+        left = -1;
+    Py_DECREF(key);
+    if (left < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "no reapers entry for a lease in flight");
+        return -1;
+    }
+    return 0;
+}
+
 /* land(lease): `lease`'s flight is over (its ticket is done): no longer counted, listed or
  * reaped for; its state stays "in flight" until the pool claims it back (or holds it back).
  * BufferLifetimeError if it was not in flight. */
@@ -392,27 +455,8 @@ book_land(zc_FlightBookObject *b, PyObject *obj)
         PyErr_Format(PyExc_TypeError, "land() needs a lease, not %.100s", Py_TYPE(obj)->tp_name);
         return NULL;
     }
-    zc_LeaseObject *l = AS_LEASE(obj);
-    if (l->state != IN_FLIGHT)
-        return PyErr_Format(zc_BufferLifetimeError, "%R: completion for a lease not in flight",
-                            obj);
-    b->in_flight--;
-    if (PyDict_DelItem(b->flying, obj) < 0)
-        PyErr_Clear(); /* unlisted (memory at take-off) */
-    PyObject *key = l->reaper;
-    l->reaper = NULL;
-    if (key != NULL) {
-        PyObject *entry = PyDict_GetItemWithError(b->reapers, key);
-        Py_ssize_t left = entry == NULL ? -1 : entry_add(entry, -1);
-        if (left == 0 && PyDict_DelItem(b->reapers, key) < 0)
-            left = -1;
-        Py_DECREF(key);
-        if (left < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_KeyError, "no reapers entry for a lease in flight");
-            return NULL;
-        }
-    }
+    if (book_land_one(b, obj) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -454,11 +498,376 @@ static PyTypeObject FlightBookType = {
     .tp_new = book_new,
 };
 
+/* -- ThreadCache ---------------------------------------------------------------------------- */
+
+/* zcnet.pool._ThreadCache in C: one thread's free lists (Python lists, one per size class, which
+ * the pool's Python code reads and writes too), its deferred-return queue (a deque) and its
+ * counters, with the thread's identity so that the C return path knows its owner. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *free, *deferred, *token_ref, *name;
+    unsigned long ident; /* the owner thread (PyThread_get_thread_ident at creation) */
+    Py_ssize_t acquires, releases, cross_releases, drained;
+} zc_ThreadCacheObject;
+
+static PyTypeObject ThreadCacheType;
+static PyObject *deque_type; /* collections.deque */
+
+static PyObject *
+cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"nclasses", "token", "name", NULL};
+    Py_ssize_t n;
+    PyObject *token, *name;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nOU:ThreadCache", kwlist, &n, &token, &name))
+        return NULL;
+    if (n < 0)
+        return PyErr_Format(PyExc_ValueError, "nclasses must be >= 0, not %zd", n);
+    zc_ThreadCacheObject *c = (zc_ThreadCacheObject *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    c->name = Py_NewRef(name);
+    c->ident = PyThread_get_thread_ident();
+    c->free = PyList_New(n);
+    if (c->free != NULL)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *fl = PyList_New(0);
+            if (fl == NULL) {
+                Py_DECREF(c);
+                return NULL;
+            }
+            PyList_SET_ITEM(c->free, i, fl);
+        }
+    if (c->free == NULL || (c->deferred = PyObject_CallNoArgs(deque_type)) == NULL
+        || (c->token_ref = PyWeakref_NewRef(token, NULL)) == NULL) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    return (PyObject *)c;
+}
+
+static int
+cache_traverse(zc_ThreadCacheObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->free);
+    Py_VISIT(c->deferred);
+    Py_VISIT(c->token_ref);
+    Py_VISIT(c->name);
+    return 0;
+}
+
+static int
+cache_clear(zc_ThreadCacheObject *c)
+{
+    Py_CLEAR(c->free);
+    Py_CLEAR(c->deferred);
+    Py_CLEAR(c->token_ref);
+    Py_CLEAR(c->name);
+    return 0;
+}
+
+static void
+cache_dealloc(zc_ThreadCacheObject *c)
+{
+    PyObject_GC_UnTrack(c);
+    cache_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* Whether the owner thread lives (its token, kept only in its threading.local, is alive). */
+static int
+cache_is_alive(zc_ThreadCacheObject *c)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *token;
+    int r = PyWeakref_GetRef(c->token_ref, &token);
+    if (r < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_XDECREF(token);
+    return r;
+#else
+    return PyWeakref_GetObject(c->token_ref) != Py_None;
+#endif
+}
+
+static PyObject *
+cache_alive(zc_ThreadCacheObject *c, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(cache_is_alive(c));
+}
+
+static PyMethodDef cache_methods[] = {
+    {"alive", (PyCFunction)cache_alive, METH_NOARGS,
+     "alive($self, /)\n--\n\nWhether the owner thread still runs."},
+    {NULL},
+};
+
+static PyMemberDef cache_members[] = {
+    {"free", T_OBJECT, offsetof(zc_ThreadCacheObject, free), Py_READONLY,
+     "Per size class, the list of free blocks."},
+    {"deferred", T_OBJECT, offsetof(zc_ThreadCacheObject, deferred), Py_READONLY,
+     "Blocks other threads returned (a deque), taken back by the owner in bulk."},
+    {"token_ref", T_OBJECT, offsetof(zc_ThreadCacheObject, token_ref), Py_READONLY, NULL},
+    {"name", T_OBJECT, offsetof(zc_ThreadCacheObject, name), Py_READONLY, "The thread's name."},
+    {"ident", T_ULONG, offsetof(zc_ThreadCacheObject, ident), Py_READONLY,
+     "The owner thread's identifier."},
+    {"acquires", Py_T_PYSSIZET, offsetof(zc_ThreadCacheObject, acquires), 0, NULL},
+    {"releases", Py_T_PYSSIZET, offsetof(zc_ThreadCacheObject, releases), 0, NULL},
+    {"cross_releases", Py_T_PYSSIZET, offsetof(zc_ThreadCacheObject, cross_releases), 0, NULL},
+    {"drained", Py_T_PYSSIZET, offsetof(zc_ThreadCacheObject, drained), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject ThreadCacheType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "zcnet._speedups.ThreadCache",
+    .tp_basicsize = sizeof(zc_ThreadCacheObject),
+    .tp_dealloc = (destructor)cache_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "ThreadCache(nclasses, token, name)\n--\n\nzcnet.pool._ThreadCache in C: one "
+              "thread's free lists, deferred returns and counters.",
+    .tp_traverse = (traverseproc)cache_traverse,
+    .tp_clear = (inquiry)cache_clear,
+    .tp_methods = cache_methods,
+    .tp_members = cache_members,
+    .tp_new = cache_new,
+};
+
+/* -- PoolCore -------------------------------------------------------------------------------- */
+
+/* A BufferPool's common cases in C (docs/ARCHITECTURE.md, 'Compiled fast path'): acquire from
+ * this thread's free list, and a lease's landing back onto its owner's free list. Everything
+ * else (a closed pool, a timeout, an empty list, deferred returns to take back, waiters, an
+ * account to move, a lease still exported, another thread's lease) goes to the pool's Python
+ * methods, which decide, before anything is changed. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
+    Py_ssize_t max_size;
+} zc_PoolCoreObject;
+
+static PyTypeObject PoolCoreType;
+static PyObject *s_closed, *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
+
+static PyObject *
+core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"pool", "lease_type", "local", "book", "account", "waiters", "cap",
+                             "max_size", "fallback", NULL};
+    PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
+    Py_ssize_t max_size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nO:PoolCore", kwlist, &pool,
+                                     &lease_type, &local, &book, &account, &PySet_Type, &waiters,
+                                     &PyList_Type, &cap, &max_size, &fallback))
+        return NULL;
+    if (!PyType_Check(lease_type)
+        || !PyType_IsSubtype((PyTypeObject *)lease_type, &LeaseBaseType))
+        return PyErr_Format(PyExc_TypeError, "lease_type must be a subclass of LeaseBase");
+    if (!PyObject_TypeCheck(book, &FlightBookType))
+        return PyErr_Format(PyExc_TypeError, "book must be a FlightBook");
+    zc_PoolCoreObject *c = (zc_PoolCoreObject *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    c->pool = Py_NewRef(pool);
+    c->lease_type = Py_NewRef(lease_type);
+    c->local = Py_NewRef(local);
+    c->book = Py_NewRef(book);
+    c->account = Py_NewRef(account);
+    c->waiters = Py_NewRef(waiters);
+    c->cap = Py_NewRef(cap);
+    c->fallback = Py_NewRef(fallback);
+    c->max_size = max_size;
+    return (PyObject *)c;
+}
+
+static int
+core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->pool);
+    Py_VISIT(c->lease_type);
+    Py_VISIT(c->local);
+    Py_VISIT(c->book);
+    Py_VISIT(c->account);
+    Py_VISIT(c->waiters);
+    Py_VISIT(c->cap);
+    Py_VISIT(c->fallback);
+    return 0;
+}
+
+static int
+core_clear(zc_PoolCoreObject *c)
+{
+    Py_CLEAR(c->pool);
+    Py_CLEAR(c->lease_type);
+    Py_CLEAR(c->local);
+    Py_CLEAR(c->book);
+    Py_CLEAR(c->account);
+    Py_CLEAR(c->waiters);
+    Py_CLEAR(c->cap);
+    Py_CLEAR(c->fallback);
+    return 0;
+}
+
+static void
+core_dealloc(zc_PoolCoreObject *c)
+{
+    PyObject_GC_UnTrack(c);
+    core_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* The lease of `size` bytes from this thread's free list, or NULL with no exception when the
+ * Python acquire must decide (or NULL with an exception set). */
+static PyObject *
+core_acquire_fast(zc_PoolCoreObject *c, PyObject *size_obj)
+{
+    if (c->pool == NULL || !PyLong_CheckExact(size_obj))
+        return NULL;
+    Py_ssize_t size = PyLong_AsSsize_t(size_obj);
+    if (size == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (size < 0 || size > c->max_size)
+        return NULL; /* the Python acquire raises */
+    /* zcnet.pool._PoolBase._class_index: class k holds MIN_CLASS << k bytes */
+    int cls = size <= MIN_CLASS ? 0 : 64 - __builtin_clzll((unsigned long long)(size - 1)) - 12;
+    PyObject *closed = PyObject_GetAttr(c->pool, s_closed);
+    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
+    Py_XDECREF(closed);
+    if (is_closed != 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *obj = PyObject_GetAttr(c->local, s_cache); /* this thread's ThreadCache */
+    if (obj == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    zc_ThreadCacheObject *cache = (zc_ThreadCacheObject *)obj;
+    PyObject *lease = NULL;
+    if (Py_TYPE(obj) == &ThreadCacheType && cls < PyList_GET_SIZE(cache->free)
+        && PyObject_Length(cache->deferred) == 0) {
+        PyObject *fl = PyList_GET_ITEM(cache->free, cls);
+        Py_ssize_t n = PyList_GET_SIZE(fl);
+        if (n > 0) {
+            PyObject *block = Py_NewRef(PyList_GET_ITEM(fl, n - 1));
+            if (PyList_SetSlice(fl, n - 1, n, NULL) == 0) {
+                lease = make_lease((PyTypeObject *)c->lease_type, c->pool, block, size, obj,
+                                   (PyObject *)c);
+                if (lease != NULL)
+                    cache->acquires++;
+                else if (PyList_Append(fl, block) < 0) /* not lost: back where it was */
+                    PyErr_WriteUnraisable(block);
+            }
+            Py_DECREF(block);
+        }
+    }
+    PyErr_Clear(); /* a failure here leaves the decision to the Python acquire */
+    Py_DECREF(obj);
+    return lease;
+}
+
+/* acquire(size, timeout=None): BufferPool.acquire, its common case in C. */
+static PyObject *
+core_acquire(zc_PoolCoreObject *c, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nkw == 0 && (nargs == 1 || (nargs == 2 && args[1] == Py_None))) {
+        PyObject *lease = core_acquire_fast(c, args[0]);
+        if (lease != NULL)
+            return lease;
+    }
+    if (c->pool == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "PoolCore has no pool");
+    PyObject *small[8], **stack = small;
+    if (nargs + nkw + 1 > 8 && (stack = PyMem_Malloc((size_t)(nargs + nkw + 1)
+                                                     * sizeof(PyObject *))) == NULL)
+        return PyErr_NoMemory();
+    stack[0] = c->pool;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        stack[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(c->fallback, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return r;
+}
+
+static PyMethodDef core_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))core_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire($self, size, timeout=None)\n--\n\nBufferPool.acquire (its common case in C)."},
+    {NULL},
+};
+
+static PyTypeObject PoolCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "zcnet._speedups.PoolCore",
+    .tp_basicsize = sizeof(zc_PoolCoreObject),
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "PoolCore(pool, lease_type, local, book, account, waiters, cap, max_size, "
+              "fallback)\n--\n\nA BufferPool's acquire and landing, their common cases in C.",
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_new = core_new,
+};
+
+PyObject *
+zc_lease_land(PyObject *obj)
+{
+    zc_LeaseObject *l = AS_LEASE(obj);
+    zc_PoolCoreObject *c = IS_LEASE(obj) ? (zc_PoolCoreObject *)l->core : NULL;
+    if (c == NULL || c->pool == NULL || c->account != Py_None) { /* BufferPool._end_flight */
+        PyObject *pool = IS_LEASE(obj) ? Py_XNewRef(l->pool) : PyObject_GetAttrString(obj,
+                                                                                      "_pool");
+        if (pool == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a lease without a pool");
+            return NULL;
+        }
+        PyObject *r = PyObject_CallMethodOneArg(pool, s_end_flight, obj);
+        Py_DECREF(pool);
+        return r;
+    }
+    /* _end_flight: the book, then the claim (or held back), then the return */
+    if (book_land_one((zc_FlightBookObject *)c->book, obj) < 0)
+        return NULL;
+    int ended = claim(obj, 1);
+    if (ended < 0)
+        return NULL;
+    if (!ended)
+        return PyObject_CallMethodOneArg(c->pool, s_hold_back, obj);
+    zc_ThreadCacheObject *owner = (zc_ThreadCacheObject *)l->owner;
+    if (Py_TYPE(owner) != &ThreadCacheType || owner->ident != PyThread_get_thread_ident()
+        || PySet_GET_SIZE(c->waiters) != 0 || l->cls >= PyList_GET_SIZE(owner->free)
+        || l->cls >= PyList_GET_SIZE(c->cap) || !cache_is_alive(owner))
+        return PyObject_CallMethodOneArg(c->pool, s_return, obj); /* BufferPool._return */
+    /* BufferPool._return, the owner's own thread with nobody waiting */
+    PyObject *fl = PyList_GET_ITEM(owner->free, l->cls);
+    if (PyList_Append(fl, l->block) < 0)
+        return NULL;
+    owner->releases++;
+    Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(c->cap, l->cls));
+    if (cap == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyList_GET_SIZE(fl) > cap) {
+        PyObject *k = PyLong_FromLong(l->cls);
+        PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(c->pool, s_spill, fl, k, NULL);
+        Py_XDECREF(k);
+        return r;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef lease_functions[] = {
     {"new_lease", (PyCFunction)(void (*)(void))lease_new_lease, METH_FASTCALL,
-     "new_lease(cls, pool, block, size, owner, /)\n--\n\n"
-     "A new leased `cls` (a LeaseBase subclass) over `size` bytes of `block`, without "
-     "__init__."},
+     "new_lease(cls, pool, block, size, owner, core=None, /)\n--\n\n"
+     "A new leased `cls` (a LeaseBase subclass) over `size` bytes of `block`, owned by the "
+     "thread cache `owner`, landed through the PoolCore `core`, without __init__."},
     {"claim_lease", (PyCFunction)(void (*)(void))lease_claim, METH_FASTCALL,
      "claim_lease(lease, from_flight=False, /)\n--\n\n"
      "Take the right to give `lease` back and end it (zcnet.pool._py_claim)."},
@@ -471,15 +880,27 @@ zc_lease_init(PyObject *module)
     static const zc_InternedName names[] = {
         {&s_slab, "slab"}, {&s_mm, "mm"}, {&s_start, "start"}, {&s_cls, "cls"},
         {&s_check_mine, "_check_mine"}, {&s_add_done_callback, "add_done_callback"},
-        {&s_on_done, "_on_done"},
+        {&s_on_done, "_on_done"}, {&s_closed, "_closed"}, {&s_cache, "cache"},
+        {&s_end_flight, "_end_flight"}, {&s_hold_back, "_hold_back"}, {&s_return, "_return"},
+        {&s_spill, "_spill"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL)
+        return -1;
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL)
+        return -1;
     LeaseBaseType.tp_base = &zc_BufferBaseType;
-    if (PyType_Ready(&LeaseBaseType) < 0 || PyType_Ready(&FlightBookType) < 0)
+    if (PyType_Ready(&LeaseBaseType) < 0 || PyType_Ready(&FlightBookType) < 0
+        || PyType_Ready(&ThreadCacheType) < 0 || PyType_Ready(&PoolCoreType) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "LeaseBase", (PyObject *)&LeaseBaseType) < 0
-        || PyModule_AddObjectRef(module, "FlightBook", (PyObject *)&FlightBookType) < 0)
+        || PyModule_AddObjectRef(module, "FlightBook", (PyObject *)&FlightBookType) < 0
+        || PyModule_AddObjectRef(module, "ThreadCache", (PyObject *)&ThreadCacheType) < 0
+        || PyModule_AddObjectRef(module, "PoolCore", (PyObject *)&PoolCoreType) < 0)
         return -1;
     return PyModule_AddFunctions(module, lease_functions);
 }

@@ -43,7 +43,7 @@
 #define REAP_SHIFT 17
 
 static PyObject *s_release, *s_callback_failed, *s_drive, *s_drive_buf,
-    *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure, *s_end_flight, *s_pool;
+    *s_first_call_interrupted, *s_reap_failed, *s_finish, *s_failure, *s_pool;
 
 /* -- TicketBase ----------------------------------------------------------------------------- */
 
@@ -117,17 +117,14 @@ done_callback_result(zc_TicketObject *t, PyObject *fn, PyObject *r)
     return 0;
 }
 
-/* The lease flying with `t` goes back to its pool: lease._pool._end_flight(lease), the work of
- * Lease._on_done without its frame or a callback list. */
+/* The lease flying with `t` goes back to its pool (BufferPool._end_flight, in C when it can:
+ * zc_lease_land), the work of Lease._on_done without its frame or a callback list. */
 static int
 land_lease(zc_TicketObject *t)
 {
     PyObject *lease = t->lease;
     t->lease = NULL;
-    PyObject *pool = PyObject_GetAttr(lease, s_pool);
-    PyObject *r = pool == NULL ? NULL : PyObject_CallMethodOneArg(pool, s_end_flight, lease);
-    Py_XDECREF(pool);
-    int rc = done_callback_result(t, lease, r);
+    int rc = done_callback_result(t, lease, zc_lease_land(lease));
     Py_DECREF(lease);
     return rc;
 }
@@ -1131,7 +1128,7 @@ zc_txfast_init(PyObject *module)
         {&s_release_when_done, "release_when_done"},
         {&s_begin_flights, "_begin_flights"},
         {&s_pool, "_pool"},
-        {&s_finish, "_finish"}, {&s_failure, "failure"}, {&s_end_flight, "_end_flight"},
+        {&s_finish, "_finish"}, {&s_failure, "failure"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;

@@ -73,8 +73,12 @@ int zc_views_init(PyObject *module);
  * nothing else uses its memory: 1; 0 with nothing changed if something does; -1 with an
  * exception set. */
 int zc_end_lease(PyObject *buf, PyObject *view);
-/* lease.c: LeaseBase, claim_lease and FlightBook (a pool's leases in flight). */
+/* lease.c: LeaseBase, claim_lease, FlightBook (a pool's leases in flight), ThreadCache and
+ * PoolCore (a BufferPool's common cases). */
 int zc_lease_init(PyObject *module);
+/* The ticket of the lease `lease` is done: BufferPool._end_flight, in C when it can (a new
+ * reference to None, or NULL with an exception set). */
+PyObject *zc_lease_land(PyObject *lease);
 /* tracker.c: the zero-copy completion counter (zcnet._core.tracker.CompletionTracker in C). */
 typedef struct {
     PyObject *token;   /* NULL once completed */
