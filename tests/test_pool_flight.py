@@ -198,3 +198,22 @@ def test_a_subclass_keeps_its_own_acquire() -> None:
         assert Counting.calls == 1
     finally:
         p.close(force=True)
+
+
+def test_a_pool_dropped_without_close_is_freed_at_once() -> None:
+    # the compiled acquire is the pool's own attribute: it must not keep the pool in a cycle
+    gc.disable()
+    try:
+        p = BufferPool(**SMALL)
+        p.acquire(100).release()
+        ref = weakref.ref(p)
+        # compiled: the core's acquire, which does not keep its pool alive (a bound method of the
+        # Python acquire would)
+        acquire = p.acquire if speedups is not None else None
+        del p
+        assert ref() is None
+        if acquire is not None:
+            with pytest.raises(ReferenceError, match="gone"):
+                acquire(10)
+    finally:
+        gc.enable()

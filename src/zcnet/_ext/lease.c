@@ -644,9 +644,30 @@ static PyTypeObject ThreadCacheType = {
  * methods, which decide, before anything is changed. */
 typedef struct {
     PyObject_HEAD
-    PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
+    PyObject *pool_ref; /* a weak reference: the pool owns its core (its acquire is the core's),
+                         * and a pool dropped without close() is freed at once, as before */
+    PyObject *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
     Py_ssize_t max_size;
 } zc_PoolCoreObject;
+
+/* The core's pool (a new reference), or NULL with ReferenceError once it is gone. */
+static PyObject *
+core_pool(zc_PoolCoreObject *c)
+{
+    PyObject *pool = NULL;
+    if (c->pool_ref != NULL) {
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyWeakref_GetRef(c->pool_ref, &pool) < 0)
+            return NULL;
+#else
+        pool = PyWeakref_GetObject(c->pool_ref);
+        pool = pool == Py_None ? NULL : Py_NewRef(pool);
+#endif
+    }
+    if (pool == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ReferenceError, "the BufferPool of this acquire is gone");
+    return pool;
+}
 
 static PyTypeObject PoolCoreType;
 static PyObject *s_closed, *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
@@ -670,7 +691,10 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     zc_PoolCoreObject *c = (zc_PoolCoreObject *)type->tp_alloc(type, 0);
     if (c == NULL)
         return NULL;
-    c->pool = Py_NewRef(pool);
+    if ((c->pool_ref = PyWeakref_NewRef(pool, NULL)) == NULL) {
+        Py_DECREF(c);
+        return NULL;
+    }
     c->lease_type = Py_NewRef(lease_type);
     c->local = Py_NewRef(local);
     c->book = Py_NewRef(book);
@@ -685,7 +709,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
 {
-    Py_VISIT(c->pool);
+    Py_VISIT(c->pool_ref);
     Py_VISIT(c->lease_type);
     Py_VISIT(c->local);
     Py_VISIT(c->book);
@@ -699,7 +723,7 @@ core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
 static int
 core_clear(zc_PoolCoreObject *c)
 {
-    Py_CLEAR(c->pool);
+    Py_CLEAR(c->pool_ref);
     Py_CLEAR(c->lease_type);
     Py_CLEAR(c->local);
     Py_CLEAR(c->book);
@@ -721,9 +745,9 @@ core_dealloc(zc_PoolCoreObject *c)
 /* The lease of `size` bytes from this thread's free list, or NULL with no exception when the
  * Python acquire must decide (or NULL with an exception set). */
 static PyObject *
-core_acquire_fast(zc_PoolCoreObject *c, PyObject *size_obj)
+core_acquire_fast(zc_PoolCoreObject *c, PyObject *pool, PyObject *size_obj)
 {
-    if (c->pool == NULL || !PyLong_CheckExact(size_obj))
+    if (!PyLong_CheckExact(size_obj))
         return NULL;
     Py_ssize_t size = PyLong_AsSsize_t(size_obj);
     if (size == -1 && PyErr_Occurred()) {
@@ -734,7 +758,7 @@ core_acquire_fast(zc_PoolCoreObject *c, PyObject *size_obj)
         return NULL; /* the Python acquire raises */
     /* zcnet.pool._PoolBase._class_index: class k holds MIN_CLASS << k bytes */
     int cls = size <= MIN_CLASS ? 0 : 64 - __builtin_clzll((unsigned long long)(size - 1)) - 12;
-    PyObject *closed = PyObject_GetAttr(c->pool, s_closed);
+    PyObject *closed = PyObject_GetAttr(pool, s_closed);
     int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
     Py_XDECREF(closed);
     if (is_closed != 0) {
@@ -755,7 +779,7 @@ core_acquire_fast(zc_PoolCoreObject *c, PyObject *size_obj)
         if (n > 0) {
             PyObject *block = Py_NewRef(PyList_GET_ITEM(fl, n - 1));
             if (PyList_SetSlice(fl, n - 1, n, NULL) == 0) {
-                lease = make_lease((PyTypeObject *)c->lease_type, c->pool, block, size, obj,
+                lease = make_lease((PyTypeObject *)c->lease_type, pool, block, size, obj,
                                    (PyObject *)c);
                 if (lease != NULL)
                     cache->acquires++;
@@ -776,23 +800,27 @@ core_acquire(zc_PoolCoreObject *c, PyObject *const *args, size_t nargsf, PyObjec
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    if (nkw == 0 && (nargs == 1 || (nargs == 2 && args[1] == Py_None))) {
-        PyObject *lease = core_acquire_fast(c, args[0]);
-        if (lease != NULL)
-            return lease;
+    PyObject *pool = core_pool(c);
+    if (pool == NULL)
+        return NULL;
+    PyObject *r = NULL;
+    if (nkw == 0 && (nargs == 1 || (nargs == 2 && args[1] == Py_None)))
+        r = core_acquire_fast(c, pool, args[0]);
+    if (r == NULL && !PyErr_Occurred()) { /* BufferPool.acquire(pool, *args, **kwargs) */
+        PyObject *small[8], **stack = small;
+        if (nargs + nkw + 1 > 8 && (stack = PyMem_Malloc((size_t)(nargs + nkw + 1)
+                                                         * sizeof(PyObject *))) == NULL) {
+            Py_DECREF(pool);
+            return PyErr_NoMemory();
+        }
+        stack[0] = pool;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+            stack[i + 1] = args[i];
+        r = PyObject_Vectorcall(c->fallback, stack, (size_t)(nargs + 1), kwnames);
+        if (stack != small)
+            PyMem_Free(stack);
     }
-    if (c->pool == NULL)
-        return PyErr_Format(PyExc_RuntimeError, "PoolCore has no pool");
-    PyObject *small[8], **stack = small;
-    if (nargs + nkw + 1 > 8 && (stack = PyMem_Malloc((size_t)(nargs + nkw + 1)
-                                                     * sizeof(PyObject *))) == NULL)
-        return PyErr_NoMemory();
-    stack[0] = c->pool;
-    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
-        stack[i + 1] = args[i];
-    PyObject *r = PyObject_Vectorcall(c->fallback, stack, (size_t)(nargs + 1), kwnames);
-    if (stack != small)
-        PyMem_Free(stack);
+    Py_DECREF(pool);
     return r;
 }
 
@@ -821,7 +849,7 @@ zc_lease_land(PyObject *obj)
 {
     zc_LeaseObject *l = AS_LEASE(obj);
     zc_PoolCoreObject *c = IS_LEASE(obj) ? (zc_PoolCoreObject *)l->core : NULL;
-    if (c == NULL || c->pool == NULL || c->account != Py_None) { /* BufferPool._end_flight */
+    if (c == NULL || c->account != Py_None) { /* BufferPool._end_flight */
         PyObject *pool = IS_LEASE(obj) ? Py_XNewRef(l->pool) : PyObject_GetAttrString(obj,
                                                                                       "_pool");
         if (pool == NULL) {
@@ -840,12 +868,12 @@ zc_lease_land(PyObject *obj)
     if (ended < 0)
         return NULL;
     if (!ended)
-        return PyObject_CallMethodOneArg(c->pool, s_hold_back, obj);
+        return PyObject_CallMethodOneArg(l->pool, s_hold_back, obj);
     zc_ThreadCacheObject *owner = (zc_ThreadCacheObject *)l->owner;
     if (Py_TYPE(owner) != &ThreadCacheType || owner->ident != PyThread_get_thread_ident()
         || PySet_GET_SIZE(c->waiters) != 0 || l->cls >= PyList_GET_SIZE(owner->free)
         || l->cls >= PyList_GET_SIZE(c->cap) || !cache_is_alive(owner))
-        return PyObject_CallMethodOneArg(c->pool, s_return, obj); /* BufferPool._return */
+        return PyObject_CallMethodOneArg(l->pool, s_return, obj); /* BufferPool._return */
     /* BufferPool._return, the owner's own thread with nobody waiting */
     PyObject *fl = PyList_GET_ITEM(owner->free, l->cls);
     if (PyList_Append(fl, l->block) < 0)
@@ -856,7 +884,7 @@ zc_lease_land(PyObject *obj)
         return NULL;
     if (PyList_GET_SIZE(fl) > cap) {
         PyObject *k = PyLong_FromLong(l->cls);
-        PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(c->pool, s_spill, fl, k, NULL);
+        PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(l->pool, s_spill, fl, k, NULL);
         Py_XDECREF(k);
         return r;
     }
