@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from distributed.comm import CommClosedError, connect, listen
+from distributed.comm import CommClosedError, connect, listen, parse_address, parse_host_port
 from distributed.core import ConnectionPool, Server, pingpong, send_recv
 from distributed.protocol import Serialized, to_serialize
 
@@ -279,3 +281,242 @@ def test_max_shard_size_set_on_the_comm_splits_frames(scheme: str) -> None:
     run(main())
 
 
+
+
+# -- 4. addresses: the empty host listens on IPv4 and IPv6 --------------------------------------
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+requires_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here")
+
+
+async def round_trip(contact: str, key: int) -> None:
+    """Connect to ``contact``, have the echo server bounce a message, check it, close."""
+    comm = await connect(contact)
+    try:
+        assert comm.peer_address == contact
+        assert comm.remote_info["address"] == contact
+        assert comm.local_info["address"] == comm.local_address
+        x = pattern_array(key, 1000 + key)
+        await comm.write({"op": "echo", "key": key, "x": to_serialize(x)})
+        got = await comm.read()
+        assert got["key"] == key and PATTERN.matches(key, got["x"].data)
+    finally:
+        await comm.close()
+
+
+async def echo(comm: Any) -> None:
+    """A listener's handler: send every message back until the peer closes."""
+    try:
+        while True:
+            msg = await comm.read()
+            msg["x"] = to_serialize(msg["x"])
+            await comm.write(msg)
+    except CommClosedError:
+        pass
+    finally:
+        await comm.close()
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1", "0.0.0.0", "", "[::1]", "fixed-port"])
+def test_client_server(scheme: str, form: str) -> None:
+    """Round trips (one, then 20 concurrent clients) on each address form; bound and contact
+    addresses as tcp reports them."""
+    if form == "[::1]" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback here")
+
+    async def main() -> None:
+        port = 0
+        if form == "fixed-port":
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        host = "127.0.0.1" if form == "fixed-port" else form
+        async with listen(f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}",
+                          echo) as listener:
+            lhost, lport = parse_host_port(parse_address(listener.listen_address)[1])
+            assert parse_address(listener.listen_address)[0] == scheme
+            assert lhost == {"": "0.0.0.0", "[::1]": "::1"}.get(host, host)
+            assert lport == port if port else 1023 < lport < 65536
+            loop_host = "[::1]" if host == "[::1]" else "127.0.0.1"
+            contact = f"{scheme}://{loop_host}:{lport}"
+            if host in ("127.0.0.1", "[::1]"):
+                assert listener.contact_address == listener.listen_address == contact
+            await round_trip(contact, 1)
+            await asyncio.gather(*(round_trip(contact, k) for k in range(2, 22)))
+
+    run(main())
+
+
+@requires_ipv6
+@pytest.mark.parametrize("address", ["", ":0"])
+def test_empty_host_listens_on_ipv4_and_ipv6(scheme: str, address: str) -> None:
+    """``scheme://`` with no host accepts connections on 127.0.0.1 and on ::1 (one port)."""
+
+    async def main() -> None:
+        async with listen(f"{scheme}://{address}", echo) as listener:
+            _, port = parse_host_port(parse_address(listener.listen_address)[1])
+            await round_trip(f"{scheme}://127.0.0.1:{port}", 7)
+            await round_trip(f"{scheme}://[::1]:{port}", 8)
+
+    run(main())
+
+
+def test_many_listeners(scheme: str) -> None:
+    """30 listeners per address form, each on its own port; stopping frees them all."""
+
+    async def main() -> None:
+        for host in ("127.0.0.1", "0.0.0.0", ""):
+            listeners = [await listen(f"{scheme}://{host}", echo) for _ in range(30)]
+            assert len({lst.listen_address for lst in listeners}) == 30
+            assert len({lst.contact_address for lst in listeners}) == 30
+            for lst in listeners:
+                lst.stop()
+
+    run(main())
+
+
+# -- connecting ---------------------------------------------------------------------------------
+
+
+def _free_port() -> tuple[socket.socket, int]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    return s, s.getsockname()[1]
+
+
+def test_connect_timeout(scheme: str) -> None:
+    """Connecting to a port nobody listens on retries until the timeout, then raises."""
+    s, port = _free_port()
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="Timed out trying to connect"):
+            await connect(f"{scheme}://127.0.0.1:{port}", timeout=0.5)
+
+    with s:
+        run(main())
+
+
+def test_connect_retries_until_listener_starts(scheme: str) -> None:
+    """``connect`` keeps retrying refused attempts: a listener started late is reached."""
+    s, port = _free_port()
+    s.close()
+
+    async def main() -> None:
+        async def late_listener() -> Any:
+            await asyncio.sleep(0.5)
+            return await listen(f"{scheme}://127.0.0.1:{port}", echo)
+
+        task = asyncio.ensure_future(late_listener())
+        comm = await connect(f"{scheme}://127.0.0.1:{port}", timeout=10)
+        listener = await task
+        try:
+            await comm.write({"op": "echo", "x": to_serialize(pattern_array(0, 10))})
+            assert PATTERN.matches(0, (await comm.read())["x"].data)
+        finally:
+            await comm.close()
+            listener.stop()
+
+    run(main())
+
+
+def test_stopped_listener_refuses(scheme: str) -> None:
+    async def main() -> None:
+        listener = await listen(f"{scheme}://127.0.0.1", echo)
+        address = listener.contact_address
+        listener.stop()
+        with pytest.raises(OSError):
+            await connect(address, timeout=0.3)
+
+    run(main())
+
+
+# -- closing and aborting, seen from both ends --------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_seen_from_both_ends(scheme: str, how: str) -> None:
+    """Reads in flight on both ends fail; afterwards both comms are closed and refuse I/O."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        a_read = asyncio.ensure_future(a.read())
+        b_read = asyncio.ensure_future(b.read())
+        await asyncio.sleep(0.05)
+        if how == "close":
+            await a.close()
+        else:
+            a.abort()
+        assert a.closed()
+        for pending in (a_read, b_read):
+            with pytest.raises(CommClosedError):
+                await pending
+        await eventually(b.closed, "the peer's comm is not closed")
+        for comm in (a, b):
+            with pytest.raises(CommClosedError):
+                await comm.read()
+            with pytest.raises(CommClosedError):
+                await comm.write({})
+        await b.close()
+        await b.close()  # idempotent
+        b.abort()
+
+    run(main())
+
+
+def test_cancelled_read_aborts_comm(scheme: str) -> None:
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.read(), 0.05)
+        assert b.closed()
+        await eventually(a.closed, "the peer's comm is not closed")
+
+    run(main())
+
+
+def test_truncated_message_closes_reader(scheme: str) -> None:
+    """A writer aborted in the middle of a large message: the reader's read fails with
+    ``CommClosedError`` and its comm is closed."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        await a.write({"x": to_serialize(pattern_array(0, 64 << 20))})
+        await asyncio.sleep(0.05)  # part of it is on its way; the rest is queued at a
+        a.abort()
+        with pytest.raises(CommClosedError):
+            await b.read()
+        assert b.closed()
+
+    run(main())
+
+
+def test_connections_hold_documented_fds_and_leak_none(scheme: str) -> None:
+    """Each open connection holds 1 fd per end on tcp:// and 2 on zc:// (the socket and the
+    private epoll of its readiness watcher, docs/dask.md); closing returns all of them."""
+    per_end = {"tcp": 1, "zc": 2}[scheme]
+
+    def nfds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main() -> None:
+        pairs = [await comm_pair(f"{scheme}://127.0.0.1") for _ in range(5)]
+        before = nfds()
+        extra = await comm_pair(f"{scheme}://127.0.0.1")
+        assert nfds() - before == 2 * per_end
+        for a, b in [*pairs, extra]:
+            await a.write({"op": "ping"})
+            assert await b.read() == {"op": "ping"}
+            await a.close()
+            await b.close()
+        assert nfds() <= before - 10 * per_end
+
+    run(main())

@@ -4,9 +4,9 @@ Theory of operation (distributed/comm/core.py, registry.py and tcp.py describe t
 
 * ``distributed.comm.registry.get_backend("zc")`` finds :class:`ZCBackend` through the
   ``distributed.comm.backends`` entry point; ``tcp`` is Dask's own and cannot be overridden, so
-  the zero-copy transport gets a scheme of its own. Addresses are ``zc://host:port`` exactly as for
-  ``tcp://`` (IPv6 hosts in brackets); an empty host listens on ``0.0.0.0`` and advertises this
-  machine's address.
+  the zero-copy transport gets a scheme of its own. Addresses are ``zc://host:port`` exactly as
+  for ``tcp://`` (IPv6 hosts in brackets); an empty host listens on ``0.0.0.0`` and ``::`` (as
+  tcp does) and advertises this machine's address.
 * ``distributed.comm.core.connect`` retries the connector on ``OSError`` until the connect
   timeout, then performs the handshake (a message each way) through :meth:`ZCComm.write` /
   :meth:`ZCComm.read` and reads the comm's private ``_local_addr`` / ``_peer_addr``; listeners do
@@ -428,45 +428,81 @@ class ZCListener(BaseListener):
         self.comm_handler = comm_handler
         self.deserialize = deserialize
         self.allow_offload = allow_offload
-        self._sock: socket.socket | None = None
+        self._socks: list[socket.socket] = []
         self._bound: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Bind, listen and start accepting on the running loop."""
-        host = self.ip or "0.0.0.0"
-        infos = await _resolve(host, self.port, passive=True)
+        """Bind, listen and start accepting on the running loop.
+
+        An empty host listens on every address family there is (``0.0.0.0`` and ``::``, one
+        socket each, the IPv6 one ``IPV6_V6ONLY``, on the same port), as Dask's TCP listener
+        does (Tornado's ``bind_sockets`` with no address); the bound address reported is the
+        IPv4 one when there is one.
+        """
+        passive = not self.ip
+        infos = await _resolve(self.ip, self.port, passive=True)
+        if not passive:
+            infos = infos[:1]
         if not infos:
-            raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {host!r}")
-        family, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(int(dask.config.get("distributed.comm.socket-backlog")))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock
-        name = sock.getsockname()
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {self.ip!r}")
+        # an ephemeral port may collide in the second family: retry a few times, as tcp does
+        for attempt in range(5):
+            try:
+                socks = self._bind_all(infos)
+                break
+            except OSError as e:
+                if self.port or e.errno != errno.EADDRINUSE or attempt == 4:
+                    raise
+        socks.sort(key=lambda s: s.family != socket.AF_INET)  # IPv4 first
+        self._socks = socks
+        name = socks[0].getsockname()
         self._bound = (name[0], name[1])
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept_ready)
+        loop = asyncio.get_running_loop()
+        for sock in socks:
+            loop.add_reader(sock.fileno(), self._accept_ready, sock)
+
+    def _bind_all(self, infos: list[tuple[int, tuple[Any, ...]]]) -> list[socket.socket]:
+        """One listening socket per address; the port of the first is reused for the others."""
+        backlog = int(dask.config.get("distributed.comm.socket-backlog"))
+        socks: list[socket.socket] = []
+        port = self.port
+        try:
+            for family, sockaddr in dict.fromkeys(infos):  # unique, in order
+                try:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                except OSError as e:  # a family the kernel lacks (IPv6 disabled): skip it
+                    if e.errno != errno.EAFNOSUPPORT:
+                        raise
+                    continue
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((sockaddr[0], port, *sockaddr[2:]))
+                port = sock.getsockname()[1]
+                sock.listen(backlog)
+                sock.setblocking(False)
+            if not socks:
+                raise OSError(errno.EAFNOSUPPORT, "no address family to listen on")
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
 
     def stop(self) -> None:
         """Stop accepting; established comms are not affected."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
+        socks, self._socks = self._socks, []
+        for sock in socks:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
 
-    def _accept_ready(self) -> None:
-        while self._sock is not None:
+    def _accept_ready(self, lsock: socket.socket) -> None:
+        while self._socks:
             try:
-                conn, addr = self._sock.accept()
+                conn, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -478,7 +514,7 @@ class ZCListener(BaseListener):
 
     async def _handle(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
         peer = PREFIX + unparse_host_port(*addr[:2])
-        if self._sock is None:
+        if not self._socks:
             conn.close()  # stopped after accept: nobody would finish the handshake
             return
         try:
