@@ -13,14 +13,19 @@ Theory of operation (distributed/comm/core.py, registry.py and tcp.py describe t
   the same in ``BaseListener.on_connection`` before handing the comm to the server.
 * A message is ``distributed.protocol`` frames behind a prelude of sizes (see
   :mod:`zcnet.contrib.dask.framing`); large frames are sent alone (with ``MSG_ZEROCOPY`` where
-  the transport uses it) and received into their own final buffer, which Dask's deserializers
-  wrap without copying. Received frames are writeable: Dask copies a read-only frame whose
+  the transport uses it); every frame is received into a buffer of its own, which Dask's
+  deserializers wrap without copying and which lives only as long as its object (as on tcp).
+  Received frames are writeable: Dask copies a read-only frame whose
   array was writeable at the sender, so handing it mapped, read-only pages would only move the
   copy (the policy and its measured cost are in docs/dask.md).
-* ``close`` drains outstanding zero-copy completions (bounded by ``drain-timeout``, then a
-  reset) and closes; ``abort`` closes at once. Any failure in the middle of a message leaves
-  the stream in an unknown state, so the comm is aborted, as Dask's TCP comm does. Failures
-  surface as ``CommClosedError``. TLS is not offered: ``require_encryption`` is refused.
+* Completion semantics follow Dask's TCP comm (docs/dask.md): ``write`` returns once the
+  message is queued for the comm's send task, not once the kernel has it; an idle comm notices
+  its peer's close (so ``ConnectionPool`` never hands out a dead comm).
+* ``close`` lets the send task finish while it progresses, drains outstanding zero-copy
+  completions (bounded by ``drain-timeout``, then a reset) and closes; ``abort`` closes at once.
+  Any failure in the middle of a message leaves the stream in an unknown state, so the comm is
+  aborted, as Dask's TCP comm does. Failures surface as ``CommClosedError``. TLS is not offered:
+  ``require_encryption`` is refused.
 """
 
 from __future__ import annotations
