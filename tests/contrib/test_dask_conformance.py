@@ -22,7 +22,7 @@ from distributed.core import ConnectionPool, Server, pingpong, send_recv
 from distributed.protocol import Serialized, to_serialize
 
 from tests.contrib.conftest import run
-from tests.contrib.test_dask_comm import PATTERN, pattern_array
+from tests.contrib.test_dask_comm import PATTERN, _check, _msg, pattern_array
 
 SCHEMES = ["tcp", "zc"]
 
@@ -518,5 +518,176 @@ def test_connections_hold_documented_fds_and_leak_none(scheme: str) -> None:
             await a.close()
             await b.close()
         assert nfds() <= before - 10 * per_end
+
+    run(main())
+
+
+# -- messages and frames ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 7, 1000, 65535, 65536, 65537, 1 << 20, 24 << 20])
+def test_message_sizes_round_trip(scheme: str, nbytes: int) -> None:
+    """One array of ``nbytes`` each way, plus plain msgpack data, byte-exact."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        try:
+            x = pattern_array(nbytes, nbytes)
+            await a.write({"op": "x", "n": nbytes, "x": to_serialize(x), "b": b"\x00\xff"})
+            got = await b.read()
+            assert got["op"] == "x" and got["n"] == nbytes and got["b"] == b"\x00\xff"
+            assert got["x"].nbytes == nbytes and PATTERN.matches(nbytes, got["x"].data)
+            await b.write({"x": to_serialize(got["x"])})
+            back = (await a.read())["x"]
+            assert back.nbytes == nbytes and PATTERN.matches(nbytes, back.data)
+        finally:
+            await close_all(a, b)
+
+    run(main())
+
+
+def test_frames_around_64_kib_in_one_message(scheme: str) -> None:
+    """Frames of 65535, 65536 and 65537 bytes (either side of zc's 64 KiB threshold), as
+    arrays and as bytes, mixed with tiny ones in one message."""
+    sizes = [65535, 65536, 65537, 3, 65537, 65536, 65535]
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        try:
+            offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+            arrays = [pattern_array(o, n) for o, n in zip(offsets, sizes, strict=True)]
+            blobs = [bytes(x) for x in arrays]
+            await a.write({"arrays": [to_serialize(x) for x in arrays],
+                           "blobs": [to_serialize(x) for x in blobs]})
+            got = await b.read()
+            for o, n, x, blob in zip(offsets, sizes, got["arrays"], got["blobs"], strict=True):
+                assert x.nbytes == n and PATTERN.matches(o, x.data)
+                assert len(blob) == n and PATTERN.matches(o, memoryview(blob))
+        finally:
+            await close_all(a, b)
+
+    run(main())
+
+
+def test_200_mb_message(scheme: str) -> None:
+    """A 200 MB array (sharded by Dask at 64 MiB) in one message, byte-exact."""
+    nbytes = 200 * 1000 * 1000 + 13
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        try:
+            x = pattern_array(0, nbytes)
+            await a.write({"x": to_serialize(x)})
+            del x
+            got = (await b.read())["x"]
+            assert got.nbytes == nbytes and PATTERN.matches(0, got.data)
+        finally:
+            await close_all(a, b)
+
+    run(main(), timeout=120)
+
+
+@pytest.mark.parametrize("side", ["listener", "connector"])
+@pytest.mark.parametrize("deserialize_flag", [True, False])
+def test_deserialize_on_and_off(scheme: str, side: str, deserialize_flag: bool) -> None:
+    """``deserialize=False`` on the reading side hands out ``Serialized`` parts; True objects."""
+
+    async def main() -> None:
+        listener_kw = {"deserialize": deserialize_flag} if side == "listener" else {}
+        connector_kw = {"deserialize": deserialize_flag} if side == "connector" else {}
+        q: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def handle(comm: Any) -> None:
+            await q.put(comm)
+
+        async with listen(f"{scheme}://127.0.0.1", handle, **listener_kw) as listener:
+            client = await connect(listener.contact_address, **connector_kw)
+        server = await q.get()
+        writer, reader = (client, server) if side == "listener" else (server, client)
+        try:
+            await writer.write(_msg())
+            _check(await reader.read(), deserialize_flag)
+        finally:
+            await close_all(client, server)
+
+    run(main())
+
+
+def test_garbage_on_the_wire_closes_reader(scheme: str) -> None:
+    """A stream that is not a valid message: the read fails and the comm is closed."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        raw = a.stream.socket if scheme == "tcp" else a.transport.raw_socket
+        raw.send(b"\xff" * 8)  # an impossible size or frame count
+        with pytest.raises((CommClosedError, ValueError, MemoryError)):
+            await b.read()
+        assert b.closed()
+        a.abort()
+
+    run(main())
+
+
+# -- ConnectionPool -----------------------------------------------------------------------------
+
+
+async def slow_ping(comm: Any, delay: float = 0.0) -> str:
+    await asyncio.sleep(delay)
+    return "pong"
+
+
+def test_connection_pool_limits_and_reuses(scheme: str) -> None:
+    """The pool keeps at most ``limit`` connections, reuses idle ones, makes room by closing
+    idle ones, and ``collect`` closes what is idle."""
+
+    async def main() -> None:
+        servers = [Server({"ping": slow_ping}) for _ in range(6)]
+        for s in servers:
+            await s.listen(f"{scheme}://127.0.0.1")
+        pool = await ConnectionPool(limit=3)
+        try:
+            first = servers[:3]
+            for _ in range(3):
+                assert await asyncio.gather(*(pool(s.address).ping() for s in first)) == \
+                    ["pong"] * 3
+            assert pool.open == 3 and pool.active == 0
+            assert sum(map(len, pool.available.values())) == 3
+            assert await asyncio.gather(*(pool(s.address).ping() for s in servers[3:])) == \
+                ["pong"] * 3
+            assert pool.open <= 3 and pool.active == 0
+            # concurrent calls to one server beyond the limit wait their turn
+            s = servers[0]
+            got = await asyncio.gather(*(pool(s.address).ping(delay=0.05) for _ in range(6)))
+            assert got == ["pong"] * 6
+            assert pool.open <= 3 and pool.active == 0
+            pool.collect()
+            await eventually(lambda: not any(pool.available.values()),
+                             "collect() left idle comms")
+        finally:
+            await pool.close()
+            for s in servers:
+                await s.close()
+
+    run(main())
+
+
+def test_connection_pool_remove_and_close(scheme: str) -> None:
+    """``remove(addr)`` closes that address's comms; ``close()`` closes the rest."""
+
+    async def main() -> None:
+        async with Server({"ping": slow_ping}) as s1, Server({"ping": slow_ping}) as s2:
+            await s1.listen(f"{scheme}://127.0.0.1")
+            await s2.listen(f"{scheme}://127.0.0.1")
+            pool = await ConnectionPool(limit=10)
+            c1 = await pool.connect(s1.address)
+            c2 = await pool.connect(s2.address)
+            pool.reuse(s1.address, c1)
+            pool.reuse(s2.address, c2)
+            pool.remove(s1.address)
+            await eventually(c1.closed, "remove() did not close the comm")
+            assert not c2.closed()
+            assert await pool(s2.address).ping() == "pong"
+            await pool.close()
+            assert c2.closed()
 
     run(main())
