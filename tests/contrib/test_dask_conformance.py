@@ -15,12 +15,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import dask
 import numpy as np
 import pytest
 from distributed.comm import CommClosedError, connect, listen, parse_address, parse_host_port
 from distributed.core import ConnectionPool, Server, pingpong, send_recv
 from distributed.protocol import Serialized, to_serialize
 
+from tests.conftest import ZEROCOPY_SKIP
 from tests.contrib.conftest import run
 from tests.contrib.test_dask_comm import PATTERN, _check, _msg, pattern_array
 
@@ -691,3 +693,32 @@ def test_connection_pool_remove_and_close(scheme: str) -> None:
             assert c2.closed()
 
     run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_idle_close_with_zerocopy_completions_pending(scheme: str, loop: str) -> None:
+    """Forced zero-copy sends leave completions arriving while the comm is idle (EPOLLERR on
+    zc://): they are not taken for the peer's close; the real close is noticed; on asyncio and
+    uvloop alike."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        factory = uvloop.new_event_loop
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        for i in range(3):
+            await a.write({"x": to_serialize(pattern_array(i, 6 << 20))})
+            assert PATTERN.matches(i, (await b.read())["x"].data)
+        if scheme == "zc" and ZEROCOPY_SKIP is None:
+            assert a.transport_stats().zerocopy_calls > 0  # completions do pend
+        await asyncio.sleep(0.2)  # completions arrive while a is idle
+        assert not a.closed() and not b.closed()
+        await a.write({"op": "still open"})
+        assert await b.read() == {"op": "still open"}
+        await b.close()
+        await eventually(a.closed, "the idle comm never noticed its peer's close")
+
+    with dask.config.set({"zcnet.dask.force-zerocopy": True}), \
+            asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(main(), 60))

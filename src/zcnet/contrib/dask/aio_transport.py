@@ -36,8 +36,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 
 from zcnet._core.txpolicy import SendPolicy
-from zcnet.aio import ZcStream
-from zcnet.aio._watch import READABLE
+from zcnet.aio import READABLE, ZcStream
 from zcnet.contrib.dask.config import ZCOptions
 from zcnet.contrib.dask.stats import register_transport, retire_transport
 from zcnet.contrib.dask.transport import TransportStats
@@ -179,6 +178,9 @@ class AioTransport:
                 self._watch_eof(self._stream, on_eof))
 
     async def _watch_eof(self, stream: ZcStream, on_eof: Callable[[], None]) -> None:
+        # Readiness comes from the stream's own watcher (its edge-triggered cache is shared with
+        # the stream's receives: we clear it only after our own EAGAIN, as they do). The peek
+        # consumes nothing, so the stream stays the only reader of the socket's data.
         watcher = stream.watcher
         peek = socket.MSG_PEEK | socket.MSG_DONTWAIT
         try:
