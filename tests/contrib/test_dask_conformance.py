@@ -722,3 +722,68 @@ def test_idle_close_with_zerocopy_completions_pending(scheme: str, loop: str) ->
     with dask.config.set({"zcnet.dask.force-zerocopy": True}), \
             asyncio.Runner(loop_factory=factory) as runner:
         runner.run(asyncio.wait_for(main(), 60))
+
+
+def _break_writes(comm: Any, scheme: str, exc_type: type[BaseException]) -> None:
+    """Make the next lower-level write of ``comm`` raise ``exc_type`` (Tornado's write buffer
+    on tcp://, the transport's send on zc://)."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise exc_type("injected")
+
+    if scheme == "tcp":
+        comm.stream._write_buffer.append = fail
+    else:
+        comm.transport.send = fail
+
+
+def _caused_by(exc: BaseException, exc_type: type[BaseException]) -> bool:
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, exc_type):
+            return True
+        e = e.__cause__
+    return False
+
+
+@pytest.mark.parametrize("exc_type", [BufferError, TypeError, OSError])
+def test_internal_write_error_closes_comm(scheme: str, exc_type: type[BaseException]) -> None:
+    """A failure below ``write`` closes the comm: the error surfaces from this write (tcp) or the
+    next call (zc://, whose send runs after ``write`` returned), and the comm is not reused."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        _break_writes(a, scheme, exc_type)
+        with pytest.raises((exc_type, CommClosedError)) as err:
+            await a.write({"x": to_serialize(pattern_array(0, 100_000))})
+            await eventually(a.closed, "the comm stayed open after a failed send")
+            await a.write({"op": "again"})
+        assert _caused_by(err.value, exc_type) or isinstance(err.value, CommClosedError)
+        assert a.closed()
+        await eventually(b.closed, "the peer did not see the comm close")
+
+    run(main())
+
+
+@pytest.mark.parametrize("exc_type", [BufferError, TypeError])
+def test_internal_read_error_closes_comm(scheme: str, exc_type: type[BaseException]) -> None:
+    """A failure below ``read`` propagates and closes the comm."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise exc_type("injected")
+
+        if scheme == "tcp":
+            b.stream.read_bytes = fail
+            b.stream.read_into = fail
+        else:
+            b.transport.recv_into = fail
+        await a.write({"op": "ping"})
+        with pytest.raises(exc_type):
+            await b.read()
+        assert b.closed()
+        await eventually(a.closed, "the peer did not see the comm close")
+
+    run(main())

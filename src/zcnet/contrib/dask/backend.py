@@ -249,15 +249,22 @@ class ZCComm(Comm):
             while self._outbox:
                 await self._send_message(t, self._outbox[0])
                 self._outbox.popleft()
-        except (ZcnetError, OSError) as e:
-            # as Tornado does for a failed write: the stream (comm) closes, later calls see it
-            logger.info("zc:// comm %r: send failed, closing: %s", self, e)
-            self._send_error = e
-            self.abort()
-            t.abort()  # also when close() took the transport already
         except asyncio.CancelledError:
             self.abort()  # cancelled mid-message (abort, loop shutdown): the stream is cut
             t.abort()
+        except BaseException as e:
+            # Any failure leaves the byte stream cut at an unknown point: close the comm, as
+            # Tornado does for a failed write (Dask's TCP comm then reports it closed); the
+            # next write() or read() raises CommClosedError with this error as its cause.
+            if isinstance(e, (ZcnetError, OSError)):
+                logger.info("zc:// comm %r: send failed, closing: %s", self, e)
+            else:
+                logger.error("zc:// comm %r: send failed, closing", self, exc_info=e)
+            self._send_error = e
+            self.abort()
+            t.abort()  # also when close() took the transport already
+            if not isinstance(e, Exception):
+                raise  # KeyboardInterrupt, SystemExit
         finally:
             self._outbox.clear()
             if self._sender is asyncio.current_task():
