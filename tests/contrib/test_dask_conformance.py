@@ -787,3 +787,24 @@ def test_internal_read_error_closes_comm(scheme: str, exc_type: type[BaseExcepti
         await eventually(a.closed, "the peer did not see the comm close")
 
     run(main())
+
+
+def test_close_delivers_queued_messages(scheme: str) -> None:
+    """A graceful close right after ``write`` still delivers the queued messages whole."""
+
+    async def main() -> None:
+        a, b = await comm_pair(f"{scheme}://127.0.0.1")
+        async def read_two() -> tuple[Any, Any]:
+            return await b.read(), await b.read()
+
+        reads = asyncio.ensure_future(read_two())
+        await a.write({"x": to_serialize(pattern_array(0, 24 << 20))})
+        await a.write({"op": "last"})
+        await a.close()
+        first, last = await reads
+        assert first["x"].nbytes == 24 << 20 and PATTERN.matches(0, first["x"].data)
+        assert last == {"op": "last"}
+        with pytest.raises(CommClosedError):
+            await b.read()
+
+    run(main())
