@@ -94,6 +94,7 @@ class AioTransport:
         self._rstart = self._rend = 0
         self._received = 0
         self._last: TransportStats | None = None
+        self._last_engine = "msg_zerocopy"
         self._idle = asyncio.Event()  # set while no message is being read
         self._idle.set()
         self._eof_watch: asyncio.Task[None] | None = None
@@ -103,6 +104,16 @@ class AioTransport:
     def closed(self) -> bool:
         """Whether the transport was closed or aborted."""
         return self._stream is None
+
+    @property
+    def send_engine(self) -> str:
+        """The stream's send engine, ``"msg_zerocopy"`` or ``"io_uring"`` (which adds the ring's
+        fd and its eventfd to the connection's socket and epoll fd)."""
+        if self._stream is None:
+            return self._last_engine
+        engine: str = self._stream.send_stats.engine
+        self._last_engine = engine
+        return engine
 
     @property
     def raw_socket(self) -> socket.socket | None:
