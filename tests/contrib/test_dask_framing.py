@@ -13,6 +13,7 @@ from zcnet.contrib.dask.framing import (
     decode_count,
     decode_sizes,
     encode_prelude,
+    frame_groups,
     plan_segments,
 )
 
@@ -69,3 +70,10 @@ def test_plan_groups_joined_large_frames_only() -> None:
     assert plan_segments(sizes, 100, joined) == [
         Segment(0, 1, False), Segment(1, 4, True), Segment(4, 5, False),
         Segment(5, 6, True), Segment(6, 7, True), Segment(7, 8, False)]
+
+
+def test_frame_groups_one_buffer_per_frame_except_joined_shards() -> None:
+    assert frame_groups([]) == []
+    assert frame_groups([False, False, False]) == [(0, 1), (1, 2), (2, 3)]
+    assert frame_groups([False, False, True, True, False]) == [(0, 1), (1, 4), (4, 5)]
+    assert frame_groups([True, False]) == [(0, 1), (1, 2)]  # nothing to join the first to

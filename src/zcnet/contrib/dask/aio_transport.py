@@ -15,6 +15,11 @@ its own and only maps the comm's needs onto the stream:
 * reads go through a 64 KiB buffer filled by ``stream.recv_into`` (a prelude and small frames
   cost one system call); the rest of a large frame is read straight into its final, writeable
   buffer (see docs/dask.md for why frames are not handed over as mapped, read-only pages);
+* while no message is being read, a watch task notices the peer's orderly close (or a reset) on
+  the idle connection and reports it (:meth:`AioTransport.watch_eof`), so a pooled comm whose
+  server went away reads as closed, as Dask's TCP comm does (Tornado keeps watching an idle
+  stream's read side and runs its close callback at end-of-file). It only peeks
+  (``MSG_PEEK``): bytes of a coming message are left for the reader;
 * ``close`` waits up to the drain timeout for the stream's tickets, then closes the stream;
   ``abort``, and ``close`` when the deadline passes with tickets still pending, resets the
   connection first (``SO_LINGER`` 0), so that the kernel purges the send queue before the
@@ -28,10 +33,10 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from zcnet._core.txpolicy import SendPolicy
-from zcnet.aio import ZcStream
+from zcnet.aio import READABLE, ZcStream
 from zcnet.contrib.dask.config import ZCOptions
 from zcnet.contrib.dask.stats import register_transport, retire_transport
 from zcnet.contrib.dask.transport import TransportStats
@@ -89,12 +94,26 @@ class AioTransport:
         self._rstart = self._rend = 0
         self._received = 0
         self._last: TransportStats | None = None
+        self._last_engine = "msg_zerocopy"
+        self._idle = asyncio.Event()  # set while no message is being read
+        self._idle.set()
+        self._eof_watch: asyncio.Task[None] | None = None
         register_transport(self)
 
     @property
     def closed(self) -> bool:
         """Whether the transport was closed or aborted."""
         return self._stream is None
+
+    @property
+    def send_engine(self) -> str:
+        """The stream's send engine, ``"msg_zerocopy"`` or ``"io_uring"`` (which adds the ring's
+        fd and its eventfd to the connection's socket and epoll fd)."""
+        if self._stream is None:
+            return self._last_engine
+        engine: str = self._stream.send_stats.engine
+        self._last_engine = engine
+        return engine
 
     @property
     def raw_socket(self) -> socket.socket | None:
@@ -153,6 +172,62 @@ class AioTransport:
                 pos += k
                 self._rstart, self._rend = k, got
 
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Mark the reading of one message: the end-of-file watch stands aside meanwhile."""
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    def watch_eof(self, on_eof: Callable[[], None]) -> None:
+        """Call ``on_eof()`` (once, on the loop) when the peer closes or resets the connection
+        while no message is being read and nothing unread is buffered. Idempotent."""
+        if self._eof_watch is None and self._stream is not None:
+            self._eof_watch = asyncio.get_running_loop().create_task(
+                self._watch_eof(self._stream, on_eof))
+
+    async def _watch_eof(self, stream: ZcStream, on_eof: Callable[[], None]) -> None:
+        # Readiness comes from the stream's own watcher (its edge-triggered cache is shared with
+        # the stream's receives: we clear it only after our own EAGAIN, as they do). The peek
+        # consumes nothing, so the stream stays the only reader of the socket's data.
+        watcher = stream.watcher
+        peek = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        try:
+            while self._stream is stream:
+                await self._idle.wait()
+                await watcher.wait(READABLE)
+                if not self._idle.is_set() or self._stream is not stream:
+                    continue  # a read started meanwhile: it sees the state itself
+                if self._rstart < self._rend:
+                    ahead = True  # part of the next message is buffered: a read will come
+                else:
+                    try:
+                        ahead = bool(self._sock.recv(1, peek))
+                    except (BlockingIOError, InterruptedError):
+                        watcher.clear(READABLE)  # edge-triggered cache: forget after EAGAIN
+                        continue
+                    except OSError as e:  # reset, timed out: the connection is gone
+                        logger.debug("zc:// idle connection failed: %s", e)
+                        ahead = False
+                if ahead:  # stand aside until the reader has taken that message
+                    self._idle.clear()
+                    continue
+                self._eof_watch = None
+                on_eof()
+                return
+        except (ZcnetError, asyncio.CancelledError):
+            return  # the stream closed under the watch
+        finally:
+            if self._eof_watch is asyncio.current_task():
+                self._eof_watch = None
+
+    def _stop_eof_watch(self) -> None:
+        task, self._eof_watch = self._eof_watch, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
     async def recv_frame(self, nbytes: int) -> memoryview:
         """The next ``nbytes`` in a fresh writeable host buffer."""
         buf = host_buffer(nbytes)
@@ -194,6 +269,7 @@ class AioTransport:
         self._finish()
 
     def _finish(self) -> None:
+        self._stop_eof_watch()
         if self._stream is not None:
             self._last = self.stats()
             retire_transport(self, self._last)

@@ -40,8 +40,9 @@ class ZCOptions:
         force_zerocopy: keep ``MSG_ZEROCOPY`` even after the kernel reports it copied
             (loopback always copies; forcing only makes sense to exercise the path).
         zerocopy: use ``MSG_ZEROCOPY`` at all.
-        drain_timeout: seconds a graceful close waits for outstanding completions; sends still
-            pending after that are cut off by resetting the connection.
+        drain_timeout: seconds a graceful close waits for outstanding completions, and lets
+            the comm's queued messages go without progress; sends still pending (or queued)
+            after that are cut off by resetting the connection.
     """
 
     zerocopy_threshold: int = 64 * 1024

@@ -6,14 +6,16 @@ wire a message is a *prelude* followed by the frames, back to back::
     u64 nframes | u64 size[0] ... u64 size[nframes-1] | frame 0 | frame 1 | ...
 
 (little-endian). The sizes travel first so that the receiver can prepare each frame's final
-destination before any of its bytes arrive: small frames are read together into one buffer and
-sliced, each large frame gets a buffer of its own that Dask's deserializers then use without
-another copy. Bit 63 of a size (:data:`JOINED`) says that the frame continues the previous one
-in memory at the sender (Dask shards buffers larger than ``distributed.comm.shard``): the
-receiver then puts both in one buffer, so Dask's ``merge_memoryviews`` rejoins the shards
-without the copy it makes of separately allocated ones. On the sending side the same size
-threshold splits the message into *segments*: runs of small frames (and the prelude) go out in
-one gathered copying send, each large frame in its own send, which may use ``MSG_ZEROCOPY``
+destination before any of its bytes arrive: every frame gets a right-sized buffer of its own
+(:func:`frame_groups`), which Dask's deserializers then use without another copy and which is
+freed with the one object that uses it (Dask's TCP comm also reads buffers into separate
+allocations, so one small array never keeps another's memory alive). Bit 63 of a size
+(:data:`JOINED`) says that the frame continues the previous one in memory at the sender (Dask
+shards buffers larger than ``distributed.comm.shard``): the receiver then puts both in one
+buffer, so Dask's ``merge_memoryviews`` rejoins the shards without the copy it makes of
+separately allocated ones. On the sending side the same size threshold splits the message into
+*segments*: runs of small frames (and the prelude) go out in one gathered copying send, each
+large frame in its own send, which may use ``MSG_ZEROCOPY``
 (Documentation/networking/msg_zerocopy.rst: zero-copy pays only for large sends).
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "decode_count",
     "decode_sizes",
     "encode_prelude",
+    "frame_groups",
     "plan_segments",
 ]
 
@@ -109,3 +112,19 @@ def plan_segments(sizes: Sequence[int], threshold: int,
     if run_start is not None:
         plan.append(Segment(run_start, len(sizes), False))
     return plan
+
+
+def frame_groups(joined: Sequence[bool]) -> list[tuple[int, int]]:
+    """The receive buffers of a message: ``(start, stop)`` frame ranges, one per buffer.
+
+    Each frame starts a buffer of its own, except one marked ``joined``, which continues the
+    previous frame's buffer (a shard of the same sender buffer). Frames are never grouped by
+    size: one buffer per frame lets each deserialized object be freed on its own.
+    """
+    groups: list[tuple[int, int]] = []
+    for i, j in enumerate(joined):
+        if j and groups:
+            groups[-1] = (groups[-1][0], i + 1)
+        else:
+            groups.append((i, i + 1))
+    return groups

@@ -3,15 +3,18 @@
 Theory of operation: the comm (:mod:`zcnet.contrib.dask.backend`) talks to a
 :class:`FrameTransport` — send a segment of buffers, receive into a prepared buffer, receive one
 frame into a buffer of the transport's choosing, close, abort — so the Dask side never touches a
-socket. The one implementation is :class:`zcnet.contrib.dask.aio_transport.AioTransport`, which
-puts it on a :class:`zcnet.aio.ZcStream` (the library's one send engine: zero-copy policy,
-completions, errno translation). :class:`TransportStats` is the snapshot every transport returns;
+socket; while no message is being read, the transport watches for the peer's close so an idle
+comm notices it. The one implementation is
+:class:`zcnet.contrib.dask.aio_transport.AioTransport`, which puts it on a
+:class:`zcnet.aio.ZcStream` (the library's one send engine: zero-copy policy, completions, errno
+translation). :class:`TransportStats` is the snapshot every transport returns;
 :mod:`zcnet.contrib.dask.stats` sums them over a process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -57,7 +60,13 @@ class FrameTransport(Protocol):
         """Fill ``view`` completely; raises :class:`ConnectionResetByPeer` at EOF."""
 
     async def recv_frame(self, nbytes: int) -> memoryview:
-        """Receive the next ``nbytes`` as one frame, into a buffer the transport chooses."""
+        """Receive the next ``nbytes`` as one frame, into a fresh buffer of exactly that size."""
+
+    def receiving(self) -> AbstractContextManager[None]:
+        """Bracket the reading of one message (the end-of-file watch stands aside meanwhile)."""
+
+    def watch_eof(self, on_eof: Callable[[], None]) -> None:
+        """Call ``on_eof()`` once if the peer closes the connection while it is idle."""
 
     async def close(self) -> None:
         """Graceful close: wait (bounded) for outstanding sends, then close the connection."""
