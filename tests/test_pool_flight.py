@@ -184,7 +184,36 @@ def test_a_lease_landed_on_another_thread_goes_back_to_its_owner(pool: BufferPoo
     assert pool.acquire(5000).address == address  # the owner drained its deferred returns
 
 
-def test_a_subclass_keeps_its_own_acquire() -> None:
+def test_release_refuses_as_the_python_one_does(pool: BufferPool) -> None:
+    other = BufferPool(**SMALL)
+    try:
+        theirs = other.acquire(10)
+        with pytest.raises(PoolError, match="another pool"):
+            pool.release(theirs)
+        with pytest.raises(PoolError, match="expected a Lease"):
+            pool.release(b"bytes")  # type: ignore[arg-type]
+        theirs.release()
+    finally:
+        other.close(force=True)
+    lease = pool.acquire(100)
+    view = lease.view[:10]  # a view made from the lease's view keeps its memory in use
+    with pytest.raises(BufferLifetimeError, match="still in use"):
+        lease.release()
+    view.release()
+    lease.release()
+    with pytest.raises(BufferLifetimeError, match="released twice"):
+        lease.release()
+    flying = pool.acquire(100)
+    ticket = _new(Ticket)
+    ticket.nbytes = 100
+    flying.release_when_done(ticket)
+    with pytest.raises(BufferLifetimeError, match="in flight"):
+        flying.release()
+    ticket._finish(False)
+    assert flying.released and pool.stats().outstanding == 0
+
+
+def test_a_subclass_keeps_its_own_acquire_and_release() -> None:
     class Counting(BufferPool):
         calls = 0
 
@@ -192,10 +221,14 @@ def test_a_subclass_keeps_its_own_acquire() -> None:
             Counting.calls += 1
             return super().acquire(size, timeout)
 
+        def release(self, lease: Any) -> None:
+            Counting.calls += 10
+            super().release(lease)
+
     p = Counting(**SMALL)
     try:
         p.acquire(100).release()
-        assert Counting.calls == 1
+        assert Counting.calls == 11
     finally:
         p.close(force=True)
 

@@ -35,8 +35,8 @@ Theory of operation:
   one step. The leases in flight are kept in a :class:`zcnet._core.flight.FlightBook` (its C
   twin when compiled), and a compiled ticket lands the lease it carries without a callback. A
   thread's free lists are a ``_speedups.ThreadCache``, and ``_speedups.PoolCore`` runs
-  :meth:`BufferPool.acquire` from this thread's list and a landing onto the owner's list in C,
-  handing everything else to the Python methods below.
+  :meth:`BufferPool.acquire` from this thread's list and a release or landing onto the owner's
+  list in C, handing everything else to the Python methods below.
 - **Pure Python** (the reference). Each block gets a managed buffer of its own (a
   memoryview of a ``pickle.PickleBuffer`` of the block, whose exports go to that block alone), and
   a release first reads that managed buffer's count of live views, which must be exactly the
@@ -983,13 +983,15 @@ class BufferPool(_PoolBase):
         self._dead = [0, 0, 0, 0]  # acquires, releases, cross, drained of reclaimed caches
         self._reclaimed = 0
         if speedups is not None:
-            # acquire from this thread's list and a lease's landing on its owner's list, in C;
-            # whatever else, in the Python methods below
+            # acquire from this thread's list, and a release or a lease's landing onto its
+            # owner's list, in C; whatever else, in the Python methods below
             self._core = speedups.PoolCore(
                 self, Lease, self._local, self._book, self._account, self._waiters, self._cap,
-                self._max_size, BufferPool.acquire)
+                self._max_size, BufferPool.acquire, BufferPool.release)
             if type(self).acquire is BufferPool.acquire:  # not overridden by a subclass
                 self.__dict__["acquire"] = self._core.acquire
+            if type(self).release is BufferPool.release:
+                self.__dict__["release"] = self._core.release
 
     # -- per-thread state -------------------------------------------------------------------
     def _cache(self) -> _ThreadCache:

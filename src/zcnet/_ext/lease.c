@@ -180,6 +180,17 @@ claim(PyObject *obj, int from_flight)
     return ended;
 }
 
+/* claim(), with BufferLifetimeError for memory still in use: 0, or -1 with an exception set. */
+static int
+claim_or_raise(PyObject *obj, int from_flight)
+{
+    int ended = claim(obj, from_flight);
+    if (ended == 0)
+        PyErr_Format(zc_BufferLifetimeError, "%R is still in use: a memoryview, array or other "
+                     "object made from it or its view is alive; release or drop it first", obj);
+    return ended == 1 ? 0 : -1;
+}
+
 /* claim_lease(lease, from_flight=False): take the right to give `lease` back and end it, or
  * raise BufferLifetimeError with nothing changed (zcnet.pool._py_claim). */
 static PyObject *
@@ -198,13 +209,8 @@ lease_claim(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
                      Py_TYPE(obj)->tp_name);
         return NULL;
     }
-    int ended = claim(obj, from_flight);
-    if (ended < 0)
+    if (claim_or_raise(obj, from_flight) < 0)
         return NULL;
-    if (!ended)
-        return PyErr_Format(zc_BufferLifetimeError, "%R is still in use: a memoryview, array or "
-                            "other object made from it or its view is alive; release or drop it "
-                            "first", obj);
     Py_RETURN_NONE;
 }
 
@@ -646,7 +652,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *pool_ref; /* a weak reference: the pool owns its core (its acquire is the core's),
                          * and a pool dropped without close() is freed at once, as before */
-    PyObject *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
+    PyObject *lease_type, *local, *book, *account, *waiters, *cap;
+    PyObject *fallback, *release_fallback; /* BufferPool.acquire and .release, the functions */
     Py_ssize_t max_size;
 } zc_PoolCoreObject;
 
@@ -670,18 +677,19 @@ core_pool(zc_PoolCoreObject *c)
 }
 
 static PyTypeObject PoolCoreType;
+static PyObject *core_return(zc_PoolCoreObject *c, PyObject *obj);
 static PyObject *s_closed, *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
 
 static PyObject *
 core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pool", "lease_type", "local", "book", "account", "waiters", "cap",
-                             "max_size", "fallback", NULL};
-    PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback;
+                             "max_size", "fallback", "release_fallback", NULL};
+    PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback, *rfallback;
     Py_ssize_t max_size;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nO:PoolCore", kwlist, &pool,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nOO:PoolCore", kwlist, &pool,
                                      &lease_type, &local, &book, &account, &PySet_Type, &waiters,
-                                     &PyList_Type, &cap, &max_size, &fallback))
+                                     &PyList_Type, &cap, &max_size, &fallback, &rfallback))
         return NULL;
     if (!PyType_Check(lease_type)
         || !PyType_IsSubtype((PyTypeObject *)lease_type, &LeaseBaseType))
@@ -702,6 +710,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->waiters = Py_NewRef(waiters);
     c->cap = Py_NewRef(cap);
     c->fallback = Py_NewRef(fallback);
+    c->release_fallback = Py_NewRef(rfallback);
     c->max_size = max_size;
     return (PyObject *)c;
 }
@@ -717,6 +726,7 @@ core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->waiters);
     Py_VISIT(c->cap);
     Py_VISIT(c->fallback);
+    Py_VISIT(c->release_fallback);
     return 0;
 }
 
@@ -731,6 +741,7 @@ core_clear(zc_PoolCoreObject *c)
     Py_CLEAR(c->waiters);
     Py_CLEAR(c->cap);
     Py_CLEAR(c->fallback);
+    Py_CLEAR(c->release_fallback);
     return 0;
 }
 
@@ -824,9 +835,28 @@ core_acquire(zc_PoolCoreObject *c, PyObject *const *args, size_t nargsf, PyObjec
     return r;
 }
 
+/* release(lease): BufferPool.release, its common case in C. */
+static PyObject *
+core_release(zc_PoolCoreObject *c, PyObject *obj)
+{
+    if (!IS_LEASE(obj) || AS_LEASE(obj)->core != (PyObject *)c) { /* the Python one decides */
+        PyObject *pool = core_pool(c);
+        if (pool == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallFunctionObjArgs(c->release_fallback, pool, obj, NULL);
+        Py_DECREF(pool);
+        return r;
+    }
+    if (claim_or_raise(obj, 0) < 0)
+        return NULL;
+    return core_return(c, obj);
+}
+
 static PyMethodDef core_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))core_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire($self, size, timeout=None)\n--\n\nBufferPool.acquire (its common case in C)."},
+    {"release", (PyCFunction)core_release, METH_O,
+     "release($self, lease, /)\n--\n\nBufferPool.release (its common case in C)."},
     {NULL},
 };
 
@@ -837,12 +867,41 @@ static PyTypeObject PoolCoreType = {
     .tp_dealloc = (destructor)core_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "PoolCore(pool, lease_type, local, book, account, waiters, cap, max_size, "
-              "fallback)\n--\n\nA BufferPool's acquire and landing, their common cases in C.",
+              "fallback, release_fallback)\n--\n\nA BufferPool's acquire, release and landing, "
+              "their common cases in C.",
     .tp_traverse = (traverseproc)core_traverse,
     .tp_clear = (inquiry)core_clear,
     .tp_methods = core_methods,
     .tp_new = core_new,
 };
+
+/* BufferPool._return of the claimed lease `obj`: onto its owner's free list in C when the owner
+ * is this thread and nobody waits, else the Python method (a new reference to None, or NULL). */
+static PyObject *
+core_return(zc_PoolCoreObject *c, PyObject *obj)
+{
+    zc_LeaseObject *l = AS_LEASE(obj);
+    zc_ThreadCacheObject *owner = (zc_ThreadCacheObject *)l->owner;
+    if (Py_TYPE(owner) != &ThreadCacheType || owner->ident != PyThread_get_thread_ident()
+        || PySet_GET_SIZE(c->waiters) != 0 || l->cls >= PyList_GET_SIZE(owner->free)
+        || l->cls >= PyList_GET_SIZE(c->cap) || !cache_is_alive(owner))
+        return PyObject_CallMethodOneArg(l->pool, s_return, obj); /* BufferPool._return */
+    /* BufferPool._return, the owner's own thread with nobody waiting */
+    PyObject *fl = PyList_GET_ITEM(owner->free, l->cls);
+    if (PyList_Append(fl, l->block) < 0)
+        return NULL;
+    owner->releases++;
+    Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(c->cap, l->cls));
+    if (cap == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyList_GET_SIZE(fl) > cap) {
+        PyObject *k = PyLong_FromLong(l->cls);
+        PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(l->pool, s_spill, fl, k, NULL);
+        Py_XDECREF(k);
+        return r;
+    }
+    Py_RETURN_NONE;
+}
 
 PyObject *
 zc_lease_land(PyObject *obj)
@@ -869,26 +928,7 @@ zc_lease_land(PyObject *obj)
         return NULL;
     if (!ended)
         return PyObject_CallMethodOneArg(l->pool, s_hold_back, obj);
-    zc_ThreadCacheObject *owner = (zc_ThreadCacheObject *)l->owner;
-    if (Py_TYPE(owner) != &ThreadCacheType || owner->ident != PyThread_get_thread_ident()
-        || PySet_GET_SIZE(c->waiters) != 0 || l->cls >= PyList_GET_SIZE(owner->free)
-        || l->cls >= PyList_GET_SIZE(c->cap) || !cache_is_alive(owner))
-        return PyObject_CallMethodOneArg(l->pool, s_return, obj); /* BufferPool._return */
-    /* BufferPool._return, the owner's own thread with nobody waiting */
-    PyObject *fl = PyList_GET_ITEM(owner->free, l->cls);
-    if (PyList_Append(fl, l->block) < 0)
-        return NULL;
-    owner->releases++;
-    Py_ssize_t cap = PyLong_AsSsize_t(PyList_GET_ITEM(c->cap, l->cls));
-    if (cap == -1 && PyErr_Occurred())
-        return NULL;
-    if (PyList_GET_SIZE(fl) > cap) {
-        PyObject *k = PyLong_FromLong(l->cls);
-        PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(l->pool, s_spill, fl, k, NULL);
-        Py_XDECREF(k);
-        return r;
-    }
-    Py_RETURN_NONE;
+    return core_return(c, obj);
 }
 
 static PyMethodDef lease_functions[] = {

@@ -10,9 +10,10 @@ Theory of operation (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'):
   one-line reason, and :func:`unavailable_reason` returns it.
 * Choosing: ``engine="auto"`` takes io_uring only where ``MSG_ZEROCOPY`` cannot send a socket's
   data uncopied and ``SEND_ZC`` can (:func:`msg_zerocopy_obstacle`: ``IP_RECVERR`` on a UDP
-  socket, an ``optmem_max`` too small for one notification). Elsewhere ``MSG_ZEROCOPY`` measures
-  as cheap or cheaper on this kind of machine (docs/ARCHITECTURE.md, 'Transmit: the io_uring
-  engine'), and :func:`open_engine_ring` says so in the Sender's ``engine_reason``.
+  socket, an ``optmem_max`` that keeps at most one notification outstanding). Elsewhere
+  ``MSG_ZEROCOPY`` measures as cheap or cheaper on this kind of machine (docs/ARCHITECTURE.md,
+  'Transmit: the io_uring engine'), and :func:`open_engine_ring` says so in the Sender's
+  ``engine_reason``.
 * :class:`SlabRegistry` registers each pool slab a Sender sends from with the ring the first
   time one of its leases is sent (``IORING_REGISTER_BUFFERS_UPDATE`` into a sparse table), so
   the kernel pins its pages once instead of at every send. Registration is charged to
@@ -36,6 +37,7 @@ from zcnet._accel import speedups
 from zcnet._core.txpolicy import SenderStats
 from zcnet.errors import ZerocopyUnavailable
 from zcnet.lowlevel.constants import IP_RECVERR, IPV6_RECVERR, SOL_IP, SOL_IPV6
+from zcnet.lowlevel.probes import NOTIFICATION_ADMISSION, NOTIFICATION_CHARGE_HERE
 
 __all__ = ["AUTO_KEEPS_MSG_ZEROCOPY", "OPTMEM_FOR_ONE_NOTIFICATION", "RING_ENTRIES", "TABLE_SIZE",
            "Slab", "SlabRegistry", "msg_zerocopy_obstacle", "open_engine_ring", "open_ring",
@@ -48,11 +50,14 @@ TABLE_SIZE: Final = 1024
 
 _SYSCTL: Final = "/proc/sys/kernel/io_uring_disabled"
 _OPTMEM: Final = "/proc/sys/net/core/optmem_max"
-#: ``net.core.optmem_max`` below this cannot hold one ``MSG_ZEROCOPY`` notification: each is an
-#: empty skb charged to the socket's option memory (net/core/skbuff.c ``msg_zerocopy_alloc``,
-#: ``sock_omalloc`` in net/core/sock.c; about 600 bytes on x86-64), so every zero-copy call
-#: would fail with ``ENOBUFS``. io_uring's notifications are not charged there.
-OPTMEM_FOR_ONE_NOTIFICATION: Final = 1024
+#: ``net.core.optmem_max`` below this keeps at most one ``MSG_ZEROCOPY`` notification
+#: outstanding: each is an skb charged to the socket's option memory (net/core/skbuff.c
+#: ``msg_zerocopy_alloc``, ``sock_omalloc`` in net/core/sock.c), admitted while
+#: :data:`~zcnet.lowlevel.probes.NOTIFICATION_ADMISSION` more bytes fit and then holding
+#: :data:`~zcnet.lowlevel.probes.NOTIFICATION_CHARGE_HERE`, so every zero-copy call made while
+#: one is pending fails with ``ENOBUFS`` (below the admission alone, every call does).
+#: io_uring's notifications are not charged there.
+OPTMEM_FOR_ONE_NOTIFICATION: Final = NOTIFICATION_ADMISSION + NOTIFICATION_CHARGE_HERE
 #: ``engine_reason`` when ``"auto"`` keeps ``MSG_ZEROCOPY``.
 AUTO_KEEPS_MSG_ZEROCOPY: Final = (
     "auto: MSG_ZEROCOPY, which costs as little as io_uring or less here except for batches of "
@@ -126,8 +131,8 @@ def msg_zerocopy_obstacle(sock: socket.socket) -> str | None:
     except (OSError, ValueError):
         return None
     if optmem < OPTMEM_FOR_ONE_NOTIFICATION:
-        return (f"net.core.optmem_max={optmem} holds no MSG_ZEROCOPY notification (every "
-                "zero-copy call would fail with ENOBUFS)")
+        return (f"net.core.optmem_max={optmem} keeps at most one MSG_ZEROCOPY notification "
+                "outstanding (a zero-copy call while one is pending fails with ENOBUFS)")
     return None
 
 
