@@ -24,7 +24,7 @@ from distributed.protocol import Serialized, to_serialize
 
 from tests.conftest import ZEROCOPY_SKIP
 from tests.contrib.conftest import run
-from tests.contrib.test_dask_comm import PATTERN, _check, _msg, pattern_array
+from tests.contrib.test_dask_comm import PATTERN, _check, _msg, comm_pair, pattern_array
 
 SCHEMES = ["tcp", "zc"]
 
@@ -34,19 +34,6 @@ def scheme(request: pytest.FixtureRequest) -> str:
     """The comm scheme under test."""
     value: str = request.param
     return value
-
-
-async def comm_pair(address: str, **kwargs: Any) -> tuple[Any, Any]:
-    """A connected (client, server) pair of comms on ``address`` (the listener is stopped)."""
-    q: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def handle(comm: Any) -> None:
-        await q.put(comm)
-
-    async with listen(address, handle, **kwargs) as listener:
-        client = await connect(listener.contact_address, **kwargs)
-    server = await q.get()
-    return client, server
 
 
 async def eventually(predicate: Callable[[], bool], what: str, limit: float = 10.0) -> None:

@@ -23,21 +23,10 @@ import pytest
 
 from tests.conftest import requires_netns
 from tests.contrib.test_dask_conformance import SCHEMES
+from tests.contrib.test_dask_servers import stop_processes
 from zcnet.netns import VETH_ADDR_A, VETH_ADDR_B, Netns
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 @requires_netns
@@ -82,7 +71,7 @@ def test_two_namespace_cluster(scheme: str, tmp_path: Path) -> None:
                 driver.stdout.decode()[-3000:] + driver.stderr.decode()[-6000:])
             result = json.loads(driver.stdout.decode().strip().splitlines()[-1])
         finally:
-            _stop(procs)
+            stop_processes(procs)
             for f in logs.values():
                 f.close()
     assert result["workers"]["a"].startswith(f"{scheme}://{VETH_ADDR_A}:")

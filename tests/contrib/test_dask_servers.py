@@ -79,12 +79,17 @@ def test_dask_cli_scheduler_protocol_zc(tmp_path: Path) -> None:
             assert client.submit(checks, fut, 5).result()
             assert checks(fut.result(), 5)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop ``procs`` newest first: SIGINT (Dask's orderly shutdown), then SIGKILL after 20 s."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
