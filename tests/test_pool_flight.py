@@ -117,6 +117,29 @@ def test_a_ticket_done_already_lands_its_lease_at_once(pool: BufferPool) -> None
     assert lease.released and pool.stats().in_flight == 0
 
 
+def test_a_compiled_ticket_done_already_lands_without_the_python_methods(
+    pool: BufferPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch reaps as it sends, so some tickets are done before their leases are handed over:
+    # those land at once in C, not through a done callback and BufferPool._end_flight
+    if speedups is None:
+        pytest.skip("the pure-Python Ticket lands its lease through a done callback")
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the Python landing ran")
+
+    monkeypatch.setattr(BufferPool, "_end_flight", refuse)
+    monkeypatch.setattr(BufferPool, "_return", refuse)
+    ticket = _new(Ticket)
+    ticket.nbytes = 1
+    ticket._finish(False)
+    lease = pool.acquire(1)
+    lease.release_when_done(ticket)
+    assert lease.released and ticket._lease is None and ticket._callbacks is None
+    assert pool.stats().in_flight == 0 and pool.stats().outstanding == 0
+    assert pool.acquire(1)._block is lease._block  # back on this thread's list
+
+
 def test_a_lease_in_flight_and_its_pool_are_collected() -> None:
     # lease -> pool -> book -> lease, and the ticket: a cycle the collector must see through the
     # compiled lease's fields (LeaseBase supports GC)

@@ -190,3 +190,40 @@ def test_all_zerocopy_batch_of_mixed_buffer_types_with_refused_datagrams() -> No
         _check(sender, ok, good)
         assert sender.stats.sends_zerocopy == len(good)
     rx.finish(good)
+
+
+@requires_zerocopy
+def test_a_batch_of_leases_flies_and_lands_in_the_compiled_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the extension, leases of a pool without an account go in flight and come back with
+    no Python pool method (BufferPool._begin_flights, _end_flight, _return) on the way; every
+    datagram arrives in order and every lease is back."""
+    from zcnet._accel import speedups
+    from zcnet.pool import BufferPool
+
+    if speedups is None:
+        pytest.skip("the pure-Python implementation hands leases over in BufferPool's methods")
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("a Python pool method ran")
+
+    u, rx = _udp_pair()
+    payloads = _payloads(3 * BATCH_MAX + 7, [20_000, 65_000, 33_333])
+    with BufferPool() as pool, Sender(u, FORCED) as sender:
+        for name in ("_begin_flights", "_end_flight", "_return"):
+            monkeypatch.setattr(BufferPool, name, refuse)
+        tickets: list[Ticket] = []
+        for start in range(0, len(payloads), BATCH_MAX):
+            leases = []
+            for p in payloads[start : start + BATCH_MAX]:
+                lease = pool.acquire(len(p))
+                lease.view[:] = p
+                leases.append(lease)
+            tickets += sender.send_batch(leases)
+        sender.flush(30)
+        _check(sender, tickets, payloads)
+        st = pool.stats()
+        assert st.in_flight == 0 and st.outstanding == 0
+        monkeypatch.undo()
+    rx.finish(payloads)

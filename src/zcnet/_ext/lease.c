@@ -397,8 +397,16 @@ book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
     /* Python code from here on: each ticket is told, the first exception raised at the end */
     PyObject *raised = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (zc_ticket_carry(ts[i], ls[i]))
+        int carried = zc_ticket_carry(ts[i], ls[i]);
+        if (carried > 0)
             continue;
+        if (carried < 0) {
+            if (raised == NULL)
+                raised = zc_get_raised();
+            else
+                PyErr_WriteUnraisable(ls[i]);
+            continue;
+        }
         PyObject *cb = PyObject_GetAttr(ls[i], s_on_done);
         PyObject *res = cb == NULL ? NULL
                                    : PyObject_CallMethodOneArg(ts[i], s_add_done_callback, cb);
@@ -655,6 +663,11 @@ typedef struct {
     PyObject *lease_type, *local, *book, *account, *waiters, *cap;
     PyObject *fallback, *release_fallback; /* BufferPool.acquire and .release, the functions */
     Py_ssize_t max_size;
+    /* the ThreadCache the last fast acquire found in `local`, and its thread: the next acquire
+     * of that thread skips the threading.local lookup while the cache's owner lives (a thread's
+     * cache is never replaced while it lives: BufferPool._cache) */
+    PyObject *last_cache;
+    unsigned long last_ident;
 } zc_PoolCoreObject;
 
 /* The core's pool (a new reference), or NULL with ReferenceError once it is gone. */
@@ -727,6 +740,7 @@ core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->cap);
     Py_VISIT(c->fallback);
     Py_VISIT(c->release_fallback);
+    Py_VISIT(c->last_cache);
     return 0;
 }
 
@@ -742,6 +756,7 @@ core_clear(zc_PoolCoreObject *c)
     Py_CLEAR(c->cap);
     Py_CLEAR(c->fallback);
     Py_CLEAR(c->release_fallback);
+    Py_CLEAR(c->last_cache);
     return 0;
 }
 
@@ -776,10 +791,21 @@ core_acquire_fast(zc_PoolCoreObject *c, PyObject *pool, PyObject *size_obj)
         PyErr_Clear();
         return NULL;
     }
-    PyObject *obj = PyObject_GetAttr(c->local, s_cache); /* this thread's ThreadCache */
-    if (obj == NULL) {
-        PyErr_Clear();
-        return NULL;
+    unsigned long ident = PyThread_get_thread_ident();
+    PyObject *obj; /* this thread's ThreadCache */
+    if (c->last_cache != NULL && c->last_ident == ident
+        && cache_is_alive((zc_ThreadCacheObject *)c->last_cache)) {
+        obj = Py_NewRef(c->last_cache);
+    } else {
+        obj = PyObject_GetAttr(c->local, s_cache);
+        if (obj == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (Py_TYPE(obj) == &ThreadCacheType) {
+            Py_XSETREF(c->last_cache, Py_NewRef(obj));
+            c->last_ident = ident;
+        }
     }
     zc_ThreadCacheObject *cache = (zc_ThreadCacheObject *)obj;
     PyObject *lease = NULL;
@@ -929,6 +955,52 @@ zc_lease_land(PyObject *obj)
     if (!ended)
         return PyObject_CallMethodOneArg(l->pool, s_hold_back, obj);
     return core_return(c, obj);
+}
+
+int
+zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender)
+{
+    Py_ssize_t n = PyList_GET_SIZE(leases);
+    if (n == 0 || !IS_LEASE(PyList_GET_ITEM(leases, 0)))
+        return 0;
+    PyObject *core = AS_LEASE(PyList_GET_ITEM(leases, 0))->core;
+    if (core == NULL || Py_TYPE(core) != &PoolCoreType)
+        return 0;
+    zc_PoolCoreObject *c = (zc_PoolCoreObject *)core;
+    if (c->account != Py_None) /* an account to move: the pool's Python _begin_flights */
+        return 0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        PyObject *l = PyList_GET_ITEM(leases, i);
+        if (!IS_LEASE(l) || AS_LEASE(l)->core != core)
+            return 0;
+    }
+    PyObject *pool = core_pool(c);
+    if (pool == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    /* _begin_flights: every lease checked (nothing changes if one cannot go), then in flight
+     * under the key a waiting acquire of this thread reaps for: (thread, id(sender)) */
+    PyObject *check_args[2] = {pool, leases};
+    PyObject *capacity = book_check((zc_FlightBookObject *)c->book, check_args, 2);
+    Py_DECREF(pool);
+    if (capacity == NULL)
+        return -1;
+    Py_DECREF(capacity); /* (no account to move it in) */
+    PyObject *thread = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    PyObject *id = thread == NULL ? NULL : PyLong_FromVoidPtr(sender);
+    PyObject *key = id == NULL ? NULL : PyTuple_Pack(2, thread, id);
+    Py_XDECREF(thread);
+    Py_XDECREF(id);
+    if (key == NULL)
+        return -1;
+    PyObject *take_args[4] = {leases, tickets, key, sender};
+    PyObject *r = book_take_off((zc_FlightBookObject *)c->book, take_args, 4);
+    Py_DECREF(key);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 1;
 }
 
 static PyMethodDef lease_functions[] = {

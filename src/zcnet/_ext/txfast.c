@@ -175,8 +175,11 @@ zc_ticket_carry(PyObject *ticket, PyObject *lease)
     if (!PyObject_TypeCheck(ticket, &TicketBaseType))
         return 0;
     zc_TicketObject *t = (zc_TicketObject *)ticket;
-    if (t->done || t->lease != NULL)
+    if (t->lease != NULL)
         return 0;
+    if (t->done) /* reaped before the hand-over (a batch reaps as it goes): landed at once, as
+                  * a done callback would run at once, without the callback's frames */
+        return done_callback_result(t, lease, zc_lease_land(lease)) < 0 ? -1 : 1;
     t->lease = Py_NewRef(lease);
     return 1;
 }
@@ -826,11 +829,12 @@ record_batch(zc_TxCoreObject *c, PyObject *tickets, const size_t *lens, Py_ssize
 /* The leases among the first `upto` datagrams of a batch that was sent (or tried): each goes back
  * to its pool when its ticket is done (Lease.release_when_done, as Sender._send_batch_udp does in
  * its finally). All at once through the first lease's pool (BufferPool._begin_flights: one
- * account move, one lock); if that refuses (leases of several pools, one lease twice), one at a
+ * account move, one lock; in C when it can, zc_pool_begin_flights); if that refuses (leases of several pools, one lease twice), one at a
  * time, so that each that can go does. An exception of one is raised unless another is already
  * on its way. */
 static void
-leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssize_t upto)
+leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssize_t upto,
+                 PyObject *sender)
 {
     PyObject *raised = zc_get_raised();
     PyObject *leases = PyList_New(0), *their = PyList_New(0), *r = NULL;
@@ -844,6 +848,13 @@ leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssiz
             r = Py_NewRef(Py_None);
             goto out;
         }
+        int in_c = zc_pool_begin_flights(leases, their, sender);
+        if (in_c > 0) {
+            r = Py_NewRef(Py_None);
+            goto out;
+        }
+        if (in_c < 0)
+            goto one_by_one;
         PyObject *pool = PyObject_GetAttr(PyList_GET_ITEM(leases, 0), s_pool);
         if (pool != NULL) {
             r = PyObject_CallMethodObjArgs(pool, s_begin_flights, leases, their, NULL);
@@ -1068,7 +1079,7 @@ python:
     result = Py_NewRef(Py_None);
 out:
     if (lease_upto > 0)
-        leases_in_flight(seq, tickets, is_lease, lease_upto);
+        leases_in_flight(seq, tickets, is_lease, lease_upto, c->sender);
     if (result != NULL && PyErr_Occurred())
         Py_CLEAR(result); /* a lease's hand-over failed */
     PyMem_Free(ptrs);

@@ -79,6 +79,11 @@ int zc_lease_init(PyObject *module);
 /* The ticket of the lease `lease` is done: BufferPool._end_flight, in C when it can (a new
  * reference to None, or NULL with an exception set). */
 PyObject *zc_lease_land(PyObject *lease);
+/* BufferPool._begin_flights(leases, tickets) of a batch `sender` sent (lists of equal length),
+ * in C when every lease is landed by one PoolCore with no account to move: 1 done; 0 not this
+ * case, nothing changed (the Python method decides); -1 with the exception _begin_flights
+ * raises (nothing changed when its check refused). */
+int zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender);
 /* tracker.c: the zero-copy completion counter (zcnet._core.tracker.CompletionTracker in C). */
 typedef struct {
     PyObject *token;   /* NULL once completed */
@@ -126,8 +131,10 @@ int zc_tracker_init(PyObject *module);
 
 /* txfast.c: the send fast path (Ticket base, the policy's counters, the per-Sender send core). */
 int zc_txfast_init(PyObject *module);
-/* `ticket` carries `lease` and lands it when done (BufferPool._end_flight): 1 if it is a pending
- * compiled ticket carrying no lease yet; 0, with nothing changed, otherwise. */
+/* `ticket` carries `lease` and lands it when done (BufferPool._end_flight): 1 if it is a
+ * compiled ticket carrying no lease yet (landed at once if it is already done); 0, with nothing
+ * changed, otherwise; -1 with an exception set if landing at once raised what a done callback's
+ * BaseException would propagate. */
 int zc_ticket_carry(PyObject *ticket, PyObject *lease);
 /* rx.c: ChunkBase and the receive calls (TCP_ZEROCOPY_RECEIVE, copy-mode recv). */
 int zc_rx_init(PyObject *module);
