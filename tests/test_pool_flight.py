@@ -192,6 +192,28 @@ def test_a_block_comes_back_to_the_list_it_left(pool: BufferPool) -> None:
     again.release()
 
 
+def test_each_thread_acquires_from_its_own_list(pool: BufferPool) -> None:
+    # the compiled acquire remembers the last thread's list; threads run one after another here,
+    # so a new one often gets the identity of the one that just exited and must not get its list
+    owners: list[object] = []
+
+    def work() -> None:
+        lease = pool.acquire(5000)
+        owners.append(lease._owner)
+        lease.release()
+
+    for _ in range(6):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    work()
+    work()  # this thread twice: its own list both times
+    assert len({id(o) for o in owners[:6]}) == 6 and owners[6] is owners[7]
+    assert all(o not in owners[:6] for o in owners[6:])
+    stats = pool.stats()
+    assert stats.acquires == stats.releases == 8 and stats.outstanding == 0
+
+
 def test_a_lease_landed_on_another_thread_goes_back_to_its_owner(pool: BufferPool) -> None:
     lease = pool.acquire(5000)
     address = lease.address
