@@ -169,6 +169,9 @@ class Ticket(_TicketBase):
             arrived); :meth:`wait` then raises it. ``done`` may still become true later.
     """
 
+    # compiled: the fields are TicketBase's (no instance dict: a batch makes one per datagram)
+    __slots__ = ("__weakref__",) if speedups is not None else ()
+
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
 
@@ -324,6 +327,9 @@ class Sender:
                 register_lease=None if self._ring is None else self._register_lease)
             if type(self).send is Sender.send:  # not overridden by a subclass
                 self.__dict__["send"] = self._core.send
+            if (type(self).send_batch is Sender.send_batch and not self._stream
+                    and _BATCH_UNAVAILABLE is None):
+                self.__dict__["send_batch"] = self._core.batch
         self._active = False  # a thread is inside a public method (ConcurrentUseError)
         self._unusable = False  # closed, failed or shut down: checked once per send
         # what the kernel queued since this Sender took the socket (TCP: see _interrupted)

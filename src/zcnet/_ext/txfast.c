@@ -301,6 +301,7 @@ typedef struct {
     zc_TrackerObject *tracker;
     PyTypeObject *ticket_type;  /* zcnet.sender.Ticket */
     PyObject *py_send;          /* type(sender).send: the Python path */
+    PyObject *py_send_batch;    /* type(sender).send_batch: the Python path of batch() */
     PyObject *ring;             /* the io_uring engine's zcnet._speedups.Ring, or NULL */
     char waitall;               /* a stream: the ring's sends finish in the kernel */
     PyTypeObject *lease_type;   /* zcnet.pool.Lease (a buffer), or NULL: send_batch takes it */
@@ -316,6 +317,7 @@ core_traverse(zc_TxCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->tracker);
     Py_VISIT(c->ticket_type);
     Py_VISIT(c->py_send);
+    Py_VISIT(c->py_send_batch);
     Py_VISIT(c->ring);
     Py_VISIT(c->lease_type);
     Py_VISIT(c->register_lease);
@@ -331,6 +333,7 @@ core_clear(zc_TxCoreObject *c)
     Py_CLEAR(c->tracker);
     Py_CLEAR(c->ticket_type);
     Py_CLEAR(c->py_send);
+    Py_CLEAR(c->py_send_batch);
     Py_CLEAR(c->ring);
     Py_CLEAR(c->lease_type);
     Py_CLEAR(c->register_lease);
@@ -392,11 +395,12 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->engine = Py_NewRef(engine);
     c->ticket_type = (PyTypeObject *)Py_NewRef(ticket_type);
     c->py_send = PyObject_GetAttrString((PyObject *)Py_TYPE(sender), "send");
+    c->py_send_batch = PyObject_GetAttrString((PyObject *)Py_TYPE(sender), "send_batch");
     PyObject *ctl = PyObject_GetAttrString(engine, "ctl");
     PyObject *tracker = PyObject_GetAttrString(engine, "tracker");
     c->ctl = (zc_TxCountersObject *)ctl;
     c->tracker = (zc_TrackerObject *)tracker;
-    if (c->py_send == NULL || ctl == NULL || tracker == NULL) {
+    if (c->py_send == NULL || c->py_send_batch == NULL || ctl == NULL || tracker == NULL) {
         Py_DECREF(c);
         return NULL;
     }
@@ -1091,6 +1095,23 @@ out:
     return result;
 }
 
+/* Sender.send_batch on UDP: the common case (core_send_batch) under the re-entrancy flag, without
+ * a Python frame; anything else (closed, in use, a batch the fast path leaves) goes to the Python
+ * method, which checks and raises as documented. */
+static PyObject *
+core_batch(zc_TxCoreObject *c, PyObject *bufs)
+{
+    if (!c->unusable && !c->active && !c->waitall) {
+        c->active = 1;
+        PyObject *r = core_send_batch(c, bufs);
+        c->active = 0;
+        if (r != Py_None)
+            return r; /* the tickets, or NULL with the exception */
+        Py_DECREF(r); /* nothing was done */
+    }
+    return PyObject_CallFunctionObjArgs(c->py_send_batch, c->sender, bufs, NULL);
+}
+
 static PyMemberDef core_members[] = {
     {"active", T_BOOL, offsetof(zc_TxCoreObject, active), 0,
      "Sender._active: a thread is inside a public method (ConcurrentUseError)."},
@@ -1103,6 +1124,9 @@ static PyMethodDef core_methods[] = {
     {"send", (PyCFunction)core_send, METH_O,
      "send(buf)\n--\n\nSend all of buf (one datagram on UDP) and return its Ticket (the compiled "
      "fast path of zcnet.sender.Sender.send, which documents it)."},
+    {"batch", (PyCFunction)core_batch, METH_O,
+     "batch(bufs)\n--\n\nSender.send_batch on UDP (its compiled fast path; the Python method "
+     "documents it and runs whatever this leaves)."},
     {"reap", (PyCFunction)core_reap_meth, METH_NOARGS,
      "Read the error queue and apply it: (messages read, tickets completed)."},
     {"send_batch", (PyCFunction)core_send_batch, METH_O,
