@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from zcnet.bench.machine import machine_info
+from zcnet.bench.results import Experiment, Report
 from zcnet.bench.stats import Summary, ratio_percent
 
 __all__ = ["SCHEMA_VERSION", "build_report", "print_tables", "write_json", "write_plot"]
@@ -25,8 +26,8 @@ KiB = 1024
 DASH: Final = "\N{EN DASH}"
 
 
-def build_report(experiments: Sequence[dict[str, Any]], parameters: dict[str, Any],
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
+def build_report(experiments: Sequence[Experiment], parameters: dict[str, Any],
+                 command: Sequence[str] | None = None) -> Report:
     """The whole JSON document (schema :data:`SCHEMA_VERSION`)."""
     from zcnet import __version__
 
@@ -42,7 +43,7 @@ def build_report(experiments: Sequence[dict[str, Any]], parameters: dict[str, An
     }
 
 
-def write_json(report: dict[str, Any], path: str) -> None:
+def write_json(report: Report, path: str) -> None:
     """Write ``report`` to ``path`` (atomically: temp file, then rename)."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -98,7 +99,7 @@ def _unavailable(entry: dict[str, Any] | None) -> str | None:
         f"unavailable: {entry['unavailable']}")
 
 
-def _profile_table(exp: dict[str, Any], keys: Sequence[str]) -> list[Any]:
+def _profile_table(exp: Experiment, keys: Sequence[str]) -> list[Any]:
     """The top symbols per mode and side (``--profile``)."""
     from rich.table import Table
 
@@ -127,7 +128,7 @@ def _find(summary: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     return None
 
 
-def _stream_tables(exp: dict[str, Any]) -> list[Any]:
+def _stream_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     tables = []
@@ -178,14 +179,14 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
     return tables + _profile_table(exp, ("transport", "msg_size", "send_mode"))
 
 
-def _rx_tables(exp: dict[str, Any]) -> list[Any]:
+def _rx_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
     base = _find(summary, recv_mode="recv_into")
     send_mode = next((r["send_mode"] for r in exp["runs"] if r.get("ok")), "?")
-    env = exp.get("environment") or {}
-    where = f"lo MTU {env['lo_mtu']}" if env.get("lo_mtu") else "host loopback"
+    env = exp["environment"]
+    where = f"lo MTU {env['lo_mtu']}" if env and env["lo_mtu"] else "host loopback"
     t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}, {where}",
               show_lines=True)
     for col in ("receive mode", "rcv s/GB", "vs recv_into", "vs C", "Gbit/s", "mapped",
@@ -207,7 +208,7 @@ def _rx_tables(exp: dict[str, Any]) -> list[Any]:
     return [t, *_profile_table(exp, ("recv_mode",))]
 
 
-def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
+def _rpc_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
@@ -232,7 +233,7 @@ def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
     return [t]
 
 
-def _memory_tables(exp: dict[str, Any]) -> list[Any]:
+def _memory_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     t = Table(title="memory: kernel socket memory while the receiver stalls (peak MB; "
@@ -253,7 +254,7 @@ def _memory_tables(exp: dict[str, Any]) -> list[Any]:
     return [t]
 
 
-def _dask_tables(exp: dict[str, Any]) -> list[Any]:
+def _dask_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
@@ -277,7 +278,7 @@ _TABLES = {"stream": _stream_tables, "rx": _rx_tables, "rpc": _rpc_tables,
            "memory": _memory_tables, "dask": _dask_tables}
 
 
-def print_tables(report: dict[str, Any], console: Any = None) -> None:
+def print_tables(report: Report, console: Any = None) -> None:
     """Print one rich table per experiment (plus its notes) to ``console``."""
     from rich.console import Console
 
@@ -303,7 +304,7 @@ def print_tables(report: dict[str, Any], console: Any = None) -> None:
 
 # -- plot ------------------------------------------------------------------------------------
 
-def write_plot(report: dict[str, Any], path: str) -> None:
+def write_plot(report: Report, path: str) -> None:
     """CPU s/GB and throughput against message size for each mode (stream experiment)."""
     import matplotlib
 
@@ -371,7 +372,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def _plot_rx(rx: dict[str, Any], ax_cpu: Any, ax_tput: Any) -> None:
+def _plot_rx(rx: Experiment, ax_cpu: Any, ax_tput: Any) -> None:
     """Bars per receive mode: receiver CPU s/GB and throughput (the rx experiment)."""
     entries = rx["summary"]
     labels = [e["recv_mode"] for e in entries]
