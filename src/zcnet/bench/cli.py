@@ -359,7 +359,8 @@ def _plan_count(name: str, params: Any) -> int:
 def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from dataclasses import asdict
 
-    from zcnet.bench.report import build_report, print_tables, write_json, write_plot
+    from zcnet.bench.plot import write_plot
+    from zcnet.bench.report import build_report, print_tables, write_json
 
     prog = "zcnet bench"
     try:

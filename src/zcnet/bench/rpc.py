@@ -41,7 +41,8 @@ from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 from zcnet.errors import TimeoutExpired
 
-__all__ = ["RpcParams", "plan_count", "rpc_client", "rpc_server", "run_rpc"]
+__all__ = ["RX_MODES", "RpcParams", "plan_count", "rpc_client", "rpc_mode", "rpc_server",
+           "run_rpc"]
 
 MSS_4K_LISTENER = 4096 + 12
 RESPONSE_BASE = 7919           # responses use the pattern from another offset than requests
@@ -294,7 +295,7 @@ def _config(mode: str) -> Config:
     return {"zerocopy_receive": zerocopy, "rx_policy": policy}
 
 
-def _mode(config: Mapping[str, Any]) -> str:
+def rpc_mode(config: Mapping[str, Any]) -> str:
     """The name in :data:`RX_MODES` of a configuration, an item or a run."""
     return next(m for m, (zc, policy) in RX_MODES.items()
                 if (zc, policy) == (config["zerocopy_receive"], config["rx_policy"]))
@@ -342,7 +343,7 @@ class _RpcWorkload:
         self.p, self.env, self.client, self.notes = p, env, client, notes
 
     def mode(self, item: Mapping[str, Any]) -> str:
-        return _mode(item)
+        return rpc_mode(item)
 
     def label(self, item: Item) -> str:
         return f"rpc zero-copy rx {item['rx_policy'] or 'off'}"
