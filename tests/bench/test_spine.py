@@ -93,7 +93,7 @@ def test_drive_skips_an_unavailable_mode_and_says_why() -> None:
     assert sum(p.endswith(": skipped") for p in progress) == 3
     assert len(progress) == 2 + 6 + 1  # one step per planned repetition, skipped ones too
     assert out.unavailable == {"gone": "not on this kernel"}
-    assert out.notes("send") == ["send mode gone unavailable: not on this kernel"]
+    assert out.notes() == ["send mode gone unavailable: not on this kernel"]
     assert out.status() == "ok"  # an unavailable mode is not a failure
     assert len(out.runs) == 5 and all(r["role"] != "profile" for r in out.runs)
     assert len(out.profiles) == 1

@@ -374,7 +374,7 @@ def run_rpc(p: RpcParams, progress: Progress) -> Experiment:
                      "zcnet Sender forced to MSG_ZEROCOPY in both modes")
         with spawn(client_worker, env.ns_name) as client:
             out = drive(_plan(p), _RpcWorkload(p, env, client, notes), progress)
-        notes += out.notes("rpc receive")
+        notes += out.notes()
         keys = ("zerocopy_receive", "rx_policy")
         summary = group_summary(out.runs, keys, METRICS)
         summary += out.unavailable_rows([_config(m) for m in RPC_MODES], summary, keys)

@@ -200,7 +200,7 @@ def run_rx(p: RxParams, progress: Progress) -> Experiment:
             finally:
                 server.stop(0.2, graceful=False)
         runs = out.runs
-        notes += out.notes("receive")
+        notes += out.notes()
         summary = group_summary(runs, ("recv_mode",), METRICS)
         no_c = {} if built is None or c_ok else {m: str(built.reason) for m in C_RECEIVE_MODES}
         summary += out.unavailable_rows(_configs(p.recv_modes), summary, ("recv_mode",), no_c)

@@ -248,7 +248,7 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
                 server.stop(0.2, graceful=False)
     runs = out.runs
     unavailable = out.unavailable
-    notes += out.notes("send")
+    notes += out.notes()
     batched = [m for m in UDP_ONLY_SEND_MODES if m in p.send_modes]
     if "zcnet-batch" in batched and "udp" in transports and "zcnet-batch" not in unavailable:
         notes.append(f"zcnet-batch: Sender.send_batch of {p.batch} datagrams per call "
