@@ -16,7 +16,9 @@ completions pending makes its socket report EPOLLERR, so the client reaps them o
 timed ``requests``; each side's CPU window covers the timed phase only (the server starts it
 when the first timed request arrives, i.e. after all warm-up requests were answered).
 Requests and responses are pattern streams per connection; verification as elsewhere: full on
-verification repetitions, first/last byte on timed ones.
+verification repetitions, first/last byte on timed ones. The server's receive paths are
+:data:`zcnet.bench.modes.RPC_MODES`; the plan and the loop are :mod:`zcnet.bench.driver`'s
+(the workload: :class:`_RpcWorkload`, a fresh server per repetition).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ the rest of the experiment and its rows say why. With ``profile`` one more repet
 mode, at one message size per transport, runs under perf (:mod:`zcnet.bench.profile`).
 Repetitions alternate the order of the modes; with ``verify="sample"`` one extra untimed
 repetition per configuration checks every byte and the timed ones spot-check each chunk.
+The plan and the loop are :mod:`zcnet.bench.driver`'s; this module is the workload
+(:class:`_StreamWorkload`) and what the summary says about it.
 """
 
 from __future__ import annotations
