@@ -71,14 +71,25 @@ def test_take_off_and_land_keep_the_counts(book: Any, pool: BufferPool) -> None:
     book.take_off(leases, tickets, key, sender)
     assert book.in_flight == 3
     assert book.flying == dict(zip(leases, tickets, strict=True))
+    assert list(book.flying) == leases  # in take-off order
     assert book.reapers == {key: [sender, 3]}
     assert all(lease._state == IN_FLIGHT and lease._reaper == key for lease in leases)
+    book.land(leases[1])  # from the middle, then the ends
     book.land(leases[0])
-    book.land(leases[1])
     assert book.in_flight == 1 and book.reapers == {key: [sender, 1]}
     assert list(book.flying) == [leases[2]]
+    late = pool.acquire(10)  # the same key again while one is in flight: the same entry
+    late_ticket = FakeTicket()
+    book.take_off([late], [late_ticket], key, sender)
+    assert book.reapers == {key: [sender, 2]}
+    assert list(book.flying) == [leases[2], late]
     book.land(leases[2])
+    book.land(late)
     assert book.in_flight == 0 and book.flying == {} and book.reapers == {}
+    book.take_off([late], [late_ticket], None, None)  # no key: nothing to reap for
+    assert book.flying == {late: late_ticket} and book.reapers == {}
+    book.land(late)
+    assert book.in_flight == 0 and book.flying == {}
     assert leases[2]._reaper is None
     with pytest.raises(BufferLifetimeError, match="not in flight"):
         book.land(pool.acquire(10))

@@ -15,10 +15,15 @@ enum { LEASED = 0, IN_FLIGHT = 1, RELEASED = 2, HELD = 3, MARKED = -1 /* check()
 /* zcnet.pool.MIN_CLASS: size class k holds MIN_CLASS << k bytes */
 #define MIN_CLASS 4096
 
-typedef struct {
+typedef struct zc_LeaseObject {
     zc_BufferBaseObject base;
     PyObject *pool, *block, *owner, *reaper, *view;
     PyObject *core; /* the pool's PoolCore (NULL: landed by the pool's Python _end_flight) */
+    /* in a compiled FlightBook: the ticket it flies with, the reapers entry of its `reaper` key
+     * (counted there), and its neighbours in the book's list of leases in flight (the book
+     * holds a reference to each lease listed) */
+    PyObject *ticket, *entry;
+    struct zc_LeaseObject *prev, *next;
     Py_ssize_t size;
     int state;
     int cls;
@@ -43,6 +48,8 @@ lease_traverse(zc_LeaseObject *self, visitproc visit, void *arg)
     Py_VISIT(self->reaper);
     Py_VISIT(self->view);
     Py_VISIT(self->core);
+    Py_VISIT(self->ticket);
+    Py_VISIT(self->entry);
     return 0;
 }
 
@@ -55,7 +62,9 @@ lease_clear(zc_LeaseObject *self)
     Py_CLEAR(self->reaper);
     Py_CLEAR(self->view);
     Py_CLEAR(self->core);
-    return 0;
+    Py_CLEAR(self->ticket);
+    Py_CLEAR(self->entry);
+    return 0; /* (prev and next are the book's: it unlinks them) */
 }
 
 static void
@@ -219,9 +228,41 @@ lease_claim(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 typedef struct {
     PyObject_HEAD
     Py_ssize_t in_flight;
-    PyObject *flying;  /* dict: lease in flight -> its ticket */
+    /* the leases in flight, in take-off order, each with its ticket (the reference's `flying`
+     * dict, made on demand): a list through the leases themselves, so a take-off and a landing
+     * change pointers, not a dict; the book holds a reference to each */
+    zc_LeaseObject *first, *last;
     PyObject *reapers; /* dict: (thread, id(Sender)) -> [Sender, leases in flight] */
 } zc_FlightBookObject;
+
+static void
+book_link(zc_FlightBookObject *b, zc_LeaseObject *l, PyObject *ticket)
+{
+    Py_INCREF(l);
+    l->ticket = Py_NewRef(ticket);
+    l->prev = b->last;
+    l->next = NULL;
+    if (b->last != NULL)
+        b->last->next = l;
+    else
+        b->first = l;
+    b->last = l;
+}
+
+/* Unlink `l` (listed): the book's reference to it and its ticket go to the caller. */
+static void
+book_unlink(zc_FlightBookObject *b, zc_LeaseObject *l)
+{
+    if (l->prev != NULL)
+        l->prev->next = l->next;
+    else
+        b->first = l->next;
+    if (l->next != NULL)
+        l->next->prev = l->prev;
+    else
+        b->last = l->prev;
+    l->prev = l->next = NULL;
+}
 
 static PyObject *
 book_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -233,9 +274,8 @@ book_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     zc_FlightBookObject *b = (zc_FlightBookObject *)type->tp_alloc(type, 0);
     if (b == NULL)
         return NULL;
-    b->flying = PyDict_New();
     b->reapers = PyDict_New();
-    if (b->flying == NULL || b->reapers == NULL) {
+    if (b->reapers == NULL) {
         Py_DECREF(b);
         return NULL;
     }
@@ -245,7 +285,8 @@ book_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int
 book_traverse(zc_FlightBookObject *b, visitproc visit, void *arg)
 {
-    Py_VISIT(b->flying);
+    for (zc_LeaseObject *l = b->first; l != NULL; l = l->next)
+        Py_VISIT((PyObject *)l);
     Py_VISIT(b->reapers);
     return 0;
 }
@@ -253,7 +294,14 @@ book_traverse(zc_FlightBookObject *b, visitproc visit, void *arg)
 static int
 book_clear(zc_FlightBookObject *b)
 {
-    Py_CLEAR(b->flying);
+    while (b->first != NULL) {
+        zc_LeaseObject *l = b->first;
+        book_unlink(b, l);
+        PyObject *ticket = l->ticket;
+        l->ticket = NULL;
+        Py_XDECREF(ticket);
+        Py_DECREF(l);
+    }
     Py_CLEAR(b->reapers);
     return 0;
 }
@@ -388,9 +436,9 @@ book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         zc_LeaseObject *l = AS_LEASE(ls[i]);
-        if (PyDict_SetItem(b->flying, ls[i], ts[i]) < 0)
-            PyErr_Clear(); /* memory: unlisted, still counted and landed */
+        book_link(b, l, ts[i]);
         Py_XSETREF(l->reaper, key == Py_None ? NULL : Py_NewRef(key));
+        Py_XSETREF(l->entry, Py_XNewRef(entry));
         l->state = IN_FLIGHT;
         b->in_flight++;
     }
@@ -440,17 +488,26 @@ book_land_one(zc_FlightBookObject *b, PyObject *obj)
         return -1;
     }
     b->in_flight--;
-    if (PyDict_DelItem(b->flying, obj) < 0)
-        PyErr_Clear(); /* unlisted (memory at take-off) */
-    PyObject *key = l->reaper;
-    l->reaper = NULL;
-    if (key == NULL)
-        return 0;
-    PyObject *entry = PyDict_GetItemWithError(b->reapers, key);
-    Py_ssize_t left = entry == NULL ? -1 : entry_add(entry, -1);
-    if (left == 0 && PyDict_DelItem(b->reapers, key) < 0)
-        left = -1;
-    Py_DECREF(key);
+    PyObject *ticket = l->ticket, *key = l->reaper, *entry = l->entry;
+    if (ticket != NULL) { /* listed (a lease put in flight by this book) */
+        book_unlink(b, l);
+        l->ticket = NULL;
+    }
+    l->reaper = l->entry = NULL;
+    Py_ssize_t left = 0;
+    if (key != NULL) {
+        left = entry == NULL ? -1 : entry_add(entry, -1);
+        if (left == 0) { /* the last of its key: the entry leaves the dict */
+            PyObject *listed = PyDict_GetItemWithError(b->reapers, key);
+            if (listed == entry ? PyDict_DelItem(b->reapers, key) < 0 : PyErr_Occurred() != NULL)
+                left = -1;
+        }
+    }
+    Py_XDECREF(entry);
+    Py_XDECREF(key);
+    Py_XDECREF(ticket);
+    if (ticket != NULL)
+        Py_DECREF(obj); /* the book's reference (the caller holds one) */
     if (left < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_KeyError, "no reapers entry for a lease in flight");
@@ -490,10 +547,24 @@ static PyMethodDef book_methods[] = {
 static PyMemberDef book_members[] = {
     {"in_flight", Py_T_PYSSIZET, offsetof(zc_FlightBookObject, in_flight), Py_READONLY,
      "Leases in flight."},
-    {"flying", T_OBJECT, offsetof(zc_FlightBookObject, flying), Py_READONLY,
-     "dict: each lease in flight -> its ticket (read it with the GIL: copy before iterating)."},
     {"reapers", T_OBJECT, offsetof(zc_FlightBookObject, reapers), Py_READONLY,
      "dict: (thread, id(Sender)) -> [Sender, leases in flight] (copy before iterating)."},
+    {NULL},
+};
+
+static PyObject *
+book_flying(zc_FlightBookObject *b, void *Py_UNUSED(closure))
+{
+    PyObject *d = PyDict_New();
+    for (zc_LeaseObject *l = b->first; d != NULL && l != NULL; l = l->next)
+        if (PyDict_SetItem(d, (PyObject *)l, l->ticket != NULL ? l->ticket : Py_None) < 0)
+            Py_CLEAR(d);
+    return d;
+}
+
+static PyGetSetDef book_getset[] = {
+    {"flying", (getter)book_flying, NULL,
+     "A new dict: each lease in flight -> its ticket, in take-off order.", NULL},
     {NULL},
 };
 
@@ -509,6 +580,7 @@ static PyTypeObject FlightBookType = {
     .tp_clear = (inquiry)book_clear,
     .tp_methods = book_methods,
     .tp_members = book_members,
+    .tp_getset = book_getset,
     .tp_new = book_new,
 };
 
