@@ -98,6 +98,16 @@ def test_take_off_and_land_keep_the_counts(book: Any, pool: BufferPool) -> None:
         assert ticket._callbacks == [lease._on_done]  # a plain ticket is told by callback
 
 
+def test_take_off_of_a_lease_twice_lists_it_once(book: Any, pool: BufferPool) -> None:
+    # the pool's check() refuses this before take_off; the book itself stays consistent
+    lease = pool.acquire(100)
+    first, second = FakeTicket(), FakeTicket()
+    book.take_off([lease, lease], [first, second], None, None)
+    assert book.flying == {lease: second} and book.in_flight == 2
+    book.land(lease)
+    assert book.flying == {} and book.in_flight == 1
+
+
 def test_a_compiled_ticket_carries_its_lease_back(pool: BufferPool) -> None:
     if speedups is None:
         pytest.skip("the pure-Python Ticket lands its lease through a done callback")

@@ -238,6 +238,11 @@ typedef struct {
 static void
 book_link(zc_FlightBookObject *b, zc_LeaseObject *l, PyObject *ticket)
 {
+    if (l->ticket != NULL) { /* listed already: its ticket is replaced, as in the reference's
+                              * dict (the pool's check() refuses such a lease before) */
+        Py_SETREF(l->ticket, Py_NewRef(ticket));
+        return;
+    }
     Py_INCREF(l);
     l->ticket = Py_NewRef(ticket);
     l->prev = b->last;
