@@ -198,6 +198,29 @@ def test_acquire_refuses_as_the_python_one_does(pool: BufferPool) -> None:
         pool.acquire(10)
 
 
+def test_the_core_reads_block_fields_only_from_slots() -> None:
+    if speedups is None:
+        pytest.skip("PoolCore is the compiled implementation's")
+    from zcnet.pool import Lease, _Block, _Slab
+
+    p = BufferPool(**SMALL)
+    base = (p, Lease, p._local, p._book, None, set(), [1], 4096, BufferPool.acquire,
+            BufferPool.release)
+    try:
+        with pytest.raises(TypeError, match="go together"):
+            speedups.PoolCore(*base, block_type=_Block)
+
+        class Loose:  # fields in an instance dict, not __slots__ members
+            slab = start = cls = mm = None
+
+        with pytest.raises(TypeError, match="not a __slots__ member"):
+            speedups.PoolCore(*base, block_type=Loose, slab_type=_Slab)
+        core = speedups.PoolCore(*base, block_type=_Block, slab_type=_Slab)
+        assert core.closed is False
+    finally:
+        p.close()
+
+
 def test_a_block_comes_back_to_the_list_it_left(pool: BufferPool) -> None:
     first = pool.acquire(5000)
     address = first.address

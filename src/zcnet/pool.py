@@ -850,6 +850,8 @@ class _PoolBase:
                     if self._held else ""
                 raise PoolError(f"{out} leases are still out{held}; release them before closing")
             self._closed = True
+            if self._core is not None:
+                self._core.closed = True  # its acquire reads this flag, not the attribute
             self._wake_waiters()
             self._shared = [[] for _ in self._classes]
             self._current = [None] * len(self._classes)
@@ -987,7 +989,8 @@ class BufferPool(_PoolBase):
             # owner's list, in C; whatever else, in the Python methods below
             self._core = speedups.PoolCore(
                 self, Lease, self._local, self._book, self._account, self._waiters, self._cap,
-                self._max_size, BufferPool.acquire, BufferPool.release)
+                self._max_size, BufferPool.acquire, BufferPool.release, block_type=_Block,
+                slab_type=_Slab)
             if type(self).acquire is BufferPool.acquire:  # not overridden by a subclass
                 self.__dict__["acquire"] = self._core.acquire
             if type(self).release is BufferPool.release:

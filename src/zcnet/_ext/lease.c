@@ -106,35 +106,98 @@ static PyTypeObject LeaseBaseType = {
 /* A leased `type` over `size` bytes of `block` (block.slab.mm at block.start, size class
  * block.cls), owned by the thread cache `owner`, landed through `core` (may be NULL), without
  * __init__: a new reference, or NULL with an exception set. */
+/* Where a zcnet.pool._Block keeps its slab, start and size class and a _Slab its mmap: the
+ * offsets of their __slots__ members (read once, from the classes' member descriptors), so a
+ * lease is made without an attribute lookup per field; any other block is read by getattr. */
+typedef struct {
+    PyTypeObject *block_type, *slab_type; /* NULL: not known, getattr */
+    Py_ssize_t slab, start, cls, mm;
+} BlockLayout;
+
+static int
+slot_offset(PyTypeObject *type, PyObject *name, Py_ssize_t *offset)
+{
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    if (d == NULL)
+        return -1;
+    int ok = Py_TYPE(d) == &PyMemberDescr_Type
+             && ((PyMemberDescrObject *)d)->d_member->type == Py_T_OBJECT_EX;
+    if (ok)
+        *offset = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok)
+        PyErr_Format(PyExc_TypeError, "%.100s.%U is not a __slots__ member", type->tp_name, name);
+    return ok ? 0 : -1;
+}
+
+/* A slot's value (a borrowed reference), or NULL with AttributeError if it is unset. */
+static PyObject *
+slot_get(PyObject *obj, Py_ssize_t offset, PyObject *name)
+{
+    PyObject *v = *(PyObject **)((char *)obj + offset);
+    if (v == NULL)
+        PyErr_SetObject(PyExc_AttributeError, name);
+    return v;
+}
+
+/* The block's mmap (new reference), its start in it and its size class: 0, or -1 with an
+ * exception set. */
+static int
+block_fields(const BlockLayout *layout, PyObject *block, PyObject **mm, Py_ssize_t *start,
+             long *cls)
+{
+    PyObject *slab, *st, *k;
+    int own = layout == NULL || layout->block_type == NULL || Py_TYPE(block) != layout->block_type;
+    if (own) {
+        slab = PyObject_GetAttr(block, s_slab);
+        *mm = slab == NULL ? NULL : PyObject_GetAttr(slab, s_mm);
+        st = *mm == NULL ? NULL : PyObject_GetAttr(block, s_start);
+        k = st == NULL ? NULL : PyObject_GetAttr(block, s_cls);
+        Py_XDECREF(slab);
+    } else {
+        slab = slot_get(block, layout->slab, s_slab);
+        if (slab != NULL && Py_TYPE(slab) != layout->slab_type) {
+            PyErr_SetString(PyExc_TypeError, "a pool block whose slab is not a _Slab");
+            slab = NULL;
+        }
+        *mm = slab == NULL ? NULL : Py_XNewRef(slot_get(slab, layout->mm, s_mm));
+        st = *mm == NULL ? NULL : Py_XNewRef(slot_get(block, layout->start, s_start));
+        k = st == NULL ? NULL : Py_XNewRef(slot_get(block, layout->cls, s_cls));
+    }
+    int rc = -1;
+    if (k != NULL) {
+        *start = PyLong_AsSsize_t(st);
+        *cls = PyLong_AsLong(k);
+        rc = PyErr_Occurred() ? -1 : 0;
+    }
+    Py_XDECREF(st);
+    Py_XDECREF(k);
+    if (rc < 0)
+        Py_CLEAR(*mm);
+    return rc;
+}
+
 static PyObject *
 make_lease(PyTypeObject *type, PyObject *pool, PyObject *block, Py_ssize_t size, PyObject *owner,
-           PyObject *core)
+           PyObject *core, const BlockLayout *layout)
 {
-    PyObject *slab = PyObject_GetAttr(block, s_slab);
-    PyObject *mm = slab == NULL ? NULL : PyObject_GetAttr(slab, s_mm);
-    PyObject *start = mm == NULL ? NULL : PyObject_GetAttr(block, s_start);
-    PyObject *cls = start == NULL ? NULL : PyObject_GetAttr(block, s_cls);
-    PyObject *lease = NULL;
-    if (cls != NULL) {
-        Py_ssize_t offset = PyLong_AsSsize_t(start);
-        long k = PyLong_AsLong(cls);
-        if (!PyErr_Occurred())
-            lease = zc_buffer_new(type, mm, offset, size, 0, NULL);
-        if (lease != NULL) {
-            zc_LeaseObject *l = AS_LEASE(lease);
-            l->pool = Py_NewRef(pool);
-            l->block = Py_NewRef(block);
-            l->owner = Py_NewRef(owner);
-            l->core = Py_XNewRef(core);
-            l->size = size;
-            l->state = LEASED;
-            l->cls = (int)k;
-        }
+    PyObject *mm = NULL;
+    Py_ssize_t offset;
+    long k;
+    if (block_fields(layout, block, &mm, &offset, &k) < 0)
+        return NULL;
+    PyObject *lease = zc_buffer_new(type, mm, offset, size, 0, NULL);
+    Py_DECREF(mm);
+    if (lease != NULL) {
+        zc_LeaseObject *l = AS_LEASE(lease);
+        l->pool = Py_NewRef(pool);
+        l->block = Py_NewRef(block);
+        l->owner = Py_NewRef(owner);
+        l->core = Py_XNewRef(core);
+        l->size = size;
+        l->state = LEASED;
+        l->cls = (int)k;
     }
-    Py_XDECREF(slab);
-    Py_XDECREF(mm);
-    Py_XDECREF(start);
-    Py_XDECREF(cls);
     return lease;
 }
 
@@ -155,7 +218,7 @@ lease_new_lease(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
     if (size == -1 && PyErr_Occurred())
         return NULL;
     return make_lease((PyTypeObject *)type, args[1], args[2], size, args[4],
-                      nargs == 6 && args[5] != Py_None ? args[5] : NULL);
+                      nargs == 6 && args[5] != Py_None ? args[5] : NULL, NULL);
 }
 
 /* Take the right to give `obj` (a lease) back and end it: 1; 0 if its memory is still used
@@ -745,6 +808,8 @@ typedef struct {
      * cache is never replaced while it lives: BufferPool._cache) */
     PyObject *last_cache;
     unsigned long last_ident;
+    BlockLayout layout; /* where the pool's blocks keep their fields (block_type NULL: getattr) */
+    char closed;        /* BufferPool.close() ran: every acquire goes to the Python method */
 } zc_PoolCoreObject;
 
 /* The core's pool (a new reference), or NULL with ReferenceError once it is gone. */
@@ -768,19 +833,34 @@ core_pool(zc_PoolCoreObject *c)
 
 static PyTypeObject PoolCoreType;
 static PyObject *core_return(zc_PoolCoreObject *c, PyObject *obj);
-static PyObject *s_closed, *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
+static PyObject *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
 
 static PyObject *
 core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pool", "lease_type", "local", "book", "account", "waiters", "cap",
-                             "max_size", "fallback", "release_fallback", NULL};
+                             "max_size", "fallback", "release_fallback", "block_type",
+                             "slab_type", NULL};
     PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback, *rfallback;
+    PyTypeObject *block_type = NULL, *slab_type = NULL;
     Py_ssize_t max_size;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nOO:PoolCore", kwlist, &pool,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nOO|$O!O!:PoolCore", kwlist, &pool,
                                      &lease_type, &local, &book, &account, &PySet_Type, &waiters,
-                                     &PyList_Type, &cap, &max_size, &fallback, &rfallback))
+                                     &PyList_Type, &cap, &max_size, &fallback, &rfallback,
+                                     &PyType_Type, &block_type, &PyType_Type, &slab_type))
         return NULL;
+    BlockLayout layout = {NULL, NULL, 0, 0, 0, 0};
+    if ((block_type == NULL) != (slab_type == NULL))
+        return PyErr_Format(PyExc_TypeError, "block_type and slab_type go together");
+    if (block_type != NULL) {
+        if (slot_offset(block_type, s_slab, &layout.slab) < 0
+            || slot_offset(block_type, s_start, &layout.start) < 0
+            || slot_offset(block_type, s_cls, &layout.cls) < 0
+            || slot_offset(slab_type, s_mm, &layout.mm) < 0)
+            return NULL;
+        layout.block_type = block_type;
+        layout.slab_type = slab_type;
+    }
     if (!PyType_Check(lease_type)
         || !PyType_IsSubtype((PyTypeObject *)lease_type, &LeaseBaseType))
         return PyErr_Format(PyExc_TypeError, "lease_type must be a subclass of LeaseBase");
@@ -802,6 +882,9 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->fallback = Py_NewRef(fallback);
     c->release_fallback = Py_NewRef(rfallback);
     c->max_size = max_size;
+    c->layout = layout;
+    Py_XINCREF(block_type);
+    Py_XINCREF(slab_type);
     return (PyObject *)c;
 }
 
@@ -818,6 +901,8 @@ core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->fallback);
     Py_VISIT(c->release_fallback);
     Py_VISIT(c->last_cache);
+    Py_VISIT(c->layout.block_type);
+    Py_VISIT(c->layout.slab_type);
     return 0;
 }
 
@@ -834,6 +919,8 @@ core_clear(zc_PoolCoreObject *c)
     Py_CLEAR(c->fallback);
     Py_CLEAR(c->release_fallback);
     Py_CLEAR(c->last_cache);
+    Py_CLEAR(c->layout.block_type);
+    Py_CLEAR(c->layout.slab_type);
     return 0;
 }
 
@@ -861,13 +948,8 @@ core_acquire_fast(zc_PoolCoreObject *c, PyObject *pool, PyObject *size_obj)
         return NULL; /* the Python acquire raises */
     /* zcnet.pool._PoolBase._class_index: class k holds MIN_CLASS << k bytes */
     int cls = size <= MIN_CLASS ? 0 : 64 - __builtin_clzll((unsigned long long)(size - 1)) - 12;
-    PyObject *closed = PyObject_GetAttr(pool, s_closed);
-    int is_closed = closed == NULL ? -1 : PyObject_IsTrue(closed);
-    Py_XDECREF(closed);
-    if (is_closed != 0) {
-        PyErr_Clear();
+    if (c->closed)
         return NULL;
-    }
     unsigned long ident = PyThread_get_thread_ident();
     PyObject *obj; /* this thread's ThreadCache */
     if (c->last_cache != NULL && c->last_ident == ident
@@ -894,7 +976,7 @@ core_acquire_fast(zc_PoolCoreObject *c, PyObject *pool, PyObject *size_obj)
             PyObject *block = Py_NewRef(PyList_GET_ITEM(fl, n - 1));
             if (PyList_SetSlice(fl, n - 1, n, NULL) == 0) {
                 lease = make_lease((PyTypeObject *)c->lease_type, pool, block, size, obj,
-                                   (PyObject *)c);
+                                   (PyObject *)c, &c->layout);
                 if (lease != NULL)
                     cache->acquires++;
                 else if (PyList_Append(fl, block) < 0) /* not lost: back where it was */
@@ -955,6 +1037,12 @@ core_release(zc_PoolCoreObject *c, PyObject *obj)
     return core_return(c, obj);
 }
 
+static PyMemberDef core_members[] = {
+    {"closed", T_BOOL, offsetof(zc_PoolCoreObject, closed), 0,
+     "Set by BufferPool.close(): acquire goes to the Python method, which refuses."},
+    {NULL},
+};
+
 static PyMethodDef core_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))core_acquire, METH_FASTCALL | METH_KEYWORDS,
      "acquire($self, size, timeout=None)\n--\n\nBufferPool.acquire (its common case in C)."},
@@ -970,11 +1058,14 @@ static PyTypeObject PoolCoreType = {
     .tp_dealloc = (destructor)core_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "PoolCore(pool, lease_type, local, book, account, waiters, cap, max_size, "
-              "fallback, release_fallback)\n--\n\nA BufferPool's acquire, release and landing, "
-              "their common cases in C.",
+              "fallback, release_fallback, *, block_type=None, slab_type=None)\n--\n\n"
+              "A BufferPool's acquire, release and landing, their common cases in C (block_type "
+              "and slab_type: the __slots__ classes of its blocks and slabs, read without "
+              "getattr).",
     .tp_traverse = (traverseproc)core_traverse,
     .tp_clear = (inquiry)core_clear,
     .tp_methods = core_methods,
+    .tp_members = core_members,
     .tp_new = core_new,
 };
 
@@ -1097,7 +1188,7 @@ zc_lease_init(PyObject *module)
     static const zc_InternedName names[] = {
         {&s_slab, "slab"}, {&s_mm, "mm"}, {&s_start, "start"}, {&s_cls, "cls"},
         {&s_check_mine, "_check_mine"}, {&s_add_done_callback, "add_done_callback"},
-        {&s_on_done, "_on_done"}, {&s_closed, "_closed"}, {&s_cache, "cache"},
+        {&s_on_done, "_on_done"}, {&s_cache, "cache"},
         {&s_end_flight, "_end_flight"}, {&s_hold_back, "_hold_back"}, {&s_return, "_return"},
         {&s_spill, "_spill"},
     };
