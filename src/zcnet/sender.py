@@ -544,10 +544,7 @@ class Sender:
         """
         if self._closed:
             raise SocketClosedError("the Sender is closed")
-        slabs = pool._mapped_slabs()
-        if self._slabs is None:
-            return 0
-        return self._slabs.register_all(slabs)
+        return SlabRegistry.register_pool(self._slabs, pool)
 
     def shutdown(self) -> None:
         """Half-close a TCP connection: the peer reads end-of-file after every byte sent.

@@ -59,7 +59,7 @@ from zcnet.errors import (
 from zcnet.lowlevel.constants import MSG_ZEROCOPY, SO_ZEROCOPY
 from zcnet.lowlevel.errqueue import drain_errqueue
 from zcnet.lowlevel.tcpstate import QueuedSince, abort
-from zcnet.lowlevel.uring import open_engine_ring
+from zcnet.lowlevel.uring import SlabRegistry, open_engine_ring
 from zcnet.pool import BufferPool, Lease, LockedFreeListPool
 from zcnet.receiver import Chunk, Receiver, ReceiverStats, RecvPolicy
 
@@ -254,8 +254,7 @@ class ZcStream:
         """
         if self._closing:
             raise SocketClosedError("the stream is closed")
-        slabs = pool._mapped_slabs()
-        return 0 if self._ring is None else self._ring.slabs.register_all(slabs)
+        return SlabRegistry.register_pool(None if self._ring is None else self._ring.slabs, pool)
 
     def _check_sendable(self) -> None:
         if self._closing:

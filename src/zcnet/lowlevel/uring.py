@@ -222,6 +222,15 @@ class SlabRegistry:
                 break  # refused (see refused) or the table is full
         return self.registered_bytes - before
 
+    @staticmethod
+    def register_pool(registry: SlabRegistry | None, pool: Any) -> int:
+        """``Sender.register_pool`` and ``ZcStream.register_pool``: the slabs ``pool`` has
+        mapped so far (PoolError if it is closed, on either engine), registered with
+        ``registry`` (None: the ``MSG_ZEROCOPY`` engine, nothing to register); the bytes
+        registered."""
+        slabs = pool._mapped_slabs()
+        return 0 if registry is None else registry.register_all(slabs)
+
     def stats_of(self, stats: SenderStats, sends_registered: int) -> SenderStats:
         """``stats`` of a sender on this ring's io_uring engine, with the registration figures
         (``sends_registered``: the ring's count of sends from registered memory)."""
