@@ -19,6 +19,7 @@ import pytest
 
 from zcnet.bench.cli import build_parser, main
 from zcnet.bench.protocol import encode_header
+from zcnet.bench.results import SHAPES, Profile, Report, shape_errors
 
 pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
 pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
@@ -89,9 +90,18 @@ def _check_report(report: dict[str, Any], names: list[str]) -> None:
     assert isinstance(machine["nproc"], int)
     assert isinstance(report["parameters"]["experiments"], dict)
     assert [e["name"] for e in report["experiments"]] == names
+    assert shape_errors(report, Report) == []
     for exp in report["experiments"]:
         assert set(exp) >= {"name", "status", "reason", "environment", "parameters", "runs",
                             "summary", "notes"}
+        run_shape, row_shape = SHAPES[exp["name"]]
+        for i, run in enumerate(exp["runs"]):
+            assert shape_errors(run, run_shape, f"{exp['name']}.runs[{i}]") == []
+        for i, row in enumerate(exp["summary"]):
+            assert shape_errors(row, row_shape, f"{exp['name']}.summary[{i}]") == []
+        for i, prof in enumerate(exp.get("profiles") or []):
+            assert shape_errors({k: prof[k] for k in ("ok", "error", "sender", "receiver")},
+                                Profile, f"{exp['name']}.profiles[{i}]") == []
         assert exp["status"] == "ok", exp
         assert exp["runs"], exp["name"]
         for run in exp["runs"]:

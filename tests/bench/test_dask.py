@@ -15,6 +15,7 @@ import pytest
 
 from zcnet.bench.cli import build_parser, main
 from zcnet.bench.dask import DaskParams, dask_unavailable_reason
+from zcnet.bench.results import DaskRun, DaskSummary, Report, shape_errors
 
 pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
 
@@ -66,7 +67,9 @@ def test_missing_distributed_is_skipped(tmp_path: Path, monkeypatch: pytest.Monk
     assert reason is not None and "distributed" in reason and "zcnet[dask]" in reason
     out = tmp_path / "d.json"
     assert main(["dask", "--no-progress", "--no-table", "--json", str(out)]) == 0
-    exp = json.loads(out.read_text())["experiments"][0]
+    report = json.loads(out.read_text())
+    assert shape_errors(report, Report) == []
+    exp = report["experiments"][0]
     assert exp["status"] == "skipped"
     assert "distributed" in exp["reason"]
     assert exp["runs"] == []
@@ -78,8 +81,14 @@ def test_tiny_transfer(tmp_path: Path) -> None:
     out = tmp_path / "d.json"
     assert main(["dask", "--array-size", "4M", "--arrays", "2", "--reps", "2",
                  "--variants", "tcp,zc", "--no-progress", "--no-table", "--json", str(out)]) == 0
-    exp = json.loads(out.read_text())["experiments"][0]
+    report = json.loads(out.read_text())
+    assert shape_errors(report, Report) == []
+    exp = report["experiments"][0]
     assert exp["status"] == "ok", exp["notes"]
+    for i, run in enumerate(exp["runs"]):
+        assert shape_errors(run, DaskRun, f"runs[{i}]") == []
+    for i, row in enumerate(exp["summary"]):
+        assert shape_errors(row, DaskSummary, f"summary[{i}]") == []
     assert exp["parameters"]["protocols"] == {"tcp": "tcp://", "zc": "zc://"}
     assert len(exp["runs"]) == 4
     for run in exp["runs"]:

@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zcnet.bench.results import Experiment
 
 __all__ = ["add_subparsers", "build_parser", "main", "parse_size", "run"]
 
@@ -335,10 +338,10 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     raise _ArgError(f"unknown experiment {experiment!r}")
 
 
-def _run_one(name: str, params: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+def _run_one(name: str, params: Any, progress: Callable[[str], None]) -> Experiment:
     from zcnet.bench import dask, memory, rpc, rx, stream
 
-    runners: dict[str, Callable[[Any, Callable[[str], None]], dict[str, Any]]] = {
+    runners: dict[str, Callable[[Any, Callable[[str], None]], Experiment]] = {
         "stream": stream.run_stream, "rx": rx.run_rx, "rpc": rpc.run_rpc,
         "memory": memory.run_memory, "dask": dask.run_dask}
     return runners[name](params, progress)
@@ -356,7 +359,8 @@ def _plan_count(name: str, params: Any) -> int:
 def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from dataclasses import asdict
 
-    from zcnet.bench.report import build_report, print_tables, write_json, write_plot
+    from zcnet.bench.plot import write_plot
+    from zcnet.bench.report import build_report, print_tables, write_json
 
     prog = "zcnet bench"
     try:
@@ -395,7 +399,7 @@ def _bench(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, terminate)
-    experiments: list[dict[str, Any]] = []
+    experiments: list[Experiment] = []
     total = sum(_plan_count(n, p) for n, p in plan)
     started = time.monotonic()
     progress = Progress(TextColumn("{task.description:<36}"), BarColumn(),

@@ -8,10 +8,13 @@ throughput is Gbit/s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
+from zcnet.bench.results import Environment, Experiment, Status
 from zcnet.bench.stats import summarize
+
+_T = TypeVar("_T")
 
 __all__ = ["GB", "Progress", "experiment_result", "gbit_per_s", "group_summary",
            "no_progress", "rotated", "s_per_gb"]
@@ -37,7 +40,7 @@ def gbit_per_s(nbytes: int, wall: float | None) -> float | None:
     return nbytes * 8 / wall / GB
 
 
-def rotated(items: Sequence[str], k: int) -> list[str]:
+def rotated(items: Sequence[_T], k: int) -> list[_T]:
     """``items`` rotated left by ``k`` (alternates the order of modes between repetitions)."""
     if not items:
         return []
@@ -45,10 +48,10 @@ def rotated(items: Sequence[str], k: int) -> list[str]:
     return list(items[k:]) + list(items[:k])
 
 
-def group_summary(runs: Iterable[dict[str, Any]], keys: Sequence[str],
+def group_summary(runs: Iterable[Mapping[str, Any]], keys: Sequence[str],
                   metrics: Sequence[str]) -> list[dict[str, Any]]:
     """Median/min/max of ``metrics`` over the successful timed runs, per ``keys`` group."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
         if run.get("role") != "timed" or not run.get("ok"):
             continue
@@ -65,15 +68,16 @@ def group_summary(runs: Iterable[dict[str, Any]], keys: Sequence[str],
     return out
 
 
-def experiment_result(name: str, *, status: str = "ok", reason: str | None = None,
-                      environment: dict[str, Any] | None = None,
+def experiment_result(name: str, *, status: Status = "ok", reason: str | None = None,
+                      environment: Environment | None = None,
                       parameters: dict[str, Any] | None = None,
-                      runs: list[dict[str, Any]] | None = None,
-                      summary: list[dict[str, Any]] | None = None,
-                      notes: list[str] | None = None) -> dict[str, Any]:
+                      runs: Sequence[Any] | None = None,
+                      summary: Sequence[Any] | None = None,
+                      notes: list[str] | None = None) -> Experiment:
     """The JSON form of one experiment (see docs/bench.md, "experiments")."""
     return {"name": name, "status": status, "reason": reason, "environment": environment,
-            "parameters": parameters or {}, "runs": runs or [], "summary": summary or [],
+            "parameters": parameters or {}, "runs": list(runs or []),
+            "summary": list(summary or []),
             "notes": notes or []}
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from zcnet.bench.common import GB, Progress, experiment_result, group_summary
 from zcnet.bench.env import environment
+from zcnet.bench.results import Experiment, Status
 from zcnet.bench.workers import Worker, WorkerError, spawn
 
 __all__ = ["DASK_VARIANTS", "DaskParams", "dask_unavailable_reason", "plan_count", "run_dask"]
@@ -236,7 +237,7 @@ def _relative_to_tcp(summary: list[dict[str, Any]]) -> None:
                 None if value is None or not ref else round(100.0 * value / ref, 1))
 
 
-def run_dask(p: DaskParams, progress: Progress) -> dict[str, Any]:
+def run_dask(p: DaskParams, progress: Progress) -> Experiment:
     """Run the dask experiment; the JSON-ready result (see docs/bench.md)."""
     reason = dask_unavailable_reason()
     if reason is not None:
@@ -289,7 +290,7 @@ def run_dask(p: DaskParams, progress: Progress) -> dict[str, Any]:
     summary = group_summary(runs, ("variant",), METRICS)
     _relative_to_tcp(summary)
     failed = [r for r in runs if not r["ok"]]
-    status = "ok" if not failed and not unavailable else "partial"
+    status: Status = "ok" if not failed and not unavailable else "partial"
     if not runs and unavailable:
         status = "skipped"
     params = asdict(p)

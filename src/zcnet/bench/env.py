@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
+from zcnet.bench.results import Environment as EnvironmentJSON
 from zcnet.netns import IFB_SINK_ADDR, LO_MTU_IPV6_MSS_61440, Netns, netns_unavailable_reason
 
 __all__ = ["DEFAULT_LO_MTU", "Environment", "environment"]
@@ -34,7 +34,7 @@ class Environment:
     ifb_sink: str | None
     notes: list[str] = field(default_factory=list)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EnvironmentJSON:
         """The JSON form."""
         return {"netns": self.ns_name is not None, "host": self.host, "lo_mtu": self.lo_mtu,
                 "ifb_sink": self.ifb_sink, "notes": list(self.notes)}

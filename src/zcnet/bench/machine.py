@@ -6,6 +6,7 @@ import os
 import platform
 
 from zcnet import implementation
+from zcnet.bench.results import Machine
 
 __all__ = ["machine_info"]
 
@@ -21,7 +22,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info() -> dict[str, object]:
+def machine_info() -> Machine:
     """Kernel, CPU model, CPU count, Python version, zcnet's implementation, whether root."""
     impl = implementation()
     return {

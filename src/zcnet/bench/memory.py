@@ -33,6 +33,7 @@ from zcnet.bench.common import Progress, experiment_result, group_summary, rotat
 from zcnet.bench.env import environment
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.peers import client_worker
+from zcnet.bench.results import Experiment
 from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 
@@ -251,7 +252,7 @@ def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> d
     return run
 
 
-def run_memory(p: MemoryParams, progress: Progress) -> dict[str, Any]:
+def run_memory(p: MemoryParams, progress: Progress) -> Experiment:
     """Run the memory experiment; the JSON-ready result (see docs/bench.md)."""
     runs: list[dict[str, Any]] = []
     with environment(use_netns=p.use_netns) as env:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DEFAULT_C_SEND_MODES",
-           "QUICK_SEND_MODES", "RECEIVE_MODES", "RX_SENDERS", "SEND_MODES",
-           "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES", "UVLOOP_SUFFIX",
-           "ZCNET_URING_SEND_MODES", "split_loop"]
+           "MODE_WORDS", "QUICK_SEND_MODES", "RECEIVE_MODES", "RECEIVE_WORDS", "RX_SENDERS",
+           "SEND_MODES", "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES",
+           "UVLOOP_SUFFIX", "ZCNET_URING_SEND_MODES", "describe", "split_loop"]
 
 #: The C reference senders (:mod:`zcnet.bench.cref`) in the default lists: plain ``send`` and
 #: ``send(MSG_ZEROCOPY)``.
@@ -72,3 +72,53 @@ def split_loop(mode: str) -> tuple[str, str | None]:
     if base not in ASYNCIO_RECEIVE_MODES:
         return mode, None
     return base, "uvloop" if base != mode else "asyncio"
+
+
+#: Every mode, variant and configuration of the experiments in words, for plots and reports
+#: (:func:`describe`): send modes (stream), receive modes (rx), the rpc server's receive path,
+#: the memory experiment's send modes and the dask variants.
+MODE_WORDS: Final[dict[str, str]] = {
+    # stream
+    "sendall": "plain send (sendall)",
+    "zcnet": "zcnet, default policy",
+    "zcnet-forced": "zcnet, MSG_ZEROCOPY forced",
+    "zcnet-batch": "zcnet send_batch (sendmmsg)",
+    "raw-zerocopy": "bare MSG_ZEROCOPY loop",
+    "zcnet-uring": "zcnet, io_uring engine",
+    "zcnet-uring-batch": "zcnet io_uring send_batch",
+    "c-copy": "C send (copy)",
+    "c-zc": "C MSG_ZEROCOPY",
+    "c-uring": "C io_uring SEND_ZC",
+    "c-uring-fixed": "C io_uring SEND_ZC, registered",
+    "c-uring-fixed-linked": "C io_uring SEND_ZC, registered, linked",
+    # rx ("zcnet" is the Receiver there: see RECEIVE_WORDS)
+    "recv_into": "recv_into (copy)",
+    "asyncio-readexactly": "asyncio readexactly",
+    "asyncio-read": "asyncio read",
+    "asyncio-buffered": "asyncio BufferedProtocol",
+    "zcnet-aio": "zcnet asyncio stream",
+    "c-recv": "C recv (copy)",
+    "c-zerocopy": "C TCP_ZEROCOPY_RECEIVE",
+    # rpc: the server's receive path
+    "off": "recv_into (zero-copy receive off)",
+    "on": "zcnet Receiver, mapping every request",
+    "on-default": "zcnet Receiver, default policy",
+    # memory
+    "copy": "plain copy sends",
+    "zerocopy": "MSG_ZEROCOPY sends",
+    # dask
+    "tcp": "Dask tcp://",
+    "zc": "zcnet zc://",
+    "zc-forced": "zcnet zc://, zero-copy forced",
+}
+
+#: Receive modes whose words differ from the send mode of the same name.
+RECEIVE_WORDS: Final[dict[str, str]] = {"zcnet": "zcnet Receiver (TCP_ZEROCOPY_RECEIVE)"}
+
+
+def describe(mode: str, *, receive: bool = False) -> str:
+    """``mode`` in words (``receive``: a receive mode); an unknown name is returned as is,
+    and the uvloop variant of an asyncio mode says so."""
+    base, loop = split_loop(mode)
+    words = (RECEIVE_WORDS.get(base) if receive else None) or MODE_WORDS.get(base, base)
+    return f"{words} on uvloop" if loop == "uvloop" else words

@@ -14,7 +14,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from zcnet.bench.pattern import Verifier
+from zcnet.bench.results import unavailable_side
 from zcnet.bench.server import make_listener, serve
+from zcnet.errors import ModeUnavailable
 
 __all__ = ["client_worker", "server_worker"]
 
@@ -43,6 +45,8 @@ def client_worker(pipe: Connection) -> None:
         try:
             module, func = handlers[cmd["kind"]]
             result = getattr(importlib.import_module(module), func)(cmd, verifier)
+        except ModeUnavailable as e:  # the mode cannot run here: say so in its one field
+            result = unavailable_side(str(e), f"ModeUnavailable: {e}")
         except Exception as e:
             result = {"ok": False, "error": f"{type(e).__name__}: {e}",
                       "detail": traceback.format_exc(limit=3)}

@@ -1,10 +1,9 @@
-"""Reporting: the versioned JSON document, rich tables and the matplotlib plot.
+"""Reporting: the versioned JSON document and the rich tables (the plot: :mod:`zcnet.bench.plot`).
 
-Theory of operation: experiments return JSON-ready dicts; :func:`build_report` wraps them with
-the schema version, the machine and the parameters (schema documented in docs/bench.md). Tables
-and plots only read that document, so a saved JSON can be re-rendered. rich and matplotlib
-(the ``[bench]`` extra) are imported inside the functions that need them; matplotlib uses the
-non-interactive Agg backend.
+Theory of operation: experiments return JSON-ready dicts (typed by :mod:`zcnet.bench.results`);
+:func:`build_report` wraps them with the schema version, the machine and the parameters (schema
+documented in docs/bench.md). Tables and plots only read that document, so a saved JSON can be
+re-rendered. rich (the ``[bench]`` extra) is imported inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -16,17 +15,18 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from zcnet.bench.machine import machine_info
+from zcnet.bench.results import Experiment, Report
 from zcnet.bench.stats import Summary, ratio_percent
 
-__all__ = ["SCHEMA_VERSION", "build_report", "print_tables", "write_json", "write_plot"]
+__all__ = ["SCHEMA_VERSION", "build_report", "print_tables", "write_json"]
 
 SCHEMA_VERSION: Final = 1
 KiB = 1024
 DASH: Final = "\N{EN DASH}"
 
 
-def build_report(experiments: Sequence[dict[str, Any]], parameters: dict[str, Any],
-                 command: Sequence[str] | None = None) -> dict[str, Any]:
+def build_report(experiments: Sequence[Experiment], parameters: dict[str, Any],
+                 command: Sequence[str] | None = None) -> Report:
     """The whole JSON document (schema :data:`SCHEMA_VERSION`)."""
     from zcnet import __version__
 
@@ -42,7 +42,7 @@ def build_report(experiments: Sequence[dict[str, Any]], parameters: dict[str, An
     }
 
 
-def write_json(report: dict[str, Any], path: str) -> None:
+def write_json(report: Report, path: str) -> None:
     """Write ``report`` to ``path`` (atomically: temp file, then rename)."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -98,7 +98,7 @@ def _unavailable(entry: dict[str, Any] | None) -> str | None:
         f"unavailable: {entry['unavailable']}")
 
 
-def _profile_table(exp: dict[str, Any], keys: Sequence[str]) -> list[Any]:
+def _profile_table(exp: Experiment, keys: Sequence[str]) -> list[Any]:
     """The top symbols per mode and side (``--profile``)."""
     from rich.table import Table
 
@@ -127,7 +127,7 @@ def _find(summary: list[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     return None
 
 
-def _stream_tables(exp: dict[str, Any]) -> list[Any]:
+def _stream_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     tables = []
@@ -178,14 +178,14 @@ def _stream_tables(exp: dict[str, Any]) -> list[Any]:
     return tables + _profile_table(exp, ("transport", "msg_size", "send_mode"))
 
 
-def _rx_tables(exp: dict[str, Any]) -> list[Any]:
+def _rx_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
     base = _find(summary, recv_mode="recv_into")
     send_mode = next((r["send_mode"] for r in exp["runs"] if r.get("ok")), "?")
-    env = exp.get("environment") or {}
-    where = f"lo MTU {env['lo_mtu']}" if env.get("lo_mtu") else "host loopback"
+    env = exp["environment"]
+    where = f"lo MTU {env['lo_mtu']}" if env and env["lo_mtu"] else "host loopback"
     t = Table(title=f"rx (tcp_mmap style): receiver cost s/GB; sender {send_mode}, {where}",
               show_lines=True)
     for col in ("receive mode", "rcv s/GB", "vs recv_into", "vs C", "Gbit/s", "mapped",
@@ -207,7 +207,7 @@ def _rx_tables(exp: dict[str, Any]) -> list[Any]:
     return [t, *_profile_table(exp, ("recv_mode",))]
 
 
-def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
+def _rpc_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
@@ -232,7 +232,7 @@ def _rpc_tables(exp: dict[str, Any]) -> list[Any]:
     return [t]
 
 
-def _memory_tables(exp: dict[str, Any]) -> list[Any]:
+def _memory_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     t = Table(title="memory: kernel socket memory while the receiver stalls (peak MB; "
@@ -253,7 +253,7 @@ def _memory_tables(exp: dict[str, Any]) -> list[Any]:
     return [t]
 
 
-def _dask_tables(exp: dict[str, Any]) -> list[Any]:
+def _dask_tables(exp: Experiment) -> list[Any]:
     from rich.table import Table
 
     summary = exp["summary"]
@@ -277,7 +277,7 @@ _TABLES = {"stream": _stream_tables, "rx": _rx_tables, "rpc": _rpc_tables,
            "memory": _memory_tables, "dask": _dask_tables}
 
 
-def print_tables(report: dict[str, Any], console: Any = None) -> None:
+def print_tables(report: Report, console: Any = None) -> None:
     """Print one rich table per experiment (plus its notes) to ``console``."""
     from rich.console import Console
 
@@ -299,89 +299,3 @@ def print_tables(report: dict[str, Any], console: Any = None) -> None:
         if failed:
             console.print(f"  [red]{len(failed)} run(s) failed; first error: "
                           f"{failed[0].get('error')}[/red]")
-
-
-# -- plot ------------------------------------------------------------------------------------
-
-def write_plot(report: dict[str, Any], path: str) -> None:
-    """CPU s/GB and throughput against message size for each mode (stream experiment)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stream = next((e for e in report["experiments"] if e["name"] == "stream"
-                   and e["summary"]), None)
-    rx = next((e for e in report["experiments"] if e["name"] == "rx" and e["summary"]), None)
-    fig, (ax_cpu, ax_tput) = plt.subplots(1, 2, figsize=(12, 4.5))
-    if stream is None and rx is not None:
-        _plot_rx(rx, ax_cpu, ax_tput)
-        m = report["machine"]
-        fig.suptitle(f"zcnet bench rx \N{EM DASH} kernel {m['kernel']}, {m['nproc']} CPUs "
-                     "(median, bars: min to max)")
-    elif stream is None:
-        for ax in (ax_cpu, ax_tput):
-            ax.text(0.5, 0.5, "no stream or rx results in this report", ha="center",
-                    va="center")
-    else:
-        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for e in stream["summary"]:
-            series.setdefault((e["transport"], e["send_mode"]), []).append(e)
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        all_sizes: set[float] = set()
-        for idx, ((transport, mode), entries) in enumerate(series.items()):
-            color = colors[idx % len(colors)]
-            marker = "o" if transport == "tcp" else "s"
-            entries.sort(key=lambda e: e["msg_size"])
-            all_sizes.update(e["msg_size"] / KiB for e in entries)
-            xs = [e["msg_size"] / KiB for e in entries]
-            for ax, metric, side in ((ax_cpu, "sender_cpu_s_per_gb", "sender"),
-                                     (ax_cpu, "receiver_cpu_s_per_gb", "receiver"),
-                                     (ax_tput, "throughput_gbit_s", None)):
-                pts = [(x, e["metrics"][metric]) for x, e in zip(xs, entries, strict=True)
-                       if metric in e["metrics"]]
-                if not pts:
-                    continue
-                label = f"{transport} {mode}" + (f" ({side})" if side else "")
-                med = [p[1]["median"] for p in pts]
-                lo = [p[1]["median"] - p[1]["min"] for p in pts]
-                hi = [p[1]["max"] - p[1]["median"] for p in pts]
-                ax.errorbar([p[0] for p in pts], med, yerr=[lo, hi], marker=marker, capsize=3,
-                            color=color, linestyle="--" if side == "receiver" else "-",
-                            label=label)
-        for ax, ylabel in ((ax_cpu, "CPU seconds per GB"), (ax_tput, "throughput, Gbit/s")):
-            ax.set_xscale("log", base=2)
-            ticks: list[float] = []
-            for size in sorted(all_sizes):  # one tick for 64 KiB TCP and 63.25 KiB UDP
-                if ticks and size <= ticks[-1] * 1.1:
-                    ticks[-1] = size
-                else:
-                    ticks.append(size)
-            ax.set_xticks(ticks, [f"{t:.0f}" for t in ticks])
-            ax.set_ylim(bottom=0)
-            ax.set_xlabel("message size, KiB")
-            ax.set_ylabel(ylabel)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        m = report["machine"]
-        fig.suptitle(f"zcnet bench stream — kernel {m['kernel']}, {m['nproc']} CPUs "
-                     "(median, bars: min to max)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_rx(rx: dict[str, Any], ax_cpu: Any, ax_tput: Any) -> None:
-    """Bars per receive mode: receiver CPU s/GB and throughput (the rx experiment)."""
-    entries = rx["summary"]
-    labels = [e["recv_mode"] for e in entries]
-    for ax, metric, ylabel in ((ax_cpu, "receiver_cpu_s_per_gb", "receiver CPU seconds per GB"),
-                               (ax_tput, "throughput_gbit_s", "throughput, Gbit/s")):
-        stats = [e["metrics"].get(metric) for e in entries]
-        med = [st["median"] if st else 0.0 for st in stats]
-        lo = [st["median"] - st["min"] if st else 0.0 for st in stats]
-        hi = [st["max"] - st["median"] if st else 0.0 for st in stats]
-        ax.bar(range(len(labels)), med, yerr=[lo, hi], capsize=4)
-        ax.set_xticks(range(len(labels)), labels, rotation=15)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, axis="y", alpha=0.3)

@@ -25,21 +25,24 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
-from zcnet.bench.env import environment
+from zcnet.bench.common import Progress, experiment_result, group_summary
+from zcnet.bench.driver import Config, Item, drive, first_unavailable, plan_runs, verified
+from zcnet.bench.env import Environment, environment
 from zcnet.bench.meter import CpuWindow
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.peers import client_worker
+from zcnet.bench.results import Experiment, RpcRun
 from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 from zcnet.errors import TimeoutExpired
 
-__all__ = ["RpcParams", "plan_count", "rpc_client", "rpc_server", "run_rpc"]
+__all__ = ["RX_MODES", "RpcParams", "plan_count", "rpc_client", "rpc_mode", "rpc_server",
+           "run_rpc"]
 
 MSS_4K_LISTENER = 4096 + 12
 RESPONSE_BASE = 7919           # responses use the pattern from another offset than requests
@@ -287,19 +290,19 @@ def rpc_client(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
 RX_MODES: Final = {"off": (False, None), "on": (True, "map"), "on-default": (True, "default")}
 
 
-def _plan(p: RpcParams) -> list[dict[str, Any]]:
-    plan: list[dict[str, Any]] = []
-    modes = list(RX_MODES)
+def _config(mode: str) -> Config:
+    zerocopy, policy = RX_MODES[mode]
+    return {"zerocopy_receive": zerocopy, "rx_policy": policy}
 
-    def item(mode: str, rep: int, role: str) -> dict[str, Any]:
-        zerocopy, policy = RX_MODES[mode]
-        return {"zerocopy_receive": zerocopy, "rx_policy": policy, "rep": rep, "role": role}
 
-    if p.verify == "sample":
-        plan += [item(m, -1, "verify") for m in modes]
-    for rep in range(p.reps):
-        plan += [item(m, rep, "timed") for m in rotated(modes, rep)]
-    return plan
+def rpc_mode(config: Mapping[str, Any]) -> str:
+    """The name in :data:`RX_MODES` of a configuration, an item or a run."""
+    return next(m for m, (zc, policy) in RX_MODES.items()
+                if (zc, policy) == (config["zerocopy_receive"], config["rx_policy"]))
+
+
+def _plan(p: RpcParams) -> list[Item]:
+    return plan_runs([[[_config(m) for m in RX_MODES]]], reps=p.reps, verify=p.verify)
 
 
 def plan_count(p: RpcParams) -> int:
@@ -307,14 +310,9 @@ def plan_count(p: RpcParams) -> int:
     return len(_plan(p))
 
 
-def _record(item: dict[str, Any], p: RpcParams, client: dict[str, Any],
-            server: dict[str, Any]) -> dict[str, Any]:
-    run = dict(item)
-    run["verified"] = "full" if p.verify == "all" or item["role"] == "verify" else "spot"
+def _record(item: Item, p: RpcParams, client: dict[str, Any],
+            server: dict[str, Any]) -> RpcRun:
     ok = bool(client.get("ok") and server.get("ok"))
-    run["ok"] = ok
-    run["error"] = None if ok else (client.get("error") or server.get("error") or "failed")
-    run["client"], run["server"] = client, server
     m: dict[str, float | None] = {k: None for k in METRICS}
     if ok:
         reqs = int(client["requests"])
@@ -325,38 +323,64 @@ def _record(item: dict[str, Any], p: RpcParams, client: dict[str, Any],
         m["latency_p99_us"] = client["latency_p99_us"]
         total = server["bytes_mapped"] + server["bytes_copied"] + server["bytes_plain"]
         m["mapped_pct"] = 100.0 * server["bytes_mapped"] / total if total else None
-    run["metrics"] = m
-    return run
+    return {"zerocopy_receive": item["zerocopy_receive"], "rx_policy": item["rx_policy"],
+            "rep": item["rep"], "role": item["role"],
+            "verified": verified(p.verify, item["role"]), "ok": ok,
+            "error": None if ok else str(client.get("error") or server.get("error")
+                                         or "failed"),
+            "unavailable": None if ok else first_unavailable(client, server),
+            "client": client, "server": server, "metrics": m}
 
 
-def run_rpc(p: RpcParams, progress: Progress) -> dict[str, Any]:
+class _RpcWorkload:
+    """One rpc repetition: a fresh server worker per repetition, the client worker's
+    connections against it."""
+
+    mode_kind = "rpc receive"
+
+    def __init__(self, p: RpcParams, env: Environment, client: Worker,
+                 notes: list[str]) -> None:
+        self.p, self.env, self.client, self.notes = p, env, client, notes
+
+    def mode(self, item: Mapping[str, Any]) -> str:
+        return rpc_mode(item)
+
+    def label(self, item: Item) -> str:
+        return f"rpc zero-copy rx {item['rx_policy'] or 'off'}"
+
+    def run(self, item: Item) -> RpcRun:
+        p = self.p
+        cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
+               "requests": p.requests, "zerocopy": item["zerocopy_receive"],
+               "rx_policy": item["rx_policy"], "full": verified(p.verify, item["role"]) == "full"}
+        server: Worker = spawn(rpc_server, self.env.ns_name, self.env.host, cfg)
+        try:
+            addr = tuple(server.recv(60))
+            res = self.client.call(dict(cfg, kind="rpc", addr=addr))
+            srv = server.recv(60) if res.get("ok") else {"ok": False}
+        finally:
+            server.stop(2.0)
+        for n in res.get("notes") or []:
+            if n not in self.notes:
+                self.notes.append(n)
+        return _record(item, p, res, srv)
+
+    def profile_pids(self, item: Item) -> dict[str, int]:
+        return {}  # rpc has no --profile
+
+
+def run_rpc(p: RpcParams, progress: Progress) -> Experiment:
     """Run the rpc experiment; the JSON-ready result (see docs/bench.md)."""
-    runs: list[dict[str, Any]] = []
     with environment(use_netns=p.use_netns) as env:
         notes = list(env.notes)
         notes.append(f"listener TCP_MAXSEG {MSS_4K_LISTENER} (MSS 4096); client sends with "
                      "zcnet Sender forced to MSG_ZEROCOPY in both modes")
         with spawn(client_worker, env.ns_name) as client:
-            for item in _plan(p):
-                cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
-                       "requests": p.requests, "zerocopy": item["zerocopy_receive"],
-                       "rx_policy": item["rx_policy"],
-                       "full": p.verify == "all" or item["role"] == "verify"}
-                server: Worker = spawn(rpc_server, env.ns_name, env.host, cfg)
-                try:
-                    addr = tuple(server.recv(60))
-                    res = client.call(dict(cfg, kind="rpc", addr=addr))
-                    srv = server.recv(60) if res.get("ok") else {"ok": False}
-                finally:
-                    server.stop(2.0)
-                run = _record(item, p, res, srv)
-                runs.append(run)
-                for n in res.get("notes") or []:
-                    if n not in notes:
-                        notes.append(n)
-                progress(f"rpc zero-copy rx {item['rx_policy'] or 'off'}")
-        summary = group_summary(runs, ("zerocopy_receive", "rx_policy"), METRICS)
-        failed = [r for r in runs if not r["ok"]]
-        return experiment_result("rpc", status="ok" if not failed else "partial",
-                                 environment=env.describe(), parameters=asdict(p), runs=runs,
-                                 summary=summary, notes=notes)
+            out = drive(_plan(p), _RpcWorkload(p, env, client, notes), progress)
+        notes += out.notes("rpc receive")
+        keys = ("zerocopy_receive", "rx_policy")
+        summary = group_summary(out.runs, keys, METRICS)
+        summary += out.unavailable_rows([_config(m) for m in RX_MODES], summary, keys)
+        return experiment_result("rpc", status=out.status(), environment=env.describe(),
+                                 parameters=asdict(p), runs=out.runs, summary=summary,
+                                 notes=notes)

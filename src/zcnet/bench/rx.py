@@ -30,22 +30,25 @@ repetition per mode runs under perf (:mod:`zcnet.bench.profile`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from zcnet.bench import cref
-from zcnet.bench.common import (
-    Progress,
-    experiment_result,
-    gbit_per_s,
-    group_summary,
-    rotated,
-    s_per_gb,
+from zcnet.bench.common import Progress, experiment_result, gbit_per_s, group_summary, s_per_gb
+from zcnet.bench.driver import (
+    Config,
+    Item,
+    drive,
+    first_unavailable,
+    plan_runs,
+    profile_plan,
+    verified,
 )
 from zcnet.bench.env import environment
 from zcnet.bench.modes import C_RECEIVE_MODES, RECEIVE_MODES, split_loop
 from zcnet.bench.peers import client_worker, server_worker
-from zcnet.bench.profile import PerfSession, perf_unavailable_reason
+from zcnet.bench.results import Experiment, RxRun
 from zcnet.bench.workers import Worker, spawn
 from zcnet.netns import LO_MTU_IPV6_MSS_61440
 
@@ -95,39 +98,27 @@ def _c_build(p: RxParams) -> cref.CBuild | None:
     return cref.build() if any(m in C_RECEIVE_MODES for m in p.recv_modes) else None
 
 
-def _plan(p: RxParams, c_ok: bool, profile: bool) -> list[dict[str, Any]]:
-    modes = p.modes(c_ok)
-    plan: list[dict[str, Any]] = []
-    if p.verify == "sample":
-        plan += [{"recv_mode": m, "rep": -1, "role": "verify"} for m in modes]
-    for rep in range(p.reps):
-        plan += [{"recv_mode": m, "rep": rep, "role": "timed"}
-                 for m in rotated(modes, rep)]
-    if profile:
-        plan += [{"recv_mode": m, "rep": -1, "role": "profile"} for m in modes]
-    return plan
+def _configs(modes: tuple[str, ...]) -> list[Config]:
+    return [{"recv_mode": m} for m in modes]
+
+
+def _plan(p: RxParams, c_ok: bool) -> tuple[list[Item], str | None]:
+    """Every repetition, and why there is no profile (``None``: perf records, or not asked)."""
+    configs = _configs(p.modes(c_ok))
+    profiled, why = profile_plan(p.profile, configs)
+    return plan_runs([[configs]], reps=p.reps, verify=p.verify, profile=profiled), why
 
 
 def plan_count(p: RxParams) -> int:
     """How many runs :func:`run_rx` makes."""
     built = _c_build(p)
-    profile = p.profile and perf_unavailable_reason() is None
-    return len(_plan(p, built is not None and built.available, profile))
+    return len(_plan(p, built is not None and built.available)[0])
 
 
-def _record(item: dict[str, Any], p: RxParams, send_mode: str,
-            res: dict[str, Any]) -> dict[str, Any]:
-    run = dict(item)
-    run["send_mode"] = send_mode
-    run["loop"] = split_loop(item["recv_mode"])[1]
-    run["msg_size"] = p.msg_size
-    run["verified"] = "full" if p.verify == "all" or item["role"] == "verify" else "spot"
+def _record(item: Item, p: RxParams, send_mode: str, res: dict[str, Any]) -> RxRun:
+    """The run record of one repetition from the peers' answers."""
     sender, receiver = res.get("sender"), res.get("receiver")
     ok = bool(sender and sender.get("ok") and receiver and receiver.get("ok"))
-    run["ok"] = ok
-    run["error"] = None if ok else (res.get("error") or (receiver or {}).get("error")
-                                    or (sender or {}).get("error") or "failed")
-    run["sender"], run["receiver"] = sender, receiver
     metrics: dict[str, float | None] = {m: None for m in METRICS}
     if ok and sender is not None and receiver is not None:
         nbytes = int(receiver["bytes"])
@@ -137,17 +128,59 @@ def _record(item: dict[str, Any], p: RxParams, send_mode: str,
         mapped = receiver.get("bytes_mapped")
         metrics["mapped_pct"] = 100.0 * mapped / nbytes if mapped is not None and nbytes else (
             0.0 if nbytes else None)
-    run["metrics"] = metrics
-    return run
+    return {"recv_mode": item["recv_mode"], "rep": item["rep"], "role": item["role"],
+            "send_mode": send_mode, "loop": split_loop(item["recv_mode"])[1],
+            "msg_size": p.msg_size, "verified": verified(p.verify, item["role"]), "ok": ok,
+            "error": None if ok else str(res.get("error") or (receiver or {}).get("error")
+                                         or (sender or {}).get("error") or "failed"),
+            # the receive mode's reason; a sender that cannot run is handled by the workload
+            "unavailable": None if ok else first_unavailable(receiver),
+            "sender": sender, "receiver": receiver, "metrics": metrics}
 
 
-def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
+class _RxWorkload:
+    """One rx repetition: the client worker sends, the server worker receives in the mode."""
+
+    mode_kind = "receive"
+
+    def __init__(self, p: RxParams, client: Worker, server: Worker, addr: tuple[Any, ...],
+                 notes: list[str]) -> None:
+        self.p, self.client, self.server, self.addr, self.notes = p, client, server, addr, notes
+        self.send_mode = p.send_mode
+
+    def mode(self, item: Mapping[str, Any]) -> str:
+        return str(item["recv_mode"])
+
+    def label(self, item: Item) -> str:
+        return f"rx {item['recv_mode']}"
+
+    def run(self, item: Item) -> RxRun:
+        p = self.p
+        cmd = {"kind": "tcp", "addr": self.addr, "msg_size": p.msg_size,
+               "send_mode": self.send_mode, "recv_mode": item["recv_mode"],
+               "recv_size": p.recv_size, "warmup": p.warmup, "bytes": p.nbytes,
+               "source_bytes": p.source_bytes, "rcvlowat": p.rcvlowat,
+               "verify": verified(p.verify, item["role"])}
+        res = self.client.call(cmd)
+        why = first_unavailable(res, res.get("sender"))
+        if why is not None and self.send_mode != "sendall":
+            # the sender mode cannot run here: every receive mode gets plain copies instead
+            self.notes.append(f"sender {self.send_mode} unavailable ({why}); using sendall, "
+                              "so no page can be mapped")
+            self.send_mode = cmd["send_mode"] = "sendall"
+            res = self.client.call(cmd)
+        return _record(item, p, self.send_mode, res)
+
+    def profile_pids(self, item: Item) -> dict[str, int]:
+        pids = {"receiver": self.server.process.pid, "sender": self.client.process.pid}
+        return {k: v for k, v in pids.items() if v is not None}
+
+
+def run_rx(p: RxParams, progress: Progress) -> Experiment:
     """Run the rx experiment; the JSON-ready result (see docs/bench.md)."""
-    runs: list[dict[str, Any]] = []
-    profiles: list[dict[str, Any]] = []
     built = _c_build(p)
     c_ok = built is not None and built.available
-    perf_reason = perf_unavailable_reason() if p.profile else None
+    items, perf_reason = _plan(p, c_ok)
     with environment(use_netns=p.use_netns, lo_mtu=p.lo_mtu) as env:
         notes = list(env.notes)
         mss = _listener_mss(p, env.ns_name is not None)
@@ -159,74 +192,31 @@ def run_rx(p: RxParams, progress: Progress) -> dict[str, Any]:
         if p.send_mode == "sendall":
             notes.append("sender sendall (plain copies): the receiver gets compound page "
                          "frags, which cannot be mapped")
-        send_mode = p.send_mode
-        unavailable: dict[str, str] = {}
-        server: Worker | None = None
         with spawn(client_worker, env.ns_name) as client:
+            server = spawn(server_worker, env.ns_name, env.host, mss, RX_RCVBUF)
             try:
-                server = spawn(server_worker, env.ns_name, env.host, mss, RX_RCVBUF)
                 addr = tuple(server.recv(60))
-                for item in _plan(p, c_ok, p.profile and perf_reason is None):
-                    mode = item["recv_mode"]
-                    if mode in unavailable:
-                        progress(f"rx {mode}: skipped")
-                        continue
-                    cmd = {"kind": "tcp", "addr": addr, "msg_size": p.msg_size,
-                           "send_mode": send_mode, "recv_mode": mode,
-                           "recv_size": p.recv_size, "warmup": p.warmup, "bytes": p.nbytes,
-                           "source_bytes": p.source_bytes, "rcvlowat": p.rcvlowat,
-                           "verify": "full" if p.verify == "all" or item["role"] == "verify"
-                           else "spot"}
-                    session: PerfSession | None = None
-                    if item["role"] == "profile":
-                        pids = {"receiver": server.process.pid, "sender": client.process.pid}
-                        session = PerfSession({k: v for k, v in pids.items() if v is not None})
-                        session.start()
-                    res = client.call(cmd)
-                    if session is not None:
-                        prof = session.stop()
-                        rec = _record(item, p, send_mode, res)
-                        profiles.append({"recv_mode": mode, "ok": rec["ok"],
-                                         "error": rec["error"],
-                                         "receiver": prof.get("receiver"),
-                                         "sender": prof.get("sender")})
-                        progress(f"rx profile {mode}")
-                        continue
-                    sender_err = (res.get("sender") or {}).get("error") or res.get("error") or ""
-                    if send_mode != "sendall" and "zcnet.sender is not available" in sender_err:
-                        notes.append(f"sender {send_mode} unavailable ({sender_err}); using "
-                                     "sendall, so no page can be mapped")
-                        send_mode = "sendall"
-                        cmd["send_mode"] = send_mode
-                        res = client.call(cmd)
-                    run = _record(item, p, send_mode, res)
-                    runs.append(run)
-                    err = run["error"] or ""
-                    if "not available" in err or "ModeUnavailable" in err:
-                        unavailable[mode] = err
-                    progress(f"rx {mode}")
+                out = drive(items, _RxWorkload(p, client, server, addr, notes), progress)
             finally:
-                if server is not None:
-                    server.stop(0.2, graceful=False)
-        for mode, why in unavailable.items():
-            notes.append(f"receive mode {mode} unavailable: {why}")
+                server.stop(0.2, graceful=False)
+        runs = out.runs
+        notes += out.notes("receive")
         summary = group_summary(runs, ("recv_mode",), METRICS)
-        if built is not None and not c_ok:
-            notes.append(f"C reference receivers unavailable: {built.reason}")
-            summary += [{"recv_mode": m, "metrics": {}, "unavailable": built.reason}
-                        for m in p.recv_modes if m in C_RECEIVE_MODES]
+        no_c = {} if built is None or c_ok else {m: str(built.reason) for m in C_RECEIVE_MODES}
+        summary += out.unavailable_rows(_configs(p.recv_modes), summary, ("recv_mode",), no_c)
+        if no_c:
+            notes.append(f"C reference receivers unavailable: {built.reason if built else ''}")
         _relative_to_recv_into(summary)
         _describe_zcnet(summary, runs, notes)
         if built is not None:
             _c_ratios(summary)
         if p.profile and perf_reason is not None:
             notes.append(f"--profile: no profile: {perf_reason}")
-        failed = [r for r in runs if not r["ok"] and r["recv_mode"] not in unavailable]
-        result = experiment_result("rx", status="ok" if not failed else "partial",
-                                   environment=env.describe(), parameters=asdict(p), runs=runs,
-                                   summary=summary, notes=notes)
+        result = experiment_result("rx", status=out.status(), environment=env.describe(),
+                                   parameters=asdict(p), runs=runs, summary=summary,
+                                   notes=notes)
         result["c_reference"] = None if built is None else built.describe()
-        result["profiles"] = profiles
+        result["profiles"] = out.profiles
         result["profile_unavailable"] = perf_reason
         return result
 

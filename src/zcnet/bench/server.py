@@ -24,6 +24,8 @@ from zcnet.bench.protocol import (
     send_result,
 )
 from zcnet.bench.receivers import receive
+from zcnet.bench.results import unavailable_side
+from zcnet.errors import ModeUnavailable
 from zcnet.lowlevel.constants import TCP_MAXSEG
 
 __all__ = ["make_listener", "parse_hostport", "serve"]
@@ -67,6 +69,8 @@ def handle(conn: socket.socket, verifier: Verifier) -> dict[str, Any] | None:
         return None
     try:
         result = receive(conn, header, verifier)
+    except ModeUnavailable as e:  # this receive mode cannot run here: the one field says why
+        result = unavailable_side(str(e), f"ModeUnavailable: {e}")
     except Exception as e:  # the benchmark's boundary: report any failure to the sender
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     with contextlib.suppress(OSError):

@@ -24,22 +24,25 @@ repetition per configuration checks every byte and the timed ones spot-check eac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from zcnet.bench import cref
-from zcnet.bench.common import (
-    Progress,
-    experiment_result,
-    gbit_per_s,
-    group_summary,
-    rotated,
-    s_per_gb,
+from zcnet.bench.common import Progress, experiment_result, gbit_per_s, group_summary, s_per_gb
+from zcnet.bench.driver import (
+    Config,
+    Item,
+    drive,
+    first_unavailable,
+    plan_runs,
+    profile_plan,
+    verified,
 )
 from zcnet.bench.env import Environment, environment
 from zcnet.bench.modes import C_SEND_MODES, DEFAULT_C_SEND_MODES, UDP_ONLY_SEND_MODES
 from zcnet.bench.peers import client_worker, server_worker
-from zcnet.bench.profile import PerfSession, perf_unavailable_reason
+from zcnet.bench.results import Experiment, StreamRun
 from zcnet.bench.workers import Worker, spawn
 
 __all__ = ["C_REFERENCES", "DEFAULT_SIZES", "StreamParams", "c_reference_for",
@@ -103,26 +106,22 @@ def _c_build(p: StreamParams) -> cref.CBuild | None:
     return cref.build() if any(m in C_SEND_MODES for m in p.send_modes) else None
 
 
-def _plan(p: StreamParams, transports: list[str], c_ok: bool) -> list[dict[str, Any]]:
-    plan: list[dict[str, Any]] = []
-    for t in transports:
-        sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
-        modes = p.modes_for(t, c_ok)
-        if p.verify == "sample":
-            for size in sizes:
-                for mode in modes:
-                    plan.append({"transport": t, "msg_size": size, "send_mode": mode,
-                                 "rep": -1, "role": "verify"})
-        for rep in range(p.reps):
-            for i, size in enumerate(sizes):
-                for mode in rotated(modes, rep + i):
-                    plan.append({"transport": t, "msg_size": size, "send_mode": mode,
-                                 "rep": rep, "role": "timed"})
-    if p.profile:
-        for t in transports:
-            plan += [{"transport": t, "msg_size": p.profile_sizes(t), "send_mode": mode,
-                      "rep": -1, "role": "profile"} for mode in p.modes_for(t, c_ok)]
-    return plan
+def _configs(p: StreamParams, transports: list[str],
+             c_ok: bool) -> list[list[list[Config]]]:
+    """Per transport, per message size, the configuration of each send mode."""
+    return [[[{"transport": t, "msg_size": size, "send_mode": mode}
+              for mode in p.modes_for(t, c_ok)]
+             for size in (p.sizes if t == "tcp" else p.udp_message_sizes())]
+            for t in transports]
+
+
+def _plan(p: StreamParams, transports: list[str], c_ok: bool) -> tuple[list[Item], str | None]:
+    """Every repetition, and why there is no profile (``None``: perf records, or not asked)."""
+    profiled, why = profile_plan(p.profile, (
+        {"transport": t, "msg_size": p.profile_sizes(t), "send_mode": mode}
+        for t in transports for mode in p.modes_for(t, c_ok)))
+    return plan_runs(_configs(p, transports, c_ok), reps=p.reps, verify=p.verify,
+                     profile=profiled), why
 
 
 def _transports(p: StreamParams, env: Environment | None) -> list[str]:
@@ -135,29 +134,23 @@ def plan_count(p: StreamParams) -> int:
     """How many runs :func:`run_stream` will make (for a progress bar; UDP assumed possible)."""
     transports = [t for t in p.transports if p.connect is None or t == "tcp"]
     built = _c_build(p)
-    plan = _plan(p, transports, built is not None and built.available)
-    if p.profile and perf_unavailable_reason() is not None:
-        plan = [item for item in plan if item["role"] != "profile"]
-    return len(plan)
+    return len(_plan(p, transports, built is not None and built.available)[0])
 
 
-def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> dict[str, Any]:
-    full = p.verify == "all" or item["role"] == "verify"
-    run: dict[str, Any] = dict(item)
-    run["recv_mode"] = p.recv_mode if item["transport"] == "tcp" else None
-    run["verified"] = ("full" if full else "spot") if item["transport"] == "tcp" else "none"
+def _run_record(item: Item, p: StreamParams, res: dict[str, Any]) -> StreamRun:
+    """The run record of one repetition from the peers' answers."""
+    tcp = item["transport"] == "tcp"
     sender, receiver = res.get("sender"), res.get("receiver")
-    ok = bool(sender and sender.get("ok")) and (
-        item["transport"] == "udp" or bool(receiver and receiver.get("ok")))
-    run["ok"] = ok
+    ok = bool(sender and sender.get("ok")) and (not tcp or bool(receiver and receiver.get("ok")))
+    unavailable = None if ok else first_unavailable(res, sender)
     if ok:
-        run["error"] = None
-    elif sender and sender.get("unavailable"):  # the receiver only saw no bytes come
-        run["error"] = sender.get("error") or f"not available: {sender['unavailable']}"
+        error = None
+    elif unavailable is not None:  # the receiver only saw no bytes come
+        error = str(res.get("error") or (sender or {}).get("error")
+                    or f"not available: {unavailable}")
     else:
-        run["error"] = (res.get("error") or (receiver or {}).get("error")
-                        or (sender or {}).get("error") or "failed")
-    run["sender"], run["receiver"] = sender, receiver
+        error = str(res.get("error") or (receiver or {}).get("error")
+                    or (sender or {}).get("error") or "failed")
     metrics: dict[str, float | None] = {m: None for m in METRICS}
     if ok and sender is not None:
         nbytes = int(sender["bytes"])
@@ -172,11 +165,54 @@ def _run_record(item: dict[str, Any], p: StreamParams, res: dict[str, Any]) -> d
             metrics["throughput_gbit_s"] = gbit_per_s(int(receiver["bytes"]), receiver["wall"])
         else:
             metrics["throughput_gbit_s"] = gbit_per_s(nbytes, sender["wall"])
-    run["metrics"] = metrics
-    return run
+    return {"transport": item["transport"], "msg_size": item["msg_size"],
+            "send_mode": item["send_mode"], "rep": item["rep"], "role": item["role"],
+            "recv_mode": p.recv_mode if tcp else None,
+            "verified": verified(p.verify, item["role"]) if tcp else "none",
+            "ok": ok, "error": error, "unavailable": unavailable,
+            "sender": sender, "receiver": receiver, "metrics": metrics}
 
 
-def run_stream(p: StreamParams, progress: Progress) -> dict[str, Any]:
+class _StreamWorkload:
+    """One stream repetition: the client worker sends, the server worker (TCP) receives."""
+
+    mode_kind = "send"
+
+    def __init__(self, p: StreamParams, env: Environment, client: Worker,
+                 server: Worker | None, addr: tuple[Any, ...],
+                 c_program: str | None) -> None:
+        self.p, self.env, self.client, self.server = p, env, client, server
+        self.addr, self.c_program = addr, c_program
+
+    def mode(self, item: Mapping[str, Any]) -> str:
+        return str(item["send_mode"])
+
+    def label(self, item: Item) -> str:
+        return f"stream {item['transport']} {item['msg_size'] // KiB}K {item['send_mode']}"
+
+    def run(self, item: Item) -> StreamRun:
+        p = self.p
+        cmd: dict[str, Any] = {
+            "kind": item["transport"], "msg_size": item["msg_size"],
+            "send_mode": item["send_mode"], "recv_mode": p.recv_mode, "recv_size": p.recv_size,
+            "warmup": p.warmup, "bytes": p.nbytes, "source_bytes": p.source_bytes,
+            "batch": p.batch, "verify": verified(p.verify, item["role"])}
+        if self.c_program is not None:
+            cmd["cref"] = self.c_program
+        if item["transport"] == "udp":
+            cmd.update(addr=(self.env.ifb_sink, SINK_PORT), gso_size=UDP_GSO_SIZE)
+        else:
+            cmd["addr"] = self.addr
+        return _run_record(item, p, self.client.call(cmd))
+
+    def profile_pids(self, item: Item) -> dict[str, int]:
+        pids = {"sender": self.client.process.pid}
+        if item["transport"] == "tcp" and self.server is not None:
+            pids["receiver"] = self.server.process.pid
+        return {k: v for k, v in pids.items() if v is not None}
+
+
+def run_stream(p: StreamParams, progress: Progress) -> Experiment:
     """Run the stream experiment; the JSON-ready result (see docs/bench.md)."""
     if p.connect is not None:
         env = Environment(None, p.connect[0], None, None,
@@ -187,17 +223,14 @@ def run_stream(p: StreamParams, progress: Progress) -> dict[str, Any]:
         return _run(p, env, progress)
 
 
-def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any]:
+def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
     transports = _transports(p, env)
     notes = list(env.notes)
     if "udp" in p.transports and "udp" not in transports:
         notes.append("UDP toward the ifb sink skipped: it needs a namespace of our own (root)")
     built = _c_build(p)
     c_ok = built is not None and built.available
-    perf_reason = perf_unavailable_reason() if p.profile else None
-    runs: list[dict[str, Any]] = []
-    profiles: list[dict[str, Any]] = []
-    unavailable: dict[str, str] = {}
+    items, perf_reason = _plan(p, transports, c_ok)
     server: Worker | None = None
     with spawn(client_worker, env.ns_name) as client:
         try:
@@ -206,56 +239,16 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                 addr = tuple(server.recv(60))
             else:
                 addr = p.connect
-            for item in _plan(p, transports, c_ok):
-                mode = item["send_mode"]
-                if mode in unavailable:
-                    progress(f"stream {item['transport']} {mode}: skipped")
-                    continue
-                if item["role"] == "profile" and perf_reason is not None:
-                    continue
-                cmd: dict[str, Any] = {
-                    "kind": item["transport"], "msg_size": item["msg_size"],
-                    "send_mode": mode, "recv_mode": p.recv_mode, "recv_size": p.recv_size,
-                    "warmup": p.warmup, "bytes": p.nbytes, "source_bytes": p.source_bytes,
-                    "batch": p.batch,
-                    "verify": "full" if p.verify == "all" or item["role"] == "verify"
-                    else "spot",
-                }
-                if built is not None and c_ok:
-                    cmd["cref"] = built.programs["send"]
-                if item["transport"] == "udp":
-                    cmd.update(addr=(env.ifb_sink, SINK_PORT), gso_size=UDP_GSO_SIZE)
-                else:
-                    cmd["addr"] = addr
-                if item["role"] == "profile":
-                    pids = {"sender": client.process.pid}
-                    if item["transport"] == "tcp" and server is not None:
-                        pids["receiver"] = server.process.pid
-                    session = PerfSession({k: v for k, v in pids.items() if v is not None})
-                    session.start()
-                    res = client.call(cmd)
-                    prof = session.stop()
-                    run = _run_record(item, p, res)
-                    profiles.append({"transport": item["transport"],
-                                     "msg_size": item["msg_size"], "send_mode": mode,
-                                     "ok": run["ok"], "error": run["error"],
-                                     "sender": prof.get("sender"),
-                                     "receiver": prof.get("receiver")})
-                    progress(f"stream profile {item['transport']} {mode}")
-                    continue
-                res = client.call(cmd)
-                run = _run_record(item, p, res)
-                runs.append(run)
-                err = run["error"] or ""
-                why = (run["sender"] or {}).get("unavailable")
-                if why or "not available" in err or "ModeUnavailable" in err:
-                    unavailable[mode] = str(why or err)
-                progress(f"stream {item['transport']} {item['msg_size'] // KiB}K {mode}")
+            work = _StreamWorkload(p, env, client, server, addr,
+                                   built.programs["send"] if built is not None and c_ok
+                                   else None)
+            out = drive(items, work, progress)
         finally:
             if server is not None:
                 server.stop(0.2, graceful=False)
-    for mode, why in unavailable.items():
-        notes.append(f"send mode {mode} unavailable: {why}")
+    runs = out.runs
+    unavailable = out.unavailable
+    notes += out.notes("send")
     batched = [m for m in UDP_ONLY_SEND_MODES if m in p.send_modes]
     if "zcnet-batch" in batched and "udp" in transports and "zcnet-batch" not in unavailable:
         notes.append(f"zcnet-batch: Sender.send_batch of {p.batch} datagrams per call "
@@ -266,34 +259,25 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> dict[str, Any
                      "(io_uring engine, registered memory); UDP only")
     if batched and "udp" not in transports:
         notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
-    summary = group_summary(runs, ("transport", "msg_size", "send_mode"), METRICS)
-    have = {(e["transport"], e["msg_size"], e["send_mode"]) for e in summary}
-    for t in transports:  # a row per configuration a mode could not run, saying why
-        sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
-        summary += [{"transport": t, "msg_size": size, "send_mode": mode, "metrics": {},
-                     "unavailable": why}
-                    for size in sizes for mode, why in unavailable.items()
-                    if mode in p.modes_for(t) and (t, size, mode) not in have]
-    if built is not None and not c_ok:
-        notes.append(f"C reference senders unavailable: {built.reason}")
-        for t in transports:
-            sizes = list(p.sizes) if t == "tcp" else p.udp_message_sizes()
-            summary += [{"transport": t, "msg_size": size, "send_mode": mode, "metrics": {},
-                         "unavailable": built.reason}
-                        for size in sizes for mode in p.send_modes if mode in C_SEND_MODES]
+    keys = ("transport", "msg_size", "send_mode")
+    summary = group_summary(runs, keys, METRICS)
+    every = [c for group in _configs(p, transports, True) for cell in group for c in cell]
+    # a row per configuration a mode could not run, saying why (the C modes: no compiler)
+    no_c = {} if built is None or c_ok else {m: str(built.reason) for m in C_SEND_MODES}
+    summary += out.unavailable_rows(every, summary, keys, no_c)
+    if no_c:
+        notes.append(f"C reference senders unavailable: {built.reason if built else ''}")
     if built is not None:
         _c_ratios(summary, runs)
     if p.profile and perf_reason is not None:
         notes.append(f"--profile: no profile: {perf_reason}")
-    failed = [r for r in runs if not r["ok"] and r["send_mode"] not in unavailable]
-    status = "ok" if not failed else "partial"
     params = asdict(p)
     params["udp_message_sizes"] = p.udp_message_sizes()
     params["udp_gso_size"] = UDP_GSO_SIZE
-    result = experiment_result("stream", status=status, environment=env.describe(),
+    result = experiment_result("stream", status=out.status(), environment=env.describe(),
                                parameters=params, runs=runs, summary=summary, notes=notes)
     result["c_reference"] = None if built is None else built.describe()
-    result["profiles"] = profiles
+    result["profiles"] = out.profiles
     result["profile_unavailable"] = perf_reason
     return result
 
