@@ -51,6 +51,7 @@ from zcnet.bench.common import Progress, experiment_result, group_summary, rotat
 from zcnet.bench.env import environment
 from zcnet.bench.memcg import MemCgroup, memcg_unavailable_reason, read_memcg
 from zcnet.bench.pattern import Verifier
+from zcnet.bench.results import Experiment, RxmemRun
 from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, WorkerError, spawn
 
@@ -379,23 +380,22 @@ def _limit(p: RxmemParams, mode: str, size: int) -> int | None:
 
 
 def _record(item: dict[str, Any], limit: int | None, rcv: dict[str, Any],
-            snd: dict[str, Any], cgroup: dict[str, Any] | None) -> dict[str, Any]:
-    run = dict(item)
+            snd: dict[str, Any], cgroup: dict[str, Any] | None) -> RxmemRun:
     ok = bool(rcv.get("ok") and snd.get("ok"))
-    run.update(ok=ok, verified="full" if ok else None, limit_bytes=limit, cgroup=cgroup,
-               error=None if ok else (rcv.get("error") or snd.get("error") or "failed"),
-               receiver=rcv, sender=snd)
-    run["metrics"] = derive_metrics(rcv, limit) if ok else {k: None for k in METRICS}
-    return run
+    return {"mode": item["mode"], "size_mib": item["size_mib"], "rep": item["rep"],
+            "role": "timed", "verified": "full" if ok else None, "ok": ok,
+            "error": None if ok else str(rcv.get("error") or snd.get("error") or "failed"),
+            "limit_bytes": limit, "cgroup": cgroup, "receiver": rcv, "sender": snd,
+            "metrics": derive_metrics(rcv, limit) if ok else {k: None for k in METRICS}}
 
 
-def run_rxmem(p: RxmemParams, progress: Progress) -> dict[str, Any]:
+def run_rxmem(p: RxmemParams, progress: Progress) -> Experiment:
     """Run the rxmem experiment; the JSON-ready result (see docs/bench.md)."""
     reason = memcg_unavailable_reason()
     if reason is not None:
         return experiment_result("rxmem", status="skipped", reason=reason, parameters=asdict(p),
                                  notes=[f"rxmem skipped: {reason}"])
-    runs: list[dict[str, Any]] = []
+    runs: list[RxmemRun] = []
     with environment(use_netns=p.use_netns) as env:
         notes = list(env.notes)
         notes.append("sender: zcnet Sender forced to MSG_ZEROCOPY, outside the cgroup; "

@@ -1,0 +1,100 @@
+"""``zcnet bench rpc --mmap-churn``: the lock-path share (pure), churn ratios, tiny real runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from zcnet.bench import rpcchurn
+from zcnet.bench.common import no_progress
+from zcnet.bench.lockpath import is_lock_path, lock_path_share
+from zcnet.bench.mmapchurn import churn_unavailable_reason
+from zcnet.bench.profile import perf_unavailable_reason
+from zcnet.bench.results import SHAPES, shape_errors
+from zcnet.bench.rpcchurn import RpcChurnParams, run_rpc_churn
+
+TINY = {"connections": 4, "requests": 30, "warmup": 2, "reps": 1, "verify": "all"}
+
+
+@pytest.mark.parametrize(("symbol", "expected"), [
+    ("lock_vma_under_rcu", True), ("find_tcp_vma", True), ("down_read", True),
+    ("rwsem_down_read_slowpath", True), ("rwsem_optimistic_spin", True), ("osq_lock", True),
+    ("down_write_killable", True), ("up_write.isra.0", True), ("vma_start_read", True),
+    ("tcp_zerocopy_receive", False), ("_copy_to_iter", False), ("down_reader", False),
+])
+def test_is_lock_path(symbol: str, expected: bool) -> None:
+    assert is_lock_path(symbol) is expected
+
+
+def test_lock_path_share() -> None:
+    pct, hits = lock_path_share({"tcp_zerocopy_receive": 10.0, "down_read": 0.5,
+                                 "rwsem_down_read_slowpath": 1.25, "up_read": 0.25})
+    assert pct == 2.0
+    assert list(hits) == ["rwsem_down_read_slowpath", "down_read", "up_read"]
+    assert lock_path_share({}) == (0, {})
+
+
+def _row(variant: str, churn: bool, rps: float, cpu: float, p99: float) -> dict[str, Any]:
+    def stat(v: float) -> dict[str, float]:
+        return {"median": v, "min": v, "max": v, "n": 1}
+
+    return {"rx_variant": variant, "mmap_churn": churn,
+            "metrics": {"requests_per_s": stat(rps), "server_cpu_us_per_req": stat(cpu),
+                        "latency_p99_us": stat(p99)}}
+
+
+def test_churn_rows_relative_to_the_same_variant() -> None:
+    rows = [_row("windows", False, 100, 10, 50), _row("windows", True, 100, 11, 50),
+            _row("fresh", False, 80, 20, 40), _row("fresh", True, 40, 30, 160)]
+    rpcchurn._relative(rows)
+    assert rows[1]["requests_per_s_vs_no_churn_pct"] == 100
+    assert rows[1]["server_cpu_vs_no_churn_pct"] == pytest.approx(110)
+    assert rows[3]["requests_per_s_vs_no_churn_pct"] == 50
+    assert rows[3]["latency_p99_vs_no_churn_pct"] == 400
+    assert "requests_per_s_vs_no_churn_pct" not in rows[0]
+
+
+def test_plan() -> None:
+    p = RpcChurnParams(reps=2, verify="sample", lock_profile=False)
+    assert rpcchurn.plan_count(p) == 4 + 2 * 4
+    assert rpcchurn.plan_count(RpcChurnParams(reps=1, verify="all")) == 4 + 4
+
+
+@pytest.mark.skipif(churn_unavailable_reason() is not None,
+                    reason=churn_unavailable_reason() or "")
+def test_tiny_run() -> None:
+    profile = perf_unavailable_reason() is None
+    res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=profile), no_progress)
+    assert res["status"] == "ok", res["notes"]
+    run_shape, row_shape = SHAPES["rpc-churn"]
+    for run in res["runs"]:
+        assert shape_errors(run, run_shape) == []
+        assert run["ok"] and run["verified"] == "full"
+        assert run["metrics"]["mapped_pct"] == 100.0      # MSS 4096: every request mapped
+        assert (run["metrics"]["churn_per_s"] or 0) > 0 if run["mmap_churn"] else \
+            run["metrics"]["churn_per_s"] is None
+    rows = {(e["rx_variant"], e["mmap_churn"]): e for e in res["summary"]}
+    assert set(rows) == {(v, c) for v in ("windows", "fresh") for c in (False, True)}
+    for row in rows.values():
+        assert shape_errors(row, row_shape) == []
+    assert rows[("fresh", True)]["requests_per_s_vs_no_churn_pct"] is not None
+    if profile:
+        assert res["profile_unavailable"] is None
+        assert len(res["profiles"]) == 4
+        for q in res["profiles"]:
+            assert q["ok"] and q["server"]["error"] is None
+            assert q["server"]["lock_pct"] is not None
+
+
+def test_without_the_extension_churn_rows_are_unavailable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    why = "the mmap churn thread needs zcnet's compiled extension (test)"
+    monkeypatch.setattr(rpcchurn, "churn_unavailable_reason", lambda: why)
+    res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=False), no_progress)
+    assert res["status"] == "ok"
+    assert any(why in n for n in res["notes"])
+    rows = {(e["rx_variant"], e["mmap_churn"]): e for e in res["summary"]}
+    assert rows[("windows", True)]["unavailable"] == why and not rows[("windows", True)]["metrics"]
+    assert rows[("windows", False)]["metrics"]["requests_per_s"]["median"] > 0
+    assert [r for r in res["runs"] if r["ok"]]
