@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -47,7 +48,8 @@ requires_memcg = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 
 def _leftovers(mount: str) -> list[str]:
-    return [n for n in os.listdir(mount) if n.startswith(PREFIX)]
+    # only this process's groups: other sessions may run benchmarks at the same time
+    return [n for n in os.listdir(mount) if n.startswith(PREFIX) and f"-{os.getpid()}-" in n]
 
 
 @requires_memcg
@@ -59,7 +61,7 @@ def test_group_charges_a_joined_process_and_is_removed_with_it_inside() -> None:
         mount = cg.mount
         assert os.path.isdir(cg.path)
         assert cg.charge_sockets() is None
-        proc = subprocess.Popen(["python3", "-c", code], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         cg.join(proc.pid)
         assert cg.pids() == [proc.pid]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zcnet.bench import rpcchurn
+from zcnet.bench.cli import main
 from zcnet.bench.common import no_progress
 from zcnet.bench.lockpath import is_lock_path, lock_path_share
 from zcnet.bench.mmapchurn import churn_unavailable_reason
 from zcnet.bench.profile import perf_unavailable_reason
-from zcnet.bench.results import SHAPES, shape_errors
 from zcnet.bench.rpcchurn import RpcChurnParams, run_rpc_churn
 
 TINY = {"connections": 4, "requests": 30, "warmup": 2, "reps": 1, "verify": "all"}
@@ -63,28 +65,61 @@ def test_plan() -> None:
 
 @pytest.mark.skipif(churn_unavailable_reason() is not None,
                     reason=churn_unavailable_reason() or "")
-def test_tiny_run() -> None:
-    profile = perf_unavailable_reason() is None
-    res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=profile), no_progress)
-    assert res["status"] == "ok", res["notes"]
-    run_shape, row_shape = SHAPES["rpc-churn"]
+def test_tiny_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
+    pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
+    from tests.bench.test_cli import _check_report
+
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["rpc", "--mmap-churn", "--connections", "4", "--requests", "30", "--reps", "1",
+                 "--verify", "all", "--no-progress", "--json", str(out), "--plot",
+                 str(png)]) == 0
+    assert "rpc --mmap-churn:" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    _check_report(report, ["rpc-churn"])
+    res = report["experiments"][0]
     for run in res["runs"]:
-        assert shape_errors(run, run_shape) == []
-        assert run["ok"] and run["verified"] == "full"
-        assert run["metrics"]["mapped_pct"] == 100.0      # MSS 4096: every request mapped
-        assert (run["metrics"]["churn_per_s"] or 0) > 0 if run["mmap_churn"] else \
-            run["metrics"]["churn_per_s"] is None
+        assert run["verified"] == "full" and run["metrics"]["mapped_pct"] == 100.0  # MSS 4096
+        # (a tiny run may end before the churn thread completed an iteration)
+        assert (run["metrics"]["churn_per_s"] is not None) == run["mmap_churn"]
     rows = {(e["rx_variant"], e["mmap_churn"]): e for e in res["summary"]}
     assert set(rows) == {(v, c) for v in ("windows", "fresh") for c in (False, True)}
-    for row in rows.values():
-        assert shape_errors(row, row_shape) == []
     assert rows[("fresh", True)]["requests_per_s_vs_no_churn_pct"] is not None
-    if profile:
+    if perf_unavailable_reason() is None:
         assert res["profile_unavailable"] is None
         assert len(res["profiles"]) == 4
         for q in res["profiles"]:
-            assert q["ok"] and q["server"]["error"] is None
-            assert q["server"]["lock_pct"] is not None
+            assert q["ok"] and q["receiver"]["error"] is None, q
+            assert q["lock_pct"] is not None and q["receiver"]["samples"] > 0
+            assert q["lock_pct"] == pytest.approx(sum(e["pct"] for e in q["receiver"]["top"]))
+            assert rows[(q["rx_variant"], q["mmap_churn"])]["lock_path_pct"] == q["lock_pct"]
+    else:
+        assert res["profile_unavailable"] and not res["profiles"]
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["rpc", "--mmap-churn", "--bytes", "1M"], "rpc takes --requests and --size"),
+    (["rpc", "--mmap-churn", "--source", "4M"], "--source applies to stream and rx only"),
+    (["rpc", "--mmap-churn", "--size", "2M"], "--size: at most 1M"),
+])
+def test_argument_errors(argv: list[str], message: str,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "zcnet bench rpc: error:" in err and message in err
+
+
+def test_parsed_values() -> None:
+    from zcnet.bench.cli import _params, build_parser
+
+    args = build_parser().parse_args(["bench", "rpc", "--mmap-churn", "--requests", "500"])
+    [(name, params)] = _params(args, "rpc")
+    assert name == "rpc-churn" and params.requests == 500 and params.connections == 100
+    [(name, _)] = _params(build_parser().parse_args(["bench", "rpc"]), "rpc")
+    assert name == "rpc"
+    quick = [n for n, _ in _params(build_parser().parse_args(["bench", "quick"]), "quick")]
+    assert "rpc-churn" in quick and "rxmem" in quick
 
 
 def test_without_the_extension_churn_rows_are_unavailable(

@@ -54,6 +54,17 @@ def lock_path_share(symbols: Mapping[str, float]) -> tuple[float, dict[str, floa
     return round(sum(hits.values()), 3), dict(sorted(hits.items(), key=lambda kv: -kv[1]))
 
 
+def _count(text: str | None) -> int | None:
+    """perf's sample count (``"850"``, ``"12K"``) as an integer."""
+    if not text:
+        return None
+    scale = {"K": 1000, "M": 1000_000}.get(text[-1].upper(), 1)
+    try:
+        return int(float(text.rstrip("KkMm")) * scale)
+    except ValueError:
+        return None
+
+
 class ThreadPerf:
     """``perf record`` of one thread, started and stopped by the caller; see the module doc."""
 
@@ -72,9 +83,10 @@ class ThreadPerf:
         time.sleep(ATTACH_DELAY)
 
     def stop(self) -> dict[str, Any]:
-        """Stop recording: ``{"samples", "lock_pct", "lock_symbols", "error"}``."""
-        out: dict[str, Any] = {"samples": None, "lock_pct": None, "lock_symbols": {},
-                               "error": None}
+        """Stop recording: ``{"samples", "top", "lock_pct", "error"}``: ``top`` lists the
+        lock-path symbols (``{"symbol", "pct", "kernel"}``), ``lock_pct`` their summed share
+        of the thread's samples."""
+        out: dict[str, Any] = {"samples": None, "top": [], "lock_pct": None, "error": None}
         try:
             proc = self._proc
             if proc is None:
@@ -99,8 +111,9 @@ class ThreadPerf:
             if not symbols:
                 out["error"] = f"perf report found no samples: {rep.stderr.strip()[-200:]}"
                 return out
-            out["samples"] = parsed["samples"]
-            out["lock_pct"], out["lock_symbols"] = lock_path_share(symbols)
+            out["samples"] = _count(parsed["samples"])
+            out["lock_pct"], hits = lock_path_share(symbols)
+            out["top"] = [{"symbol": sym, "pct": pct, "kernel": True} for sym, pct in hits.items()]
             return out
         finally:
             self._tmp.cleanup()

@@ -184,8 +184,13 @@ def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
                         continue
                     run = work.run(item, lock_profile=True)
                     lp = run["server"].get("lock_profile") if run["ok"] else None
+                    # the server is the receiving side: its receiving thread's lock-path
+                    # symbols as the receiver's "top", their sum as lock_pct
                     profiles.append({**config, "ok": run["ok"], "error": run["error"],
-                                     "server": lp})
+                                     "sender": None,
+                                     "receiver": None if lp is None else {
+                                         k: lp[k] for k in ("samples", "top", "error")},
+                                     "lock_pct": None if lp is None else lp["lock_pct"]})
                     progress(f"lock profile {_mode(config)}")
         notes += out.notes("rpc receive")
         if perf_why is not None:
@@ -193,8 +198,7 @@ def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
         summary = group_summary(out.runs, KEYS, METRICS)
         summary += out.unavailable_rows(_configs(), summary, KEYS)
         _relative(summary)
-        share = {(q["rx_variant"], q["mmap_churn"]): (q["server"] or {}).get("lock_pct")
-                 for q in profiles}
+        share = {(q["rx_variant"], q["mmap_churn"]): q["lock_pct"] for q in profiles}
         if p.lock_profile and perf_why is None:
             for e in summary:
                 e["lock_path_pct"] = share.get((e["rx_variant"], e["mmap_churn"]))

@@ -236,7 +236,8 @@ def _receive_mapped(rx: Any, held: _Held, cfg: dict[str, Any], account: Any,
     st = rx.stats
     return off, {"rx_mode": str(st.mode), "bytes_mapped": st.bytes_mapped,
                  "bytes_copied": st.bytes_copied, "copy_reasons": dict(st.copy_reasons),
-                 "windows_mapped": st.windows_mapped, "limit_waits": waits,
+                 "windows_mapped": st.windows_mapped, "zerocopy_calls": st.calls,
+                 "limit_waits": waits,
                  "limit_copies": copies}
 
 
@@ -257,7 +258,12 @@ def rxmem_receiver(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
     limit = cfg.get("limit")
     account = Account("rxmem", limit=None if limit is None else int(limit))
     peak = [0]
-    listener = make_listener(host, 0, mss=cfg.get("mss"))
+    # A receive buffer of several windows, set on the listener (the accepted socket inherits
+    # it): SO_RCVLOWAT then holds each receive until a whole window is queued. Left to
+    # autotuning (128 KiB at first) the socket reports readable early, under rmem pressure
+    # (tcp_poll, net/ipv4/tcp.c), and receives map a few pages each: seen here, 16 windows
+    # held 0.5 MiB in all.
+    listener = make_listener(host, 0, mss=cfg.get("mss"), rcvbuf=4 * int(cfg["window_bytes"]))
     before = _reading(None, cgroup)  # before the sender can connect: nothing queued yet
     pipe.send(listener.getsockname()[:2])
     conn, _ = listener.accept()
@@ -265,8 +271,9 @@ def rxmem_receiver(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
     rx: Any = None
     if mode != "copied":
         window = int(cfg["window_bytes"])
-        # windows enough to hold everything mapped; each receive waits for a window's worth
-        rx = Receiver(conn, RecvPolicy(window_bytes=window, max_windows=size // window + 8,
+        # windows enough to hold everything mapped (each held chunk keeps its window busy;
+        # twice the need: a receive cut short at a segment's unmappable tail)
+        rx = Receiver(conn, RecvPolicy(window_bytes=window, max_windows=2 * size // window + 8,
                                        force_zerocopy=True, rcvlowat=window))
     try:
         t0 = time.perf_counter()
