@@ -54,6 +54,13 @@ def test_churn_start_twice_and_stop_idle_are_errors() -> None:
         time.sleep(0.001)
     iterations, cpu = c.stop()
     assert iterations > 0 and cpu >= 0
+    ctl = speedups.MmapChurn(control=True)  # the control: busy, no mapping at all
+    before = _maps()
+    ctl.start()
+    while ctl.iterations < 100:
+        time.sleep(0.001)
+    assert ctl.stop()[0] >= 100
+    assert _maps() == before
     with pytest.raises(ValueError, match="positive"):
         speedups.MmapChurn(0)
     # dropped while running: the thread is joined, not left behind

@@ -37,18 +37,18 @@ def test_lock_path_share() -> None:
     assert lock_path_share({}) == (0, {})
 
 
-def _row(variant: str, churn: bool, rps: float, cpu: float, p99: float) -> dict[str, Any]:
+def _row(variant: str, churn: str, rps: float, cpu: float, p99: float) -> dict[str, Any]:
     def stat(v: float) -> dict[str, float]:
         return {"median": v, "min": v, "max": v, "n": 1}
 
-    return {"rx_variant": variant, "mmap_churn": churn,
+    return {"rx_variant": variant, "churn": churn,
             "metrics": {"requests_per_s": stat(rps), "server_cpu_us_per_req": stat(cpu),
                         "latency_p99_us": stat(p99)}}
 
 
 def test_churn_rows_relative_to_the_same_variant() -> None:
-    rows = [_row("windows", False, 100, 10, 50), _row("windows", True, 100, 11, 50),
-            _row("fresh", False, 80, 20, 40), _row("fresh", True, 40, 30, 160)]
+    rows = [_row("windows", "none", 100, 10, 50), _row("windows", "mmap", 100, 11, 50),
+            _row("fresh", "none", 80, 20, 40), _row("fresh", "mmap", 40, 30, 160)]
     rpcchurn._relative(rows)
     assert rows[1]["requests_per_s_vs_no_churn_pct"] == 100
     assert rows[1]["server_cpu_vs_no_churn_pct"] == pytest.approx(110)
@@ -59,8 +59,8 @@ def test_churn_rows_relative_to_the_same_variant() -> None:
 
 def test_plan() -> None:
     p = RpcChurnParams(reps=2, verify="sample", lock_profile=False)
-    assert rpcchurn.plan_count(p) == 4 + 2 * 4
-    assert rpcchurn.plan_count(RpcChurnParams(reps=1, verify="all")) == 4 + 4
+    assert rpcchurn.plan_count(p) == 6 + 2 * 6
+    assert rpcchurn.plan_count(RpcChurnParams(reps=1, verify="all")) == 6 + 4  # 4 profiled
 
 
 @pytest.mark.skipif(churn_unavailable_reason() is not None,
@@ -81,18 +81,20 @@ def test_tiny_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     for run in res["runs"]:
         assert run["verified"] == "full" and run["metrics"]["mapped_pct"] == 100.0  # MSS 4096
         # (a tiny run may end before the churn thread completed an iteration)
-        assert (run["metrics"]["churn_per_s"] is not None) == run["mmap_churn"]
-    rows = {(e["rx_variant"], e["mmap_churn"]): e for e in res["summary"]}
-    assert set(rows) == {(v, c) for v in ("windows", "fresh") for c in (False, True)}
-    assert rows[("fresh", True)]["requests_per_s_vs_no_churn_pct"] is not None
+        assert (run["metrics"]["churn_per_s"] is not None) == (run["churn"] != "none")
+    rows = {(e["rx_variant"], e["churn"]): e for e in res["summary"]}
+    assert set(rows) == {(v, c) for v in ("windows", "fresh") for c in rpcchurn.CHURNS}
+    assert rows[("fresh", "mmap")]["requests_per_s_vs_no_churn_pct"] is not None
+    assert rows[("windows", "syscall")]["requests_per_s_vs_no_churn_pct"] is not None
     if perf_unavailable_reason() is None:
         assert res["profile_unavailable"] is None
-        assert len(res["profiles"]) == 4
+        assert {(q["rx_variant"], q["churn"]) for q in res["profiles"]} == {
+            (v, c) for v in ("windows", "fresh") for c in ("none", "mmap")}
         for q in res["profiles"]:
             assert q["ok"] and q["receiver"]["error"] is None, q
             assert q["lock_pct"] is not None and q["receiver"]["samples"] > 0
             assert q["lock_pct"] == pytest.approx(sum(e["pct"] for e in q["receiver"]["top"]))
-            assert rows[(q["rx_variant"], q["mmap_churn"])]["lock_path_pct"] == q["lock_pct"]
+            assert rows[(q["rx_variant"], q["churn"])]["lock_path_pct"] == q["lock_pct"]
     else:
         assert res["profile_unavailable"] and not res["profiles"]
     assert png.stat().st_size > 10_000
@@ -129,7 +131,9 @@ def test_without_the_extension_churn_rows_are_unavailable(
     res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=False), no_progress)
     assert res["status"] == "ok"
     assert any(why in n for n in res["notes"])
-    rows = {(e["rx_variant"], e["mmap_churn"]): e for e in res["summary"]}
-    assert rows[("windows", True)]["unavailable"] == why and not rows[("windows", True)]["metrics"]
-    assert rows[("windows", False)]["metrics"]["requests_per_s"]["median"] > 0
+    rows = {(e["rx_variant"], e["churn"]): e for e in res["summary"]}
+    for churn in ("mmap", "syscall"):
+        assert rows[("windows", churn)]["unavailable"] == why
+        assert not rows[("windows", churn)]["metrics"]
+    assert rows[("windows", "none")]["metrics"]["requests_per_s"]["median"] > 0
     assert [r for r in res["runs"] if r["ok"]]

@@ -1,5 +1,6 @@
 /* zcnet._speedups.MmapChurn: a thread that maps and unmaps an anonymous region in a tight loop,
- * without the GIL. Bench-only (zcnet bench rpc --mmap-churn, docs/bench.md): every mmap and
+ * without the GIL (or, as the experiment's control, makes a system call that takes no lock of
+ * the address space, getppid, in the same kind of loop). Bench-only (zcnet bench rpc --mmap-churn, docs/bench.md): every mmap and
  * munmap takes the process's mmap_lock for write (mm/mmap.c do_mmap under mmap_write_lock,
  * mm/vma.c do_vmi_munmap), which is what a garbage collector, a JIT or an allocator returning
  * memory does to the other threads of a server. A Python thread could not do this: it would
@@ -13,12 +14,15 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     PyObject_HEAD
     size_t size;                /* bytes mapped per iteration */
     int touch;                  /* write one byte per page before unmapping */
+    int control;                /* getppid instead of mmap + munmap */
     pthread_t thread;
     int running;                /* a thread was started and not joined yet */
     atomic_int stop;
@@ -43,6 +47,13 @@ churn_loop(void *arg)
     double cpu0 = thread_cpu();
     long page = 4096;
     while (!atomic_load_explicit(&self->stop, memory_order_relaxed)) {
+        if (self->control) {
+            /* two system calls per iteration, as mmap + munmap, none touching mmap_lock */
+            (void)syscall(SYS_getppid);
+            (void)syscall(SYS_getppid);
+            atomic_fetch_add_explicit(&self->iterations, 1, memory_order_relaxed);
+            continue;
+        }
         char *p = mmap(NULL, self->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                        -1, 0);
         if (p == MAP_FAILED) {
@@ -65,10 +76,11 @@ churn_loop(void *arg)
 static int
 churn_init(ChurnObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"size", "touch", NULL};
+    static char *kwlist[] = {"size", "touch", "control", NULL};
     Py_ssize_t size = 1 << 20;
-    int touch = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$p:MmapChurn", kwlist, &size, &touch))
+    int touch = 0, control = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$pp:MmapChurn", kwlist, &size, &touch,
+                                     &control))
         return -1;
     if (size <= 0) {
         PyErr_SetString(PyExc_ValueError, "size must be positive");
@@ -80,6 +92,7 @@ churn_init(ChurnObject *self, PyObject *args, PyObject *kwds)
     }
     self->size = (size_t)size;
     self->touch = touch;
+    self->control = control;
     return 0;
 }
 
@@ -168,8 +181,9 @@ static PyTypeObject ChurnType = {
     .tp_name = "zcnet._speedups.MmapChurn",
     .tp_basicsize = sizeof(ChurnObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "MmapChurn(size=1 MiB, *, touch=False): a C thread that takes the mmap lock for "
-              "write in a loop (bench only).",
+    .tp_doc = "MmapChurn(size=1 MiB, *, touch=False, control=False): a C thread that takes the "
+              "mmap lock for write in a loop (control: two getppid calls per iteration "
+              "instead; bench only).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)churn_init,
     .tp_dealloc = (destructor)churn_dealloc,

@@ -9,6 +9,11 @@ for every writer. The loop runs in C (``zcnet._speedups.MmapChurn``) without the
 thread would hold the GIL between its calls and stall the server's Python code instead of its
 page-table lookups, which is a different experiment. So the pure-Python implementation has no
 churn: :func:`churn_unavailable_reason` says why and the experiment skips those rows.
+
+The control (``control=True``) is the same thread making two ``getppid`` system calls per
+iteration instead: as busy, and entering the kernel as often, but taking no lock of the address
+space. On a machine with few CPUs a busy thread slows the others by taking CPU time and caches;
+the control measures that part, so the rest of a slowdown under the churn is the lock's.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def churn_unavailable_reason() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ChurnResult:
-    """What the churn thread did: mmap + munmap pairs, its own CPU seconds, the wall seconds."""
+    """What the churn thread did: iterations (mmap + munmap pairs, or two getppid calls for
+    the control), its own CPU seconds, the wall seconds."""
 
     iterations: int
     cpu: float
@@ -56,12 +62,12 @@ class ChurnThread:
             :func:`churn_unavailable_reason`).
     """
 
-    def __init__(self, size: int = CHURN_BYTES) -> None:
+    def __init__(self, size: int = CHURN_BYTES, *, control: bool = False) -> None:
         reason = churn_unavailable_reason()
         if reason is not None:
             raise RuntimeError(reason)
         assert speedups is not None
-        self._churn = speedups.MmapChurn(size)
+        self._churn = speedups.MmapChurn(size, control=control)
         self._t0 = 0.0
         self.result: ChurnResult | None = None
 

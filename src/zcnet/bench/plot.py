@@ -204,13 +204,15 @@ def _dask_panels(exp: Experiment) -> list[Panel]:
                   groups)]
 
 
-_CHURN_WORDS: Final = {"windows+mmap-churn": "zcnet windows,\nmmap churn",
-                       "fresh": "fresh window per receive", "fresh+mmap-churn":
-                       "fresh window per receive,\nmmap churn"}
+_CHURN_WORDS: Final = {"windows+mmap": "zcnet windows,\nmmap churn",
+                       "windows+syscall": "zcnet windows,\ncontrol churn (no lock)",
+                       "fresh": "fresh window per receive",
+                       "fresh+mmap": "fresh window per receive,\nmmap churn",
+                       "fresh+syscall": "fresh window per receive,\ncontrol churn (no lock)"}
 
 
 def _rpc_churn_panels(exp: Experiment) -> list[Panel]:
-    rows = {f"{e['rx_variant']}{'+mmap-churn' if e['mmap_churn'] else ''}": e
+    rows = {e["rx_variant"] + ("" if e["churn"] == "none" else f"+{e['churn']}"): e
             for e in exp["summary"] if e["metrics"]}
     groups = _metric_groups(rows, "windows", (
         ("requests_per_s", "requests per second"),

@@ -278,8 +278,9 @@ def _rpc_churn_tables(exp: Experiment) -> list[Any]:
 
     p = exp["parameters"]
     t = Table(title=f"rpc --mmap-churn: {p.get('connections')} connections, {p.get('size')}-byte "
-              "requests, zero-copy receive; churn = a server thread mapping and unmapping 1 MiB "
-              "in a loop; server µs/req = its receiving thread", show_lines=True)
+              "requests, zero-copy receive; churn: a server thread mapping and unmapping 1 MiB "
+              "in a loop (mmap) or as busy without the lock (syscall); server µs/req = its "
+              "receiving thread", show_lines=True)
     for col in ("receive", "churn", "req/s", "vs no churn", "server µs/req", "vs no churn",
                 "client µs/req", "p50 µs", "p99 µs", "vs no churn", "lock path",
                 "churn /s", "mapped"):
@@ -287,12 +288,12 @@ def _rpc_churn_tables(exp: Experiment) -> list[Any]:
     words = {"windows": "zcnet windows", "fresh": "fresh window\nper receive"}
     for e in exp["summary"]:
         if _unavailable(e):
-            t.add_row(words.get(e["rx_variant"], e["rx_variant"]),
-                      "on" if e["mmap_churn"] else "off", _unavailable(e) or "",
+            t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
+                      _unavailable(e) or "",
                       *[""] * 10)
             continue
         lock = e.get("lock_path_pct")
-        t.add_row(words.get(e["rx_variant"], e["rx_variant"]), "on" if e["mmap_churn"] else "off",
+        t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
                   _cell(_summary(e, "requests_per_s"), "{:.0f}"),
                   _pct(e.get("requests_per_s_vs_no_churn_pct")),
                   _cell(_summary(e, "server_cpu_us_per_req"), "{:.1f}"),
@@ -313,9 +314,10 @@ def _rxmem_tables(exp: Experiment) -> list[Any]:
     t = Table(title="rxmem: a receiver in a memory cgroup of its own holds N MiB (MiB above its "
               "baseline; sockstat is kernel-wide); unaccounted = held - cgroup charge - zcnet "
               "mapped", show_lines=True)
-    for col in ("N", "mode", "held", "mapped", "copied", "cgroup charge", "cgroup anon",
-                "cgroup file-mapped", "cgroup sock", "sockstat TCP", "rmem_alloc", "RSS",
-                "RSS file", "zcnet mapped", "peak / limit", "unaccounted"):
+    # (the cgroup's anonymous and file-mapped parts are in the JSON)
+    for col in ("N", "mode", "held", "mapped", "copied", "cgroup charge", "cgroup sock",
+                "sockstat TCP", "rmem_alloc", "RSS", "RSS file", "zcnet mapped",
+                "peak / limit", "unaccounted"):
         t.add_column(col, justify="right")
     for e in exp["summary"]:
         def mib(metric: str, entry: dict[str, Any] = e) -> str:
@@ -324,8 +326,7 @@ def _rxmem_tables(exp: Experiment) -> list[Any]:
         limit = _summary(e, "limit_mib")
         peak = mib("zcnet_mapped_peak_mib")
         t.add_row(f"{e['size_mib']}M", e["mode"], mib("held_mib"), mib("held_mapped_mib"),
-                  mib("held_copied_mib"), mib("cgroup_charge_mib"), mib("cgroup_anon_mib"),
-                  mib("cgroup_file_mapped_mib"), mib("cgroup_sock_mib"),
+                  mib("held_copied_mib"), mib("cgroup_charge_mib"), mib("cgroup_sock_mib"),
                   mib("sockstat_tcp_mib"), mib("rmem_alloc_mib"), mib("rss_mib"),
                   mib("rss_file_mib"), mib("zcnet_mapped_mib"),
                   f"{peak} / {DASH if limit is None else f'{limit.median:.1f}'}",

@@ -165,18 +165,18 @@ class DaskSummary(SummaryEntry):
 
 
 class RpcChurnRun(RpcRun):
-    """A run of ``rpc --mmap-churn`` (experiment ``rpc-churn``): a receive variant, with or
-    without the churn thread."""
+    """A run of ``rpc --mmap-churn`` (experiment ``rpc-churn``): a receive variant, with no
+    churn thread, the mmap churn or its control (``churn``: none, mmap, syscall)."""
 
     rx_variant: str
-    mmap_churn: bool
+    churn: str
 
 
 class RpcChurnSummary(SummaryEntry):
     """An ``rpc-churn`` summary row, churn rows relative to the same variant without churn."""
 
     rx_variant: str
-    mmap_churn: bool
+    churn: str
     requests_per_s_vs_no_churn_pct: NotRequired[float | None]
     server_cpu_vs_no_churn_pct: NotRequired[float | None]
     latency_p99_vs_no_churn_pct: NotRequired[float | None]

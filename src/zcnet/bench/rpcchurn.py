@@ -5,21 +5,24 @@ long-lived windows'): the rpc experiment's server (:func:`zcnet.bench.rpc.rpc_se
 connections of 4 KiB requests, MSS 4096) receives with zero-copy in two variants: ``windows``,
 zcnet's Receiver with its few long-lived windows per connection, and ``fresh``, a bench-only
 naive receiver that maps a new window for every receive and unmaps it after
-(:class:`zcnet.bench.freshwindow.FreshWindowReceiver`). Each runs with and without a thread of
-the same server process mapping and unmapping 1 MiB in a tight loop outside the GIL
-(:class:`zcnet.bench.mmapchurn.ChurnThread`), i.e. taking ``mmap_lock`` for write all the time.
-Since Linux 6.5 zcnet's receive finds its window under the window's VMA lock and should not
-notice the churn; the fresh variant takes the write lock itself twice per receive and must wait
-for the churn each time.
+(:class:`zcnet.bench.freshwindow.FreshWindowReceiver`). Each runs with no churn, with the
+``mmap`` churn (a thread of the same server process mapping and unmapping 1 MiB in a tight loop
+outside the GIL, :class:`zcnet.bench.mmapchurn.ChurnThread`: ``mmap_lock`` taken for write all
+the time) and with the ``syscall`` control (the same thread as busy, two ``getppid`` calls per
+iteration, no lock of the address space). Since Linux 6.5 zcnet's receive finds its window under
+the window's VMA lock and should not notice the lock; the fresh variant takes the write lock
+itself twice per receive and must wait for the churn each time.
 
 The server's CPU per request is its receiving thread's CPU (``CLOCK_THREAD_CPUTIME_ID``, the
 verification subtracted), so the churn thread's own CPU is not in it; the churn's rate is
-reported apart. On 2 CPUs the churn thread also takes CPU time from the client and the server:
-part of any slowdown is that, and it is the same for both variants. Where ``perf`` can record,
-one more untimed repetition per configuration profiles the server's receiving thread and gives
-the share of its samples in the lock path (:mod:`zcnet.bench.lockpath`) in ``profiles`` and the
-summary's ``lock_path_pct``. Without the compiled extension the churn configurations are
-unavailable (said once, with the reason); the others run.
+reported apart. On a machine with few CPUs a busy thread slows the server and the client by
+taking CPU time and caches whatever it does: the ``syscall`` control measures that part, and
+what the ``mmap`` churn costs beyond it is the lock's. Where ``perf`` can record, one more
+untimed repetition per configuration without churn and with the ``mmap`` churn profiles the
+server's receiving thread and gives the share of its samples in the lock path
+(:mod:`zcnet.bench.lockpath`) in ``profiles`` and the summary's ``lock_path_pct``. Without the
+compiled extension the churn configurations are unavailable (said once, with the reason); the
+others run.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ from zcnet.bench.results import Experiment, RpcChurnRun
 from zcnet.bench.rpc import MSS_4K_LISTENER, rpc_server
 from zcnet.bench.workers import Worker, spawn
 
-__all__ = ["METRICS", "VARIANTS", "RpcChurnParams", "plan_count", "run_rpc_churn"]
+__all__ = ["CHURNS", "METRICS", "VARIANTS", "RpcChurnParams", "plan_count", "run_rpc_churn"]
 
 #: Receive variant -> the rpc server's ``rx_policy``.
 VARIANTS: Final = {"windows": "map", "fresh": "fresh"}
 METRICS: Final = ("requests_per_s", "server_cpu_us_per_req", "client_cpu_us_per_req",
                   "latency_p50_us", "latency_p99_us", "mapped_pct", "churn_per_s")
-KEYS: Final = ("rx_variant", "mmap_churn")
+KEYS: Final = ("rx_variant", "churn")
+#: What runs beside the server: nothing, the mmap churn, or the control (as busy, no lock).
+CHURNS: Final = ("none", "mmap", "syscall")
 #: A lock-profile repetition makes this many times the timed repetitions' requests.
 PROFILE_LENGTH: Final = 3
 
@@ -64,20 +69,26 @@ class RpcChurnParams:
 
 
 def _configs() -> list[Config]:
-    return [{"rx_variant": v, "mmap_churn": c} for v in VARIANTS for c in (False, True)]
+    return [{"rx_variant": v, "churn": c} for v in VARIANTS for c in CHURNS]
 
 
 def _mode(config: Mapping[str, Any]) -> str:
-    return f"{config['rx_variant']}{'+mmap-churn' if config['mmap_churn'] else ''}"
+    """``windows``, ``windows+mmap``, ``fresh+syscall``, ..."""
+    churn = str(config["churn"])
+    return str(config["rx_variant"]) + ("" if churn == "none" else f"+{churn}")
 
 
 def _plan(p: RpcChurnParams) -> list[Item]:
     return plan_runs([[_configs()]], reps=p.reps, verify=p.verify)
 
 
+def _profiled() -> list[Config]:
+    return [c for c in _configs() if c["churn"] in ("none", "mmap")]
+
+
 def plan_count(p: RpcChurnParams) -> int:
     """How many runs :func:`run_rpc_churn` makes (lock profiles included, if asked)."""
-    return len(_plan(p)) + (len(_configs()) if p.lock_profile else 0)
+    return len(_plan(p)) + (len(_profiled()) if p.lock_profile else 0)
 
 
 def _record(item: Item, p: RpcChurnParams, client: dict[str, Any],
@@ -95,7 +106,7 @@ def _record(item: Item, p: RpcChurnParams, client: dict[str, Any],
         m["mapped_pct"] = 100.0 * server["bytes_mapped"] / total if total else None
         churn = server.get("churn")
         m["churn_per_s"] = churn["per_s"] if churn else None
-    return {"rx_variant": item["rx_variant"], "mmap_churn": item["mmap_churn"],
+    return {"rx_variant": item["rx_variant"], "churn": item["churn"],
             "zerocopy_receive": True, "rx_policy": VARIANTS[item["rx_variant"]],
             "rep": item["rep"], "role": item["role"],
             "verified": verified(p.verify, item["role"]), "ok": ok,
@@ -123,14 +134,15 @@ class _ChurnWorkload:
 
     def run(self, item: Item, lock_profile: bool = False) -> RpcChurnRun:
         p = self.p
-        if item["mmap_churn"] and (why := churn_unavailable_reason()) is not None:
+        if item["churn"] != "none" and (why := churn_unavailable_reason()) is not None:
             side = {"ok": False, "unavailable": why, "error": f"not available: {why}"}
             return _record(item, p, side, side)
         # a profile repetition runs longer: more samples for a share of about 1 %
         requests = p.requests * (PROFILE_LENGTH if lock_profile else 1)
         cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
                "requests": requests, "zerocopy": True,
-               "rx_policy": VARIANTS[item["rx_variant"]], "mmap_churn": item["mmap_churn"],
+               "rx_policy": VARIANTS[item["rx_variant"]],
+               "churn": None if item["churn"] == "none" else item["churn"],
                "lock_profile": lock_profile,
                "full": verified(p.verify, item["role"]) == "full"}
         server: Worker = spawn(rpc_server, self.env.ns_name, self.env.host, cfg)
@@ -151,10 +163,10 @@ class _ChurnWorkload:
 
 def _relative(summary: list[dict[str, Any]]) -> None:
     """Churn rows: their medians as % of the same variant's without churn."""
-    base = {e["rx_variant"]: e for e in summary if not e["mmap_churn"] and e["metrics"]}
+    base = {e["rx_variant"]: e for e in summary if e["churn"] == "none" and e["metrics"]}
     for e in summary:
         b = base.get(e["rx_variant"])
-        if not e["mmap_churn"] or b is None or not e["metrics"]:
+        if e["churn"] == "none" or b is None or not e["metrics"]:
             continue
         for metric, key in (("requests_per_s", "requests_per_s_vs_no_churn_pct"),
                             ("server_cpu_us_per_req", "server_cpu_vs_no_churn_pct"),
@@ -177,7 +189,7 @@ def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
             work = _ChurnWorkload(p, env, client, notes)
             out = drive(_plan(p), work, progress)
             if p.lock_profile:
-                for config in _configs():
+                for config in _profiled():
                     item = {**config, "rep": -1, "role": "profile"}
                     if perf_why is not None or _mode(config) in out.unavailable:
                         progress(f"lock profile {_mode(config)}: skipped")
@@ -198,10 +210,10 @@ def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
         summary = group_summary(out.runs, KEYS, METRICS)
         summary += out.unavailable_rows(_configs(), summary, KEYS)
         _relative(summary)
-        share = {(q["rx_variant"], q["mmap_churn"]): q["lock_pct"] for q in profiles}
+        share = {(q["rx_variant"], q["churn"]): q["lock_pct"] for q in profiles}
         if p.lock_profile and perf_why is None:
             for e in summary:
-                e["lock_path_pct"] = share.get((e["rx_variant"], e["mmap_churn"]))
+                e["lock_path_pct"] = share.get((e["rx_variant"], e["churn"]))
         exp = experiment_result("rpc-churn", status=out.status(), environment=env.describe(),
                                 parameters=asdict(p), runs=out.runs, summary=summary,
                                 notes=notes)

@@ -2,8 +2,9 @@
 
 Theory of operation: the rpc server (:func:`zcnet.bench.rpc.rpc_server`) starts these once
 every connection is accepted and stops them after its timed window: a
-:class:`zcnet.bench.mmapchurn.ChurnThread` when the configuration asks for ``mmap_churn`` (a
-thread of the same process taking ``mmap_lock`` for write in a loop), and a
+:class:`zcnet.bench.mmapchurn.ChurnThread` when the configuration asks for a ``churn``
+(``"mmap"``: a thread of the same process taking ``mmap_lock`` for write in a loop;
+``"syscall"``: the control, as busy without that lock), and a
 :class:`zcnet.bench.lockpath.ThreadPerf` on the server's receiving thread when it asks for
 ``lock_profile`` (an untimed repetition). The server reports :meth:`ServerExtras.stop`'s dict
 beside its figures: ``churn`` (``{"iterations", "cpu", "wall", "per_s"}`` or ``None``) and
@@ -24,7 +25,8 @@ class ServerExtras:
     """The churn thread and the lock profile of one server repetition (each if asked)."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        self.churn = ChurnThread() if cfg.get("mmap_churn") else None
+        kind = cfg.get("churn")
+        self.churn = None if not kind else ChurnThread(control=kind == "syscall")
         self.perf = ThreadPerf() if cfg.get("lock_profile") else None
         self._result: dict[str, Any] | None = None
 
