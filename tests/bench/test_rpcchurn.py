@@ -48,12 +48,19 @@ def _row(variant: str, churn: str, rps: float, cpu: float, p99: float) -> dict[s
 
 def test_churn_rows_relative_to_the_same_variant() -> None:
     rows = [_row("windows", "none", 100, 10, 50), _row("windows", "mmap", 100, 11, 50),
-            _row("fresh", "none", 80, 20, 40), _row("fresh", "mmap", 40, 30, 160)]
+            _row("fresh", "none", 80, 20, 40), _row("fresh", "mmap", 40, 30, 160),
+            _row("fresh", "syscall", 50, 25, 80)]
     rpcchurn._relative(rows)
     assert rows[1]["requests_per_s_vs_no_churn_pct"] == 100
     assert rows[1]["server_cpu_vs_no_churn_pct"] == pytest.approx(110)
+    assert "requests_per_s_vs_control_pct" not in rows[1]   # no control row for windows
     assert rows[3]["requests_per_s_vs_no_churn_pct"] == 50
     assert rows[3]["latency_p99_vs_no_churn_pct"] == 400
+    assert rows[3]["requests_per_s_vs_control_pct"] == 80
+    assert rows[3]["server_cpu_vs_control_pct"] == 120
+    assert rows[3]["latency_p99_vs_control_pct"] == 200
+    assert rows[4]["requests_per_s_vs_no_churn_pct"] == 62.5
+    assert "requests_per_s_vs_control_pct" not in rows[4]
     assert "requests_per_s_vs_no_churn_pct" not in rows[0]
 
 
@@ -86,6 +93,7 @@ def test_tiny_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert set(rows) == {(v, c) for v in ("windows", "fresh") for c in rpcchurn.CHURNS}
     assert rows[("fresh", "mmap")]["requests_per_s_vs_no_churn_pct"] is not None
     assert rows[("windows", "syscall")]["requests_per_s_vs_no_churn_pct"] is not None
+    assert rows[("windows", "mmap")]["requests_per_s_vs_control_pct"] is not None
     if perf_unavailable_reason() is None:
         assert res["profile_unavailable"] is None
         assert {(q["rx_variant"], q["churn"]) for q in res["profiles"]} == {

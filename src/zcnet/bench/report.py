@@ -282,15 +282,15 @@ def _rpc_churn_tables(exp: Experiment) -> list[Any]:
               "in a loop (mmap) or as busy without the lock (syscall); server µs/req = its "
               "receiving thread", show_lines=True)
     for col in ("receive", "churn", "req/s", "vs no churn", "server µs/req", "vs no churn",
-                "client µs/req", "p50 µs", "p99 µs", "vs no churn", "lock path",
-                "churn /s", "mapped"):
+                "client µs/req", "p50 µs", "p99 µs", "vs no churn", "mmap vs control",
+                "lock path", "churn /s", "mapped"):
         t.add_column(col, justify="right")
     words = {"windows": "zcnet windows", "fresh": "fresh window\nper receive"}
     for e in exp["summary"]:
         if _unavailable(e):
             t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
                       _unavailable(e) or "",
-                      *[""] * 10)
+                      *[""] * 11)
             continue
         lock = e.get("lock_path_pct")
         t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
@@ -302,6 +302,10 @@ def _rpc_churn_tables(exp: Experiment) -> list[Any]:
                   _cell(_summary(e, "latency_p50_us"), "{:.0f}"),
                   _cell(_summary(e, "latency_p99_us"), "{:.0f}"),
                   _pct(e.get("latency_p99_vs_no_churn_pct")),
+                  DASH if "requests_per_s_vs_control_pct" not in e else
+                  f"req/s {_pct(e['requests_per_s_vs_control_pct'])}\n"
+                  f"CPU {_pct(e.get('server_cpu_vs_control_pct'))}\n"
+                  f"p99 {_pct(e.get('latency_p99_vs_control_pct'))}",
                   DASH if lock is None else f"{lock:.2f}%",
                   _cell(_summary(e, "churn_per_s"), "{:.0f}"),
                   _cell(_summary(e, "mapped_pct"), "{:.0f}%"))

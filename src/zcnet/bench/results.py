@@ -180,6 +180,9 @@ class RpcChurnSummary(SummaryEntry):
     requests_per_s_vs_no_churn_pct: NotRequired[float | None]
     server_cpu_vs_no_churn_pct: NotRequired[float | None]
     latency_p99_vs_no_churn_pct: NotRequired[float | None]
+    requests_per_s_vs_control_pct: NotRequired[float | None]
+    server_cpu_vs_control_pct: NotRequired[float | None]
+    latency_p99_vs_control_pct: NotRequired[float | None]
     lock_path_pct: NotRequired[float | None]
 
 

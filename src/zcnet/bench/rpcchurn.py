@@ -161,19 +161,29 @@ class _ChurnWorkload:
         return {}  # the lock profile is taken inside the server (lock_profile)
 
 
+_RELATIVE: Final = (("requests_per_s", "requests_per_s"),
+                    ("server_cpu_us_per_req", "server_cpu"),
+                    ("latency_p99_us", "latency_p99"))
+
+
 def _relative(summary: list[dict[str, Any]]) -> None:
-    """Churn rows: their medians as % of the same variant's without churn."""
-    base = {e["rx_variant"]: e for e in summary if e["churn"] == "none" and e["metrics"]}
-    for e in summary:
-        b = base.get(e["rx_variant"])
-        if e["churn"] == "none" or b is None or not e["metrics"]:
-            continue
-        for metric, key in (("requests_per_s", "requests_per_s_vs_no_churn_pct"),
-                            ("server_cpu_us_per_req", "server_cpu_vs_no_churn_pct"),
-                            ("latency_p99_us", "latency_p99_vs_no_churn_pct")):
-            mine, theirs = e["metrics"].get(metric), b["metrics"].get(metric)
-            e[key] = (100.0 * mine["median"] / theirs["median"]
-                      if mine and theirs and theirs["median"] else None)
+    """Churn rows: their medians as % of the same variant's without churn (``*_vs_no_churn_
+    pct``); ``mmap`` rows also as % of the same variant's under the control
+    (``*_vs_control_pct``: what the lock costs beyond a busy thread)."""
+    def pct(e: dict[str, Any], b: dict[str, Any], metric: str) -> float | None:
+        mine, theirs = e["metrics"].get(metric), b["metrics"].get(metric)
+        return (100.0 * mine["median"] / theirs["median"]
+                if mine and theirs and theirs["median"] else None)
+
+    rows = {(e["rx_variant"], e["churn"]): e for e in summary if e["metrics"]}
+    for (variant, churn), e in rows.items():
+        base, control = rows.get((variant, "none")), rows.get((variant, "syscall"))
+        if churn != "none" and base is not None:
+            for metric, name in _RELATIVE:
+                e[f"{name}_vs_no_churn_pct"] = pct(e, base, metric)
+        if churn == "mmap" and control is not None:
+            for metric, name in _RELATIVE:
+                e[f"{name}_vs_control_pct"] = pct(e, control, metric)
 
 
 def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
