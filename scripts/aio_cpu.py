@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Receiver CPU per GB and throughput of zcnet.aio against asyncio streams and BufferedProtocol.
 
-The receiver (this process) runs each mode of ``zcnet.aio._benchmodes`` on asyncio's default
+The receiver (this process) runs each mode of ``zcnet.bench.aio_modes`` on asyncio's default
 loop and on uvloop; the sender is a child process (a blocking ``zcnet.Sender`` with
 ``force_zerocopy`` so that loopback pages are mappable, to a ``TCP_MAXSEG`` 4108 listener; see
 docs/ARCHITECTURE.md, 'Receive: loopback'). Every byte is verified against ``StreamPattern``; the
@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from zcnet._core.pattern import StreamPattern
-from zcnet.aio._benchmodes import AIO_LOOPS, AIO_RECEIVE_MODES, receive
+from zcnet.bench.aio_modes import AIO_LOOPS, ASYNCIO_RECEIVE_MODES, receive
 from zcnet.receiver import make_mappable_listener
 
 BLOCK = 1 << 20
@@ -148,7 +148,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=_size, default=_size("32M"))
     ap.add_argument("--size", type=_size, default=_size("256K"), help="bytes asked per read")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--modes", nargs="+", default=list(AIO_RECEIVE_MODES))
+    ap.add_argument("--modes", nargs="+", default=list(ASYNCIO_RECEIVE_MODES))
     ap.add_argument("--loops", nargs="+", default=list(AIO_LOOPS))
     ap.add_argument("--reference", action="store_true",
                     help="also run the blocking zcnet.Receiver (no event loop) for comparison")

@@ -60,6 +60,24 @@ def test_stream_panels_are_ratios_to_sendall_with_the_c_rows_hatched() -> None:
     assert c_zc.ratio == pytest.approx(0.5)
 
 
+def test_stream_tcp_bars_carry_the_receivers_ratio_as_a_marker() -> None:
+    rows = [_stream_row("tcp", 1 << 20, "sendall", _stat(0.4)),
+            _stream_row("tcp", 1 << 20, "zcnet-forced", _stat(0.1)),
+            _stream_row("tcp", 1 << 20, "c-zc", _stat(0.2))]
+    rows[0]["metrics"]["receiver_cpu_s_per_gb"] = _stat(0.5)
+    rows[1]["metrics"]["receiver_cpu_s_per_gb"] = _stat(1.5)  # the copy moved to the receiver
+    (panel,) = panels(_report(_exp("stream", rows)))
+    assert panel.marker_label is not None and "receiver" in panel.marker_label
+    forced, c_zc = panel.groups[0].bars
+    assert panel.groups[0].label == "1 MiB"
+    assert (forced.ratio, forced.marker) == pytest.approx((0.25, 3.0))
+    assert c_zc.marker is None  # no receiver figure in that row
+    udp = [_stream_row("udp", 4096, "sendall", _stat(1.0)), _stream_row("udp", 4096, "zcnet",
+                                                                         _stat(2.0))]
+    (panel,) = panels(_report(_exp("stream", udp)))
+    assert panel.marker_label is None and panel.groups[0].bars[0].marker is None
+
+
 def test_a_size_without_its_baseline_has_no_group() -> None:
     summary = [_stream_row("tcp", 4096, "zcnet", _stat(1.0)),
                _stream_row("tcp", 16384, "sendall", _stat(0.5)),

@@ -93,7 +93,7 @@ def test_drive_skips_an_unavailable_mode_and_says_why() -> None:
     assert sum(p.endswith(": skipped") for p in progress) == 3
     assert len(progress) == 2 + 6 + 1  # one step per planned repetition, skipped ones too
     assert out.unavailable == {"gone": "not on this kernel"}
-    assert out.notes("send") == ["send mode gone unavailable: not on this kernel"]
+    assert out.notes() == ["send mode gone unavailable: not on this kernel"]
     assert out.status() == "ok"  # an unavailable mode is not a failure
     assert len(out.runs) == 5 and all(r["role"] != "profile" for r in out.runs)
     assert len(out.profiles) == 1
@@ -211,3 +211,18 @@ def test_unavailable_modes_end_to_end(tmp_path: Path, monkeypatch: pytest.Monkey
     assert rows["zcnet"]["metrics"] == {}
     assert rows["recv_into"]["metrics"]["receiver_cpu_s_per_gb"]["n"] == 2
     assert "receive mode zcnet unavailable: no receiver in this test" in exp["notes"]
+
+
+def test_one_vocabulary_names_every_mode_in_words() -> None:
+    from zcnet.bench import modes
+    from zcnet.bench.dask import DASK_VARIANTS
+
+    assert tuple(DASK_VARIANTS) == modes.DASK_VARIANT_NAMES
+    every = (*modes.SEND_MODES, *modes.RECEIVE_MODES, *modes.RPC_MODES,
+             *modes.MEMORY_SEND_MODES, *modes.DASK_VARIANT_NAMES)
+    for mode in every:
+        assert modes.split_loop(mode)[0] in modes.MODE_WORDS, mode
+    assert modes.describe("zcnet") == "zcnet, default policy"
+    assert modes.describe("zcnet", receive=True) == "zcnet Receiver (TCP_ZEROCOPY_RECEIVE)"
+    assert modes.describe("asyncio-read-uvloop") == "asyncio read on uvloop"
+    assert modes.describe("no-such-mode") == "no-such-mode"

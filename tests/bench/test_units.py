@@ -117,7 +117,7 @@ def test_small_source_is_the_hot_pattern_buffer() -> None:
 
 
 def test_mode_unavailable_is_one_zcnet_error() -> None:
-    import zcnet.aio._benchmodes as aio_modes
+    import zcnet.bench.aio_modes as aio_modes
     import zcnet.bench.receivers as receivers
     import zcnet.bench.senders as senders
     from zcnet.errors import ModeUnavailable, ZcnetError, ZerocopyUnavailable
@@ -127,7 +127,7 @@ def test_mode_unavailable_is_one_zcnet_error() -> None:
     assert issubclass(ModeUnavailable, ZcnetError) and issubclass(ModeUnavailable, RuntimeError)
     assert not issubclass(ModeUnavailable, ZerocopyUnavailable)  # "uvloop missing" is not that
     with pytest.raises(ModeUnavailable, match="unknown loop"):
-        receivers._loop_factory("no-such-loop")
+        aio_modes.loop_factory("no-such-loop")
 
 
 def test_harness_errors_stay_outside_the_library_hierarchy() -> None:

@@ -141,8 +141,13 @@ def _profile(p: argparse.ArgumentParser) -> None:
 
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
-    from zcnet.bench.dask import DASK_VARIANTS
-    from zcnet.bench.modes import RECEIVE_MODES, RX_SENDERS, SEND_MODES, URING_SEND_MODES
+    from zcnet.bench.modes import (
+        DASK_VARIANT_NAMES,
+        RECEIVE_MODES,
+        RX_SENDERS,
+        SEND_MODES,
+        URING_SEND_MODES,
+    )
     from zcnet.bench.rxmem import MODES as RXMEM_MODES
 
     bench = subparsers.add_parser(
@@ -214,8 +219,8 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--array-size", type=parse_size, metavar="SIZE",
                    help="bytes per array (default 32M)")
     p.add_argument("--arrays", type=_positive_int, help="arrays per transfer (default 4)")
-    p.add_argument("--variants", type=_choice_list(tuple(DASK_VARIANTS)),
-                   help="comma-separated from " + ",".join(DASK_VARIANTS)
+    p.add_argument("--variants", type=_choice_list(DASK_VARIANT_NAMES),
+                   help="comma-separated from " + ",".join(DASK_VARIANT_NAMES)
                    + " (default tcp,zc,zc-forced)")
 
     p = exp.add_parser("quick", help="a short version of every experiment (about a minute)")

@@ -43,7 +43,7 @@ MiB = 1024 * 1024
 BLOCK = 8 * MiB
 METRICS = ("throughput_gbit_s", "wall_s", "sender_cpu_s_per_gb", "receiver_cpu_s_per_gb")
 
-#: variant -> (protocol, dask.config settings)
+#: variant (:data:`zcnet.bench.modes.DASK_VARIANT_NAMES`) -> (protocol, dask.config settings)
 DASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tcp": ("tcp://", {}),
     "zc": ("zc://", {"zcnet.dask.force-zerocopy": False}),

@@ -116,6 +116,8 @@ class Outcome:
 
     #: names the mode of a run, an item or a configuration (:meth:`Workload.mode`)
     mode_of: ModeOf
+    #: which mode the notes name (:attr:`Workload.mode_kind`)
+    mode_kind: str
     runs: list[Any] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     #: mode -> why it cannot run here (the first run that said so)
@@ -127,9 +129,10 @@ class Outcome:
         failed = [r for r in self.runs if not r["ok"] and self.mode_of(r) not in self.unavailable]
         return "partial" if failed else "ok"
 
-    def notes(self, kind: str) -> list[str]:
-        """One note per unavailable mode, saying why (``kind``: ``"send"``, ``"receive"``)."""
-        return [f"{kind} mode {mode} unavailable: {why}" for mode, why in self.unavailable.items()]
+    def notes(self) -> list[str]:
+        """One note per unavailable mode, saying why."""
+        return [f"{self.mode_kind} mode {mode} unavailable: {why}"
+                for mode, why in self.unavailable.items()]
 
     def unavailable_rows(self, configs: Iterable[Config], summary: Iterable[Mapping[str, Any]],
                          keys: Sequence[str], reasons: Mapping[str, str] | None = None
@@ -152,7 +155,7 @@ class Outcome:
 
 def drive(items: Sequence[Item], workload: Workload, progress: Progress) -> Outcome:
     """Run ``items`` through ``workload``; skip a mode once a run said it is unavailable."""
-    out = Outcome(workload.mode)
+    out = Outcome(workload.mode, workload.mode_kind)
     for item in items:
         mode = workload.mode(item)
         if mode in out.unavailable:

@@ -25,22 +25,24 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
-from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
-from zcnet.bench.env import environment
+from zcnet.bench.common import Progress, experiment_result, group_summary
+from zcnet.bench.driver import Item, drive, plan_runs
+from zcnet.bench.env import Environment, environment
+from zcnet.bench.modes import MEMORY_SEND_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.peers import client_worker
-from zcnet.bench.results import Experiment
+from zcnet.bench.results import Experiment, MemoryRun
 from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 
 __all__ = ["MemoryParams", "memory_receiver", "memory_sender", "plan_count", "run_memory"]
 
 MB = 1e6
-MODES = ("copy", "zerocopy")
 METRICS = ("sockstat_tcp_mem_mb", "cgroup_sock_mb", "wmem_queued_mb", "fwd_alloc_mb",
            "optmem_mb", "receiver_rmem_alloc_mb", "drain_sockstat_tcp_mem_mb",
            "zcnet_pinned_mb", "zcnet_mapped_mb", "samples")
@@ -209,11 +211,10 @@ def _peak(samples: list[dict[str, Any]], key: str, base: int | None) -> float | 
     return (max(vals) - (base or 0)) / MB
 
 
-def _plan(p: MemoryParams) -> list[dict[str, Any]]:
-    plan: list[dict[str, Any]] = []
-    for rep in range(p.reps):
-        plan += [{"send_mode": m, "rep": rep, "role": "timed"} for m in rotated(MODES, rep)]
-    return plan
+def _plan(p: MemoryParams) -> list[Item]:
+    # every repetition verifies every byte (the receiver drains after the stall)
+    return plan_runs([[[{"send_mode": m} for m in MEMORY_SEND_MODES]]], reps=p.reps,
+                     verify="all")
 
 
 def plan_count(p: MemoryParams) -> int:
@@ -221,8 +222,8 @@ def plan_count(p: MemoryParams) -> int:
     return len(_plan(p))
 
 
-def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> dict[str, Any]:
-    run = dict(item)
+def _record(item: Item, snd: dict[str, Any], rcv: dict[str, Any]) -> MemoryRun:
+    run: dict[str, Any] = dict(item)
     ok = bool(snd.get("ok") and rcv.get("ok"))
     run["ok"] = ok
     run["verified"] = "full" if ok else None
@@ -249,37 +250,53 @@ def _record(item: dict[str, Any], snd: dict[str, Any], rcv: dict[str, Any]) -> d
         run["baseline"] = base
         run["samples"] = [{k: v for k, v in s.items() if k != "reasons"} for s in samples]
     run["metrics"] = m
-    return run
+    return cast(MemoryRun, run)  # built key by key: the keys MemoryRun lists
+
+
+class _MemoryWorkload:
+    """One memory repetition: a fresh stalled receiver, the client worker's sender against it."""
+
+    mode_kind = "send"
+
+    def __init__(self, p: MemoryParams, env: Environment, client: Worker) -> None:
+        self.p, self.env, self.client = p, env, client
+
+    def mode(self, item: Mapping[str, Any]) -> str:
+        return str(item["send_mode"])
+
+    def label(self, item: Item) -> str:
+        return f"memory {item['send_mode']}"
+
+    def run(self, item: Item) -> MemoryRun:
+        p = self.p
+        receiver: Worker = spawn(memory_receiver, self.env.ns_name, self.env.host, p.duration,
+                                 p.nbytes, p.interval, item["send_mode"] == "zerocopy")
+        try:
+            addr = tuple(receiver.recv(60))
+            snd = self.client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],
+                                    "bytes": p.nbytes, "msg_size": p.msg_size,
+                                    "stall": p.duration, "interval": p.interval,
+                                    "sndbuf": p.sndbuf})
+            rcv = receiver.recv(60) if snd.get("ok") else {"ok": False}
+        finally:
+            receiver.stop(2.0)
+        return _record(item, snd, rcv)
+
+    def profile_pids(self, item: Item) -> dict[str, int]:
+        return {}  # memory has no --profile
 
 
 def run_memory(p: MemoryParams, progress: Progress) -> Experiment:
     """Run the memory experiment; the JSON-ready result (see docs/bench.md)."""
-    runs: list[dict[str, Any]] = []
     with environment(use_netns=p.use_netns) as env:
         notes = list(env.notes)
         notes.append("sockstat TCP mem is kernel-wide: other traffic on this host adds noise")
         with spawn(client_worker, env.ns_name) as client:
-            for item in _plan(p):
-                receiver: Worker = spawn(memory_receiver, env.ns_name, env.host, p.duration,
-                                         p.nbytes, p.interval,
-                                         item["send_mode"] == "zerocopy")
-                try:
-                    addr = tuple(receiver.recv(60))
-                    snd = client.call({"kind": "memory", "addr": addr, "mode": item["send_mode"],
-                                       "bytes": p.nbytes, "msg_size": p.msg_size,
-                                       "stall": p.duration,
-                                       "interval": p.interval, "sndbuf": p.sndbuf})
-                    rcv = receiver.recv(60) if snd.get("ok") else {"ok": False}
-                finally:
-                    receiver.stop(2.0)
-                run = _record(item, snd, rcv)
-                runs.append(run)
-                progress(f"memory {item['send_mode']}")
+            out = drive(_plan(p), _MemoryWorkload(p, env, client), progress)
+        runs = out.runs
         reasons = next((r.get("reasons") for r in runs if r.get("reasons")), None)
         for key, why in (reasons or {}).items():
             notes.append(f"{key}: {why}")
         summary = group_summary(runs, ("send_mode",), METRICS)
-        failed = [r for r in runs if not r["ok"]]
-        return experiment_result("memory", status="ok" if not failed else "partial",
-                                 environment=env.describe(), parameters=asdict(p), runs=runs,
-                                 summary=summary, notes=notes)
+        return experiment_result("memory", status=out.status(), environment=env.describe(),
+                                 parameters=asdict(p), runs=runs, summary=summary, notes=notes)

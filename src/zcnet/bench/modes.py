@@ -1,13 +1,17 @@
-"""Names of the benchmark's send and receive modes (no imports, so the CLI parser stays light)."""
+"""The benchmark's one mode vocabulary: every mode's name, and its words for plots.
+
+No zcnet imports, so the CLI parser stays light.
+"""
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DEFAULT_C_SEND_MODES",
-           "MODE_WORDS", "QUICK_SEND_MODES", "RECEIVE_MODES", "RECEIVE_WORDS", "RX_SENDERS",
-           "SEND_MODES", "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES",
-           "UVLOOP_SUFFIX", "ZCNET_URING_SEND_MODES", "describe", "split_loop"]
+__all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DASK_VARIANT_NAMES",
+           "DEFAULT_C_SEND_MODES", "MEMORY_SEND_MODES", "MODE_WORDS", "QUICK_SEND_MODES",
+           "RECEIVE_MODES", "RECEIVE_WORDS", "RPC_MODES", "RX_SENDERS", "SEND_MODES",
+           "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES", "UVLOOP_SUFFIX",
+           "ZCNET_URING_SEND_MODES", "describe", "split_loop"]
 
 #: The C reference senders (:mod:`zcnet.bench.cref`) in the default lists: plain ``send`` and
 #: ``send(MSG_ZEROCOPY)``.
@@ -63,6 +67,19 @@ RECEIVE_MODES: Final = ("recv_into", "asyncio-readexactly", "asyncio-read", "zcn
 #: Senders of the rx experiment: ``zcnet-forced`` (default: loopback pages mappable), ``zcnet``
 #: (default policy) and ``sendall`` (plain copies: the receiver must fall back).
 RX_SENDERS: Final = ("zcnet-forced", "zcnet", "sendall")
+
+
+#: The rpc server's receive paths: name -> (``zerocopy_receive``, ``rx_policy``) of its runs:
+#: ``recv_into``; zcnet Receivers mapping every request; zcnet Receivers with the default policy.
+RPC_MODES: Final[dict[str, tuple[bool, str | None]]] = {
+    "off": (False, None), "on": (True, "map"), "on-default": (True, "default")}
+
+#: The memory experiment's send modes: plain copies and MSG_ZEROCOPY.
+MEMORY_SEND_MODES: Final = ("copy", "zerocopy")
+
+#: The dask experiment's variants: Dask's ``tcp://``, zcnet's ``zc://``, and ``zc://`` with
+#: zero-copy forced (:data:`zcnet.bench.dask.DASK_VARIANTS` has their settings).
+DASK_VARIANT_NAMES: Final = ("tcp", "zc", "zc-forced")
 
 
 def split_loop(mode: str) -> tuple[str, str | None]:

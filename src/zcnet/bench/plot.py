@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from zcnet.bench.modes import (
@@ -47,6 +47,9 @@ class Bar:
     low: float
     high: float
     reference: bool = False  # a C reference row (drawn hatched)
+    #: a second figure of the same mode drawn as a marker on the bar (stream TCP: the
+    #: receiver's CPU per GB over the baseline's), ``None`` for none
+    marker: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Panel:
     ylabel: str
     baseline: str
     groups: tuple[Group, ...]
+    #: what the bars' markers show (``None``: no markers)
+    marker_label: str | None = None
 
 
 def _median(entry: Mapping[str, Any] | None, metric: str) -> float | None:
@@ -82,6 +87,10 @@ def relative_bar(entry: Mapping[str, Any] | None, metric: str, base: float | Non
         return None
     return Bar(mode, words, stat["median"] / base, stat["min"] / base, stat["max"] / base,
                reference)
+
+
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base or base <= 0 else value / base
 
 
 def _size(n: int) -> str:
@@ -126,6 +135,11 @@ def _stream_panels(exp: Experiment) -> list[Panel]:
             bars = tuple(b for mode in _ordered(at, SEND_MODES) if mode != "sendall"
                          for b in [relative_bar(at[mode], metric, base, mode, describe(mode),
                                                 mode in C_SEND_MODES)] if b is not None)
+            if transport == "tcp":  # loopback: what the receiver pays is half the answer
+                rcv = "receiver_cpu_s_per_gb"
+                rcv_base = _median(at.get("sendall"), rcv)
+                bars = tuple(replace(b, marker=_ratio(_median(at[b.mode], rcv), rcv_base))
+                             for b in bars)
             if bars:
                 groups.append(Group(_size(size), bars))
         if not groups:
@@ -137,7 +151,9 @@ def _stream_panels(exp: Experiment) -> list[Panel]:
             where = "UDP GSO toward the ifb sink (the true transmit cost)"
         out.append(Panel("stream", f"stream, {where}: sender CPU per GB",
                          "CPU per GB / plain send's", "plain send (sendall) = 1",
-                         tuple(groups)))
+                         tuple(groups),
+                         "receiver CPU per GB / plain send's receiver" if transport == "tcp"
+                         else None))
     return out
 
 
@@ -307,6 +323,11 @@ def _draw(ax: Any, panel: Panel, colors: Sequence[str]) -> None:
                    error_kw={"linewidth": 0.8},
                    label=None if bar.mode in labelled else bar.words)
             labelled.add(bar.mode)
+            if bar.marker is not None:
+                ax.plot([x], [bar.marker], marker="D", markersize=4, color="black",
+                        linestyle="none",
+                        label=None if "marker" in labelled else panel.marker_label)
+                labelled.add("marker")
             if nbars <= 30:
                 ax.text(x, bar.high, f"{bar.ratio:.2f}", ha="center", va="bottom",
                         fontsize=6 if nbars > 12 else 7)
@@ -319,7 +340,8 @@ def _draw(ax: Any, panel: Panel, colors: Sequence[str]) -> None:
     else:
         ax.set_xticks(range(len(panel.groups)), [g.label for g in panel.groups], fontsize=8)
         ax.legend(fontsize=7, loc="upper left", ncols=2, framealpha=0.85)
-    top = max([1.0, *(b.high for g in panel.groups for b in g.bars)])
+    top = max([1.0, *(b.high for g in panel.groups for b in g.bars),
+               *(b.marker for g in panel.groups for b in g.bars if b.marker is not None)])
     ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.set_ylabel(panel.ylabel, fontsize=8)
     ax.set_title(panel.title, fontsize=9)

@@ -6,11 +6,11 @@ the timed bytes inside a :class:`~zcnet.bench.meter.CpuWindow`. Modes:
 - ``recv_into``: ``socket.recv_into`` into one preallocated buffer (netperf / tcp_mmap's copy
   path); with ``rcvlowat`` in the header, ``MSG_WAITALL`` (wait for the whole request, the
   blocking equivalent of tcp_mmap's SO_RCVLOWAT hint);
-- ``asyncio-readexactly``: ``asyncio.StreamReader.readexactly`` on a dup of the socket;
-- ``asyncio-read`` (``StreamReader.read``), ``asyncio-buffered`` (an ``asyncio.BufferedProtocol``
-  receiving into one preallocated buffer, the cheapest asyncio can do) and ``zcnet-aio``
-  (``zcnet.aio.ZcStream.recv``, mapped pages where possible; no SO_RCVLOWAT hint): the AIO
-  engineer's benchmark modes, :func:`zcnet.aio._benchmodes.receive`, reused as they are;
+- ``asyncio-readexactly`` (``asyncio.StreamReader.readexactly``), ``asyncio-read``
+  (``StreamReader.read``), ``asyncio-buffered`` (an ``asyncio.BufferedProtocol`` receiving into
+  one preallocated buffer, the cheapest asyncio can do) and ``zcnet-aio``
+  (``zcnet.aio.ZcStream.recv``, mapped pages where possible): :mod:`zcnet.bench.aio_modes`, on a
+  dup of the socket;
 - every asyncio mode also runs on uvloop as ``NAME-uvloop`` (``ModeUnavailable`` when uvloop
   is not installed: the ``[uvloop]`` extra);
 - ``zcnet``: :class:`zcnet.receiver.Receiver` on a dup of the socket (TCP_ZEROCOPY_RECEIVE maps
@@ -26,18 +26,16 @@ Dups let the session answer on the original socket after the mode's object close
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
 from zcnet.bench.modes import C_RECEIVE_MODES, RECEIVE_MODES, split_loop
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.protocol import ProtocolError
-from zcnet.errors import ModeUnavailable  # one class for bench and zcnet.aio; re-exported here
+from zcnet.errors import ModeUnavailable
 
-__all__ = ["RECEIVE_MODES", "Consumer", "ModeUnavailable", "receive"]
+__all__ = ["RECEIVE_MODES", "Consumer", "receive"]
 
 
 class Consumer:
@@ -88,84 +86,27 @@ def _recv_into(sock: socket.socket, warmup: int, nbytes: int, size: int,
     return {}
 
 
-def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """New event loops of kind ``loop`` (``"asyncio"``: the default selector loop; ``"uvloop"``)."""
-    try:
-        from zcnet.aio._benchmodes import loop_factory
-    except ImportError:
-        if loop == "asyncio":
-            return asyncio.SelectorEventLoop
-        raise ModeUnavailable("zcnet.aio is not available (its loop factory)") from None
-    try:
-        return loop_factory(loop)
-    except ModeUnavailable as e:
-        raise ModeUnavailable(f"{e} (pip install 'zcnet[uvloop]')") from e
-
-
-def _asyncio(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
-             exactly: bool, loop: str = "asyncio") -> dict[str, Any]:
-    factory = _loop_factory(loop)
-
-    async def main() -> None:
-        reader, writer = await asyncio.open_connection(sock=sock.dup(), limit=2 * size)
-        try:
-            async def pump(total: int) -> None:
-                left = total
-                while left:
-                    n = min(left, size)
-                    data = await (reader.readexactly(n) if exactly else reader.read(n))
-                    if not data:
-                        raise ProtocolError(f"EOF with {left} bytes missing")
-                    consume(data)
-                    left -= len(data)
-
-            await pump(warmup)
-            consume.begin_timed()
-            await pump(nbytes)
-            consume.window.stop()
-        finally:
-            writer.close()
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main())
-    return {}
-
-
-#: bench mode -> the AIO engineer's mode name in :mod:`zcnet.aio._benchmodes`
-_AIO_MODES = {"asyncio-read": "asyncio streams", "asyncio-buffered": "BufferedProtocol",
-              "zcnet-aio": "zcnet-aio stream"}
-#: fields of the AIO modes' result that the bench's own result replaces (timed phase only)
+#: fields of the asyncio modes' result that the receiver's own result replaces (timed phase)
 _AIO_DROP = ("mode", "bytes", "chunks")
 
 
-def _aio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int, consume: Consumer,
-              mode: str, loop: str, rcvlowat: int = 0) -> dict[str, Any]:
+def _asyncio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int,
+                  consume: Consumer, mode: str, rcvlowat: int = 0) -> dict[str, Any]:
+    """An asyncio mode of :mod:`zcnet.bench.aio_modes` (``NAME-uvloop``: on uvloop) on a dup
+    of ``sock``."""
+    from zcnet.bench.aio_modes import receive as aio_receive
+
+    base, loop = split_loop(mode)
+    assert loop is not None
     try:
-        from zcnet.aio._benchmodes import receive as aio_receive
-    except ImportError as e:
-        raise ModeUnavailable(f"zcnet.aio is not available: {e}") from e
-    _loop_factory(loop)  # uvloop missing: ModeUnavailable with the install hint
-    try:
-        res = aio_receive(_AIO_MODES[mode], loop, sock.dup(), warmup=warmup, nbytes=nbytes,
-                          size=size, consume=consume, begin_timed=consume.begin_timed,
+        res = aio_receive(base, loop, sock.dup(), warmup=warmup, nbytes=nbytes, size=size,
+                          consume=consume, begin_timed=consume.begin_timed,
                           end_timed=consume.window.stop, rcvlowat=rcvlowat)
     except EOFError as e:
         raise ProtocolError(str(e)) from e
     if res["bytes"] != warmup + nbytes:
         raise ProtocolError(f"{mode}: received {res['bytes']} of {warmup + nbytes} bytes")
     return {k: v for k, v in res.items() if k not in _AIO_DROP}
-
-
-def _asyncio_mode(sock: socket.socket, warmup: int, nbytes: int, size: int,
-                  consume: Consumer, mode: str, rcvlowat: int = 0) -> dict[str, Any]:
-    base, loop = split_loop(mode)
-    assert loop is not None
-    if base == "asyncio-readexactly":
-        extra = _asyncio(sock, warmup, nbytes, size, consume, exactly=True, loop=loop)
-    else:
-        extra = _aio_mode(sock, warmup, nbytes, size, consume, base, loop, rcvlowat)
-    extra["loop"] = loop
-    return extra
 
 
 def _zcnet(sock: socket.socket, warmup: int, nbytes: int, size: int,

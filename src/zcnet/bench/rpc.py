@@ -16,7 +16,9 @@ completions pending makes its socket report EPOLLERR, so the client reaps them o
 timed ``requests``; each side's CPU window covers the timed phase only (the server starts it
 when the first timed request arrives, i.e. after all warm-up requests were answered).
 Requests and responses are pattern streams per connection; verification as elsewhere: full on
-verification repetitions, first/last byte on timed ones.
+verification repetitions, first/last byte on timed ones. The server's receive paths are
+:data:`zcnet.bench.modes.RPC_MODES`; the plan and the loop are :mod:`zcnet.bench.driver`'s
+(the workload: :class:`_RpcWorkload`, a fresh server per repetition).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any
 
 from zcnet.bench.common import Progress, experiment_result, group_summary
 from zcnet.bench.driver import Config, Item, drive, first_unavailable, plan_runs, verified
 from zcnet.bench.env import Environment, environment
 from zcnet.bench.meter import CpuWindow
+from zcnet.bench.modes import RPC_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.peers import client_worker
 from zcnet.bench.results import Experiment, RpcRun
@@ -42,7 +45,7 @@ from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 from zcnet.errors import TimeoutExpired
 
-__all__ = ["RX_MODES", "RpcParams", "plan_count", "rpc_client", "rpc_mode", "rpc_server",
+__all__ = ["RpcParams", "plan_count", "rpc_client", "rpc_mode", "rpc_server",
            "run_rpc"]
 
 MSS_4K_LISTENER = 4096 + 12
@@ -300,24 +303,20 @@ def rpc_client(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
             "latency_p99_us": None if p99 is None else p99 / 1000}
 
 
-#: The server's receive modes: ``recv_into``; zcnet Receivers mapping every request; zcnet
-#: Receivers with the default policy. Runs carry ``zerocopy_receive`` and ``rx_policy``.
-RX_MODES: Final = {"off": (False, None), "on": (True, "map"), "on-default": (True, "default")}
-
-
 def _config(mode: str) -> Config:
-    zerocopy, policy = RX_MODES[mode]
+    zerocopy, policy = RPC_MODES[mode]
     return {"zerocopy_receive": zerocopy, "rx_policy": policy}
 
 
 def rpc_mode(config: Mapping[str, Any]) -> str:
-    """The name in :data:`RX_MODES` of a configuration, an item or a run."""
-    return next(m for m, (zc, policy) in RX_MODES.items()
+    """The name in :data:`zcnet.bench.modes.RPC_MODES` of a configuration, an item or a
+    run (which carry ``zerocopy_receive`` and ``rx_policy``)."""
+    return next(m for m, (zc, policy) in RPC_MODES.items()
                 if (zc, policy) == (config["zerocopy_receive"], config["rx_policy"]))
 
 
 def _plan(p: RpcParams) -> list[Item]:
-    return plan_runs([[[_config(m) for m in RX_MODES]]], reps=p.reps, verify=p.verify)
+    return plan_runs([[[_config(m) for m in RPC_MODES]]], reps=p.reps, verify=p.verify)
 
 
 def plan_count(p: RpcParams) -> int:
@@ -392,10 +391,10 @@ def run_rpc(p: RpcParams, progress: Progress) -> Experiment:
                      "zcnet Sender forced to MSG_ZEROCOPY in both modes")
         with spawn(client_worker, env.ns_name) as client:
             out = drive(_plan(p), _RpcWorkload(p, env, client, notes), progress)
-        notes += out.notes("rpc receive")
+        notes += out.notes()
         keys = ("zerocopy_receive", "rx_policy")
         summary = group_summary(out.runs, keys, METRICS)
-        summary += out.unavailable_rows([_config(m) for m in RX_MODES], summary, keys)
+        summary += out.unavailable_rows([_config(m) for m in RPC_MODES], summary, keys)
         return experiment_result("rpc", status=out.status(), environment=env.describe(),
                                  parameters=asdict(p), runs=out.runs, summary=summary,
                                  notes=notes)

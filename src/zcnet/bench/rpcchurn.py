@@ -214,7 +214,7 @@ def run_rpc_churn(p: RpcChurnParams, progress: Progress) -> Experiment:
                                          k: lp[k] for k in ("samples", "top", "error")},
                                      "lock_pct": None if lp is None else lp["lock_pct"]})
                     progress(f"lock profile {_mode(config)}")
-        notes += out.notes("rpc receive")
+        notes += out.notes()
         if perf_why is not None:
             notes.append(f"no lock-path profile: {perf_why}")
         summary = group_summary(out.runs, KEYS, METRICS)

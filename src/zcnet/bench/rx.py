@@ -25,7 +25,8 @@ reason, and the notes say it in words.
 into one buffer and tcp_mmap's TCP_ZEROCOPY_RECEIVE loop, in the same repetitions; every other
 mode's summary entry names its C reference (``c-zerocopy`` for a zcnet mode that mapped most
 bytes, ``c-recv`` otherwise) and gives ``receiver_cpu_vs_c_pct``. With ``profile`` one more
-repetition per mode runs under perf (:mod:`zcnet.bench.profile`).
+repetition per mode runs under perf (:mod:`zcnet.bench.profile`). The plan and the loop are
+:mod:`zcnet.bench.driver`'s; this module is the workload (:class:`_RxWorkload`).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def run_rx(p: RxParams, progress: Progress) -> Experiment:
             finally:
                 server.stop(0.2, graceful=False)
         runs = out.runs
-        notes += out.notes("receive")
+        notes += out.notes()
         summary = group_summary(runs, ("recv_mode",), METRICS)
         no_c = {} if built is None or c_ok else {m: str(built.reason) for m in C_RECEIVE_MODES}
         summary += out.unavailable_rows(_configs(p.recv_modes), summary, ("recv_mode",), no_c)

@@ -20,6 +20,8 @@ the rest of the experiment and its rows say why. With ``profile`` one more repet
 mode, at one message size per transport, runs under perf (:mod:`zcnet.bench.profile`).
 Repetitions alternate the order of the modes; with ``verify="sample"`` one extra untimed
 repetition per configuration checks every byte and the timed ones spot-check each chunk.
+The plan and the loop are :mod:`zcnet.bench.driver`'s; this module is the workload
+(:class:`_StreamWorkload`) and what the summary says about it.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
                 server.stop(0.2, graceful=False)
     runs = out.runs
     unavailable = out.unavailable
-    notes += out.notes("send")
+    notes += out.notes()
     batched = [m for m in UDP_ONLY_SEND_MODES if m in p.send_modes]
     if "zcnet-batch" in batched and "udp" in transports and "zcnet-batch" not in unavailable:
         notes.append(f"zcnet-batch: Sender.send_batch of {p.batch} datagrams per call "

@@ -1,4 +1,4 @@
-"""The benchmark receive modes move and verify every byte, on both loops."""
+"""The benchmark's asyncio receive modes move and verify every byte, on both loops."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import threading
 import pytest
 
 from zcnet._core.pattern import StreamPattern
-from zcnet.aio._benchmodes import AIO_RECEIVE_MODES, ModeUnavailable, receive
+from zcnet.bench import aio_modes
+from zcnet.bench.aio_modes import AIO_LOOPS, receive
+from zcnet.bench.modes import ASYNCIO_RECEIVE_MODES
+from zcnet.errors import ModeUnavailable
 from zcnet.receiver import make_mappable_listener
 from zcnet.sender import Sender, SendPolicy
-
-from .conftest import LOOPS
 
 P = StreamPattern(1 << 20)
 
@@ -28,9 +29,16 @@ def _serve(port: int, total: int) -> None:
         tx.flush(30)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("mode", AIO_RECEIVE_MODES)
+def test_one_vocabulary() -> None:
+    # the modes here are the rx experiment's asyncio modes, by the same names
+    assert set(aio_modes._MODES) == set(ASYNCIO_RECEIVE_MODES)
+
+
+@pytest.mark.parametrize("loop", AIO_LOOPS)
+@pytest.mark.parametrize("mode", ASYNCIO_RECEIVE_MODES)
 def test_mode_receives_every_byte(mode: str, loop: str) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop", reason="uvloop (the [uvloop] extra) is not installed")
     warmup, nbytes = 1_000_003, 3 * 1024 * 1024
     with make_mappable_listener("127.0.0.1", 0) as lsock:
         t = threading.Thread(target=_serve, args=(lsock.getsockname()[1], warmup + nbytes))
@@ -53,12 +61,14 @@ def test_mode_receives_every_byte(mode: str, loop: str) -> None:
     assert res["bytes"] == offset == warmup + nbytes
     assert events == [("begin", warmup), ("end", warmup + nbytes)]
     assert conn.fileno() == -1  # the mode took ownership and closed it
-    if mode == "zcnet-aio stream":
+    if mode == "zcnet-aio":
         assert res["bytes_mapped"] + res["bytes_copied"] == nbytes
 
 
-def test_unknown_mode_closes_socket() -> None:
-    a, b = socket.socketpair()
-    with b, pytest.raises(ModeUnavailable):
-        receive("nope", "asyncio", a, warmup=0, nbytes=1, size=1, consume=print)
-    assert a.fileno() == -1
+def test_unknown_mode_or_loop_closes_socket() -> None:
+    for mode, loop, message in (("nope", "asyncio", "unknown asyncio receive mode"),
+                                ("asyncio-read", "no-such-loop", "unknown loop")):
+        a, b = socket.socketpair()
+        with b, pytest.raises(ModeUnavailable, match=message):
+            receive(mode, loop, a, warmup=0, nbytes=1, size=1, consume=print)
+        assert a.fileno() == -1

@@ -1,20 +1,23 @@
-"""Receive modes for benchmarks: zcnet.aio against asyncio's own stream APIs, on two loops.
+"""The benchmark's asyncio receive modes: zcnet.aio against asyncio's own stream APIs.
 
 Theory of operation: each mode reads ``warmup`` bytes, calls ``begin_timed()``, reads ``nbytes``
 more and calls ``end_timed()``, handing every received piece to ``consume(data)`` (which verifies
-it; the caller decides how, and may exclude that cost from its CPU window). Modes:
+it; the caller decides how, and may exclude that cost from its CPU window). The modes, named as
+everywhere in the benchmark (:data:`zcnet.bench.modes.ASYNCIO_RECEIVE_MODES`):
 
-* ``"zcnet-aio stream"``: :class:`zcnet.aio.ZcStream.recv` (pages mapped by
-  ``TCP_ZEROCOPY_RECEIVE`` when the MSS is a page multiple and the sender used ``MSG_ZEROCOPY``;
-  docs/ARCHITECTURE.md, 'Receive: mappable pages'), each chunk released after ``consume``;
-* ``"asyncio streams"``: ``asyncio.StreamReader.read`` (one copy into the reader's buffer and
-  one into the returned ``bytes``);
-* ``"BufferedProtocol"``: :class:`asyncio.BufferedProtocol` receiving straight into one
+* ``"zcnet-aio"``: :class:`zcnet.aio.ZcStream.recv` (pages mapped by ``TCP_ZEROCOPY_RECEIVE``
+  when the MSS is a page multiple and the sender used ``MSG_ZEROCOPY``; docs/ARCHITECTURE.md,
+  'Receive: mappable pages'), each chunk released after ``consume``;
+* ``"asyncio-read"``: ``asyncio.StreamReader.read`` (one copy into the reader's buffer and one
+  into the returned ``bytes``);
+* ``"asyncio-readexactly"``: ``asyncio.StreamReader.readexactly`` of each piece;
+* ``"asyncio-buffered"``: :class:`asyncio.BufferedProtocol` receiving straight into one
   preallocated buffer (one copy, the cheapest asyncio can do).
 
-Each runs on ``"asyncio"`` (the default selector loop) or ``"uvloop"``. The mode takes ownership
-of ``sock`` (pass a ``dup()`` to keep using the connection) and closes it. The bench CLI (not
-imported here: imports point downward) maps these onto its own receiver table.
+Each runs on ``"asyncio"`` (the default selector loop) or ``"uvloop"`` (the rx experiment's
+``NAME-uvloop``). The mode takes ownership of ``sock`` (pass a ``dup()`` to keep using the
+connection) and closes it. :mod:`zcnet.bench.receivers` runs them in the ``rx`` experiment;
+``scripts/aio_cpu.py`` runs them on their own.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from zcnet.errors import ModeUnavailable  # defined once for aio and bench; re-exported here
+from zcnet.bench.modes import ASYNCIO_RECEIVE_MODES
+from zcnet.errors import ModeUnavailable
 
-__all__ = ["AIO_LOOPS", "AIO_RECEIVE_MODES", "ModeUnavailable", "loop_factory", "receive"]
+__all__ = ["AIO_LOOPS", "ASYNCIO_RECEIVE_MODES", "loop_factory", "receive"]
 
-AIO_RECEIVE_MODES: Final = ("zcnet-aio stream", "asyncio streams", "BufferedProtocol")
+#: The event loops each mode runs on.
 AIO_LOOPS: Final = ("asyncio", "uvloop")
 
 Consume = Callable[[Any], None]
@@ -46,7 +50,8 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
         try:
             import uvloop
         except ImportError as e:
-            raise ModeUnavailable(f"uvloop is not installed: {e}") from e
+            raise ModeUnavailable(
+                f"uvloop is not installed: {e} (pip install 'zcnet[uvloop]')") from e
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory
     raise ModeUnavailable(f"unknown loop {loop!r} (choose from {AIO_LOOPS})")
@@ -92,8 +97,11 @@ class _Phases:
 
 async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int,
                         rcvlowat: int = 0) -> dict[str, Any]:
-    from zcnet.aio._stream import ZcStream
-    from zcnet.receiver import RecvPolicy
+    try:
+        from zcnet.aio import ZcStream
+        from zcnet.receiver import RecvPolicy
+    except ImportError as e:
+        raise ModeUnavailable(f"zcnet.aio is not available: {e}") from e
 
     stream = ZcStream(sock, recv_policy=RecvPolicy(rcvlowat=rcvlowat))
     mapped = copied = chunks = 0
@@ -123,17 +131,26 @@ async def _zcnet_stream(sock: socket.socket, ph: _Phases, size: int,
         await stream.aclose()
 
 
-async def _asyncio_streams(sock: socket.socket, ph: _Phases, size: int) -> dict[str, Any]:
+async def _asyncio_streams(sock: socket.socket, ph: _Phases, size: int,
+                           exactly: bool = False) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection(sock=sock, limit=2 * size)
     try:
         while ph.left:
-            data = await reader.read(min(size, ph.left))
+            n = min(size, ph.left)
+            try:
+                data = await (reader.readexactly(n) if exactly else reader.read(n))
+            except asyncio.IncompleteReadError as e:
+                raise EOFError(f"EOF with {ph.left - len(e.partial)} bytes missing") from e
             if not data:
                 raise EOFError(f"EOF with {ph.left} bytes missing")
             ph.feed(data)
     finally:
         writer.close()
     return {}
+
+
+async def _asyncio_readexactly(sock: socket.socket, ph: _Phases, size: int) -> dict[str, Any]:
+    return await _asyncio_streams(sock, ph, size, exactly=True)
 
 
 class _IntoBuffer(asyncio.BufferedProtocol):
@@ -177,9 +194,10 @@ async def _buffered_protocol(sock: socket.socket, ph: _Phases, size: int) -> dic
 
 _MODES: Final[dict[str, Callable[[socket.socket, _Phases, int],
                                  Coroutine[Any, Any, dict[str, Any]]]]] = {
-    "zcnet-aio stream": _zcnet_stream,
-    "asyncio streams": _asyncio_streams,
-    "BufferedProtocol": _buffered_protocol,
+    "zcnet-aio": _zcnet_stream,
+    "asyncio-read": _asyncio_streams,
+    "asyncio-readexactly": _asyncio_readexactly,
+    "asyncio-buffered": _buffered_protocol,
 }
 
 
@@ -193,7 +211,7 @@ def receive(
     Takes ownership of ``sock`` (closed at the end). ``consume`` gets every piece in order and
     should verify it (raise on a mismatch). Returns ``{"mode", "loop", "bytes", ...}`` where
     ``bytes`` counts every byte received and handed to ``consume``, plus mode-specific fields
-    (for ``"zcnet-aio stream"``: ``bytes_mapped``/``bytes_copied`` of the timed phase).
+    (for ``"zcnet-aio"``: ``bytes_mapped``/``bytes_copied`` of the timed phase).
     ``rcvlowat`` is the zcnet stream's ``RecvPolicy.rcvlowat`` (tcp_mmap's SO_RCVLOWAT hint:
     readiness, hence each receive, waits for that many bytes); the other modes ignore it.
 
@@ -204,7 +222,7 @@ def receive(
     try:
         if mode not in _MODES:
             raise ModeUnavailable(
-                f"unknown receive mode {mode!r} (choose from {AIO_RECEIVE_MODES})")
+                f"unknown asyncio receive mode {mode!r} (choose from {ASYNCIO_RECEIVE_MODES})")
         factory = loop_factory(loop)
         if size <= 0 or warmup < 0 or nbytes < 0:
             raise ValueError("size must be positive, warmup and nbytes non-negative")
@@ -214,7 +232,7 @@ def receive(
         raise
     ph = _Phases(warmup, nbytes, consume, begin_timed, end_timed)
     with asyncio.Runner(loop_factory=factory) as runner:
-        if mode == "zcnet-aio stream":
+        if mode == "zcnet-aio":
             extra = runner.run(_zcnet_stream(sock, ph, size, rcvlowat))
         else:
             extra = runner.run(_MODES[mode](sock, ph, size))
