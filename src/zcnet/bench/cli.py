@@ -145,10 +145,10 @@ def add_subparsers(subparsers: Any) -> None:
         DASK_VARIANT_NAMES,
         RECEIVE_MODES,
         RX_SENDERS,
+        RXMEM_MODES,
         SEND_MODES,
         URING_SEND_MODES,
     )
-    from zcnet.bench.rxmem import MODES as RXMEM_MODES
 
     bench = subparsers.add_parser(
         "bench", help="measure CPU per GB and throughput, copy vs zero-copy (docs/bench.md)",

@@ -220,20 +220,13 @@ def _dask_panels(exp: Experiment) -> list[Panel]:
                   groups)]
 
 
-_CHURN_WORDS: Final = {"windows+mmap": "zcnet windows,\nmmap churn",
-                       "windows+syscall": "zcnet windows,\ncontrol churn (no lock)",
-                       "fresh": "fresh window per receive",
-                       "fresh+mmap": "fresh window per receive,\nmmap churn",
-                       "fresh+syscall": "fresh window per receive,\ncontrol churn (no lock)"}
-
-
 def _rpc_churn_panels(exp: Experiment) -> list[Panel]:
     rows = {e["rx_variant"] + ("" if e["churn"] == "none" else f"+{e['churn']}"): e
             for e in exp["summary"] if e["metrics"]}
     groups = _metric_groups(rows, "windows", (
         ("requests_per_s", "requests per second"),
         ("server_cpu_us_per_req", "server CPU per request"),
-        ("latency_p99_us", "p99 latency")), lambda m: _CHURN_WORDS.get(m, m))
+        ("latency_p99_us", "p99 latency")), describe)
     if not groups:
         return []
     return [Panel("rpc-churn", "rpc --mmap-churn: zero-copy receive while a server thread maps "
@@ -253,7 +246,8 @@ def _rxmem_panels(exp: Experiment) -> list[Panel]:
                           ("rmem_alloc_mib", "socket charge (rmem_alloc)"),
                           ("zcnet_mapped_mib", "zcnet mapped account")):
         bars = tuple(b for mode, e in rows.items()
-                     for b in [relative_bar(e, metric, _median(e, "held_mib"), mode, mode)]
+                     for b in [relative_bar(e, metric, _median(e, "held_mib"), mode,
+                                            describe(mode))]
                      if b is not None)
         if bars:
             groups.append(Group(label, bars))

@@ -35,6 +35,7 @@ from zcnet.bench.common import Progress, experiment_result, group_summary
 from zcnet.bench.driver import Config, Item, drive, first_unavailable, plan_runs, verified
 from zcnet.bench.env import Environment, environment
 from zcnet.bench.mmapchurn import churn_unavailable_reason
+from zcnet.bench.modes import RPC_CHURN_VARIANTS, RPC_CHURNS
 from zcnet.bench.peers import client_worker
 from zcnet.bench.profile import perf_unavailable_reason
 from zcnet.bench.results import Experiment, RpcChurnRun
@@ -44,12 +45,12 @@ from zcnet.bench.workers import Worker, spawn
 __all__ = ["CHURNS", "METRICS", "VARIANTS", "RpcChurnParams", "plan_count", "run_rpc_churn"]
 
 #: Receive variant -> the rpc server's ``rx_policy``.
-VARIANTS: Final = {"windows": "map", "fresh": "fresh"}
+VARIANTS: Final = RPC_CHURN_VARIANTS
 METRICS: Final = ("requests_per_s", "server_cpu_us_per_req", "client_cpu_us_per_req",
                   "latency_p50_us", "latency_p99_us", "mapped_pct", "churn_per_s")
 KEYS: Final = ("rx_variant", "churn")
 #: What runs beside the server: nothing, the mmap churn, or the control (as busy, no lock).
-CHURNS: Final = ("none", "mmap", "syscall")
+CHURNS: Final = RPC_CHURNS
 #: A lock-profile repetition makes this many times the timed repetitions' requests.
 PROFILE_LENGTH: Final = 3
 

@@ -50,6 +50,7 @@ from typing import Any, Final
 from zcnet.bench.common import Progress, experiment_result, group_summary, rotated
 from zcnet.bench.env import environment
 from zcnet.bench.memcg import MemCgroup, memcg_unavailable_reason, read_memcg
+from zcnet.bench.modes import RXMEM_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.results import Experiment, RxmemRun
 from zcnet.bench.server import make_listener
@@ -60,7 +61,7 @@ __all__ = ["LIMIT_MODES", "METRICS", "MODES", "RxmemParams", "derive_metrics", "
 
 MIB: Final = 1 << 20
 PAGE: Final = 4096
-MODES: Final = ("mapped", "copied", "limit-copy", "limit-wait")
+MODES: Final = RXMEM_MODES
 LIMIT_MODES: Final = ("limit-copy", "limit-wait")
 #: TCP_MAXSEG on the listener when there is no namespace (page-sized MSS at the default MTU;
 #: docs/ARCHITECTURE.md, 'Receive: loopback').
