@@ -135,10 +135,14 @@ def test_parsed_values() -> None:
 def test_without_the_extension_churn_rows_are_unavailable(
         monkeypatch: pytest.MonkeyPatch) -> None:
     why = "the mmap churn thread needs zcnet's compiled extension (test)"
+    no_perf = "perf not found on PATH (test)"
     monkeypatch.setattr(rpcchurn, "churn_unavailable_reason", lambda: why)
-    res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=False), no_progress)
+    monkeypatch.setattr(rpcchurn, "perf_unavailable_reason", lambda: no_perf)
+    res = run_rpc_churn(RpcChurnParams(**TINY, lock_profile=True), no_progress)
     assert res["status"] == "ok"
     assert any(why in n for n in res["notes"])
+    assert f"no lock-path profile: {no_perf}" in res["notes"]
+    assert res["profile_unavailable"] == no_perf and res["profiles"] == []
     rows = {(e["rx_variant"], e["churn"]): e for e in res["summary"]}
     for churn in ("mmap", "syscall"):
         assert rows[("windows", churn)]["unavailable"] == why

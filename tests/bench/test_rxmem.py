@@ -138,6 +138,16 @@ def test_skipped_without_cgroups(monkeypatch: pytest.MonkeyPatch) -> None:
     assert res["status"] == "skipped"
     assert res["reason"] == "creating a memory cgroup needs root"
     assert res["runs"] == []
+    pytest.importorskip("rich", reason="the [bench] extra (rich) is not installed")
+    import io
+
+    from rich.console import Console
+
+    from zcnet.bench.report import build_report, print_tables
+
+    out = io.StringIO()
+    print_tables(build_report([res], {"experiment": "rxmem"}), Console(file=out, width=200))
+    assert "rxmem: skipped — creating a memory cgroup needs root" in out.getvalue()
 
 
 @pytest.mark.parametrize(("argv", "message"), [
