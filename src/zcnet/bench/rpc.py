@@ -18,7 +18,10 @@ when the first timed request arrives, i.e. after all warm-up requests were answe
 Requests and responses are pattern streams per connection; verification as elsewhere: full on
 verification repetitions, first/last byte on timed ones. The server's receive paths are
 :data:`zcnet.bench.modes.RPC_MODES`; the plan and the loop are :mod:`zcnet.bench.driver`'s
-(the workload: :class:`_RpcWorkload`, a fresh server per repetition).
+(the workload: :class:`_RpcWorkload`, a fresh server per repetition). ``rpc --mmap-churn``
+(:mod:`zcnet.bench.rpcchurn`) runs the same server with ``rx_policy`` "fresh" (a new window per
+receive, :mod:`zcnet.bench.freshwindow`) and a churn thread (:mod:`zcnet.bench.rpcextras`); the
+server also reports its receiving thread's CPU (``thread_cpu``).
 """
 
 from __future__ import annotations

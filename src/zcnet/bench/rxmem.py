@@ -125,7 +125,8 @@ def _reading(conn: socket.socket | None, cgroup: tuple[str, int] | None) -> dict
 
 
 class _Held:
-    """The chunks held, in stream order: (offset, object with a view, mapped, charge or None)."""
+    """The chunks held, in stream order: (stream offset, chunk, mapped); a chunk is a copied
+    ``memoryview`` or an :class:`zcnet.accounting.AccountedChunk` (its charge released with it)."""
 
     def __init__(self, verifier: Verifier) -> None:
         self.items: deque[tuple[int, Any, bool]] = deque()
