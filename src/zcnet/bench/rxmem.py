@@ -262,9 +262,9 @@ def rxmem_receiver(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
     peak = [0]
     # A receive buffer of several windows, set on the listener (the accepted socket inherits
     # it): SO_RCVLOWAT then holds each receive until a whole window is queued. Left to
-    # autotuning (128 KiB at first) the socket reports readable early, under rmem pressure
-    # (tcp_poll, net/ipv4/tcp.c), and receives map a few pages each: seen here, 16 windows
-    # held 0.5 MiB in all.
+    # autotuning (128 KiB at first) the socket can report readable below the low-water mark
+    # (tcp_poll and tcp_rmem_pressure, net/ipv4/tcp.c) and receives map a few pages each: seen
+    # here now and then, 16 windows held 0.5 MiB in all and the rest was copied.
     listener = make_listener(host, 0, mss=cfg.get("mss"), rcvbuf=4 * int(cfg["window_bytes"]))
     before = _reading(None, cgroup)  # before the sender can connect: nothing queued yet
     pipe.send(listener.getsockname()[:2])
