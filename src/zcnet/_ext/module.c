@@ -69,7 +69,8 @@ PyInit__speedups(void)
         return NULL;
     if (zc_buffer_init(m) < 0 || zc_views_init(m) < 0 || zc_rx_init(m) < 0
         || zc_tracker_init(m) < 0 || zc_txfast_init(m) < 0
-        || zc_rxfast_init(m) < 0 || zc_uring_init(m) < 0 || zc_lease_init(m) < 0) {
+        || zc_rxfast_init(m) < 0 || zc_uring_init(m) < 0 || zc_lease_init(m) < 0
+        || zc_churn_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -180,4 +180,7 @@ Py_ssize_t zc_ring_send_linked(PyObject *ring, int fd, const char *const *ptrs,
                                const size_t *lens, const int *fixed, Py_ssize_t n);
 Py_ssize_t zc_ring_drain(PyObject *ring, zc_ring_range_fn fn, void *arg);
 
+/* churn.c: MmapChurn, a thread taking the mmap lock for write in a loop (bench only). */
+int zc_churn_init(PyObject *module);
+
 #endif

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_subparsers", "build_parser", "main", "parse_size", "run"]
 
-EXPERIMENTS = ("stream", "rx", "rpc", "memory", "quick")
+EXPERIMENTS = ("stream", "rx", "rpc", "memory", "rxmem", "dask", "quick")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$", re.IGNORECASE)
 
@@ -145,6 +145,7 @@ def add_subparsers(subparsers: Any) -> None:
         DASK_VARIANT_NAMES,
         RECEIVE_MODES,
         RX_SENDERS,
+        RXMEM_MODES,
         SEND_MODES,
         URING_SEND_MODES,
     )
@@ -193,11 +194,25 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--requests", type=_positive_int,
                    help="timed requests per connection per repetition")
     p.add_argument("--size", type=parse_size, default=4096, help="request and response size")
+    p.add_argument("--mmap-churn", action="store_true",
+                   help="instead: zcnet's long-lived windows vs a naive fresh window per "
+                   "receive, each with and without a server thread mapping and unmapping "
+                   "memory in a loop (needs the compiled extension; lock-path share by perf)")
 
     p = exp.add_parser("memory", help="kernel socket memory with copy vs zero-copy sends")
     _common(p)
     p.add_argument("--duration", type=_positive_float, help="seconds of sampling per mode")
     p.add_argument("--interval", type=_positive_float, default=0.05, help="sampling period, s")
+
+    p = exp.add_parser("rxmem", help="received memory held mapped vs copied: who is charged "
+                       "(memory cgroup, socket, RSS, zcnet's account)")
+    _common(p)
+    p.add_argument("--sizes", type=_size_list, help="bytes held per run, MiB multiples "
+                   "(default 16M,64M,256M)")
+    p.add_argument("--modes", type=_choice_list(RXMEM_MODES),
+                   help=f"comma-separated from {','.join(RXMEM_MODES)} (default all)")
+    p.add_argument("--limit-pct", type=_positive_int, metavar="PCT",
+                   help="limit-* modes: zcnet's account limit, %% of the size (default 25)")
 
     p = exp.add_parser("dask", help="Dask: large arrays between two workers, tcp:// vs zc://")
     _common(p)
@@ -236,7 +251,9 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
     from zcnet.bench.memory import MemoryParams
     from zcnet.bench.modes import QUICK_SEND_MODES
     from zcnet.bench.rpc import RpcParams
+    from zcnet.bench.rpcchurn import RpcChurnParams
     from zcnet.bench.rx import RxParams
+    from zcnet.bench.rxmem import RxmemParams
     from zcnet.bench.stream import StreamParams
 
     use_netns = not args.no_netns
@@ -259,7 +276,10 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             ("rx", RxParams(use_netns=use_netns, verify=verify, **q, **source, **profile)),
             ("rpc", RpcParams(use_netns=use_netns, verify=verify, requests=200,
                               reps=q["reps"])),
+            ("rpc-churn", RpcChurnParams(use_netns=use_netns, verify=verify, requests=200,
+                                         reps=2)),
             ("memory", MemoryParams(use_netns=use_netns, duration=1.0, reps=2)),
+            ("rxmem", RxmemParams(use_netns=use_netns, sizes_mib=(16,))),
             ("dask", DaskParams(use_netns=use_netns, array_bytes=16 << 20, arrays=2,
                                 reps=q["reps"])),
         ]
@@ -301,8 +321,29 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
                                 "--lo-mtu default works without one")
             kw["lo_mtu"] = args.lo_mtu
         return [("rx", RxParams(use_netns=use_netns, verify=verify, **kw, **source, **profile))]
-    if experiment in ("rpc", "memory", "dask") and args.source_bytes is not None:
+    if experiment in ("rpc", "memory", "dask", "rxmem") and args.source_bytes is not None:
         raise _ArgError("--source applies to stream and rx only")
+    if experiment == "rxmem":
+        if args.nbytes is not None or args.warmup is not None:
+            raise _ArgError("rxmem takes --sizes (bytes held), not --bytes or --warmup")
+        kw = {}
+        if args.sizes:
+            if any(s % (1 << 20) for s in args.sizes):
+                raise _ArgError("--sizes: rxmem holds whole MiB (e.g. 16M,64M,256M)")
+            if max(args.sizes) > 4 << 30:
+                raise _ArgError("--sizes: at most 4G held")
+            kw["sizes_mib"] = tuple(s >> 20 for s in args.sizes)
+        if args.modes:
+            kw["modes"] = args.modes
+        if args.limit_pct is not None:
+            if args.limit_pct >= 100:
+                raise _ArgError("--limit-pct: the limit must be below the size (1 to 99)")
+            if args.modes and not {"limit-copy", "limit-wait"} & set(args.modes):
+                raise _ArgError("--limit-pct applies to the limit-copy and limit-wait modes")
+            kw["limit_pct"] = args.limit_pct
+        if args.reps:
+            kw["reps"] = args.reps
+        return [("rxmem", RxmemParams(use_netns=use_netns, **kw))]
     if experiment == "dask":
         if args.nbytes is not None or args.warmup is not None:
             raise _ArgError("dask takes --array-size and --arrays, not --bytes or --warmup")
@@ -328,6 +369,8 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
             kw["requests"] = args.requests
         if args.reps:
             kw["reps"] = args.reps
+        if args.mmap_churn:
+            return [("rpc-churn", RpcChurnParams(use_netns=use_netns, verify=verify, **kw))]
         return [("rpc", RpcParams(use_netns=use_netns, verify=verify, **kw))]
     if experiment == "memory":
         if args.warmup is not None:
@@ -344,20 +387,22 @@ def _params(args: argparse.Namespace, experiment: str) -> list[tuple[str, Any]]:
 
 
 def _run_one(name: str, params: Any, progress: Callable[[str], None]) -> Experiment:
-    from zcnet.bench import dask, memory, rpc, rx, stream
+    from zcnet.bench import dask, memory, rpc, rpcchurn, rx, rxmem, stream
 
     runners: dict[str, Callable[[Any, Callable[[str], None]], Experiment]] = {
         "stream": stream.run_stream, "rx": rx.run_rx, "rpc": rpc.run_rpc,
-        "memory": memory.run_memory, "dask": dask.run_dask}
+        "rpc-churn": rpcchurn.run_rpc_churn, "memory": memory.run_memory,
+        "rxmem": rxmem.run_rxmem, "dask": dask.run_dask}
     return runners[name](params, progress)
 
 
 def _plan_count(name: str, params: Any) -> int:
-    from zcnet.bench import dask, memory, rpc, rx, stream
+    from zcnet.bench import dask, memory, rpc, rpcchurn, rx, rxmem, stream
 
     counts: dict[str, Callable[[Any], int]] = {
         "stream": stream.plan_count, "rx": rx.plan_count, "rpc": rpc.plan_count,
-        "memory": memory.plan_count, "dask": dask.plan_count}
+        "rpc-churn": rpcchurn.plan_count, "memory": memory.plan_count,
+        "rxmem": rxmem.plan_count, "dask": dask.plan_count}
     return counts[name](params)
 
 

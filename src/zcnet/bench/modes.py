@@ -9,7 +9,8 @@ from typing import Final
 
 __all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DASK_VARIANT_NAMES",
            "DEFAULT_C_SEND_MODES", "MEMORY_SEND_MODES", "MODE_WORDS", "QUICK_SEND_MODES",
-           "RECEIVE_MODES", "RECEIVE_WORDS", "RPC_MODES", "RX_SENDERS", "SEND_MODES",
+           "RECEIVE_MODES", "RECEIVE_WORDS", "RPC_CHURNS", "RPC_CHURN_VARIANTS", "RPC_MODES",
+           "RXMEM_MODES", "RX_SENDERS", "SEND_MODES",
            "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES", "UVLOOP_SUFFIX",
            "ZCNET_URING_SEND_MODES", "describe", "split_loop"]
 
@@ -77,6 +78,17 @@ RPC_MODES: Final[dict[str, tuple[bool, str | None]]] = {
 #: The memory experiment's send modes: plain copies and MSG_ZEROCOPY.
 MEMORY_SEND_MODES: Final = ("copy", "zerocopy")
 
+#: ``rpc --mmap-churn``'s receive variants -> the rpc server's ``rx_policy``: zcnet's Receiver
+#: with long-lived windows, and the bench-only receiver mapping a fresh window per receive.
+RPC_CHURN_VARIANTS: Final[dict[str, str]] = {"windows": "map", "fresh": "fresh"}
+#: What runs beside that server: nothing, the mmap churn thread, or its control (as busy, no
+#: mmap_lock).
+RPC_CHURNS: Final = ("none", "mmap", "syscall")
+
+#: The rxmem experiment's modes: hold mapped, hold copied, and mapped under an account limit
+#: (the rest copied, or processed to make room).
+RXMEM_MODES: Final = ("mapped", "copied", "limit-copy", "limit-wait")
+
 #: The dask experiment's variants: Dask's ``tcp://``, zcnet's ``zc://``, and ``zc://`` with
 #: zero-copy forced (:data:`zcnet.bench.dask.DASK_VARIANTS` has their settings).
 DASK_VARIANT_NAMES: Final = ("tcp", "zc", "zc-forced")
@@ -120,6 +132,18 @@ MODE_WORDS: Final[dict[str, str]] = {
     "off": "recv_into (zero-copy receive off)",
     "on": "zcnet Receiver, mapping every request",
     "on-default": "zcnet Receiver, default policy",
+    # rpc --mmap-churn: variant[+churn]
+    "windows": "zcnet windows",
+    "windows+mmap": "zcnet windows, mmap churn",
+    "windows+syscall": "zcnet windows, control churn (no lock)",
+    "fresh": "fresh window per receive",
+    "fresh+mmap": "fresh window per receive, mmap churn",
+    "fresh+syscall": "fresh window per receive, control churn (no lock)",
+    # rxmem
+    "mapped": "held mapped (zcnet Receiver)",
+    "copied": "held copied (recv_into)",
+    "limit-copy": "mapped up to the account limit, then copies",
+    "limit-wait": "mapped up to the account limit, then waits",
     # memory
     "copy": "plain copy sends",
     "zerocopy": "MSG_ZEROCOPY sends",

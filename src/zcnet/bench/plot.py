@@ -220,12 +220,51 @@ def _dask_panels(exp: Experiment) -> list[Panel]:
                   groups)]
 
 
+def _rpc_churn_panels(exp: Experiment) -> list[Panel]:
+    rows = {e["rx_variant"] + ("" if e["churn"] == "none" else f"+{e['churn']}"): e
+            for e in exp["summary"] if e["metrics"]}
+    groups = _metric_groups(rows, "windows", (
+        ("requests_per_s", "requests per second"),
+        ("server_cpu_us_per_req", "server CPU per request"),
+        ("latency_p99_us", "p99 latency")), describe)
+    if not groups:
+        return []
+    return [Panel("rpc-churn", "rpc --mmap-churn: zero-copy receive while a server thread maps "
+                  "and unmaps memory", "ratio to zcnet windows without churn",
+                  "zcnet windows, no churn = 1", groups)]
+
+
+def _rxmem_panels(exp: Experiment) -> list[Panel]:
+    sizes = [e["size_mib"] for e in exp["summary"] if e["metrics"]]
+    if not sizes:
+        return []
+    size = max(sizes)
+    rows = {e["mode"]: e for e in exp["summary"] if e["metrics"] and e["size_mib"] == size}
+    groups = []
+    for metric, label in (("cgroup_charge_mib", "memory cgroup charge"),
+                          ("rss_file_mib", "process RSS, file-mapped"),
+                          ("rmem_alloc_mib", "socket charge (rmem_alloc)"),
+                          ("zcnet_mapped_mib", "zcnet mapped account")):
+        bars = tuple(b for mode, e in rows.items()
+                     for b in [relative_bar(e, metric, _median(e, "held_mib"), mode,
+                                            describe(mode))]
+                     if b is not None)
+        if bars:
+            groups.append(Group(label, bars))
+    if not groups:
+        return []
+    return [Panel("rxmem", f"rxmem: {size} MiB received and held, who sees it",
+                  "MiB seen / MiB held", "all of the held bytes = 1", tuple(groups))]
+
+
 #: Experiment name -> its panels (in this order on the page). A missing name: no panel.
 PANEL_BUILDERS: dict[str, Callable[[Experiment], list[Panel]]] = {
     "stream": _stream_panels,
     "rx": _rx_panels,
     "rpc": _rpc_panels,
+    "rpc-churn": _rpc_churn_panels,
     "memory": _memory_panels,
+    "rxmem": _rxmem_panels,
     "dask": _dask_panels,
 }
 

@@ -273,8 +273,74 @@ def _dask_tables(exp: Experiment) -> list[Any]:
     return [t]
 
 
+def _rpc_churn_tables(exp: Experiment) -> list[Any]:
+    from rich.table import Table
+
+    p = exp["parameters"]
+    t = Table(title=f"rpc --mmap-churn: {p.get('connections')} connections, {p.get('size')}-byte "
+              "requests, zero-copy receive; churn: a server thread mapping and unmapping 1 MiB "
+              "in a loop (mmap) or as busy without the lock (syscall); server µs/req = its "
+              "receiving thread", show_lines=True)
+    for col in ("receive", "churn", "req/s", "vs no churn", "server µs/req", "vs no churn",
+                "client µs/req", "p50 µs", "p99 µs", "vs no churn", "mmap vs control",
+                "lock path", "churn /s", "mapped"):
+        t.add_column(col, justify="right")
+    words = {"windows": "zcnet windows", "fresh": "fresh window\nper receive"}
+    for e in exp["summary"]:
+        if _unavailable(e):
+            t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
+                      _unavailable(e) or "",
+                      *[""] * 11)
+            continue
+        lock = e.get("lock_path_pct")
+        t.add_row(words.get(e["rx_variant"], e["rx_variant"]), e["churn"],
+                  _cell(_summary(e, "requests_per_s"), "{:.0f}"),
+                  _pct(e.get("requests_per_s_vs_no_churn_pct")),
+                  _cell(_summary(e, "server_cpu_us_per_req"), "{:.1f}"),
+                  _pct(e.get("server_cpu_vs_no_churn_pct")),
+                  _cell(_summary(e, "client_cpu_us_per_req"), "{:.1f}"),
+                  _cell(_summary(e, "latency_p50_us"), "{:.0f}"),
+                  _cell(_summary(e, "latency_p99_us"), "{:.0f}"),
+                  _pct(e.get("latency_p99_vs_no_churn_pct")),
+                  DASH if "requests_per_s_vs_control_pct" not in e else
+                  f"req/s {_pct(e['requests_per_s_vs_control_pct'])}\n"
+                  f"CPU {_pct(e.get('server_cpu_vs_control_pct'))}\n"
+                  f"p99 {_pct(e.get('latency_p99_vs_control_pct'))}",
+                  DASH if lock is None else f"{lock:.2f}%",
+                  _cell(_summary(e, "churn_per_s"), "{:.0f}"),
+                  _cell(_summary(e, "mapped_pct"), "{:.0f}%"))
+    return [t]
+
+
+def _rxmem_tables(exp: Experiment) -> list[Any]:
+    from rich.table import Table
+
+    t = Table(title="rxmem: a receiver in a memory cgroup of its own holds N MiB (MiB above its "
+              "baseline; sockstat is kernel-wide); unaccounted = held - cgroup charge - zcnet "
+              "mapped", show_lines=True)
+    # (the cgroup's anonymous and file-mapped parts are in the JSON)
+    for col in ("N", "mode", "held", "mapped", "copied", "cgroup charge", "cgroup sock",
+                "sockstat TCP", "rmem_alloc", "RSS", "RSS file", "zcnet mapped",
+                "peak / limit", "unaccounted"):
+        t.add_column(col, justify="right")
+    for e in exp["summary"]:
+        def mib(metric: str, entry: dict[str, Any] = e) -> str:
+            return _cell(_summary(entry, metric), "{:.1f}")
+
+        limit = _summary(e, "limit_mib")
+        peak = mib("zcnet_mapped_peak_mib")
+        t.add_row(f"{e['size_mib']}M", e["mode"], mib("held_mib"), mib("held_mapped_mib"),
+                  mib("held_copied_mib"), mib("cgroup_charge_mib"), mib("cgroup_sock_mib"),
+                  mib("sockstat_tcp_mib"), mib("rmem_alloc_mib"), mib("rss_mib"),
+                  mib("rss_file_mib"), mib("zcnet_mapped_mib"),
+                  f"{peak} / {DASH if limit is None else f'{limit.median:.1f}'}",
+                  mib("unaccounted_mib"))
+    return [t]
+
+
 _TABLES = {"stream": _stream_tables, "rx": _rx_tables, "rpc": _rpc_tables,
-           "memory": _memory_tables, "dask": _dask_tables}
+           "rpc-churn": _rpc_churn_tables, "memory": _memory_tables, "rxmem": _rxmem_tables,
+           "dask": _dask_tables}
 
 
 def print_tables(report: Report, console: Any = None) -> None:

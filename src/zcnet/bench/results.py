@@ -20,7 +20,8 @@ import types
 import typing
 from typing import Any, Literal, NotRequired, TypedDict, Union, get_args, get_origin
 
-__all__ = ["SHAPES", "DaskRun", "DaskSummary", "Environment", "Experiment", "Machine",
+__all__ = ["SHAPES", "DaskRun", "DaskSummary", "RpcChurnRun", "RpcChurnSummary", "RxmemRun",
+           "RxmemSummary", "Environment", "Experiment", "Machine",
            "MemoryRun", "MemorySummary", "Profile", "ProfileSide", "Report", "Role", "RpcRun",
            "RpcSummary", "Run", "RxRun", "RxSummary", "Side", "Stat", "Status", "StreamRun",
            "StreamSummary", "SummaryEntry", "Verified", "shape_errors", "unavailable_side"]
@@ -163,12 +164,54 @@ class DaskSummary(SummaryEntry):
     receiver_cpu_vs_tcp_pct: NotRequired[float | None]
 
 
+class RpcChurnRun(RpcRun):
+    """A run of ``rpc --mmap-churn`` (experiment ``rpc-churn``): a receive variant, with no
+    churn thread, the mmap churn or its control (``churn``: none, mmap, syscall)."""
+
+    rx_variant: str
+    churn: str
+
+
+class RpcChurnSummary(SummaryEntry):
+    """An ``rpc-churn`` summary row, churn rows relative to the same variant without churn."""
+
+    rx_variant: str
+    churn: str
+    requests_per_s_vs_no_churn_pct: NotRequired[float | None]
+    server_cpu_vs_no_churn_pct: NotRequired[float | None]
+    latency_p99_vs_no_churn_pct: NotRequired[float | None]
+    requests_per_s_vs_control_pct: NotRequired[float | None]
+    server_cpu_vs_control_pct: NotRequired[float | None]
+    latency_p99_vs_control_pct: NotRequired[float | None]
+    lock_path_pct: NotRequired[float | None]
+
+
+class RxmemRun(Run):
+    """A run of ``rxmem``: one size held in one mode, in a memory cgroup of its own."""
+
+    mode: str
+    size_mib: int
+    limit_bytes: int | None
+    cgroup: dict[str, Any] | None
+    receiver: Side
+    sender: Side
+
+
+class RxmemSummary(SummaryEntry):
+    """An ``rxmem`` summary row."""
+
+    size_mib: int
+    mode: str
+
+
 #: Each experiment's run and summary row shapes, by name (what a test of the JSON checks).
 SHAPES: dict[str, tuple[type, type]] = {
     "stream": (StreamRun, StreamSummary),
     "rx": (RxRun, RxSummary),
     "rpc": (RpcRun, RpcSummary),
+    "rpc-churn": (RpcChurnRun, RpcChurnSummary),
     "memory": (MemoryRun, MemorySummary),
+    "rxmem": (RxmemRun, RxmemSummary),
     "dask": (DaskRun, DaskSummary),
 }
 

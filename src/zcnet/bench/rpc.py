@@ -18,7 +18,10 @@ when the first timed request arrives, i.e. after all warm-up requests were answe
 Requests and responses are pattern streams per connection; verification as elsewhere: full on
 verification repetitions, first/last byte on timed ones. The server's receive paths are
 :data:`zcnet.bench.modes.RPC_MODES`; the plan and the loop are :mod:`zcnet.bench.driver`'s
-(the workload: :class:`_RpcWorkload`, a fresh server per repetition).
+(the workload: :class:`_RpcWorkload`, a fresh server per repetition). ``rpc --mmap-churn``
+(:mod:`zcnet.bench.rpcchurn`) runs the same server with ``rx_policy`` "fresh" (a new window per
+receive, :mod:`zcnet.bench.freshwindow`) and a churn thread (:mod:`zcnet.bench.rpcextras`); the
+server also reports its receiving thread's CPU (``thread_cpu``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from zcnet.bench.modes import RPC_MODES
 from zcnet.bench.pattern import Verifier
 from zcnet.bench.peers import client_worker
 from zcnet.bench.results import Experiment, RpcRun
+from zcnet.bench.rpcextras import ServerExtras
 from zcnet.bench.server import make_listener
 from zcnet.bench.workers import Worker, spawn
 from zcnet.errors import TimeoutExpired
@@ -94,7 +98,11 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
     full = bool(cfg["full"])
     verifier = Verifier(span=max(size, 4096))
     make_rx: Callable[[socket.socket], Any] | None = None
-    if cfg["zerocopy"]:
+    if cfg["zerocopy"] and cfg["rx_policy"] == "fresh":  # rpc --mmap-churn's naive variant
+        from zcnet.bench.freshwindow import FreshWindowReceiver
+
+        make_rx = FreshWindowReceiver
+    elif cfg["zerocopy"]:
         from zcnet.receiver import Receiver, RecvPolicy
 
         pages = max(1, -(-size // 4096))
@@ -111,12 +119,17 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
     window = CpuWindow()
     ep = select.epoll()
     conns: dict[int, _ServerConn] = {}
+    extras: ServerExtras | None = None
+    thread0 = 0.0
     try:
         for _ in range(conns_n):
             sock, _peer = listener.accept()
             rx = make_rx(sock) if make_rx is not None else None
             conns[sock.fileno()] = _ServerConn(sock, size, rx)
             ep.register(sock.fileno(), select.EPOLLIN)
+        extras = ServerExtras(cfg)  # rpc --mmap-churn: the churn thread, the lock profile
+        extras.start()
+
         def check(offset: int, data: memoryview, done: int) -> None:
             if full or done < warm_total:
                 with window.exclude():
@@ -153,24 +166,29 @@ def rpc_server(pipe: Connection, host: str, cfg: dict[str, Any]) -> None:
                     c.got = 0
                     if done == warm_total:
                         window.start()
+                        thread0 = time.thread_time()
                     c.sock.sendall(verifier.window(RESPONSE_BASE + c.tx_off, size))
                     c.tx_off += size
                     done += 1
                     if c.rx is None or not c.rx.buffered:
                         break
         window.stop()
+        thread_cpu = max(0.0, time.thread_time() - thread0 - window.excluded)
         mapped = copied = 0
         for c in conns.values():
             if c.rx is not None:
                 st = c.rx.stats
                 mapped += st.bytes_mapped
                 copied += st.bytes_copied
-        pipe.send({"ok": True, "cpu": window.cpu, "wall": window.wall,
+        pipe.send({"ok": True, "cpu": window.cpu, "wall": window.wall, "thread_cpu": thread_cpu,
+                   **extras.stop(),
                    "requests": total - warm_total, "verify_cpu": window.excluded,
                    "bytes_mapped": mapped, "bytes_copied": copied,
                    "bytes_plain": sum(c.rx_off for c in conns.values()) if not cfg["zerocopy"]
                    else 0})
     finally:
+        if extras is not None:
+            extras.stop()
         for c in conns.values():
             with contextlib.suppress(Exception):
                 (c.rx or c.sock).close()
