@@ -363,6 +363,8 @@ def write_plot(report: Report, path: str) -> None:
         flat[0].text(0.5, 0.5, "no experiment in this report has results to plot",
                      ha="center", va="center")
     fig.suptitle(_title(report), fontsize=10)
-    fig.tight_layout()
+    # leave the top strip to the two-line title (tight_layout alone lets the first row's panel
+    # titles run into it)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (5.2 * nrows)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
