@@ -71,8 +71,10 @@ def test_group_charges_a_joined_process_and_is_removed_with_it_inside() -> None:
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "ok"
         reading = cg.read()
-        assert reading.usage - base >= 32 << 20
-        assert reading.anon is not None and reading.anon >= 32 << 20
+        # the 32 MiB are charged (less what the child freed meanwhile of its baseline: a few
+        # pages; once 8 KiB short of 32 MiB in the test command)
+        assert reading.usage - base >= 30 << 20
+        assert reading.anon is not None and reading.anon >= 30 << 20
         # leaving the block removes the group with the process still in it
     try:
         assert not os.path.exists(cg.path)   # the process was moved out first
