@@ -833,9 +833,9 @@ record_batch(zc_TxCoreObject *c, PyObject *tickets, const size_t *lens, Py_ssize
 /* The leases among the first `upto` datagrams of a batch that was sent (or tried): each goes back
  * to its pool when its ticket is done (Lease.release_when_done, as Sender._send_batch_udp does in
  * its finally). All at once through the first lease's pool (BufferPool._begin_flights: one
- * account move, one lock; in C when it can, zc_pool_begin_flights); if that refuses (leases of several pools, one lease twice), one at a
- * time, so that each that can go does. An exception of one is raised unless another is already
- * on its way. */
+ * account move, one lock; in C when it can, zc_pool_begin_flights); if that refuses (leases of
+ * several pools, one lease twice), one at a time, so that each that can go does. An exception of
+ * one is raised unless another is already on its way. */
 static void
 leases_in_flight(PyObject *seq, PyObject *tickets, const char *is_lease, Py_ssize_t upto,
                  PyObject *sender)
