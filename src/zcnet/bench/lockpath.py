@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from zcnet.bench.profile import ATTACH_DELAY, FREQ, parse_report
+from zcnet.bench.profile import ATTACH_DELAY, FREQ, parse_report, stop_recording
 
 __all__ = ["LOCK_PREFIXES", "LOCK_SYMBOLS", "ThreadPerf", "is_lock_path", "lock_path_share"]
 
@@ -92,16 +91,8 @@ class ThreadPerf:
             if proc is None:
                 out["error"] = "perf was not started"
                 return out
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                _, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            if not os.path.exists(self._data):
-                out["error"] = (f"perf record exited {proc.returncode}: "
-                                f"{err.decode(errors='replace').strip()[-200:]}")
+            out["error"] = stop_recording(proc, self._data)
+            if out["error"] is not None:
                 return out
             rep = subprocess.run(
                 [shutil.which("perf") or "perf", "report", "-i", self._data, "--stdio",

@@ -29,7 +29,8 @@ import tempfile
 import time
 from typing import Any, Final
 
-__all__ = ["TOP", "PerfSession", "format_top", "parse_report", "perf_unavailable_reason"]
+__all__ = ["TOP", "PerfSession", "format_top", "parse_report", "perf_unavailable_reason",
+           "stop_recording"]
 
 TOP: Final = 8
 FREQ: Final = 999
@@ -68,6 +69,22 @@ def perf_unavailable_reason() -> str | None:
                 reason = f"perf record failed: {e}"
     _REASON.append(reason)
     return reason
+
+
+def stop_recording(proc: subprocess.Popen[bytes], data: str) -> str | None:
+    """Stop ``perf record`` (SIGINT, as Ctrl-C: it writes its data file then) and wait for it;
+    why there is no profile in ``data``, or None."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if os.path.exists(data):
+        return None
+    return (f"perf record exited {proc.returncode}: "
+            f"{err.decode(errors='replace').strip()[-200:]}")
 
 
 def parse_report(text: str, top: int = TOP) -> dict[str, Any]:
@@ -120,16 +137,9 @@ class PerfSession:
         """Stop recording and summarise each side's profile."""
         out: dict[str, dict[str, Any]] = {}
         for side, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                _, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            if not os.path.exists(self._data(side)):
-                self.errors[side] = (f"perf record exited {proc.returncode}: "
-                                     f"{err.decode(errors='replace').strip()[-200:]}")
+            error = stop_recording(proc, self._data(side))
+            if error is not None:
+                self.errors[side] = error
         perf = _perf() or "perf"
         for side in self.pids:
             if side in self.errors:
