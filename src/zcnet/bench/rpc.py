@@ -49,7 +49,7 @@ from zcnet.bench.workers import Worker, spawn
 from zcnet.errors import TimeoutExpired
 
 __all__ = ["RpcParams", "plan_count", "rpc_client", "rpc_mode", "rpc_server",
-           "run_rpc"]
+           "run_rpc", "serve_once"]
 
 MSS_4K_LISTENER = 4096 + 12
 RESPONSE_BASE = 7919           # responses use the pattern from another offset than requests
@@ -370,20 +370,29 @@ class _RpcWorkload:
         cfg = {"connections": p.connections, "size": p.size, "warmup": p.warmup,
                "requests": p.requests, "zerocopy": item["zerocopy_receive"],
                "rx_policy": item["rx_policy"], "full": verified(p.verify, item["role"]) == "full"}
-        server: Worker = spawn(rpc_server, self.env.ns_name, self.env.host, cfg)
-        try:
-            addr = tuple(server.recv(60))
-            res = self.client.call(dict(cfg, kind="rpc", addr=addr))
-            srv = server.recv(60) if res.get("ok") else {"ok": False}
-        finally:
-            server.stop(2.0)
-        for n in res.get("notes") or []:
-            if n not in self.notes:
-                self.notes.append(n)
+        res, srv = serve_once(self.env, self.client, cfg, self.notes, server_timeout=60)
         return _record(item, p, res, srv)
 
     def profile_pids(self, item: Item) -> dict[str, int]:
         return {}  # rpc has no --profile
+
+
+def serve_once(env: Environment, client: Worker, cfg: dict[str, Any], notes: list[str], *,
+               server_timeout: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One repetition: a fresh :func:`rpc_server` with ``cfg`` in the namespace, the client
+    worker's requests against it; the client's and the server's results (the server's waited
+    for up to ``server_timeout`` s). The client's notes are added to ``notes`` once each."""
+    server: Worker = spawn(rpc_server, env.ns_name, env.host, cfg)
+    try:
+        addr = tuple(server.recv(60))
+        res = client.call(dict(cfg, kind="rpc", addr=addr))
+        srv = server.recv(server_timeout) if res.get("ok") else {"ok": False}
+    finally:
+        server.stop(2.0)
+    for n in res.get("notes") or []:
+        if n not in notes:
+            notes.append(n)
+    return res, srv
 
 
 def run_rpc(p: RpcParams, progress: Progress) -> Experiment:

@@ -39,7 +39,7 @@ from zcnet.bench.modes import RPC_CHURN_VARIANTS, RPC_CHURNS
 from zcnet.bench.peers import client_worker
 from zcnet.bench.profile import perf_unavailable_reason
 from zcnet.bench.results import Experiment, RpcChurnRun
-from zcnet.bench.rpc import MSS_4K_LISTENER, rpc_server
+from zcnet.bench.rpc import MSS_4K_LISTENER, RpcParams, serve_once
 from zcnet.bench.workers import Worker, spawn
 
 __all__ = ["CHURNS", "METRICS", "VARIANTS", "RpcChurnParams", "plan_count", "run_rpc_churn"]
@@ -56,16 +56,9 @@ PROFILE_LENGTH: Final = 3
 
 
 @dataclass
-class RpcChurnParams:
-    """Parameters of ``rpc --mmap-churn``."""
+class RpcChurnParams(RpcParams):
+    """Parameters of ``rpc --mmap-churn``: the rpc experiment's, and its lock profile."""
 
-    connections: int = 100
-    size: int = 4096
-    requests: int = 200
-    warmup: int = 10
-    reps: int = 3
-    verify: str = "sample"
-    use_netns: bool = True
     lock_profile: bool = True    # one perf repetition per configuration, where perf records
 
 
@@ -146,16 +139,7 @@ class _ChurnWorkload:
                "churn": None if item["churn"] == "none" else item["churn"],
                "lock_profile": lock_profile,
                "full": verified(p.verify, item["role"]) == "full"}
-        server: Worker = spawn(rpc_server, self.env.ns_name, self.env.host, cfg)
-        try:
-            addr = tuple(server.recv(60))
-            res = self.client.call(dict(cfg, kind="rpc", addr=addr))
-            srv = server.recv(120) if res.get("ok") else {"ok": False}
-        finally:
-            server.stop(2.0)
-        for n in res.get("notes") or []:
-            if n not in self.notes:
-                self.notes.append(n)
+        res, srv = serve_once(self.env, self.client, cfg, self.notes, server_timeout=120)
         return _record(item, p, res, srv)
 
     def profile_pids(self, item: Item) -> dict[str, int]:
