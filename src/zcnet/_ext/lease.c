@@ -1126,6 +1126,12 @@ zc_lease_land(PyObject *obj)
 }
 
 int
+zc_lease_is_leased(PyObject *obj)
+{
+    return IS_LEASE(obj) && AS_LEASE(obj)->state == LEASED && !AS_LEASE(obj)->claimed;
+}
+
+int
 zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender)
 {
     Py_ssize_t n = PyList_GET_SIZE(leases);

@@ -564,6 +564,59 @@ core_reap_meth(zc_TxCoreObject *c, PyObject *unused)
     return Py_BuildValue("nn", messages, finished);
 }
 
+static PyObject *s_release_when_done, *s_begin_flights;
+
+/* The registered-buffer index of `len` bytes at `ptr` on the ring (-1: none), registering the
+ * slab of the lease `buf` first if it is one (register_lease: the first send of its slab):
+ * 0, or -1 with an exception set. */
+static int
+fixed_index_of(zc_TxCoreObject *c, PyObject *buf, int is_lease, const void *ptr, size_t len,
+               int *fixed)
+{
+    *fixed = zc_ring_fixed_index(c->ring, ptr, len);
+    if (*fixed >= 0 || !is_lease || c->register_lease == NULL)
+        return 0;
+    PyObject *r = PyObject_CallOneArg(c->register_lease, buf);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    *fixed = zc_ring_fixed_index(c->ring, ptr, len);
+    return 0;
+}
+
+/* Sender._send_lease's last step, also after a failed send: `lease` goes back to its pool when
+ * `ticket` is done (Lease.release_when_done; in C when it can, zc_pool_begin_flights). Returns
+ * `result` (stolen), or NULL with the hand-over's exception when only it raised (if the send
+ * raised too, the send's exception goes on and the hand-over's is reported as unraisable). */
+static PyObject *
+lease_handed_over(zc_TxCoreObject *c, PyObject *lease, PyObject *ticket, PyObject *result)
+{
+    PyObject *raised = result == NULL ? zc_get_raised() : NULL;
+    PyObject *leases = PyList_New(1), *their = PyList_New(1);
+    int done = -1;
+    if (leases != NULL && their != NULL) {
+        PyList_SET_ITEM(leases, 0, Py_NewRef(lease));
+        PyList_SET_ITEM(their, 0, Py_NewRef(ticket));
+        done = zc_pool_begin_flights(leases, their, c->sender);
+    }
+    Py_XDECREF(leases);
+    Py_XDECREF(their);
+    if (done == 0) { /* another pool's lease, an account to move: the Python method */
+        PyObject *r = PyObject_CallMethodOneArg(lease, s_release_when_done, ticket);
+        done = r == NULL ? -1 : 1;
+        Py_XDECREF(r);
+    }
+    if (done < 0) {
+        if (raised != NULL)
+            PyErr_WriteUnraisable(lease);
+        else
+            Py_CLEAR(result);
+    }
+    if (raised != NULL)
+        zc_set_raised(raised);
+    return result;
+}
+
 static PyObject *
 python_path(zc_TxCoreObject *c, PyObject *buf)
 {
@@ -665,7 +718,12 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     if (c->unusable || c->active) /* Python raises what it means */
         return python_path(c, buf);
     PyTypeObject *tb = Py_TYPE(buf);
-    if (tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type)
+    /* a pool lease is sent as its buffer, then handed over (Sender._send_lease); one in flight,
+     * held back or released takes the Python path, which raises what it means */
+    int is_lease = c->lease_type != NULL && tb == c->lease_type;
+    if (tb != &PyBytes_Type && tb != &PyByteArray_Type && tb != &PyMemoryView_Type && !is_lease)
+        return python_path(c, buf);
+    if (is_lease && !zc_lease_is_leased(buf))
         return python_path(c, buf);
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) { /* not contiguous, released... */
@@ -703,12 +761,14 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
             view.obj = NULL;
         }
     }
-    c->active = 1;
     const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
+    int fixed = -1;
+    if (zc && c->ring != NULL && fixed_index_of(c, buf, is_lease, ptr, (size_t)nbytes, &fixed) < 0)
+        goto out; /* nothing sent: the lease stays the caller's */
+    c->active = 1;
     Py_ssize_t n, took = 0; /* (EINTR from send(2): nothing was sent) */
     if (zc && c->ring != NULL) { /* the io_uring engine: one SEND_ZC */
-        n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes,
-                          zc_ring_fixed_index(c->ring, ptr, (size_t)nbytes), c->waitall);
+        n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes, fixed, c->waitall);
         if (n == -2)
             took = zc_ring_took(c->ring);
     } else {
@@ -771,6 +831,8 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
     }
     result = Py_NewRef(ticket);
 inactive:
+    if (is_lease && ticket != NULL)
+        result = lease_handed_over(c, buf, ticket, result);
     c->active = 0;
 out:
     if (view.obj != NULL)
@@ -808,8 +870,6 @@ batch_stopped(zc_TxCoreObject *c, PyObject *tickets, Py_ssize_t pos, PyObject *e
     zc_set_raised(exc);
     return NULL;
 }
-
-static PyObject *s_release_when_done, *s_begin_flights;
 
 /* Datagrams pos .. pos+sent-1 went (sendmmsg or the ring), each having taken the next counter
  * value: recorded at once, with no Python code in between (sendmmsg.py), and counted
@@ -953,16 +1013,9 @@ core_send_batch(zc_TxCoreObject *c, PyObject *bufs)
         }
         lens[i] = (size_t)t->nbytes;
         fixed[i] = -1;
-        if (c->ring != NULL) {
-            fixed[i] = zc_ring_fixed_index(c->ring, ptrs[i], lens[i]);
-            if (fixed[i] < 0 && is_lease[i] && c->register_lease != NULL) {
-                PyObject *r = PyObject_CallOneArg(c->register_lease, buf);
-                if (r == NULL)
-                    goto out;
-                Py_DECREF(r);
-                fixed[i] = zc_ring_fixed_index(c->ring, ptrs[i], lens[i]);
-            }
-        }
+        if (c->ring != NULL
+            && fixed_index_of(c, buf, is_lease[i], ptrs[i], lens[i], &fixed[i]) < 0)
+            goto out;
     }
     lease_upto = k; /* from here on every lease is in flight, sent or not */
     Py_ssize_t pos = 0;

@@ -84,6 +84,9 @@ PyObject *zc_lease_land(PyObject *lease);
  * case, nothing changed (the Python method decides); -1 with the exception _begin_flights
  * raises (nothing changed when its check refused). */
 int zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender);
+/* Whether `obj` is a compiled lease that is simply leased (not in flight, held back or
+ * released): one Sender.send may take it in C. */
+int zc_lease_is_leased(PyObject *obj);
 /* tracker.c: the zero-copy completion counter (zcnet._core.tracker.CompletionTracker in C). */
 typedef struct {
     PyObject *token;   /* NULL once completed */
