@@ -238,3 +238,83 @@ def test_hugepage_slabs_are_2mib_aligned() -> None:
     assert lease.view.tobytes().count(b"\x5a") == len(lease)
     lease.release()
     p.close()
+
+
+def _spill_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of BufferPool._spill (the Python method), which still does its work."""
+    calls: list[int] = []
+    original = BufferPool._spill
+
+    def counted(self: BufferPool, fl: list[Any], cls: int) -> None:
+        calls.append(cls)
+        original(self, fl, cls)
+
+    monkeypatch.setattr(BufferPool, "_spill", counted)
+    return calls
+
+
+def test_releases_past_the_thread_cache_spill_to_the_shared_lists(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Releasing more leases than this thread's list keeps (thread_cache_bytes) moves the rest to
+    the pool's shared lists (compiled: in C, without the Python method); every block comes back
+    once, and they are acquired again with their contents intact."""
+    from zcnet._accel import speedups
+
+    calls = _spill_counted(monkeypatch)
+    p = BufferPool(max_size=64 * 1024, slab_bytes=1024 * 1024, thread_cache_bytes=256 * 1024)
+    leases = [p.acquire(64 * 1024) for _ in range(40)]  # the cap is 4 blocks of this class
+    for i, lease in enumerate(leases):
+        lease.view[:8] = i.to_bytes(8, "little")
+    blocks = {id(lease._block) for lease in leases}
+    for lease in leases:
+        lease.release()
+    st = p.stats()
+    assert st.outstanding == 0 and st.idle_blocks == 40 and st.releases == 40
+    assert (calls == []) if speedups is not None else (len(calls) > 0)
+    again = [p.acquire(64 * 1024) for _ in range(40)]
+    assert {id(lease._block) for lease in again} == blocks  # no block lost or doubled
+    assert p.stats().slabs == st.slabs
+    for lease in again:
+        lease.release()
+    p.close()
+
+
+def test_a_spill_waits_for_the_pool_lock_held_by_another_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While another thread holds the pool's lock, a release that must spill does not touch the
+    shared lists: it waits for the lock (the Python method) and then completes; nothing lost."""
+    calls = _spill_counted(monkeypatch)
+    p = BufferPool(max_size=64 * 1024, slab_bytes=1024 * 1024, thread_cache_bytes=256 * 1024)
+    locked, go, acquired = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with p._lock:
+            locked.set()
+            go.wait(5)
+
+    done = threading.Event()
+
+    def release_all() -> None:  # the leases' own thread: releases go to its list, then spill
+        leases = [p.acquire(64 * 1024) for _ in range(12)]
+        acquired.set()
+        assert locked.wait(5)
+        for lease in leases:
+            lease.release()
+        done.set()
+
+    r = threading.Thread(target=release_all)
+    r.start()
+    assert acquired.wait(5)
+    t = threading.Thread(target=hold)
+    t.start()
+    assert not done.wait(0.3)  # blocked on the lock, in the Python spill
+    assert calls
+    go.set()
+    t.join(5)
+    r.join(5)
+    assert done.is_set()
+    st = p.stats()
+    assert st.outstanding == 0 and st.idle_blocks == 12
+    p.close()

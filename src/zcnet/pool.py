@@ -990,7 +990,7 @@ class BufferPool(_PoolBase):
             self._core = speedups.PoolCore(
                 self, Lease, self._local, self._book, self._account, self._waiters, self._cap,
                 self._max_size, BufferPool.acquire, BufferPool.release, block_type=_Block,
-                slab_type=_Slab)
+                slab_type=_Slab, lock=self._lock, shared=self._shared)
             if type(self).acquire is BufferPool.acquire:  # not overridden by a subclass
                 self.__dict__["acquire"] = self._core.acquire
             if type(self).release is BufferPool.release:

@@ -35,7 +35,26 @@ static PyObject *s_slab, *s_mm, *s_start, *s_cls, *s_check_mine, *s_add_done_cal
     *s_on_done;
 
 #define AS_LEASE(o) ((zc_LeaseObject *)(o))
-#define IS_LEASE(o) PyObject_TypeCheck((o), &LeaseBaseType)
+#define IS_LEASE(o) is_lease(o)
+
+/* The LeaseBase subclass seen last (a strong reference): leases are instances of a Python
+ * subclass (zcnet.pool.Lease), for which PyObject_TypeCheck walks the MRO at every call; an
+ * exact-type comparison first makes the common case one load. */
+static PyTypeObject *lease_type_seen;
+
+static int
+is_lease(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    if (t == lease_type_seen || t == &LeaseBaseType)
+        return 1;
+    if (!PyType_IsSubtype(t, &LeaseBaseType))
+        return 0;
+    PyTypeObject *old = lease_type_seen;
+    lease_type_seen = (PyTypeObject *)Py_NewRef(t);
+    Py_XDECREF(old);
+    return 1;
+}
 
 /* -- LeaseBase ---------------------------------------------------------------------------- */
 
@@ -802,6 +821,9 @@ typedef struct {
                          * and a pool dropped without close() is freed at once, as before */
     PyObject *lease_type, *local, *book, *account, *waiters, *cap;
     PyObject *fallback, *release_fallback; /* BufferPool.acquire and .release, the functions */
+    /* the pool's lock and its shared free lists (a list per size class), for a spill in C; NULL:
+     * BufferPool._spill */
+    PyObject *lock, *shared;
     Py_ssize_t max_size;
     /* the ThreadCache the last fast acquire found in `local`, and its thread: the next acquire
      * of that thread skips the threading.local lookup while the cache's owner lives (a thread's
@@ -833,22 +855,34 @@ core_pool(zc_PoolCoreObject *c)
 
 static PyTypeObject PoolCoreType;
 static PyObject *core_return(zc_PoolCoreObject *c, PyObject *obj);
-static PyObject *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill;
+static PyObject *s_cache, *s_end_flight, *s_hold_back, *s_return, *s_spill, *s_acquire,
+    *s_release;
 
 static PyObject *
 core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"pool", "lease_type", "local", "book", "account", "waiters", "cap",
                              "max_size", "fallback", "release_fallback", "block_type",
-                             "slab_type", NULL};
+                             "slab_type", "lock", "shared", NULL};
     PyObject *pool, *lease_type, *local, *book, *account, *waiters, *cap, *fallback, *rfallback;
+    PyObject *lock = NULL, *shared = NULL;
     PyTypeObject *block_type = NULL, *slab_type = NULL;
     Py_ssize_t max_size;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nOO|$O!O!:PoolCore", kwlist, &pool,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO!O!nOO|$O!O!OO!:PoolCore", kwlist, &pool,
                                      &lease_type, &local, &book, &account, &PySet_Type, &waiters,
                                      &PyList_Type, &cap, &max_size, &fallback, &rfallback,
-                                     &PyType_Type, &block_type, &PyType_Type, &slab_type))
+                                     &PyType_Type, &block_type, &PyType_Type, &slab_type,
+                                     &lock, &PyList_Type, &shared))
         return NULL;
+    if ((lock == NULL) != (shared == NULL))
+        return PyErr_Format(PyExc_TypeError, "lock and shared go together");
+    if (shared != NULL) {
+        if (PyList_GET_SIZE(shared) != PyList_GET_SIZE(cap))
+            return PyErr_Format(PyExc_ValueError, "shared needs a list per size class of cap");
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(shared); i++)
+            if (!PyList_CheckExact(PyList_GET_ITEM(shared, i)))
+                return PyErr_Format(PyExc_TypeError, "shared must be a list of lists");
+    }
     BlockLayout layout = {NULL, NULL, 0, 0, 0, 0};
     if ((block_type == NULL) != (slab_type == NULL))
         return PyErr_Format(PyExc_TypeError, "block_type and slab_type go together");
@@ -881,6 +915,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->cap = Py_NewRef(cap);
     c->fallback = Py_NewRef(fallback);
     c->release_fallback = Py_NewRef(rfallback);
+    c->lock = Py_XNewRef(lock);
+    c->shared = Py_XNewRef(shared);
     c->max_size = max_size;
     c->layout = layout;
     Py_XINCREF(block_type);
@@ -900,6 +936,8 @@ core_traverse(zc_PoolCoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->cap);
     Py_VISIT(c->fallback);
     Py_VISIT(c->release_fallback);
+    Py_VISIT(c->lock);
+    Py_VISIT(c->shared);
     Py_VISIT(c->last_cache);
     Py_VISIT(c->layout.block_type);
     Py_VISIT(c->layout.slab_type);
@@ -918,6 +956,8 @@ core_clear(zc_PoolCoreObject *c)
     Py_CLEAR(c->cap);
     Py_CLEAR(c->fallback);
     Py_CLEAR(c->release_fallback);
+    Py_CLEAR(c->lock);
+    Py_CLEAR(c->shared);
     Py_CLEAR(c->last_cache);
     Py_CLEAR(c->layout.block_type);
     Py_CLEAR(c->layout.slab_type);
@@ -1069,6 +1109,43 @@ static PyTypeObject PoolCoreType = {
     .tp_new = core_new,
 };
 
+/* BufferPool._spill of the free list `fl` of size class `cls` (capacity `cap`), in C: the blocks
+ * past half the capacity go to the pool's shared list, both steps under the pool's lock, taken
+ * without blocking. 1 done; 0 not done, nothing changed (no lock and lists given, the pool
+ * closed, or the lock busy: the Python method waits for it); -1 with an exception. No Python
+ * code runs while the lock is held: the blocks only move between lists that hold them. */
+static int
+core_spill(zc_PoolCoreObject *c, PyObject *fl, int cls, Py_ssize_t cap)
+{
+    if (c->lock == NULL || c->closed || cls >= PyList_GET_SIZE(c->shared))
+        return 0;
+    PyObject *got = PyObject_CallMethodOneArg(c->lock, s_acquire, Py_False);
+    if (got == NULL)
+        return -1;
+    int locked = PyObject_IsTrue(got);
+    Py_DECREF(got);
+    if (locked <= 0)
+        return locked;
+    Py_ssize_t keep = cap / 2, n = PyList_GET_SIZE(fl);
+    PyObject *shared = PyList_GET_ITEM(c->shared, cls);
+    PyObject *tail = PyList_GetSlice(fl, keep, n);
+    int rc = tail == NULL ? -1 : PyList_SetSlice(shared, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, tail);
+    if (rc == 0)
+        rc = PyList_SetSlice(fl, keep, n, NULL);
+    Py_XDECREF(tail);
+    PyObject *exc = rc < 0 ? zc_get_raised() : NULL;
+    PyObject *r = PyObject_CallMethodNoArgs(c->lock, s_release);
+    if (exc != NULL) {
+        Py_XDECREF(r);
+        zc_set_raised(exc);
+        return -1;
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 1;
+}
+
 /* BufferPool._return of the claimed lease `obj`: onto its owner's free list in C when the owner
  * is this thread and nobody waits, else the Python method (a new reference to None, or NULL). */
 static PyObject *
@@ -1089,6 +1166,9 @@ core_return(zc_PoolCoreObject *c, PyObject *obj)
     if (cap == -1 && PyErr_Occurred())
         return NULL;
     if (PyList_GET_SIZE(fl) > cap) {
+        int spilt = core_spill(c, fl, l->cls, cap);
+        if (spilt != 0)
+            return spilt < 0 ? NULL : Py_NewRef(Py_None);
         PyObject *k = PyLong_FromLong(l->cls);
         PyObject *r = k == NULL ? NULL : PyObject_CallMethodObjArgs(l->pool, s_spill, fl, k, NULL);
         Py_XDECREF(k);
@@ -1196,7 +1276,7 @@ zc_lease_init(PyObject *module)
         {&s_check_mine, "_check_mine"}, {&s_add_done_callback, "add_done_callback"},
         {&s_on_done, "_on_done"}, {&s_cache, "cache"},
         {&s_end_flight, "_end_flight"}, {&s_hold_back, "_hold_back"}, {&s_return, "_return"},
-        {&s_spill, "_spill"},
+        {&s_spill, "_spill"}, {&s_acquire, "acquire"}, {&s_release, "release"},
     };
     if (zc_intern(names, sizeof(names) / sizeof(names[0])) < 0)
         return -1;
