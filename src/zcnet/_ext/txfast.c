@@ -762,10 +762,13 @@ core_send(zc_TxCoreObject *c, PyObject *buf)
         }
     }
     const void *ptr = zc && mv == NULL ? ((zc_TicketObject *)ticket)->pin.buf : view.buf;
+    c->active = 1; /* (registering a lease's slab runs Python code) */
     int fixed = -1;
-    if (zc && c->ring != NULL && fixed_index_of(c, buf, is_lease, ptr, (size_t)nbytes, &fixed) < 0)
+    if (zc && c->ring != NULL
+        && fixed_index_of(c, buf, is_lease, ptr, (size_t)nbytes, &fixed) < 0) {
+        c->active = 0;
         goto out; /* nothing sent: the lease stays the caller's */
-    c->active = 1;
+    }
     Py_ssize_t n, took = 0; /* (EINTR from send(2): nothing was sent) */
     if (zc && c->ring != NULL) { /* the io_uring engine: one SEND_ZC */
         n = zc_ring_send1(c->ring, c->fd, ptr, (size_t)nbytes, fixed, c->waitall);
