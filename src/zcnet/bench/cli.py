@@ -142,12 +142,12 @@ def _profile(p: argparse.ArgumentParser) -> None:
 def add_subparsers(subparsers: Any) -> None:
     """Add ``bench`` (with its experiments) and ``serve`` to the ``zcnet`` command."""
     from zcnet.bench.modes import (
+        ASKED_SEND_MODES,
         DASK_VARIANT_NAMES,
         RECEIVE_MODES,
         RX_SENDERS,
         RXMEM_MODES,
         SEND_MODES,
-        URING_SEND_MODES,
     )
 
     bench = subparsers.add_parser(
@@ -160,8 +160,8 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--sizes", type=_size_list, help="message sizes, e.g. 4K,16K,64K,256K,1M")
     p.add_argument("--modes", type=_choice_list(SEND_MODES),
                    help=f"send modes, comma-separated from {','.join(SEND_MODES)} (default: "
-                   f"all but raw-zerocopy and the io_uring modes "
-                   f"{', '.join(URING_SEND_MODES)})")
+                   f"all but raw-zerocopy and the io_uring and pool lease modes "
+                   f"{', '.join(ASKED_SEND_MODES)})")
     p.add_argument("--transports", type=_choice_list(("tcp", "udp")),
                    help="tcp (loopback), udp (GSO toward the ifb sink); default both")
     p.add_argument("--batch", type=_positive_int, metavar="N",

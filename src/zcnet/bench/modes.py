@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES", "DASK_VARIANT_NAMES",
-           "DEFAULT_C_SEND_MODES", "MEMORY_SEND_MODES", "MODE_WORDS", "QUICK_SEND_MODES",
+__all__ = ["ASKED_SEND_MODES", "ASYNCIO_RECEIVE_MODES", "C_RECEIVE_MODES", "C_SEND_MODES",
+           "DASK_VARIANT_NAMES", "DEFAULT_C_SEND_MODES", "LEASE_SEND_MODES",
+           "MEMORY_SEND_MODES", "MODE_WORDS", "QUICK_SEND_MODES",
            "RECEIVE_MODES", "RECEIVE_WORDS", "RPC_CHURNS", "RPC_CHURN_VARIANTS", "RPC_MODES",
            "RXMEM_MODES", "RX_SENDERS", "SEND_MODES",
            "UDP_ONLY_SEND_MODES", "URING_C_SEND_MODES", "URING_SEND_MODES", "UVLOOP_SUFFIX",
@@ -27,11 +28,22 @@ URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked")
 
 #: zcnet's io_uring send engine (``SendPolicy(engine="io_uring")``): ``zcnet-uring`` is
 #: ``Sender.send`` of each message (default policy otherwise); ``zcnet-uring-batch`` (UDP) is
-#: ``Sender.send_batch`` of ``batch`` pool leases at a time, sent from registered memory.
-ZCNET_URING_SEND_MODES: Final = ("zcnet-uring", "zcnet-uring-batch")
+#: ``Sender.send_batch`` of ``batch`` pool leases at a time, sent from registered memory;
+#: ``zcnet-uring-leases`` is ``Sender.send`` of one pool lease per message, from registered memory.
+ZCNET_URING_SEND_MODES: Final = ("zcnet-uring", "zcnet-uring-batch", "zcnet-uring-leases")
+
+#: ``Sender.send`` of one :class:`zcnet.pool.BufferPool` lease per message (filled before the
+#: timed window), TCP and UDP: on the ``MSG_ZEROCOPY`` engine (``zcnet-leases``) and on the
+#: io_uring engine, the pool's slabs registered (``zcnet-uring-leases``). Asked for with
+#: ``--modes`` only.
+LEASE_SEND_MODES: Final = ("zcnet-leases", "zcnet-uring-leases")
 
 #: Every io_uring mode, zcnet's and C's: asked for with ``--modes`` only.
 URING_SEND_MODES: Final = (*ZCNET_URING_SEND_MODES, *URING_C_SEND_MODES)
+
+#: The send modes asked for with ``--modes`` only: not in the default ``stream`` list nor in
+#: ``quick``.
+ASKED_SEND_MODES: Final = tuple(dict.fromkeys((*LEASE_SEND_MODES, *URING_SEND_MODES)))
 
 #: Every C reference sender.
 C_SEND_MODES: Final = (*DEFAULT_C_SEND_MODES, *URING_C_SEND_MODES)
@@ -42,13 +54,14 @@ C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
 #: ``sendall``: plain copies; ``zcnet``: Sender, default policy; ``zcnet-forced``: MSG_ZEROCOPY
 #: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
 #: (see :mod:`zcnet.bench.senders`); ``zcnet-batch``: ``Sender.send_batch`` (sendmmsg), UDP only;
+#: ``zcnet-leases``: ``Sender.send`` of pool leases (``zcnet-uring-leases`` on io_uring);
 #: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``/``c-uring-fixed-linked``: the C loops.
 SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy", "zcnet-batch",
-                     *ZCNET_URING_SEND_MODES, *C_SEND_MODES)
+                     "zcnet-leases", *ZCNET_URING_SEND_MODES, *C_SEND_MODES)
 
-#: The send modes of ``zcnet bench quick``: all but the io_uring ones (about 30 s more on 2
-#: cores; ``zcnet bench stream --modes`` runs them).
-QUICK_SEND_MODES: Final = tuple(m for m in SEND_MODES if m not in URING_SEND_MODES)
+#: The send modes of ``zcnet bench quick``: all but the io_uring and the pool lease ones (the
+#: io_uring ones take about 30 s more on 2 cores; ``zcnet bench stream --modes`` runs them).
+QUICK_SEND_MODES: Final = tuple(m for m in SEND_MODES if m not in ASKED_SEND_MODES)
 
 #: Send modes that only mean something on UDP (on TCP ``send_batch`` loops over ``send``).
 UDP_ONLY_SEND_MODES: Final = ("zcnet-batch", "zcnet-uring-batch")
@@ -115,6 +128,8 @@ MODE_WORDS: Final[dict[str, str]] = {
     "raw-zerocopy": "bare MSG_ZEROCOPY loop",
     "zcnet-uring": "zcnet, io_uring engine",
     "zcnet-uring-batch": "zcnet io_uring send_batch",
+    "zcnet-leases": "zcnet send of pool leases",
+    "zcnet-uring-leases": "zcnet io_uring send of pool leases, registered",
     "c-copy": "C send (copy)",
     "c-zc": "C MSG_ZEROCOPY",
     "c-uring": "C io_uring SEND_ZC",

@@ -26,6 +26,14 @@ copying send pays for cache misses as it does with real data. Modes:
   ``Sender.register_pool``, before the timed window, as the other modes' messages are listed
   and the C loop's buffer registered before it). Where io_uring cannot be used, the rows say why.
 
+- ``zcnet-leases`` / ``zcnet-uring-leases`` (TCP and UDP): one ``Sender.send`` per message of
+  a :class:`zcnet.pool.BufferPool` lease holding the message's bytes, on the ``MSG_ZEROCOPY``
+  engine (default policy otherwise) and on the io_uring engine (the slabs registered with
+  ``Sender.register_pool``). The leases are acquired and filled before the timed window, as
+  for ``zcnet-uring-batch``, so the leases of all the timed bytes exist at once (``--bytes`` of
+  pool memory beside the source); the Sender hands each back to the pool when its ticket is
+  done. A message larger than the pool's largest buffer makes the mode unavailable.
+
 - ``c-copy`` / ``c-zc`` / ``c-uring`` / ``c-uring-fixed`` / ``c-uring-fixed-linked``: the C loops
   (:mod:`zcnet.bench.cref`): the connection is set up (and the header sent) here, then the
   socket is handed to the C program, which sends the same bytes from the same source layout
@@ -51,7 +59,12 @@ from collections.abc import Callable
 from typing import Any
 
 from zcnet.bench.meter import CpuWindow
-from zcnet.bench.modes import C_SEND_MODES, SEND_MODES, ZCNET_URING_SEND_MODES
+from zcnet.bench.modes import (
+    C_SEND_MODES,
+    LEASE_SEND_MODES,
+    SEND_MODES,
+    ZCNET_URING_SEND_MODES,
+)
 from zcnet.bench.pattern import Source, Verifier
 from zcnet.bench.protocol import encode_header, read_result
 from zcnet.errors import ModeUnavailable
@@ -127,7 +140,8 @@ class _Engine:
         self.mode = mode
         self.sender: Any = None
         self.raw: _RawZerocopy | None = None
-        self.pool: Any = None  # zcnet-uring-batch: the BufferPool its leases come from
+        # zcnet-uring-batch and the lease modes: the BufferPool their leases come from
+        self.pool: Any = None
         if mode == "sendall":
             self.send: Callable[[memoryview], object] = sock.sendall
             return
@@ -138,7 +152,8 @@ class _Engine:
                 raise ModeUnavailable(f"SO_ZEROCOPY not available: {e}") from e
             self.send = self.raw.send
             return
-        if mode not in ("zcnet", "zcnet-forced", "zcnet-batch", *ZCNET_URING_SEND_MODES):
+        if mode not in ("zcnet", "zcnet-forced", "zcnet-batch", *ZCNET_URING_SEND_MODES,
+                        *LEASE_SEND_MODES):
             raise ModeUnavailable(f"unknown send mode {mode!r}")
         try:
             from zcnet.sender import Sender, SendPolicy
@@ -158,7 +173,7 @@ class _Engine:
             raise ModeUnavailable(f"zcnet.Sender not available for this socket: {e}") from e
         except ZerocopyUnavailable as e:
             raise ModeUnavailable(f"the io_uring send engine is not available: {e}") from e
-        if mode == "zcnet-uring-batch":
+        if mode == "zcnet-uring-batch" or mode in LEASE_SEND_MODES:
             from zcnet.pool import BufferPool
 
             self.pool = BufferPool()
@@ -187,13 +202,31 @@ class _Engine:
                 "registration_reason": getattr(st, "registration_reason", None)}
 
     def leases(self, views: list[memoryview]) -> list[Any]:
-        """``views`` copied into pool leases (zcnet-uring-batch), before the timed window."""
+        """``views`` copied into pool leases (zcnet-uring-batch, the lease modes), before the
+        timed window; a message larger than the pool's largest buffer: ``ModeUnavailable``."""
+        largest = self.pool.size_classes[-1]
         out = []
         for view in views:
+            if view.nbytes > largest:
+                raise ModeUnavailable(f"a {view.nbytes}-byte message does not fit a pool lease "
+                                      f"(the pool's buffers go up to {largest} bytes)")
             lease = self.pool.acquire(view.nbytes)
             lease.view[:] = view
             out.append(lease)
         return out
+
+    def lease_plan(self, messages: list[Any]) -> list[Any]:
+        """``messages`` as the engine sends them: views as they are, or (with a pool) each
+        view, or each group of views, copied into pool leases, the pool's slabs then registered
+        on the io_uring engine, as the C reference registers its buffer before it times (not
+        at the first send of each slab, inside the timed window)."""
+        if self.pool is None:
+            return messages
+        leased = [self.leases(m) if isinstance(m, list) else self.leases([m])[0]
+                  for m in messages]
+        if self.mode in ZCNET_URING_SEND_MODES:
+            self.sender.register_pool(self.pool)
+        return leased
 
     def close(self) -> None:
         if self.sender is not None:
@@ -278,7 +311,8 @@ def tcp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         try:
             def plan(start: int, total: int) -> list[Any]:
                 end = start + total
-                return [source.window(off, min(msg, end - off)) for off in range(start, end, msg)]
+                return engine.lease_plan([source.window(off, min(msg, end - off))
+                                          for off in range(start, end, msg)])
 
             window, delta = _timed(engine, plan, engine.send, warmup, nbytes)
             sender = {"ok": True, "mode": cmd["send_mode"], "msg_size": msg, "bytes": nbytes,
@@ -315,19 +349,12 @@ def udp_stream(cmd: dict[str, Any], verifier: Verifier) -> dict[str, Any]:
         try:
             def plan(start: int, total: int) -> list[Any]:
                 # whole datagrams (the last one complete too); groups of `batch` for send_batch
-                # (of pool leases for zcnet-uring-batch)
+                # (pool leases for zcnet-uring-batch and the lease modes)
                 offsets = range(start, start + total, msg)
                 if not batch:
-                    return [source.window(off, msg) for off in offsets]
-                groups = [[source.window(off, msg) for off in offsets[i:i + batch]]
-                          for i in range(0, len(offsets), batch)]
-                if engine.pool is not None:
-                    leased = [engine.leases(group) for group in groups]
-                    # registered now, as the C reference registers its buffer before it
-                    # times (not at the first send of each slab, inside the timed window)
-                    engine.sender.register_pool(engine.pool)
-                    return leased
-                return groups
+                    return engine.lease_plan([source.window(off, msg) for off in offsets])
+                return engine.lease_plan([[source.window(off, msg) for off in offsets[i:i + batch]]
+                                          for i in range(0, len(offsets), batch)])
 
             send = engine.sender.send_batch if batch else engine.send
             window, delta = _timed(engine, plan, send, warmup, nbytes)

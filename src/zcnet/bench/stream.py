@@ -10,7 +10,8 @@ delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender
 (``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
 ``--connect HOST:PORT`` runs the TCP part against a remote
 ``zcnet serve``. ``c-copy``, ``c-zc`` and, asked for, ``c-uring``, ``c-uring-fixed`` and
-``c-uring-fixed-linked`` (io_uring SEND_ZC) are the C reference senders
+``c-uring-fixed-linked`` (io_uring SEND_ZC) are the C reference senders; ``zcnet-leases`` and
+``zcnet-uring-leases``, asked for, send one pool lease per message on TCP and UDP
 (:mod:`zcnet.bench.cref`), run in the same repetitions;
 every other mode's summary entry names its C reference (``c-copy`` for copying modes, ``c-zc``
 for zero-copy ones, by what the sender did, or what :data:`C_REFERENCES` says) and gives
@@ -42,7 +43,12 @@ from zcnet.bench.driver import (
     verified,
 )
 from zcnet.bench.env import Environment, environment
-from zcnet.bench.modes import C_SEND_MODES, DEFAULT_C_SEND_MODES, UDP_ONLY_SEND_MODES
+from zcnet.bench.modes import (
+    C_SEND_MODES,
+    DEFAULT_C_SEND_MODES,
+    LEASE_SEND_MODES,
+    UDP_ONLY_SEND_MODES,
+)
 from zcnet.bench.peers import client_worker, server_worker
 from zcnet.bench.results import Experiment, StreamRun
 from zcnet.bench.workers import Worker, spawn
@@ -259,6 +265,12 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
             and "zcnet-uring-batch" not in unavailable):
         notes.append(f"zcnet-uring-batch: Sender.send_batch of {p.batch} pool leases per call "
                      "(io_uring engine, registered memory); UDP only")
+    leased = [m for m in LEASE_SEND_MODES if m in p.send_modes and m not in unavailable]
+    if leased:
+        notes.append(f"{', '.join(leased)}: Sender.send of one pool lease per message "
+                     "(io_uring: the pool's slabs registered), the leases of the timed bytes "
+                     "acquired and filled before the window: all held at once "
+                     f"({p.nbytes >> 20} MiB of pool memory per repetition)")
     if batched and "udp" not in transports:
         notes.append(f"send mode(s) {', '.join(batched)} run on UDP only: not run here")
     keys = ("transport", "msg_size", "send_mode")
@@ -287,10 +299,10 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
 #: The C senders a mode is compared with, first its own ``c_reference``: every one that ran
 #: at the same transport and size gets a ratio in the summary's ``sender_cpu_vs_c`` and a line
 #: in the table's ``snd std/C`` / ``snd zc/C`` cell. One line per mode; modes not listed here
-#: (``zcnet``, ``zcnet-batch``) are compared with what their runs mostly did, and ``c-copy``
-#: and ``c-zc`` with nothing. zcnet's io_uring modes are compared with the C io_uring loop
-#: that does the same work (registered buffers for pool leases, each batch linked in order as
-#: ``send_batch`` promises), the one that does not link, and C ``MSG_ZEROCOPY``.
+#: (``zcnet``, ``zcnet-batch``, ``zcnet-leases``) are compared with what their runs mostly did,
+#: and ``c-copy`` and ``c-zc`` with nothing. zcnet's io_uring modes are compared with the C
+#: io_uring loop that does the same work (registered buffers for pool leases, each batch linked
+#: in order as ``send_batch`` promises), the one that does not link, and C ``MSG_ZEROCOPY``.
 C_REFERENCES: dict[str, tuple[str, ...]] = {
     "sendall": ("c-copy",),
     "zcnet-forced": ("c-zc",),
@@ -300,6 +312,7 @@ C_REFERENCES: dict[str, tuple[str, ...]] = {
     "c-uring-fixed-linked": ("c-uring-fixed", "c-zc"),
     "zcnet-uring": ("c-uring", "c-zc"),
     "zcnet-uring-batch": ("c-uring-fixed-linked", "c-uring-fixed", "c-zc"),
+    "zcnet-uring-leases": ("c-uring-fixed", "c-zc"),
 }
 
 
@@ -309,7 +322,7 @@ def c_references_for(mode: str, runs: list[dict[str, Any]]) -> tuple[str, ...]:
 
     zcnet's default policy decides by itself (copies below the threshold, falls back to copies
     when the kernel reports copied completions, as over loopback), so ``zcnet`` and
-    ``zcnet-batch`` are compared with what their timed runs mostly did.
+    ``zcnet-batch`` (and ``zcnet-leases``) are compared with what their timed runs mostly did.
     """
     if mode in C_REFERENCES:
         return C_REFERENCES[mode]
