@@ -10,9 +10,9 @@ delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender
 (``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
 ``--connect HOST:PORT`` runs the TCP part against a remote
 ``zcnet serve``. ``c-copy``, ``c-zc`` and, asked for, ``c-uring``, ``c-uring-fixed`` and
-``c-uring-fixed-linked`` (io_uring SEND_ZC) are the C reference senders; ``zcnet-leases`` and
-``zcnet-uring-leases``, asked for, send one pool lease per message on TCP and UDP
-(:mod:`zcnet.bench.cref`), run in the same repetitions;
+``c-uring-fixed-linked`` (io_uring SEND_ZC) are the C reference senders
+(:mod:`zcnet.bench.cref`), run in the same repetitions; ``zcnet-leases`` and
+``zcnet-uring-leases``, asked for, send one pool lease per message on TCP and UDP;
 every other mode's summary entry names its C reference (``c-copy`` for copying modes, ``c-zc``
 for zero-copy ones, by what the sender did, or what :data:`C_REFERENCES` says) and gives
 ``sender_cpu_vs_c_pct``, and ``sender_cpu_vs_c`` for every C reference that ran. A mode that
