@@ -34,6 +34,7 @@ from zcnet.errors import PoolError, SocketClosedError
 from zcnet.lowlevel.constants import IP_RECVERR, SOL_IP
 from zcnet.lowlevel.uring import (
     AUTO_KEEPS_MSG_ZEROCOPY,
+    TABLE_SIZE,
     msg_zerocopy_obstacle,
     open_ring,
     unavailable_reason,
@@ -191,6 +192,41 @@ def test_leases_of_hundreds_of_slabs_out_of_order_go_out_registered() -> None:
         assert all(lease.released for lease in leases)
     assert st.registration_reason is None and st.registered_bytes == 300 * slab
     assert st.sends_registered == len(leases) == st.sends_zerocopy == st.completions
+
+
+@requires_uring
+@pytest.mark.parametrize("up_front", [True, False])
+def test_slabs_beyond_the_table_go_out_unregistered_and_stats_say_why(up_front: bool) -> None:
+    """A pool of six slabs more than the ring's table holds (one lease a slab), registered up
+    front by register_pool or by each slab's first send: TABLE_SIZE slabs are registered, the
+    other six slabs' leases go out unregistered (plain SEND_ZC), every datagram whole and in
+    order, and registration_reason says the table is full."""
+    page = mmap.PAGESIZE
+    extra = 6
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            BufferPool(hugepages=False, slab_bytes=page) as pool:
+        r.bind(("127.0.0.1", 0))
+        u.connect(r.getsockname())
+        rx = DatagramReceiver(r)
+        rx.start()
+        leases = [pool.acquire(page - 17 * (k % 11)) for k in range(TABLE_SIZE + extra)]
+        assert pool.stats().slabs == len(leases)
+        with Sender(u, SendPolicy(engine="io_uring", force_zerocopy=True,
+                                  zerocopy_threshold=0)) as sender:
+            if up_front:
+                assert sender.register_pool(pool) == TABLE_SIZE * page
+                assert sender.stats.registration_reason is not None
+            payloads = _send_shuffled(sender, leases, seed=1024)
+            st = sender.stats
+        rx.finish(payloads)
+        assert all(lease.released for lease in leases)
+    assert st.registered_bytes == TABLE_SIZE * page
+    assert st.registration_reason == (
+        f"io_uring buffer table full: {TABLE_SIZE} slabs ({TABLE_SIZE * page / MiB:g} MiB) "
+        "registered; later slabs go out unregistered")
+    assert st.sends_registered == TABLE_SIZE
+    assert st.sends_zerocopy == st.completions == len(leases)  # the others: plain SEND_ZC
 
 
 @requires_uring
