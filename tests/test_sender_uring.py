@@ -9,7 +9,10 @@ low RLIMIT_MEMLOCK (tests/restricted_child.py).
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,17 +28,19 @@ from tests.restricted_child import (
     run_child_json,
 )
 from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
-from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair
+from tests.tx_helpers import DatagramReceiver, VerifyingReceiver, pattern_bytes, tcp_pair
 from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
 from zcnet.errors import PoolError, SocketClosedError
 from zcnet.lowlevel.constants import IP_RECVERR, SOL_IP
 from zcnet.lowlevel.uring import (
     AUTO_KEEPS_MSG_ZEROCOPY,
+    TABLE_SIZE,
     msg_zerocopy_obstacle,
+    open_ring,
     unavailable_reason,
 )
 from zcnet.netns import Netns
-from zcnet.pool import BufferPool
+from zcnet.pool import BufferPool, Lease
 from zcnet.sender import Sender, SendPolicy
 
 MiB = 1 << 20
@@ -142,6 +147,142 @@ def test_register_pool_registers_the_mapped_slabs_up_front(engine: str) -> None:
         other.register_pool(pool)
     with BufferPool() as unused, pytest.raises(SocketClosedError):
         other.register_pool(unused)
+
+
+def _send_shuffled(sender: Sender, leases: list[Lease], seed: int) -> list[bytes]:
+    """Fill ``leases`` and send them in a shuffled order (not slab order), the first half one
+    by one, the rest in batches of 16; the datagrams expected, in order."""
+    order = list(leases)
+    random.Random(seed).shuffle(order)
+    payloads = []
+    for k, lease in enumerate(order):
+        payload = pattern_bytes(k * 65536, lease.size)
+        lease.view[:] = payload
+        payloads.append(bytes(payload))
+    half = len(order) // 2
+    for lease in order[:half]:
+        sender.send(lease)
+    for k in range(half, len(order), 16):
+        sender.send_batch(order[k:k + 16])
+    sender.flush(30)
+    return payloads
+
+
+@requires_uring
+def test_leases_of_hundreds_of_slabs_out_of_order_go_out_registered() -> None:
+    """Leases from 300 registered 64 KiB slabs (four 16 KiB leases each), sent in a shuffled
+    order, one by one and in batches: the ring finds each one's slab in its table (a search of
+    the registered ranges by address), so every datagram goes out registered; each arrives
+    whole, in order."""
+    slab = 64 * 1024
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            BufferPool(hugepages=False, slab_bytes=slab) as pool:
+        r.bind(("127.0.0.1", 0))
+        u.connect(r.getsockname())
+        rx = DatagramReceiver(r)
+        rx.start()
+        leases = [pool.acquire(12_000 + 97 * (k % 43)) for k in range(1200)]
+        assert pool.stats().slabs == 300
+        with Sender(u, URING) as sender:
+            assert sender.register_pool(pool) == 300 * slab
+            payloads = _send_shuffled(sender, leases, seed=20261204)
+            st = sender.stats
+        rx.finish(payloads)
+        assert all(lease.released for lease in leases)
+    assert st.registration_reason is None and st.registered_bytes == 300 * slab
+    assert st.sends_registered == len(leases) == st.sends_zerocopy == st.completions
+
+
+@requires_uring
+@pytest.mark.parametrize("up_front", [True, False])
+def test_slabs_beyond_the_table_go_out_unregistered_and_stats_say_why(up_front: bool) -> None:
+    """A pool of six slabs more than the ring's table holds (one lease a slab), registered up
+    front by register_pool or by each slab's first send: TABLE_SIZE slabs are registered, the
+    other six slabs' leases go out unregistered (plain SEND_ZC), every datagram whole and in
+    order, and registration_reason says the table is full."""
+    page = mmap.PAGESIZE
+    extra = 6
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            BufferPool(hugepages=False, slab_bytes=page) as pool:
+        r.bind(("127.0.0.1", 0))
+        u.connect(r.getsockname())
+        rx = DatagramReceiver(r)
+        rx.start()
+        leases = [pool.acquire(page - 17 * (k % 11)) for k in range(TABLE_SIZE + extra)]
+        assert pool.stats().slabs == len(leases)
+        with Sender(u, SendPolicy(engine="io_uring", force_zerocopy=True,
+                                  zerocopy_threshold=0)) as sender:
+            if up_front:
+                assert sender.register_pool(pool) == TABLE_SIZE * page
+                assert sender.stats.registration_reason is not None
+            payloads = _send_shuffled(sender, leases, seed=1024)
+            st = sender.stats
+        rx.finish(payloads)
+        assert all(lease.released for lease in leases)
+    assert st.registered_bytes == TABLE_SIZE * page
+    assert st.registration_reason == (
+        f"io_uring buffer table full: {TABLE_SIZE} slabs ({TABLE_SIZE * page / MiB:g} MiB) "
+        "registered; later slabs go out unregistered")
+    assert st.sends_registered == TABLE_SIZE
+    assert st.sends_zerocopy == st.completions == len(leases)  # the others: plain SEND_ZC
+
+
+@requires_uring
+def test_ring_finds_the_registered_buffer_of_any_range() -> None:
+    """The ring's own lookup (start_send with fixed_index -1), over buffers registered in an
+    order unrelated to their addresses: a range inside one goes out registered, one reaching
+    past its end or in no buffer does not; a buffer unset (length 0) or replaced is no longer
+    found, its replacement is. Every datagram arrives whole."""
+    size = 16 * 1024
+    maps = [mmap.mmap(-1, 2 * size) for _ in range(6)]  # registered: the first half of each
+    for k, m in enumerate(maps):
+        m[:] = pattern_bytes(k * 2 * size, 2 * size)
+    anchors = [ctypes.c_char.from_buffer(m) for m in maps]
+    addresses = [ctypes.addressof(a) for a in anchors]
+    del anchors
+    views = [memoryview(m) for m in maps]
+    ring = open_ring()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        r.bind(("127.0.0.1", 0))
+        r.settimeout(10)
+        u.connect(r.getsockname())
+
+        def registered(buf: memoryview | bytes) -> bool:
+            before = ring.sends_registered
+            seq = ring.start_send(u.fileno(), buf, -1, 0)
+            deadline = time.monotonic() + 10
+            while (took := ring.result(seq)) is None:
+                assert time.monotonic() < deadline
+                ring.wait(0.25)
+            assert took == len(buf) and r.recv(2 * size) == bytes(buf)
+            return bool(ring.sends_registered == before + 1)
+
+        ring.register_table(8)
+        for index, k in [(5, 0), (0, 1), (3, 2), (7, 3), (1, 4)]:  # maps[5]: not registered
+            ring.register_buffer(index, addresses[k], size)
+        for k in range(5):
+            v = views[k]
+            assert registered(v[:size]) and registered(v[size - 100:size])
+            assert registered(v[1234:1234 + 4000]) and registered(v[size - 1:size])
+            assert not registered(v[size - 100:size + 1]) and not registered(v[size:])
+        assert not registered(views[5][:size]) and not registered(pattern_bytes(0, 3000))
+        ring.register_buffer(3, 0, 0)  # maps[2] unset
+        ring.register_buffer(7, addresses[5], size)  # maps[3] replaced by maps[5]
+        assert not registered(views[2][100:200]) and not registered(views[3][100:200])
+        assert registered(views[5][100:200]) and registered(views[4][100:200])
+        assert registered(views[0][:10]) and registered(views[1][size - 10:size])
+        deadline = time.monotonic() + 10
+        while ring.awaiting:  # the notifications: then the kernel is done with the memory
+            assert time.monotonic() < deadline
+            ring.wait(0.25)
+            ring.completions()
+        ring.close()
+    for v, m in zip(views, maps, strict=True):
+        v.release()
+        m.close()
 
 
 @requires_uring

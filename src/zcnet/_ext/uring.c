@@ -94,6 +94,8 @@ typedef struct {
     unsigned reg_count;          /* indexes 0 .. reg_count-1 may be set (reg_len 0: unset) */
     unsigned reg_cap;            /* the table's size */
     unsigned reg_hit;            /* the index found last */
+    unsigned *reg_sorted;        /* the set indexes (reg_len != 0), by address: binary search */
+    unsigned reg_nsorted;
     unsigned long long sends_fixed; /* sends from a registered buffer that took bytes */
 } RingObject;
 
@@ -581,6 +583,7 @@ ring_dealloc(RingObject *r)
     PyMem_RawFree(r->ready_copied);
     PyMem_RawFree(r->reg_addr);
     PyMem_RawFree(r->reg_len);
+    PyMem_RawFree(r->reg_sorted);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -676,14 +679,24 @@ zc_ring_fixed_index(PyObject *ring, const void *ptr, size_t len)
     unsigned i = r->reg_hit;
     if (i < r->reg_count && a >= r->reg_addr[i] && a + len <= r->reg_addr[i] + r->reg_len[i])
         return (int)i;
-    for (i = 0; i < r->reg_count; i++) {
-        if (r->reg_len[i] != 0 && a >= r->reg_addr[i]
-            && a + len <= r->reg_addr[i] + r->reg_len[i]) {
-            r->reg_hit = i;
-            return (int)i;
-        }
+    /* The last buffer starting at or below `a`: the only one that can hold the range, as the
+     * registered buffers (pool slabs, separate mappings) do not overlap. (Were they to, a range
+     * could be missed here and go out unregistered, still intact.) */
+    unsigned lo = 0, hi = r->reg_nsorted;
+    while (lo < hi) {
+        unsigned mid = lo + (hi - lo) / 2;
+        if (r->reg_addr[r->reg_sorted[mid]] <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    return -1;
+    if (lo == 0)
+        return -1;
+    i = r->reg_sorted[lo - 1];
+    if (a + len > r->reg_addr[i] + r->reg_len[i])
+        return -1;
+    r->reg_hit = i;
+    return (int)i;
 }
 
 Py_ssize_t
@@ -1004,20 +1017,46 @@ ring_register_table(RingObject *r, PyObject *arg)
     }
     unsigned long long *addr = PyMem_RawCalloc(n ? n : 1, sizeof(unsigned long long));
     unsigned long long *len = PyMem_RawCalloc(n ? n : 1, sizeof(unsigned long long));
-    if (addr == NULL || len == NULL) {
+    unsigned *sorted = PyMem_RawCalloc(n ? n : 1, sizeof(unsigned));
+    if (addr == NULL || len == NULL || sorted == NULL) {
         PyMem_RawFree(addr);
         PyMem_RawFree(len);
+        PyMem_RawFree(sorted);
         return PyErr_NoMemory();
     }
     if (sys_register(r->fd, IORING_REGISTER_BUFFERS2, &reg, sizeof(reg)) < 0) {
         PyMem_RawFree(addr);
         PyMem_RawFree(len);
+        PyMem_RawFree(sorted);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     r->reg_addr = addr;
     r->reg_len = len;
+    r->reg_sorted = sorted;
     r->reg_cap = n;
     Py_RETURN_NONE;
+}
+
+/* Set table entry `index` (length 0: unset), keeping reg_sorted, the set entries by address. */
+static void
+reg_set(RingObject *r, unsigned index, unsigned long long address, unsigned long long length)
+{
+    unsigned *s = r->reg_sorted, n = r->reg_nsorted, k;
+    if (r->reg_len[index] != 0) { /* set before: out of the order first */
+        for (k = 0; s[k] != index; k++)
+            ;
+        memmove(s + k, s + k + 1, (n - k - 1) * sizeof(*s));
+        n--;
+    }
+    r->reg_addr[index] = address;
+    r->reg_len[index] = length;
+    if (length != 0) { /* in after the entries starting at or below `address` */
+        for (k = n; k > 0 && r->reg_addr[s[k - 1]] > address; k--)
+            s[k] = s[k - 1];
+        s[k] = index;
+        n++;
+    }
+    r->reg_nsorted = n;
 }
 
 PyDoc_STRVAR(ring_register_buffer_doc,
@@ -1055,8 +1094,7 @@ ring_register_buffer(RingObject *r, PyObject *const *args, Py_ssize_t nargs)
     Py_END_ALLOW_THREADS
     if (rc < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    r->reg_addr[index] = address;
-    r->reg_len[index] = length;
+    reg_set(r, index, address, length);
     if (index >= r->reg_count)
         r->reg_count = index + 1;
     Py_RETURN_NONE;

@@ -175,7 +175,7 @@ typedef int (*zc_ring_range_fn)(void *arg, long long lo, long long hi, int copie
 int zc_ring_check(PyObject *o);
 Py_ssize_t zc_ring_took(PyObject *ring);
 Py_ssize_t zc_ring_batch_max(PyObject *ring);
-/* the registered buffer holding ptr .. ptr+len, or -1 */
+/* the registered buffer holding ptr .. ptr+len, or -1 (O(log n) in the registered buffers) */
 int zc_ring_fixed_index(PyObject *ring, const void *ptr, size_t len);
 Py_ssize_t zc_ring_send1(PyObject *ring, int fd, const void *ptr, size_t len, int fixed,
                          int waitall);

@@ -18,9 +18,10 @@ Theory of operation (docs/ARCHITECTURE.md, 'Transmit: the io_uring engine'):
   time one of its leases is sent (``IORING_REGISTER_BUFFERS_UPDATE`` into a sparse table), so
   the kernel pins its pages once instead of at every send. Registration is charged to
   ``RLIMIT_MEMLOCK`` unless the process has ``CAP_IPC_LOCK``; once the kernel refuses, leases
-  are sent unregistered (plain ``SEND_ZC``) and :attr:`SlabRegistry.refused` says why. The
-  registry holds the slab objects, so a registered address range is never matched by a later
-  mapping at the same address; the kernel keeps the pages pinned until the ring is closed.
+  are sent unregistered (plain ``SEND_ZC``) and :attr:`SlabRegistry.refused` says why, as it
+  does once the table's :data:`TABLE_SIZE` slots are taken. The registry holds the slab
+  objects, so a registered address range is never matched by a later mapping at the same
+  address; the kernel keeps the pages pinned until the ring is closed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = ["AUTO_KEEPS_MSG_ZEROCOPY", "OPTMEM_FOR_ONE_NOTIFICATION", "RING_ENTRI
 RING_ENTRIES: Final = 64
 #: Registered-buffer slots per ring: slabs beyond this many are sent unregistered.
 TABLE_SIZE: Final = 1024
+_MIB: Final = 1 << 20
 
 _SYSCTL: Final = "/proc/sys/kernel/io_uring_disabled"
 _OPTMEM: Final = "/proc/sys/net/core/optmem_max"
@@ -198,6 +200,9 @@ class SlabRegistry:
             return -1
         index = len(self._slabs)
         if index >= TABLE_SIZE:
+            mib = self.registered_bytes / _MIB
+            self.refused = (f"io_uring buffer table full: {index} slabs ({mib:g} MiB) "
+                            "registered; later slabs go out unregistered")
             return -1
         try:
             self._ring.register_buffer(index, slab.address, slab.size)
