@@ -579,7 +579,15 @@ fixed_index_of(zc_TxCoreObject *c, PyObject *buf, int is_lease, const void *ptr,
     PyObject *r = PyObject_CallOneArg(c->register_lease, buf);
     if (r == NULL)
         return -1;
+    long index = PyLong_AsLong(r);
     Py_DECREF(r);
+    if (index == -1 && PyErr_Occurred())
+        return -1;
+    if (index < 0) { /* refused, or the table is full: for good (SlabRegistry.index_of), so
+                      * later leases of other slabs are not asked about again */
+        Py_CLEAR(c->register_lease);
+        return 0;
+    }
     *fixed = zc_ring_fixed_index(c->ring, ptr, len);
     return 0;
 }
