@@ -422,31 +422,21 @@ entry_add(PyObject *entry, Py_ssize_t delta)
     return n + delta;
 }
 
-static PyObject *
-book_check(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
+/* check(pool, leases) of the `n` leases `items` (the caller holds them): their capacity, or -1
+ * with an exception set, nothing changed. */
+static long long
+book_check_items(PyObject *pool, PyObject *const *items, Py_ssize_t n)
 {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "check() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    PyObject *pool = args[0];
-    PyObject *seq = PySequence_Fast(args[1], "leases must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t i;
     for (i = 0; i < n; i++) { /* whose lease: the pool's own message */
         if (!IS_LEASE(items[i]) || AS_LEASE(items[i])->pool != pool) {
             PyObject *r = PyObject_CallMethodOneArg(pool, s_check_mine, items[i]);
-            if (r == NULL) {
-                Py_DECREF(seq);
-                return NULL;
-            }
+            if (r == NULL)
+                return -1;
             Py_DECREF(r);
             if (!IS_LEASE(items[i])) { /* _check_mine accepted something we cannot fly */
-                Py_DECREF(seq);
-                return PyErr_Format(PyExc_TypeError, "%.100s is not a lease",
-                                    Py_TYPE(items[i])->tp_name);
+                PyErr_Format(PyExc_TypeError, "%.100s is not a lease", Py_TYPE(items[i])->tp_name);
+                return -1;
             }
         }
     }
@@ -466,44 +456,44 @@ book_check(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t j = 0; j < i; j++)
         AS_LEASE(items[j])->state = LEASED;
-    PyObject *r = NULL;
     if (twice)
         PyErr_SetString(zc_BufferLifetimeError, "the same lease twice in one batch");
     else if (bad != NULL)
         PyErr_Format(zc_BufferLifetimeError, "%R cannot go in flight: it is not simply leased",
                      bad);
-    else
-        r = PyLong_FromLongLong(capacity);
+    return twice || bad != NULL ? -1 : capacity;
+}
+
+static PyObject *
+book_check(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "check() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "leases must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    long long capacity = book_check_items(args[0], PySequence_Fast_ITEMS(seq),
+                                          PySequence_Fast_GET_SIZE(seq));
     Py_DECREF(seq);
     (void)b; /* the same for every book */
-    return r;
+    return capacity < 0 ? NULL : PyLong_FromLongLong(capacity);
 }
 
 /* take_off(leases, tickets, key, sender): the checked `leases` go in flight, each with its
  * ticket: counted, listed, and under `key` (None, or the (thread, id(sender)) a waiting acquire
  * reaps) for `sender`. A compiled ticket carries its lease and lands it when done; any other
  * gets lease._on_done as a done callback (which may run at once: the book is complete by then). */
-static PyObject *
-book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
+/* take_off of the `n` leases `ls` with their tickets `ts` (the caller holds them all): 0, or
+ * -1 with an exception set (nothing changed if the reapers entry could not be made; a ticket's
+ * exception after every lease went in flight). */
+static int
+book_take_off_items(zc_FlightBookObject *b, PyObject *const *ls, PyObject *const *ts,
+                    Py_ssize_t n, PyObject *key, PyObject *sender)
 {
-    if (nargs != 4) {
-        PyErr_Format(PyExc_TypeError, "take_off() takes 4 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    PyObject *key = args[2], *sender = args[3];
-    PyObject *leases = PySequence_Fast(args[0], "leases must be a sequence");
-    PyObject *tickets = leases == NULL ? NULL : PySequence_Fast(args[1],
-                                                                 "tickets must be a sequence");
-    PyObject *entry = NULL, *r = NULL;
-    if (tickets == NULL)
-        goto out;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(leases);
-    if (PySequence_Fast_GET_SIZE(tickets) != n) {
-        PyErr_Format(PyExc_ValueError, "%zd leases for %zd tickets", n,
-                     PySequence_Fast_GET_SIZE(tickets));
-        goto out;
-    }
-    PyObject **ls = PySequence_Fast_ITEMS(leases), **ts = PySequence_Fast_ITEMS(tickets);
+    PyObject *entry = NULL;
+    int rc = -1;
     for (Py_ssize_t i = 0; i < n; i++)
         if (!IS_LEASE(ls[i])) {
             PyErr_Format(PyExc_TypeError, "take_off() needs leases, not %.100s",
@@ -556,9 +546,35 @@ book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
     if (raised != NULL)
         zc_set_raised(raised);
     else
-        r = Py_NewRef(Py_None);
+        rc = 0;
 out:
     Py_XDECREF(entry);
+    return rc;
+}
+
+static PyObject *
+book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "take_off() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *leases = PySequence_Fast(args[0], "leases must be a sequence");
+    PyObject *tickets = leases == NULL ? NULL : PySequence_Fast(args[1],
+                                                                 "tickets must be a sequence");
+    PyObject *r = NULL;
+    if (tickets == NULL)
+        goto out;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(leases);
+    if (PySequence_Fast_GET_SIZE(tickets) != n) {
+        PyErr_Format(PyExc_ValueError, "%zd leases for %zd tickets", n,
+                     PySequence_Fast_GET_SIZE(tickets));
+        goto out;
+    }
+    if (book_take_off_items(b, PySequence_Fast_ITEMS(leases), PySequence_Fast_ITEMS(tickets), n,
+                            args[2], args[3]) == 0)
+        r = Py_NewRef(Py_None);
+out:
     Py_XDECREF(leases);
     Py_XDECREF(tickets);
     return r;
@@ -1211,50 +1227,78 @@ zc_lease_is_leased(PyObject *obj)
     return IS_LEASE(obj) && AS_LEASE(obj)->state == LEASED && !AS_LEASE(obj)->claimed;
 }
 
-int
-zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender)
+/* The reapers key (thread, id(sender)) made last, reused while the thread and the Sender are
+ * the same: it holds two integers only, and the book's dict then finds its entry by identity. */
+static PyObject *key_made;
+static unsigned long key_thread;
+static const void *key_sender;
+
+/* The key a waiting acquire of this thread reaps `sender` under (a new reference), or NULL. */
+static PyObject *
+reaper_key(PyObject *sender)
 {
-    Py_ssize_t n = PyList_GET_SIZE(leases);
-    if (n == 0 || !IS_LEASE(PyList_GET_ITEM(leases, 0)))
+    unsigned long ident = PyThread_get_thread_ident();
+    if (key_made != NULL && key_thread == ident && key_sender == (const void *)sender)
+        return Py_NewRef(key_made);
+    PyObject *thread = PyLong_FromUnsignedLong(ident);
+    PyObject *id = thread == NULL ? NULL : PyLong_FromVoidPtr(sender);
+    PyObject *key = id == NULL ? NULL : PyTuple_Pack(2, thread, id);
+    Py_XDECREF(thread);
+    Py_XDECREF(id);
+    if (key != NULL) {
+        Py_XSETREF(key_made, Py_NewRef(key));
+        key_thread = ident;
+        key_sender = sender;
+    }
+    return key;
+}
+
+/* zc_pool_begin_flights of the `n` leases `ls` and tickets `ts` (the caller holds them). */
+static int
+begin_flights_items(PyObject *const *ls, PyObject *const *ts, Py_ssize_t n, PyObject *sender)
+{
+    if (n == 0 || !IS_LEASE(ls[0]))
         return 0;
-    PyObject *core = AS_LEASE(PyList_GET_ITEM(leases, 0))->core;
+    PyObject *core = AS_LEASE(ls[0])->core;
     if (core == NULL || Py_TYPE(core) != &PoolCoreType)
         return 0;
     zc_PoolCoreObject *c = (zc_PoolCoreObject *)core;
     if (c->account != Py_None) /* an account to move: the pool's Python _begin_flights */
         return 0;
-    for (Py_ssize_t i = 1; i < n; i++) {
-        PyObject *l = PyList_GET_ITEM(leases, i);
-        if (!IS_LEASE(l) || AS_LEASE(l)->core != core)
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (!IS_LEASE(ls[i]) || AS_LEASE(ls[i])->core != core)
             return 0;
-    }
     PyObject *pool = core_pool(c);
     if (pool == NULL) {
         PyErr_Clear();
         return 0;
     }
-    /* _begin_flights: every lease checked (nothing changes if one cannot go), then in flight
-     * under the key a waiting acquire of this thread reaps for: (thread, id(sender)) */
-    PyObject *check_args[2] = {pool, leases};
-    PyObject *capacity = book_check((zc_FlightBookObject *)c->book, check_args, 2);
+    /* _begin_flights: every lease checked (nothing changes if one cannot go; no account to
+     * move the capacity in), then in flight under the key a waiting acquire of this thread
+     * reaps for: (thread, id(sender)) */
+    long long capacity = book_check_items(pool, ls, n);
     Py_DECREF(pool);
-    if (capacity == NULL)
+    if (capacity < 0)
         return -1;
-    Py_DECREF(capacity); /* (no account to move it in) */
-    PyObject *thread = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    PyObject *id = thread == NULL ? NULL : PyLong_FromVoidPtr(sender);
-    PyObject *key = id == NULL ? NULL : PyTuple_Pack(2, thread, id);
-    Py_XDECREF(thread);
-    Py_XDECREF(id);
+    PyObject *key = reaper_key(sender);
     if (key == NULL)
         return -1;
-    PyObject *take_args[4] = {leases, tickets, key, sender};
-    PyObject *r = book_take_off((zc_FlightBookObject *)c->book, take_args, 4);
+    int rc = book_take_off_items((zc_FlightBookObject *)c->book, ls, ts, n, key, sender);
     Py_DECREF(key);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 1;
+    return rc < 0 ? -1 : 1;
+}
+
+int
+zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender)
+{
+    return begin_flights_items(PySequence_Fast_ITEMS(leases), PySequence_Fast_ITEMS(tickets),
+                               PyList_GET_SIZE(leases), sender);
+}
+
+int
+zc_pool_begin_flight(PyObject *lease, PyObject *ticket, PyObject *sender)
+{
+    return begin_flights_items(&lease, &ticket, 1, sender);
 }
 
 static PyMethodDef lease_functions[] = {

@@ -593,22 +593,14 @@ fixed_index_of(zc_TxCoreObject *c, PyObject *buf, int is_lease, const void *ptr,
 }
 
 /* Sender._send_lease's last step, also after a failed send: `lease` goes back to its pool when
- * `ticket` is done (Lease.release_when_done; in C when it can, zc_pool_begin_flights). Returns
+ * `ticket` is done (Lease.release_when_done; in C when it can, zc_pool_begin_flight). Returns
  * `result` (stolen), or NULL with the hand-over's exception when only it raised (if the send
  * raised too, the send's exception goes on and the hand-over's is reported as unraisable). */
 static PyObject *
 lease_handed_over(zc_TxCoreObject *c, PyObject *lease, PyObject *ticket, PyObject *result)
 {
     PyObject *raised = result == NULL ? zc_get_raised() : NULL;
-    PyObject *leases = PyList_New(1), *their = PyList_New(1);
-    int done = -1;
-    if (leases != NULL && their != NULL) {
-        PyList_SET_ITEM(leases, 0, Py_NewRef(lease));
-        PyList_SET_ITEM(their, 0, Py_NewRef(ticket));
-        done = zc_pool_begin_flights(leases, their, c->sender);
-    }
-    Py_XDECREF(leases);
-    Py_XDECREF(their);
+    int done = zc_pool_begin_flight(lease, ticket, c->sender);
     if (done == 0) { /* another pool's lease, an account to move: the Python method */
         PyObject *r = PyObject_CallMethodOneArg(lease, s_release_when_done, ticket);
         done = r == NULL ? -1 : 1;

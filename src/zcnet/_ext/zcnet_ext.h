@@ -84,6 +84,8 @@ PyObject *zc_lease_land(PyObject *lease);
  * case, nothing changed (the Python method decides); -1 with the exception _begin_flights
  * raises (nothing changed when its check refused). */
 int zc_pool_begin_flights(PyObject *leases, PyObject *tickets, PyObject *sender);
+/* zc_pool_begin_flights of one lease and its ticket (Sender.send of a lease). */
+int zc_pool_begin_flight(PyObject *lease, PyObject *ticket, PyObject *sender);
 /* Whether `obj` is a compiled lease that is simply leased (not in flight, held back or
  * released): one Sender.send may take it in C. */
 int zc_lease_is_leased(PyObject *obj);
