@@ -9,6 +9,8 @@ implementation, where the checks of the Python methods are left out.
 from __future__ import annotations
 
 import socket
+import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -136,3 +138,86 @@ def test_a_lease_sent_on_a_closed_sender_stays_the_callers() -> None:
         assert not lease.released
         lease.release()
         assert pool.stats().outstanding == 0
+
+
+@requires_zerocopy
+@pytest.mark.parametrize("forced", [False, True], ids=["default", "forced"])
+def test_sigint_during_a_lease_send_that_sent_nothing_returns_the_lease(forced: bool) -> None:
+    """SIGINT while a 1 MiB lease's send blocks on a full send buffer before any of its bytes were
+    taken: KeyboardInterrupt, nothing counted for it, the Sender still usable, and the lease back
+    in its pool (a lease given to send belongs to the Sender, also when the send fails); a new
+    lease with the same bytes then goes, and the stream arrives whole, every byte verified."""
+    from tests.test_sender_safety import _handed, _sigint_after
+
+    client, server = tcp_pair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.setblocking(False)
+    offset = 0
+    quiet = 0
+    while quiet < 3:  # fill the send buffer and the peer's window until nothing moves
+        try:
+            offset += client.send(pattern_bytes(offset, 16 * 1024))
+            quiet = 0
+        except BlockingIOError:
+            quiet += 1
+            time.sleep(0.1)
+    with BufferPool() as pool:
+        sender = Sender(client, SendPolicy(force_zerocopy=forced))
+        stuck = pool.acquire(1 << 20)
+        stuck.view[:] = pattern_bytes(offset, 1 << 20)
+        timer = _sigint_after(0.3)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                sender.send(stuck)
+        finally:
+            timer.cancel()
+        assert _handed(sender) == 0 and sender.failure is None and sender.pending == 0
+        assert stuck.released and pool.stats().outstanding == 0
+        receiver = VerifyingReceiver(server)
+        receiver.start()
+        again = pool.acquire(1 << 20)
+        again.view[:] = pattern_bytes(offset, 1 << 20)
+        ticket = sender.send(again)
+        sender.flush(30)
+        assert ticket.done and again.released
+        st = pool.stats()
+        assert st.outstanding == 0 and st.in_flight == 0
+        sender.close()
+    receiver.finish(offset + (1 << 20))
+
+
+@requires_zerocopy
+def test_a_peer_reset_during_lease_sends_leaks_no_lease() -> None:
+    """The peer resets the connection while leases are being sent: the send raises
+    ConnectionResetByPeer, every later send of a lease raises too, and after close every lease
+    given to the Sender is back in its pool (none left in flight or out); a lease offered after
+    the reset is refused before it is taken, and stays the caller's."""
+    from zcnet.errors import ConnectionResetByPeer
+
+    c, s = tcp_pair()
+    with BufferPool() as pool:
+        sender = Sender(c, FORCED)
+        first = pool.acquire(64 * 1024)  # (taken at once: the peer does not read)
+        first.view[:] = pattern_bytes(0, 64 * 1024)
+        t1 = sender.send(first)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # SO_LINGER 0 + close: an RST
+        sent = [first]
+        with pytest.raises(ConnectionResetByPeer):
+            for k in range(100):
+                lease = pool.acquire(200_000)
+                lease.view[:] = pattern_bytes(k, 200_000)
+                sent.append(lease)
+                sender.send(lease)
+                time.sleep(0.01)
+        late = pool.acquire(1000)
+        with pytest.raises(ConnectionResetByPeer):
+            sender.send(late)
+        assert not late.released  # refused before it was taken: still the caller's
+        late.release()
+        sender.close()
+        assert t1.done or t1.error is not None
+        assert all(lease.released for lease in sent)
+        st = pool.stats()
+        assert st.outstanding == 0 and st.in_flight == 0
