@@ -481,10 +481,6 @@ book_check(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
     return capacity < 0 ? NULL : PyLong_FromLongLong(capacity);
 }
 
-/* take_off(leases, tickets, key, sender): the checked `leases` go in flight, each with its
- * ticket: counted, listed, and under `key` (None, or the (thread, id(sender)) a waiting acquire
- * reaps) for `sender`. A compiled ticket carries its lease and lands it when done; any other
- * gets lease._on_done as a done callback (which may run at once: the book is complete by then). */
 /* take_off of the `n` leases `ls` with their tickets `ts` (the caller holds them all): 0, or
  * -1 with an exception set (nothing changed if the reapers entry could not be made; a ticket's
  * exception after every lease went in flight). */
@@ -552,6 +548,10 @@ out:
     return rc;
 }
 
+/* take_off(leases, tickets, key, sender): the checked `leases` go in flight, each with its
+ * ticket: counted, listed, and under `key` (None, or the (thread, id(sender)) a waiting acquire
+ * reaps) for `sender`. A compiled ticket carries its lease and lands it when done; any other
+ * gets lease._on_done as a done callback (which may run at once: the book is complete by then). */
 static PyObject *
 book_take_off(zc_FlightBookObject *b, PyObject *const *args, Py_ssize_t nargs)
 {
