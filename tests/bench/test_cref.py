@@ -194,7 +194,8 @@ def test_profile_gives_top_symbols(tmp_path: Path) -> None:
 
 # -- io_uring senders ------------------------------------------------------------------------
 
-URING = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked")
+URING = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked", "c-uring-single",
+         "c-uring-fixed-single")
 
 
 def _skip_without_uring(exp: dict[str, Any]) -> None:
@@ -215,11 +216,12 @@ def _table_text(exp: dict[str, Any]) -> str:
 
 
 def test_c_uring_senders_move_verified_bytes(tmp_path: Path) -> None:
-    """SEND_ZC from the buffer and from the registered buffer, and linked in order: every byte
-    checked by the Python receiver (TCP), every notification counted, copies reported."""
+    """SEND_ZC from the buffer and from the registered buffer, linked in order, and one per
+    io_uring_enter: every byte checked by the Python receiver (TCP), every notification counted,
+    copies reported."""
     _built()
     out = tmp_path / "s.json"
-    assert main(["stream", "--modes", "c-zc,c-uring,c-uring-fixed,c-uring-fixed-linked",
+    assert main(["stream", "--modes", "c-zc," + ",".join(URING),
                  "--sizes", "4K,64K", *TINY,
                  "--json", str(out)]) == 0
     exp = _experiment(out)
@@ -255,6 +257,8 @@ def test_c_uring_senders_move_verified_bytes(tmp_path: Path) -> None:
         assert fixed["sender_cpu_vs_c_pct"] == fixed["sender_cpu_vs_c"]["c-zc"]
         linked = rows[(t, size, "c-uring-fixed-linked")]
         assert list(linked["sender_cpu_vs_c"]) == ["c-uring-fixed", "c-zc"]
+        single = rows[(t, size, "c-uring-fixed-single")]
+        assert list(single["sender_cpu_vs_c"]) == ["c-zc", "c-uring-single"]
         assert rows[(t, size, "c-zc")]["c_reference"] is None
     text = _table_text(exp)  # both ratios of c-uring-fixed, side by side in its cell
     assert "% c-zc" in text and "% c-uring" in text

@@ -35,7 +35,8 @@ def test_lease_modes_are_asked_for_on_both_transports() -> None:
         assert mode in ASKED_SEND_MODES and mode not in UDP_ONLY_SEND_MODES
     asked = StreamParams(send_modes=LEASE_MODES)
     assert asked.modes_for("tcp") == asked.modes_for("udp") == LEASE_MODES
-    assert c_references_for("zcnet-uring-leases", []) == ("c-uring-fixed", "c-zc")
+    assert c_references_for("zcnet-uring-leases", []) == ("c-uring-fixed-single",
+                                                         "c-uring-fixed", "c-zc")
     # the default policy decides by itself: compared with what its runs mostly did
     assert c_references_for("zcnet-leases", []) == ("c-copy",)
 

@@ -28,7 +28,7 @@ def test_uring_modes_are_asked_for_not_default() -> None:
     for mode in ("zcnet-uring", "zcnet-uring-batch"):
         assert mode not in p.send_modes and mode not in QUICK_SEND_MODES
     assert "zcnet-uring-batch" in UDP_ONLY_SEND_MODES
-    assert c_references_for("zcnet-uring", []) == ("c-uring", "c-zc")
+    assert c_references_for("zcnet-uring", []) == ("c-uring-single", "c-uring", "c-zc")
     assert c_references_for("zcnet-uring-batch", []) == ("c-uring-fixed-linked", "c-uring-fixed",
                                                          "c-zc")
 

@@ -22,9 +22,12 @@ DEFAULT_C_SEND_MODES: Final = ("c-copy", "c-zc")
 #: The io_uring C reference senders: ``IORING_OP_SEND_ZC``, 32 per ``io_uring_enter``, from the
 #: source buffer (``c-uring``) or from the same buffer registered once (``c-uring-fixed``), and
 #: that with each batch's UDP sends linked (``IOSQE_IO_LINK``), in order whatever the kernel
-#: must wait for, as zcnet's ``send_batch`` promises (``c-uring-fixed-linked``).
+#: must wait for, as zcnet's ``send_batch`` promises (``c-uring-fixed-linked``); and the first two
+#: with one send per ``io_uring_enter``, as a program making one call per message
+#: (``c-uring-single``, ``c-uring-fixed-single``: the references of zcnet's ``Sender.send``).
 #: Asked for with ``--modes`` only (not in the default ``stream`` list nor in ``quick``).
-URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked")
+URING_C_SEND_MODES: Final = ("c-uring", "c-uring-fixed", "c-uring-fixed-linked",
+                             "c-uring-single", "c-uring-fixed-single")
 
 #: zcnet's io_uring send engine (``SendPolicy(engine="io_uring")``): ``zcnet-uring`` is
 #: ``Sender.send`` of each message (default policy otherwise); ``zcnet-uring-batch`` (UDP) is
@@ -55,7 +58,8 @@ C_RECEIVE_MODES: Final = ("c-recv", "c-zerocopy")
 #: on every send; ``raw-zerocopy``: the reference, MSG_ZEROCOPY with the least Python work
 #: (see :mod:`zcnet.bench.senders`); ``zcnet-batch``: ``Sender.send_batch`` (sendmmsg), UDP only;
 #: ``zcnet-leases``: ``Sender.send`` of pool leases (``zcnet-uring-leases`` on io_uring);
-#: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``/``c-uring-fixed-linked``: the C loops.
+#: ``c-copy``/``c-zc``/``c-uring``/``c-uring-fixed``/``c-uring-fixed-linked``/``c-uring-single``/
+#: ``c-uring-fixed-single``: the C loops.
 SEND_MODES: Final = ("sendall", "zcnet", "zcnet-forced", "raw-zerocopy", "zcnet-batch",
                      "zcnet-leases", *ZCNET_URING_SEND_MODES, *C_SEND_MODES)
 
@@ -135,6 +139,8 @@ MODE_WORDS: Final[dict[str, str]] = {
     "c-uring": "C io_uring SEND_ZC",
     "c-uring-fixed": "C io_uring SEND_ZC, registered",
     "c-uring-fixed-linked": "C io_uring SEND_ZC, registered, linked",
+    "c-uring-single": "C io_uring SEND_ZC, one per enter",
+    "c-uring-fixed-single": "C io_uring SEND_ZC, registered, one per enter",
     # rx ("zcnet" is the Receiver there: see RECEIVE_WORDS)
     "recv_into": "recv_into (copy)",
     "asyncio-readexactly": "asyncio readexactly",

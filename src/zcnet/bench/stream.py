@@ -9,10 +9,11 @@ with ``UDP_SEGMENT`` toward the ``ifb`` sink measures the true transmit cost, si
 delivered there (sender only); there ``zcnet-batch`` hands datagrams to ``Sender.send_batch``
 (``sendmmsg``) ``batch`` at a time (left out of TCP, where it would be ``zcnet``).
 ``--connect HOST:PORT`` runs the TCP part against a remote
-``zcnet serve``. ``c-copy``, ``c-zc`` and, asked for, ``c-uring``, ``c-uring-fixed`` and
-``c-uring-fixed-linked`` (io_uring SEND_ZC) are the C reference senders
-(:mod:`zcnet.bench.cref`), run in the same repetitions; ``zcnet-leases`` and
-``zcnet-uring-leases``, asked for, send one pool lease per message on TCP and UDP;
+``zcnet serve``. ``c-copy``, ``c-zc`` and, asked for, ``c-uring``, ``c-uring-fixed``,
+``c-uring-fixed-linked``, ``c-uring-single`` and ``c-uring-fixed-single`` (io_uring SEND_ZC)
+are the C reference senders (:mod:`zcnet.bench.cref`), run in the same repetitions;
+``zcnet-leases`` and ``zcnet-uring-leases``, asked for, send one pool lease per message on TCP
+and UDP;
 every other mode's summary entry names its C reference (``c-copy`` for copying modes, ``c-zc``
 for zero-copy ones, by what the sender did, or what :data:`C_REFERENCES` says) and gives
 ``sender_cpu_vs_c_pct``, and ``sender_cpu_vs_c`` for every C reference that ran. A mode that
@@ -301,8 +302,9 @@ def _run(p: StreamParams, env: Environment, progress: Progress) -> Experiment:
 #: in the table's ``snd std/C`` / ``snd zc/C`` cell. One line per mode; modes not listed here
 #: (``zcnet``, ``zcnet-batch``, ``zcnet-leases``) are compared with what their runs mostly did,
 #: and ``c-copy`` and ``c-zc`` with nothing. zcnet's io_uring modes are compared with the C
-#: io_uring loop that does the same work (registered buffers for pool leases, each batch linked
-#: in order as ``send_batch`` promises), the one that does not link, and C ``MSG_ZEROCOPY``.
+#: io_uring loop that does the same work (one send per ``io_uring_enter`` for ``Sender.send``,
+#: registered buffers for pool leases, each batch linked in order as ``send_batch`` promises),
+#: the batched one, and C ``MSG_ZEROCOPY``.
 C_REFERENCES: dict[str, tuple[str, ...]] = {
     "sendall": ("c-copy",),
     "zcnet-forced": ("c-zc",),
@@ -310,9 +312,11 @@ C_REFERENCES: dict[str, tuple[str, ...]] = {
     "c-uring": ("c-zc",),
     "c-uring-fixed": ("c-zc", "c-uring"),
     "c-uring-fixed-linked": ("c-uring-fixed", "c-zc"),
-    "zcnet-uring": ("c-uring", "c-zc"),
+    "c-uring-single": ("c-zc", "c-uring"),
+    "c-uring-fixed-single": ("c-zc", "c-uring-single"),
+    "zcnet-uring": ("c-uring-single", "c-uring", "c-zc"),
     "zcnet-uring-batch": ("c-uring-fixed-linked", "c-uring-fixed", "c-zc"),
-    "zcnet-uring-leases": ("c-uring-fixed", "c-zc"),
+    "zcnet-uring-leases": ("c-uring-fixed-single", "c-uring-fixed", "c-zc"),
 }
 
 

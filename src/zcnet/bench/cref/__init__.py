@@ -4,16 +4,17 @@ Theory of operation: what a send or a receive costs at the level of C is the flo
 library can approach, so the benchmark measures it beside zcnet's rows, in the same
 repetitions and namespaces. Two small programs ship as package data next to this module:
 
-- ``cref_send.c`` (send modes ``c-copy``, ``c-zc``, ``c-uring``, ``c-uring-fixed`` and
-  ``c-uring-fixed-linked``): plain
+- ``cref_send.c`` (send modes ``c-copy``, ``c-zc``, ``c-uring``, ``c-uring-fixed``,
+  ``c-uring-fixed-linked``, ``c-uring-single`` and ``c-uring-fixed-single``): plain
   ``send`` or ``send(MSG_ZEROCOPY)`` on TCP or UDP (GSO), reading the error queue every 32 sends
   and on ``ENOBUFS`` (tools/testing/selftests/net/msg_zerocopy.c, udpgso_bench_tx.c); or
   io_uring ``IORING_OP_SEND_ZC`` (Linux 6.0), 32 per ``io_uring_enter`` (TCP: one linked chain
   with ``MSG_WAITALL``), every notification awaited, from the source buffer or, for
   ``uring-fixed``, from that buffer registered once (``IORING_REGISTER_BUFFERS``), and for
-  ``uring-fixed-linked`` with each batch's UDP sends linked too, in order; raw system
-  calls, no liburing. Messages of the run's size walk through the same source buffer as the
-  Python senders (``zcnet.bench.pattern.Source``);
+  ``uring-fixed-linked`` with each batch's UDP sends linked too, in order, and for the
+  ``-single`` modes one send per ``io_uring_enter`` (a program sending one message per call);
+  raw system calls, no liburing. Messages of the run's size walk through the same source
+  buffer as the Python senders (``zcnet.bench.pattern.Source``);
 - ``cref_recv.c`` (receive modes ``c-recv`` and ``c-zerocopy``): ``recv`` into one reused buffer,
   or ``TCP_ZEROCOPY_RECEIVE`` with one reused mmap'd window, a copy buffer below one page and
   ``recv`` for ``recv_skip_hint`` (tools/testing/selftests/net/tcp_mmap.c).
@@ -61,7 +62,8 @@ CFLAGS: Final = ("-O2", "-Wall")
 _HOT_SPAN: Final = 4 * 1024 * 1024  # zcnet.bench.pattern.DEFAULT_SPAN: the hot buffer's limit
 #: The benchmark's C send modes -> the mode argument of ``cref_send``.
 SEND_MODES: Final = {"c-copy": "copy", "c-zc": "zc", "c-uring": "uring",
-                     "c-uring-fixed": "uring-fixed", "c-uring-fixed-linked": "uring-fixed-linked"}
+                     "c-uring-fixed": "uring-fixed", "c-uring-fixed-linked": "uring-fixed-linked",
+                     "c-uring-single": "uring-single", "c-uring-fixed-single": "uring-fixed-single"}
 #: Exit status of a program whose mode cannot run here (its JSON line has ``unavailable``).
 EXIT_UNAVAILABLE: Final = 3
 
@@ -197,7 +199,7 @@ def run_sender(program: str, sock: socket.socket, *, transport: str, msg_size: i
     """Send ``warmup + nbytes`` pattern bytes on the connected ``sock`` from C.
 
     ``mode`` is one of :data:`SEND_MODES` (``"c-copy"``, ``"c-zc"``, ``"c-uring"``,
-    ``"c-uring-fixed"``); without it, ``zerocopy`` picks ``c-zc`` or ``c-copy``. The result has
+    ``"c-uring-fixed"``, ...); without it, ``zerocopy`` picks ``c-zc`` or ``c-copy``. The result has
     ``cpu``, ``user``, ``sys``, ``wall`` and ``bytes`` of the timed bytes, and for the zero-copy
     modes the completion counters (``sends_zerocopy``, ``completions``, ``completions_copied``:
     those saying the kernel copied, ``bytes_zerocopy``, ``bytes_copied``, ``enobufs``: sends

@@ -1,7 +1,7 @@
 /* zcnet bench C reference sender: the same sends as the Python send modes, from C.
  *
- * Usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked tcp|udp MSG WARMUP NBYTES
- *        SOURCE_BYTES
+ * Usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked|uring-single|uring-fixed-single
+ *        tcp|udp MSG WARMUP NBYTES SOURCE_BYTES
  *        < pattern-period
  *
  * FD is a connected socket set up by the Python side (TCP: the benchmark header is already
@@ -22,7 +22,8 @@
  * below); uring-fixed sends from the buffer registered once with IORING_REGISTER_BUFFERS;
  * uring-fixed-linked also links each batch's UDP sends (IOSQE_IO_LINK, as TCP's always are),
  * so a datagram the kernel must wait for (a full send buffer) holds back the ones after it, as
- * an ordered sender needs.
+ * an ordered sender needs. uring-single and uring-fixed-single: uring and uring-fixed with one
+ * send per io_uring_enter, as a program sending one message per call (zcnet's Sender.send).
  * Prints one JSON line: {"ok": true, ...}; {"ok": false, "error": ...} (exit 1) on failure;
  * {"ok": false, "unavailable": REASON} (exit 3) when io_uring or SEND_ZC cannot be used here.
  */
@@ -69,6 +70,7 @@
 
 static int fd, udp;
 static int zc, uring, fixed, linked;
+static int per_enter = 32; /* io_uring: messages queued before a submission (BATCH, or 1) */
 /* zero-copy sends made, notifications received, those saying "copied", back-pressure retries */
 static long long calls, done, copied, enobufs;
 
@@ -364,7 +366,7 @@ static void send_msg(const char *p, size_t n) {
     if (uring) { /* queued: sent BATCH at a time */
         q[nq].p = p;
         q[nq].len = (unsigned)n;
-        if (++nq == BATCH) uring_flush();
+        if (++nq == per_enter) uring_flush();
         return;
     }
 #endif
@@ -394,16 +396,18 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 8) {
-        fprintf(stderr, "usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked tcp|udp "
-                "MSG WARMUP NBYTES "
-                "SOURCE_BYTES\n");
+        fprintf(stderr, "usage: cref_send FD copy|zc|uring|uring-fixed|uring-fixed-linked|"
+                "uring-single|uring-fixed-single tcp|udp MSG WARMUP NBYTES SOURCE_BYTES\n");
         return 2;
     }
     fd = atoi(argv[1]);
     zc = strcmp(argv[2], "zc") == 0;
     linked = strcmp(argv[2], "uring-fixed-linked") == 0;
-    fixed = linked || strcmp(argv[2], "uring-fixed") == 0;
-    uring = fixed || strcmp(argv[2], "uring") == 0;
+    int single = strcmp(argv[2], "uring-single") == 0 || strcmp(argv[2], "uring-fixed-single") == 0;
+    fixed = linked || strcmp(argv[2], "uring-fixed") == 0
+            || strcmp(argv[2], "uring-fixed-single") == 0;
+    uring = fixed || single || strcmp(argv[2], "uring") == 0;
+    per_enter = single ? 1 : BATCH;
     if (!zc && !uring && strcmp(argv[2], "copy") != 0) {
         fprintf(stderr, "cref_send: unknown mode %s\n", argv[2]);
         return 2;
