@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import requires_zerocopy
 from tests.test_sender_batch import _check, _payloads, _udp_pair
-from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair
+from tests.tx_helpers import VerifyingReceiver, pattern_bytes, stalled_tcp_pair, tcp_pair
 from zcnet._accel import speedups
 from zcnet.errors import SendError
 from zcnet.pool import BufferPool
@@ -149,19 +149,7 @@ def test_sigint_during_a_lease_send_that_sent_nothing_returns_the_lease(forced: 
     lease with the same bytes then goes, and the stream arrives whole, every byte verified."""
     from tests.test_sender_safety import _handed, _sigint_after
 
-    client, server = tcp_pair()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.setblocking(False)
-    offset = 0
-    quiet = 0
-    while quiet < 3:  # fill the send buffer and the peer's window until nothing moves
-        try:
-            offset += client.send(pattern_bytes(offset, 16 * 1024))
-            quiet = 0
-        except BlockingIOError:
-            quiet += 1
-            time.sleep(0.1)
+    client, server, offset = stalled_tcp_pair()
     with BufferPool() as pool:
         sender = Sender(client, SendPolicy(force_zerocopy=forced))
         stuck = pool.acquire(1 << 20)

@@ -20,6 +20,7 @@ from tests.tx_helpers import (
     VerifyingReceiver,
     msg_zerocopy_only,
     pattern_bytes,
+    stalled_tcp_pair,
     tcp_pair,
 )
 from zcnet.errors import (
@@ -337,19 +338,7 @@ def test_sigint_during_a_one_call_send_that_sent_nothing(forced: bool) -> None:
     full send buffer before any of its bytes were taken: it raises KeyboardInterrupt and the
     Sender stays usable (nothing of that send reached the kernel, nothing is counted for it);
     everything sent before and after arrives, every byte verified."""
-    client, server = tcp_pair()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client.setblocking(False)
-    offset = 0
-    quiet = 0
-    while quiet < 3:  # fill the send buffer and the peer's window until nothing moves
-        try:
-            offset += client.send(pattern_bytes(offset, 16 * 1024))
-            quiet = 0
-        except BlockingIOError:
-            quiet += 1
-            time.sleep(0.1)
+    client, server, offset = stalled_tcp_pair()
     sender = Sender(client, SendPolicy(force_zerocopy=forced))
     timer = _sigint_after(0.3)
     try:

@@ -49,6 +49,26 @@ def tcp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, socket.socket
     return c, s
 
 
+def stalled_tcp_pair() -> tuple[socket.socket, socket.socket, int]:
+    """A loopback TCP pair with 64 KiB buffers whose client has written pattern bytes until
+    nothing moves (its send buffer and the peer's window are full, the peer not reading):
+    (client, server-side, the bytes written). The client is left non-blocking."""
+    client, server = tcp_pair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.setblocking(False)
+    offset = 0
+    quiet = 0
+    while quiet < 3:
+        try:
+            offset += client.send(pattern_bytes(offset, 16 * 1024))
+            quiet = 0
+        except BlockingIOError:
+            quiet += 1
+            time.sleep(0.1)
+    return client, server, offset
+
+
 def pattern_slices(total: int, sizes: list[int]) -> Iterator[memoryview]:
     """Read-only slices of the pattern stream, cycling through ``sizes``, adding up to ``total``."""
     view = memoryview(PATTERN2)
