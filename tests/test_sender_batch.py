@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from tests.conftest import requires_zerocopy
-from tests.tx_helpers import PATTERN, DatagramReceiver, VerifyingReceiver, pattern_slices, tcp_pair
+from tests.tx_helpers import PATTERN, VerifyingReceiver, pattern_slices, tcp_pair, udp_pair
 from zcnet.errors import InvalidBufferError, SendError, SocketClosedError
 from zcnet.sender import BATCH_MAX, Sender, SendPolicy, Ticket
 
@@ -19,17 +19,6 @@ FORCED = SendPolicy(force_zerocopy=True)
 def _payloads(count: int, sizes: list[int]) -> list[bytes]:
     """Distinct datagrams: slices of the random pattern at varying offsets."""
     return [PATTERN[i * 997 : i * 997 + sizes[i % len(sizes)]] for i in range(count)]
-
-
-def _udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, DatagramReceiver]:
-    addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    r = socket.socket(family, socket.SOCK_DGRAM)
-    r.bind((addr, 0))
-    u = socket.socket(family, socket.SOCK_DGRAM)
-    u.connect(r.getsockname()[:2])
-    rx = DatagramReceiver(r)
-    rx.start()
-    return u, rx
 
 
 def _check(sender: Sender, tickets: list[Ticket], payloads: list[bytes]) -> None:
@@ -48,7 +37,7 @@ def _check(sender: Sender, tickets: list[Ticket], payloads: list[bytes]) -> None
 def test_udp_loopback_batches_forced_zerocopy(family: int) -> None:
     """Batches larger and smaller than BATCH_MAX, sizes on both sides of the threshold (so each
     batch mixes zero-copy and copying sendmmsg runs), an empty datagram: all arrive in order."""
-    u, rx = _udp_pair(family)
+    u, rx = udp_pair(family)
     sizes = [30_000, 65_000, 12_000, 500, 0, 10 * 1024, 10 * 1024 - 1, 65_507, 40_000]
     payloads = _payloads(600, sizes)
     tickets: list[Ticket] = []
@@ -73,7 +62,7 @@ def test_udp_loopback_batches_forced_zerocopy(family: int) -> None:
 @requires_zerocopy
 def test_udp_loopback_default_policy_switches_to_copy_midway() -> None:
     """The first reap sees copied completions: the rest of the batch goes out in copying calls."""
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     payloads = _payloads(500, [20_000, 64_000, 33_333])
     with Sender(u) as sender:
         tickets = sender.send_batch(payloads)
@@ -94,7 +83,7 @@ def test_udp_loopback_default_policy_switches_to_copy_midway() -> None:
 def test_refused_datagram_fails_its_ticket_only() -> None:
     """A datagram the kernel refuses (EMSGSIZE) mid-batch: sendmmsg stops there, the batch
     goes on after it, the counter stays in step (no InvalidCompletionError, all complete)."""
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     good = _payloads(40, [20_000, 50_000, 3_000])
     batch: list[bytes] = [*good[:10], bytes(70_000), *good[10:30], bytes(66_000), *good[30:]]
     with Sender(u, FORCED) as sender:
@@ -116,7 +105,7 @@ def test_refused_datagram_fails_its_ticket_only() -> None:
 
 
 def test_bad_input_sends_nothing() -> None:
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     ba = bytearray(PATTERN[:30_000])
     fortran: list[object] = []
     try:
@@ -139,7 +128,7 @@ def test_bad_input_sends_nothing() -> None:
         assert [t.nbytes for t in tickets] == [40_000, 20_000]
         sender.flush(10)
     rx.finish([PATTERN[:40_000], ints.tobytes()])
-    u2, rx2 = _udp_pair()
+    u2, rx2 = udp_pair()
     sender2 = Sender(u2)
     sender2.close()
     with pytest.raises(SocketClosedError):
@@ -173,7 +162,7 @@ def test_all_zerocopy_batch_of_mixed_buffer_types_with_refused_datagrams() -> No
     the extension is active): bytes, bytearray and memoryview elements, a tuple, refused
     datagrams at the start, middle and end, more than BATCH_MAX datagrams; every byte verified,
     the counter in step, the caller's memoryviews still their own."""
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     good = _payloads(150, [20_000, 50_000, 11_000])
     views = [memoryview(bytearray(p)) for p in good[100:]]
     elements: list[object] = [bytes(70_000), *good[:50], *map(bytearray, good[50:100]),
@@ -208,7 +197,7 @@ def test_a_batch_of_leases_flies_and_lands_in_the_compiled_core(
     def refuse(*args: object) -> None:
         raise AssertionError("a Python pool method ran")
 
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     payloads = _payloads(3 * BATCH_MAX + 7, [20_000, 65_000, 33_333])
     with BufferPool() as pool, Sender(u, FORCED) as sender:
         for name in ("_begin_flights", "_end_flight", "_return"):

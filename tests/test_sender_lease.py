@@ -16,8 +16,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import requires_zerocopy
-from tests.test_sender_batch import _check, _payloads, _udp_pair
-from tests.tx_helpers import VerifyingReceiver, pattern_bytes, stalled_tcp_pair, tcp_pair
+from tests.test_sender_batch import _check, _payloads
+from tests.tx_helpers import (
+    VerifyingReceiver,
+    handed_bytes,
+    pattern_bytes,
+    sigint_after,
+    stalled_tcp_pair,
+    tcp_pair,
+    udp_pair,
+)
 from zcnet._accel import speedups
 from zcnet.errors import SendError
 from zcnet.pool import BufferPool
@@ -47,7 +55,7 @@ def test_single_udp_leases_fly_and_land_in_the_compiled_core(
 ) -> None:
     """Forced zero-copy UDP over loopback, one send per lease: every datagram arrives in order,
     every ticket completes, every lease is back in the pool."""
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     payloads = _payloads(300, [20_000, 65_000, 1, 33_333])
     with BufferPool() as pool, Sender(u, FORCED) as sender:
         tickets: list[Ticket] = []
@@ -104,7 +112,7 @@ def test_a_refused_lease_send_raises_and_the_lease_still_comes_back() -> None:
     """A datagram the kernel refuses (EMSGSIZE: 70000 bytes without UDP_SEGMENT) raises
     SendError naming the cause; its lease goes back to the pool anyway, and the Sender goes on
     with the next lease."""
-    u, rx = _udp_pair()
+    u, rx = udp_pair()
     with BufferPool() as pool, Sender(u, FORCED) as sender:
         big = pool.acquire(70_000)
         with pytest.raises(SendError) as info:
@@ -147,20 +155,14 @@ def test_sigint_during_a_lease_send_that_sent_nothing_returns_the_lease(forced: 
     taken: KeyboardInterrupt, nothing counted for it, the Sender still usable, and the lease back
     in its pool (a lease given to send belongs to the Sender, also when the send fails); a new
     lease with the same bytes then goes, and the stream arrives whole, every byte verified."""
-    from tests.test_sender_safety import _handed, _sigint_after
-
     client, server, offset = stalled_tcp_pair()
     with BufferPool() as pool:
         sender = Sender(client, SendPolicy(force_zerocopy=forced))
         stuck = pool.acquire(1 << 20)
         stuck.view[:] = pattern_bytes(offset, 1 << 20)
-        timer = _sigint_after(0.3)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                sender.send(stuck)
-        finally:
-            timer.cancel()
-        assert _handed(sender) == 0 and sender.failure is None and sender.pending == 0
+        with sigint_after(0.3), pytest.raises(KeyboardInterrupt):
+            sender.send(stuck)
+        assert handed_bytes(sender) == 0 and sender.failure is None and sender.pending == 0
         assert stuck.released and pool.stats().outstanding == 0
         receiver = VerifyingReceiver(server)
         receiver.start()

@@ -6,7 +6,6 @@ Real loopback TCP and UDP sockets; a real SIGINT interrupts a real blocking ``se
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -18,8 +17,10 @@ from tests.conftest import requires_zerocopy
 from tests.tx_helpers import (
     DatagramReceiver,
     VerifyingReceiver,
+    handed_bytes,
     msg_zerocopy_only,
     pattern_bytes,
+    sigint_after,
     stalled_tcp_pair,
     tcp_pair,
 )
@@ -37,17 +38,6 @@ from zcnet.sender import Sender, SendPolicy
 
 MiB = 1 << 20
 BIG = 256 * MiB
-
-
-def _handed(sender: Sender) -> int:
-    s = sender.stats
-    return s.bytes_plain + s.bytes_zerocopy + s.bytes_copied + s.bytes_pending
-
-
-def _sigint_after(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
 
 
 @pytest.fixture
@@ -72,13 +62,9 @@ def test_sigint_during_blocking_send_breaks_the_sender(
     small = sender.send(pattern_bytes(0, 100_000))  # a whole message before the big one
     offset = 100_000
     big[:] = pattern_bytes(offset, BIG)
-    timer = _sigint_after(0.3)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            sender.send(big)
-    finally:
-        timer.cancel()
-    handed = _handed(sender)
+    with sigint_after(0.3), pytest.raises(KeyboardInterrupt):
+        sender.send(big)
+    handed = handed_bytes(sender)
     assert offset < handed < offset + BIG
     assert sender.failure is not None and "broken" in str(sender.failure)
     with pytest.raises(SendError, match="broken"):
@@ -340,13 +326,9 @@ def test_sigint_during_a_one_call_send_that_sent_nothing(forced: bool) -> None:
     everything sent before and after arrives, every byte verified."""
     client, server, offset = stalled_tcp_pair()
     sender = Sender(client, SendPolicy(force_zerocopy=forced))
-    timer = _sigint_after(0.3)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            sender.send(pattern_bytes(offset, MiB))
-    finally:
-        timer.cancel()
-    assert _handed(sender) == 0 and sender.failure is None and sender.pending == 0
+    with sigint_after(0.3), pytest.raises(KeyboardInterrupt):
+        sender.send(pattern_bytes(offset, MiB))
+    assert handed_bytes(sender) == 0 and sender.failure is None and sender.pending == 0
     receiver = VerifyingReceiver(server)
     receiver.start()
     ticket = sender.send(pattern_bytes(offset, MiB))  # the same bytes again, now taken

@@ -29,7 +29,7 @@ from tests.restricted_child import (
     run_child_json,
 )
 from tests.test_sender_netns import _HEADERS, DATAGRAM, _gso_socket, _ifb_rx
-from tests.tx_helpers import DatagramReceiver, VerifyingReceiver, pattern_bytes, tcp_pair
+from tests.tx_helpers import VerifyingReceiver, pattern_bytes, tcp_pair, udp_pair
 from zcnet._core.txpolicy import ENGINE_ENV, resolve_engine
 from zcnet.errors import PoolError, SocketClosedError
 from zcnet.lowlevel.constants import IP_RECVERR, SOL_IP
@@ -176,13 +176,8 @@ def test_leases_of_hundreds_of_slabs_out_of_order_go_out_registered() -> None:
     the registered ranges by address), so every datagram goes out registered; each arrives
     whole, in order."""
     slab = 64 * 1024
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-            BufferPool(hugepages=False, slab_bytes=slab) as pool:
-        r.bind(("127.0.0.1", 0))
-        u.connect(r.getsockname())
-        rx = DatagramReceiver(r)
-        rx.start()
+    u, rx = udp_pair()
+    with BufferPool(hugepages=False, slab_bytes=slab) as pool:
         leases = [pool.acquire(12_000 + 97 * (k % 43)) for k in range(1200)]
         assert pool.stats().slabs == 300
         with Sender(u, URING) as sender:
@@ -220,13 +215,8 @@ def test_slabs_beyond_the_table_go_out_unregistered_and_stats_say_why(
     monkeypatch.setattr(SlabRegistry, "index_of", counted)
     page = mmap.PAGESIZE
     extra = 6
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-            BufferPool(hugepages=False, slab_bytes=page) as pool:
-        r.bind(("127.0.0.1", 0))
-        u.connect(r.getsockname())
-        rx = DatagramReceiver(r)
-        rx.start()
+    u, rx = udp_pair()
+    with BufferPool(hugepages=False, slab_bytes=page) as pool:
         leases = [pool.acquire(page - 17 * (k % 11)) for k in range(TABLE_SIZE + extra)]
         assert pool.stats().slabs == len(leases)
         with Sender(u, SendPolicy(engine="io_uring", force_zerocopy=True,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -187,3 +189,33 @@ class DatagramReceiver(threading.Thread):
             self.expect = 0
             self.join(1)
             self.sock.close()
+
+
+def udp_pair(family: int = socket.AF_INET) -> tuple[socket.socket, DatagramReceiver]:
+    """A UDP socket connected over loopback to a started :class:`DatagramReceiver`."""
+    addr = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    r = socket.socket(family, socket.SOCK_DGRAM)
+    r.bind((addr, 0))
+    u = socket.socket(family, socket.SOCK_DGRAM)
+    u.connect(r.getsockname()[:2])
+    rx = DatagramReceiver(r)
+    rx.start()
+    return u, rx
+
+
+@contextlib.contextmanager
+def sigint_after(seconds: float) -> Iterator[None]:
+    """SIGINT to this process after ``seconds``, unless the block ended first."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def handed_bytes(sender: Any) -> int:
+    """The bytes a ``zcnet.sender.Sender`` counts as handed to the kernel, whatever became of
+    them."""
+    s = sender.stats
+    return s.bytes_plain + s.bytes_zerocopy + s.bytes_copied + s.bytes_pending
